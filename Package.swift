@@ -1,0 +1,116 @@
+// swift-tools-version:6.1
+// Tessera: a distributed experiment runner for generative-model research.
+// Module layout follows ../shared/design/STYLE.md §2: C libraries sit behind thin `.systemLibrary` targets that only
+// their Swift wrappers import; the compute runtime has no ZeroMQ or PostgreSQL in it; executables pick implementations.
+import PackageDescription
+
+let swiftSettings: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("MemberImportVisibility"),
+]
+
+let package = Package(
+    name: "tessera",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "tessera", targets: ["tessera"]),
+        .executable(name: "tessera-bench", targets: ["tessera-bench"]),
+        .library(name: "TesseraCompute", targets: ["TesseraCompute"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
+    ],
+    targets: [
+        // C system libraries: one-line shims, imported only by their wrappers.
+        .systemLibrary(name: "CZeroMQ", path: "Sources/CZeroMQ", providers: [.apt(["libzmq3-dev"])]),
+        .systemLibrary(name: "CLibPQ", path: "Sources/CLibPQ", providers: [.apt(["libpq-dev"])]),
+        .systemLibrary(name: "COpenBLAS", path: "Sources/COpenBLAS", providers: [.apt(["libopenblas-dev"])]),
+
+        // Thin Swift wrappers over the C libraries.
+        .target(name: "ZeroMQ", dependencies: ["CZeroMQ"], swiftSettings: swiftSettings),
+        .target(name: "LibPQ", dependencies: ["CLibPQ"], swiftSettings: swiftSettings),
+
+        // Compute runtime: tensors on OpenBLAS, MLPs, Adam, Philox, safetensors. No ZeroMQ, no PostgreSQL.
+        .target(name: "TesseraCompute", dependencies: ["COpenBLAS"], swiftSettings: swiftSettings),
+
+        // Leaf types, JSON, job specs, the algorithm plug-in protocol. Pure Swift.
+        .target(
+            name: "TesseraCore",
+            dependencies: [.product(name: "Yams", package: "Yams")],
+            swiftSettings: swiftSettings
+        ),
+        // Wire protocol v1 (protocol/SPEC.md): messages and codec. Pure Swift.
+        .target(name: "TesseraProtocol", swiftSettings: swiftSettings),
+        // The algorithm catalogue: plan / run / merge for every job kind.
+        .target(name: "TesseraWorkloads", dependencies: ["TesseraCore", "TesseraCompute"], swiftSettings: swiftSettings),
+        // PostgreSQL job store and migrator.
+        .target(
+            name: "TesseraStore",
+            dependencies: ["TesseraCore", "LibPQ", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "TesseraCoordinator",
+            dependencies: [
+                "TesseraCore", "TesseraProtocol", "TesseraStore", "TesseraWorkloads", "ZeroMQ",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "TesseraWorker",
+            dependencies: [
+                "TesseraCore", "TesseraProtocol", "TesseraWorkloads", "TesseraCompute", "ZeroMQ",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "tessera",
+            dependencies: [
+                "TesseraCore", "TesseraProtocol", "TesseraStore", "TesseraWorkloads", "TesseraCoordinator",
+                "TesseraWorker", "TesseraCompute", "ZeroMQ",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "tessera-bench",
+            dependencies: [
+                "TesseraCompute", "TesseraWorkloads", "TesseraCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+
+        // Test support: only test targets may depend on it.
+        .target(name: "TesseraTesting", dependencies: ["LibPQ", "TesseraStore"], swiftSettings: swiftSettings),
+
+        .testTarget(name: "TesseraComputeTests", dependencies: ["TesseraCompute"], swiftSettings: swiftSettings),
+        .testTarget(name: "TesseraCoreTests", dependencies: ["TesseraCore", "TesseraWorkloads"], swiftSettings: swiftSettings),
+        .testTarget(name: "TesseraProtocolTests", dependencies: ["TesseraProtocol"], swiftSettings: swiftSettings),
+        .testTarget(name: "ZeroMQTests", dependencies: ["ZeroMQ"], swiftSettings: swiftSettings),
+        .testTarget(name: "LibPQTests", dependencies: ["LibPQ", "TesseraTesting"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "TesseraStoreTests",
+            dependencies: ["TesseraStore", "TesseraTesting", "TesseraCore"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "TesseraWorkloadsTests",
+            dependencies: ["TesseraWorkloads", "TesseraCompute", "TesseraCore"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "IntegrationTests",
+            dependencies: ["TesseraTesting", "TesseraCore", "TesseraCompute", "LibPQ"],
+            swiftSettings: swiftSettings
+        ),
+    ]
+)

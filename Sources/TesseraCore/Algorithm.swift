@@ -1,0 +1,156 @@
+// How an algorithm plugs in (ARCHITECTURE.md §How an algorithm plugs in).
+//
+// Every algorithm of every kind is one `Algorithm` value:
+//  - `plan` (coordinator, pure): spec → shard slices; errors point at the spec's line.
+//  - `run` (worker, compute thread): slice + optional checkpoint → metrics, checkpoints, a shard output.
+//    Given the same slice and checkpoint it produces the same bytes.
+//  - `merge` (coordinator, pure, no BLAS): shard outputs in shard order → the job result, identical whatever the
+//    shard count.
+// The coordinator and worker never need to know which kind they run.
+
+/// One shard's slice of the work, as planned.
+public struct ShardSlice: Sendable, Hashable {
+    /// Algorithm-defined description (sample range, sweep point, …), stored as JSONB and sent with the dispatch.
+    public var slice: JSONValue
+    /// Progress denominator (sampling steps, training steps, …).
+    public var totalSteps: Int64
+
+    public init(slice: JSONValue, totalSteps: Int64) {
+        self.slice = slice
+        self.totalSteps = totalSteps
+    }
+}
+
+/// A stored blob (checkpoint, samples file, binary shard result) the worker can read back through the coordinator.
+public struct BlobRef: Sendable, Hashable {
+    public var sha256: String
+    public var size: UInt64
+    public var step: Int64
+
+    public init(sha256: String, size: UInt64, step: Int64) {
+        self.sha256 = sha256
+        self.size = size
+        self.step = step
+    }
+}
+
+/// What a worker gives an algorithm to run one shard attempt.
+public struct ShardTask: Sendable {
+    public var spec: JobSpec
+    public var shardIndex: Int
+    public var attempt: Int
+    public var slice: JSONValue
+    public var totalSteps: Int64
+    /// The checkpoint to resume from (its bytes), if the shard has one.
+    public var resume: (step: Int64, bytes: [UInt8])?
+
+    public init(spec: JobSpec, shardIndex: Int, attempt: Int, slice: JSONValue, totalSteps: Int64, resume: (step: Int64, bytes: [UInt8])?) {
+        self.spec = spec
+        self.shardIndex = shardIndex
+        self.attempt = attempt
+        self.slice = slice
+        self.totalSteps = totalSteps
+        self.resume = resume
+    }
+}
+
+/// Kinds of blobs a shard can emit while it runs.
+public enum ShardBlobKind: String, Sendable {
+    case checkpoint, samples
+}
+
+/// The worker side of a running shard: where metrics, progress and blobs go. Calls block only as long as it takes
+/// to hand data to the worker's bounded outbox (back-pressure), never on the network.
+public protocol ShardSink: AnyObject, Sendable {
+    func metric(_ name: String, step: Int64, value: Double)
+    func progress(step: Int64)
+    /// Stores a blob durably (streamed to the coordinator); returns once the worker has it queued.
+    func blob(_ kind: ShardBlobKind, step: Int64, bytes: [UInt8]) throws
+    /// True once the shard should stop (cancelled, drained, or fenced).
+    var shouldStop: Bool { get }
+    /// Reads a stored blob by SHA-256 (e.g. a model trained by another job).
+    func fetchBlob(sha256: String) throws -> [UInt8]
+}
+
+/// A shard's final output: a small JSON summary (stored as JSONB, shown by `status`) and an optional exact binary
+/// result (stored in the content-addressed store) that `merge` reads.
+public struct ShardOutput: Sendable, Hashable {
+    public var summary: JSONValue
+    public var result: [UInt8]?
+
+    public init(summary: JSONValue, result: [UInt8]?) {
+        self.summary = summary
+        self.result = result
+    }
+}
+
+/// Thrown by `run` when `shouldStop` became true; the worker reports the shard as handed back, not failed.
+public struct ShardStopped: Error, Sendable {
+    public init() {}
+}
+
+/// A shard's own, non-infrastructure error (bad numerics, invalid input discovered late). Consumes an attempt.
+public struct ShardError: Error, Sendable, CustomStringConvertible {
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+public protocol Algorithm: Sendable {
+    var kind: JobKind { get }
+    /// Stable snake/kebab-case name, e.g. "ddim".
+    var name: String { get }
+    /// One-line description for `--help` and docs.
+    var summary: String { get }
+    /// Validates `spec.params` (errors via `spec.paramsReader`, which carry lines) and plans the shards.
+    func plan(_ spec: JobSpec) throws -> [ShardSlice]
+    /// Runs one shard on the calling (compute) thread.
+    func run(_ task: ShardTask, sink: any ShardSink) throws -> ShardOutput
+    /// Merges shard outputs given in shard-index order into the job result.
+    func merge(_ spec: JobSpec, outputs: [ShardOutput]) throws -> JSONValue
+}
+
+/// The set of algorithms a process knows.
+public struct AlgorithmCatalogue: Sendable {
+    public let algorithms: [any Algorithm]
+
+    public init(_ algorithms: [any Algorithm]) {
+        self.algorithms = algorithms
+    }
+
+    public func find(kind: JobKind, name: String) -> (any Algorithm)? {
+        algorithms.first { $0.kind == kind && $0.name == name }
+    }
+
+    /// Capability names advertised by workers: "kind/name".
+    public var capabilities: [String] { algorithms.map { "\($0.kind.rawValue)/\($0.name)" } }
+
+    /// Resolves a spec's algorithm or throws a located error listing what exists.
+    public func resolve(_ spec: JobSpec) throws -> any Algorithm {
+        if let a = find(kind: spec.kind, name: spec.algorithm) { return a }
+        let known = algorithms.filter { $0.kind == spec.kind }.map(\.name)
+        throw spec.source.error(
+            "algorithm",
+            "unknown \(spec.kind.rawValue) algorithm '\(spec.algorithm)'; known: \(known.isEmpty ? "none yet" : known.joined(separator: ", "))"
+        )
+    }
+
+    /// Parses, resolves and plans: everything `tessera submit` checks before storing anything.
+    public func validate(_ spec: JobSpec) throws -> (any Algorithm, [ShardSlice]) {
+        let algorithm = try resolve(spec)
+        let slices = try algorithm.plan(spec)
+        guard !slices.isEmpty else { throw spec.source.error("shards", "the plan produced no shards") }
+        return (algorithm, slices)
+    }
+}
+
+/// Job and shard states as stored (migrations/0001).
+public enum JobState: String, Sendable, CaseIterable, Codable {
+    case queued, running, succeeded, failed, cancelled
+    public var isTerminal: Bool { self == .succeeded || self == .failed || self == .cancelled }
+}
+
+public enum ShardState: String, Sendable, CaseIterable, Codable {
+    case queued, leased, succeeded, failed, cancelled
+    public var isTerminal: Bool { self == .succeeded || self == .failed || self == .cancelled }
+}

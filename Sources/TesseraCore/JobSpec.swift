@@ -1,0 +1,373 @@
+// The job spec: the YAML (or JSON) a researcher submits (ARCHITECTURE.md §Job spec, docs/jobspec.md).
+//
+// Parsing keeps the line of every key, so that any validation error, including an algorithm's own parameter checks,
+// is reported as `file:line: message`. The stored form is canonical JSON (`JobSpec.json`), from which workers and the
+// coordinator rebuild the same `JobSpec`; errors found then point at the stored spec's key path instead of a line.
+
+import Foundation
+import Yams
+
+public enum JobKind: String, Sendable, CaseIterable, Codable {
+    case sampling, rl, preference
+}
+
+/// A validation error located in the spec's source.
+public struct SpecError: Error, Sendable, CustomStringConvertible, Equatable {
+    public var file: String
+    public var line: Int?
+    public var path: String
+    public var message: String
+
+    public init(file: String, line: Int?, path: String, message: String) {
+        self.file = file
+        self.line = line
+        self.path = path
+        self.message = message
+    }
+
+    /// `file:line: message` (or `file: message` when the error is about the document as a whole).
+    public var description: String {
+        if let line { return "\(file):\(line): \(message)" }
+        return "\(file): \(message)"
+    }
+}
+
+/// Where each key path of a spec came from (for error messages).
+public struct SpecSource: Sendable, Hashable {
+    public var file: String
+    /// Key path ("params.target.means" or "params.sweep.beta[2]") → 1-based line.
+    public var lines: [String: Int]
+
+    public init(file: String, lines: [String: Int] = [:]) {
+        self.file = file
+        self.lines = lines
+    }
+
+    public func error(_ path: String, _ message: String) -> SpecError {
+        // Fall back to the nearest enclosing key that has a line.
+        var p = path
+        while !p.isEmpty, lines[p] == nil {
+            if let cut = p.lastIndex(where: { $0 == "." || $0 == "[" }) {
+                p = String(p[..<cut])
+            } else {
+                p = ""
+            }
+        }
+        return SpecError(file: file, line: lines[p] ?? lines[""], path: path, message: message)
+    }
+}
+
+public struct JobSpec: Sendable, Hashable {
+    public static let topLevelKeys: [String] = [
+        "name", "kind", "algorithm", "seed", "shards", "priority", "max_attempts", "checkpoint_every", "params",
+        "depends_on",
+    ]
+
+    public var name: String
+    public var kind: JobKind
+    public var algorithm: String
+    public var seed: UInt64
+    public var shards: Int
+    public var priority: Int
+    public var maxAttempts: Int
+    public var checkpointEvery: Int?
+    public var params: JSONObject
+    public var dependsOn: [Int64]
+    public var source: SpecSource
+
+    public var paramsReader: Params { Params(params, path: "params", source: source) }
+
+    /// Canonical JSON: every top-level key, defaults filled in. This is what is stored and dispatched.
+    public var json: JSONValue {
+        var o = JSONObject()
+        o["name"] = .string(name)
+        o["kind"] = .string(kind.rawValue)
+        o["algorithm"] = .string(algorithm)
+        // Seeds above 2^53 do not fit a JSON number exactly: store them as a decimal string.
+        o["seed"] = seed <= (1 << 53) ? .number(Double(seed)) : .string(String(seed))
+        o["shards"] = .int(shards)
+        o["priority"] = .int(priority)
+        o["max_attempts"] = .int(maxAttempts)
+        if let checkpointEvery { o["checkpoint_every"] = .int(checkpointEvery) }
+        o["params"] = .object(params)
+        if !dependsOn.isEmpty { o["depends_on"] = .array(dependsOn.map { .number(Double($0)) }) }
+        return .object(o)
+    }
+
+    // MARK: Parsing
+
+    /// Parses YAML or JSON text. Throws `SpecError` with the line of the offending key.
+    public static func parse(_ text: String, file: String) throws -> JobSpec {
+        let (value, source) = try SpecYAML.load(text, file: file)
+        return try fromJSON(value, source: source)
+    }
+
+    /// Rebuilds a spec from its canonical JSON (as stored or dispatched).
+    public static func fromStored(_ json: JSONValue) throws -> JobSpec {
+        try fromJSON(json, source: SpecSource(file: "<stored spec>"))
+    }
+
+    public static func fromStored(_ bytes: [UInt8]) throws -> JobSpec {
+        try fromStored(try JSONValue.parse(bytes))
+    }
+
+    static func fromJSON(_ value: JSONValue, source: SpecSource) throws -> JobSpec {
+        guard let top = value.objectValue else {
+            throw source.error("", "a job spec must be a mapping with keys \(topLevelKeys.joined(separator: ", "))")
+        }
+        for key in top.keys where !topLevelKeys.contains(key) {
+            throw source.error(key, "unknown key '\(key)'; allowed keys are \(topLevelKeys.joined(separator: ", "))")
+        }
+        let r = Params(top, path: "", source: source)
+        let name = try r.string("name")
+        guard !name.isEmpty, name.count <= 200 else { throw source.error("name", "name must be 1 to 200 characters") }
+        let kindText = try r.string("kind")
+        guard let kind = JobKind(rawValue: kindText) else {
+            throw source.error(
+                "kind",
+                "unknown kind '\(kindText)'; expected one of \(JobKind.allCases.map(\.rawValue).joined(separator: ", "))"
+            )
+        }
+        let algorithm = try r.string("algorithm")
+        let seed = try r.seed("seed")
+        let shards = try r.int("shards", default: 1, range: 1...100_000)
+        let priority = try r.int("priority", default: 0, range: -1_000_000...1_000_000)
+        let maxAttempts = try r.int("max_attempts", default: 3, range: 1...1000)
+        let checkpointEvery = try r.optionalInt("checkpoint_every", range: 1...1_000_000_000)
+        let params = try r.optionalObject("params") ?? JSONObject()
+        var dependsOn: [Int64] = []
+        if let deps = top["depends_on"] {
+            guard let arr = deps.arrayValue else { throw source.error("depends_on", "depends_on must be a list of job ids") }
+            for (i, d) in arr.enumerated() {
+                guard let id = d.intValue, id > 0 else {
+                    throw source.error("depends_on[\(i)]", "depends_on entries must be positive job ids")
+                }
+                dependsOn.append(Int64(id))
+            }
+        }
+        return JobSpec(
+            name: name, kind: kind, algorithm: algorithm, seed: seed, shards: shards, priority: priority,
+            maxAttempts: maxAttempts, checkpointEvery: checkpointEvery, params: params, dependsOn: dependsOn,
+            source: source
+        )
+    }
+
+    public static func == (a: JobSpec, b: JobSpec) -> Bool { a.json == b.json }
+    public func hash(into h: inout Hasher) { h.combine(json) }
+}
+
+// MARK: - Typed parameter reader
+
+/// Reads one mapping of a spec with typed accessors whose errors carry the key's line.
+public struct Params: Sendable {
+    public let object: JSONObject
+    public let path: String
+    public let source: SpecSource
+
+    public init(_ object: JSONObject, path: String, source: SpecSource) {
+        self.object = object
+        self.path = path
+        self.source = source
+    }
+
+    public func keyPath(_ key: String) -> String { path.isEmpty ? key : "\(path).\(key)" }
+    public func error(_ key: String, _ message: String) -> SpecError { source.error(keyPath(key), message) }
+    public func has(_ key: String) -> Bool { object[key] != nil && !(object[key]!.isNull) }
+
+    /// Rejects keys outside `allowed`, naming the allowed set.
+    public func rejectUnknown(_ allowed: [String]) throws {
+        for key in object.keys where !allowed.contains(key) {
+            throw error(key, "unknown key '\(key)' in \(path.isEmpty ? "spec" : path); allowed: \(allowed.joined(separator: ", "))")
+        }
+    }
+
+    private func required(_ key: String) throws -> JSONValue {
+        guard let v = object[key], !v.isNull else {
+            throw source.error(path, "missing required key '\(keyPath(key))'")
+        }
+        return v
+    }
+
+    public func string(_ key: String) throws -> String {
+        guard let s = try required(key).stringValue else { throw error(key, "\(keyPath(key)) must be a string") }
+        return s
+    }
+
+    public func string(_ key: String, default d: String, allowed: [String]? = nil) throws -> String {
+        guard has(key) else { return d }
+        let s = try string(key)
+        if let allowed, !allowed.contains(s) {
+            throw error(key, "\(keyPath(key)) must be one of \(allowed.joined(separator: ", ")), not '\(s)'")
+        }
+        return s
+    }
+
+    public func double(_ key: String) throws -> Double {
+        guard let d = try required(key).doubleValue, d.isFinite else {
+            throw error(key, "\(keyPath(key)) must be a number")
+        }
+        return d
+    }
+
+    public func double(_ key: String, default d: Double) throws -> Double {
+        has(key) ? try double(key) : d
+    }
+
+    public func double(_ key: String, range: ClosedRange<Double>, default d: Double? = nil) throws -> Double {
+        let v: Double
+        if let d, !has(key) { v = d } else { v = try double(key) }
+        guard range.contains(v) else {
+            throw error(key, "\(keyPath(key)) must be in [\(range.lowerBound), \(range.upperBound)], not \(v)")
+        }
+        return v
+    }
+
+    public func int(_ key: String, default d: Int? = nil, range: ClosedRange<Int>) throws -> Int {
+        guard has(key) else {
+            if let d { return d }
+            _ = try required(key)
+            fatalError("unreachable")
+        }
+        guard let v = object[key]!.intValue else { throw error(key, "\(keyPath(key)) must be a whole number") }
+        guard range.contains(v) else {
+            throw error(key, "\(keyPath(key)) must be between \(range.lowerBound) and \(range.upperBound), not \(v)")
+        }
+        return v
+    }
+
+    public func optionalInt(_ key: String, range: ClosedRange<Int>) throws -> Int? {
+        has(key) ? try int(key, range: range) : nil
+    }
+
+    public func bool(_ key: String, default d: Bool) throws -> Bool {
+        guard has(key) else { return d }
+        guard let b = object[key]!.boolValue else { throw error(key, "\(keyPath(key)) must be true or false") }
+        return b
+    }
+
+    public func seed(_ key: String) throws -> UInt64 {
+        let v = try required(key)
+        if let i = v.intValue, i >= 0 { return UInt64(i) }
+        if let s = v.stringValue, let u = UInt64(s) { return u }
+        throw error(key, "\(keyPath(key)) must be a whole number from 0 to 2^64-1")
+    }
+
+    public func object(_ key: String) throws -> Params {
+        guard let o = try required(key).objectValue else { throw error(key, "\(keyPath(key)) must be a mapping") }
+        return Params(o, path: keyPath(key), source: source)
+    }
+
+    public func optionalObject(_ key: String) throws -> JSONObject? {
+        guard has(key) else { return nil }
+        guard let o = object[key]!.objectValue else { throw error(key, "\(keyPath(key)) must be a mapping") }
+        return o
+    }
+
+    public func array(_ key: String) throws -> [JSONValue] {
+        guard let a = try required(key).arrayValue else { throw error(key, "\(keyPath(key)) must be a list") }
+        return a
+    }
+
+    public func doubles(_ key: String) throws -> [Double] {
+        try array(key).enumerated().map { i, v in
+            guard let d = v.doubleValue, d.isFinite else {
+                throw source.error("\(keyPath(key))[\(i)]", "\(keyPath(key))[\(i)] must be a number")
+            }
+            return d
+        }
+    }
+
+    public func matrix(_ key: String) throws -> [[Double]] {
+        try array(key).enumerated().map { i, row in
+            guard let r = row.arrayValue else {
+                throw source.error("\(keyPath(key))[\(i)]", "\(keyPath(key))[\(i)] must be a list of numbers")
+            }
+            return try r.enumerated().map { j, v in
+                guard let d = v.doubleValue, d.isFinite else {
+                    throw source.error("\(keyPath(key))[\(i)]", "\(keyPath(key))[\(i)][\(j)] must be a number")
+                }
+                return d
+            }
+        }
+    }
+}
+
+// MARK: - YAML → JSON with line numbers
+
+enum SpecYAML {
+    static func load(_ text: String, file: String) throws -> (JSONValue, SpecSource) {
+        var source = SpecSource(file: file)
+        let node: Node?
+        do {
+            node = try Yams.compose(yaml: text)
+        } catch let e as YamlError {
+            throw yamlError(e, file: file)
+        }
+        guard let node else {
+            throw SpecError(file: file, line: nil, path: "", message: "the spec is empty")
+        }
+        source.lines[""] = node.mark?.line ?? 1
+        let value = try convert(node, path: "", source: &source)
+        return (value, source)
+    }
+
+    private static func yamlError(_ e: YamlError, file: String) -> SpecError {
+        switch e {
+        case .scanner(_, let problem, let mark, _), .parser(_, let problem, let mark, _),
+            .composer(_, let problem, let mark, _):
+            return SpecError(file: file, line: mark.line, path: "", message: "YAML syntax error: \(problem)")
+        case .reader(let problem, _, _, _):
+            return SpecError(file: file, line: nil, path: "", message: "cannot read the spec: \(problem)")
+        default:
+            return SpecError(file: file, line: nil, path: "", message: "YAML error: \(e)")
+        }
+    }
+
+    private static func convert(_ node: Node, path: String, source: inout SpecSource) throws -> JSONValue {
+        switch node {
+        case .scalar(let s):
+            if s.style != .plain { return .string(s.string) }
+            switch node.tag.name {
+            case .null: return .null
+            case .bool: return .bool(node.bool ?? false)
+            case .int:
+                if let i = Int64(s.string) { return .number(Double(i)) }
+                if let u = UInt64(s.string) {  // seeds up to 2^64-1
+                    return u <= (1 << 53) ? .number(Double(u)) : .string(s.string)
+                }
+                if let d = node.float { return .number(d) }
+                return .string(s.string)
+            case .float:
+                guard let d = node.float, d.isFinite else {
+                    throw source.error(path, "\(path) must be a finite number, not '\(s.string)'")
+                }
+                return .number(d)
+            default: return .string(s.string)
+            }
+        case .sequence(let seq):
+            var items: [JSONValue] = []
+            for (i, child) in seq.enumerated() {
+                let p = "\(path)[\(i)]"
+                if let m = child.mark { source.lines[p] = m.line }
+                items.append(try convert(child, path: p, source: &source))
+            }
+            return .array(items)
+        case .mapping(let map):
+            var obj = JSONObject()
+            for (k, v) in map {
+                guard let key = k.scalar?.string else {
+                    throw SpecError(file: source.file, line: k.mark?.line, path: path, message: "keys must be strings")
+                }
+                let p = path.isEmpty ? key : "\(path).\(key)"
+                if let m = k.mark { source.lines[p] = m.line }
+                if obj[key] != nil {
+                    throw SpecError(file: source.file, line: k.mark?.line, path: p, message: "duplicate key '\(key)'")
+                }
+                obj[key] = try convert(v, path: p, source: &source)
+            }
+            return .object(obj)
+        case .alias:
+            throw SpecError(file: source.file, line: node.mark?.line, path: path, message: "YAML aliases are not supported in job specs")
+        }
+    }
+}

@@ -1,0 +1,10 @@
+DROP TABLE IF EXISTS tessera_events;
+DROP TABLE IF EXISTS tessera_checkpoints;
+DROP TABLE IF EXISTS tessera_metrics;
+DROP TABLE IF EXISTS tessera_shards;
+DROP TABLE IF EXISTS tessera_workers;
+DROP TABLE IF EXISTS tessera_jobs;
+DROP TYPE IF EXISTS tessera_worker_state;
+DROP TYPE IF EXISTS tessera_shard_state;
+DROP TYPE IF EXISTS tessera_job_state;
+DROP TYPE IF EXISTS tessera_job_kind;
