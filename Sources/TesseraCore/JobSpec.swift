@@ -301,7 +301,7 @@ enum SpecYAML {
         do {
             node = try Yams.compose(yaml: text)
         } catch let e as YamlError {
-            throw yamlError(e, file: file)
+            throw yamlError(e, file: file, text: text)
         }
         guard let node else {
             throw SpecError(file: file, line: nil, path: "", message: "the spec is empty")
@@ -311,8 +311,24 @@ enum SpecYAML {
         return (value, source)
     }
 
-    private static func yamlError(_ e: YamlError, file: String) -> SpecError {
+    private static func yamlError(_ e: YamlError, file: String, text: String) -> SpecError {
         switch e {
+        case .duplicatedKeysInMapping(let duplicates, let context):
+            // Yams marks the mapping; point at the key's second occurrence instead.
+            let key = duplicates.sorted().first ?? ""
+            var seen = 0
+            var line = context.mark.line
+            for (i, l) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+                let trimmed = l.drop(while: { $0 == " " || $0 == "-" || $0 == "{" || $0 == "," })
+                if trimmed.hasPrefix(key + ":") || trimmed.hasPrefix("\"\(key)\":") {
+                    seen += 1
+                    if seen == 2 {
+                        line = i + 1
+                        break
+                    }
+                }
+            }
+            return SpecError(file: file, line: line, path: key, message: "duplicate key '\(key)'")
         case .scanner(_, let problem, let mark, _), .parser(_, let problem, let mark, _),
             .composer(_, let problem, let mark, _):
             return SpecError(file: file, line: mark.line, path: "", message: "YAML syntax error: \(problem)")
@@ -327,23 +343,20 @@ enum SpecYAML {
         switch node {
         case .scalar(let s):
             if s.style != .plain { return .string(s.string) }
-            switch node.tag.name {
-            case .null: return .null
-            case .bool: return .bool(node.bool ?? false)
-            case .int:
-                if let i = Int64(s.string) { return .number(Double(i)) }
-                if let u = UInt64(s.string) {  // seeds up to 2^64-1
-                    return u <= (1 << 53) ? .number(Double(u)) : .string(s.string)
-                }
-                if let d = node.float { return .number(d) }
-                return .string(s.string)
-            case .float:
-                guard let d = node.float, d.isFinite else {
+            // Plain scalars resolve as YAML 1.2 core-schema values: null, bool, int, float, else string.
+            if let i = Int64(s.string) { return .number(Double(i)) }
+            if let u = UInt64(s.string) {  // seeds up to 2^64-1
+                return u <= (1 << 53) ? .number(Double(u)) : .string(s.string)
+            }
+            if node.null != nil { return .null }
+            if let b = node.bool { return .bool(b) }
+            if let d = node.float {
+                guard d.isFinite else {
                     throw source.error(path, "\(path) must be a finite number, not '\(s.string)'")
                 }
                 return .number(d)
-            default: return .string(s.string)
             }
+            return .string(s.string)
         case .sequence(let seq):
             var items: [JSONValue] = []
             for (i, child) in seq.enumerated() {
