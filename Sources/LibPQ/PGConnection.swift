@@ -216,6 +216,7 @@ public final class PGConnection: @unchecked Sendable {
 
     /// Runs `body` inside BEGIN/COMMIT; on a throw, rolls back and rethrows. Nested calls use savepoints.
     /// A COMMIT that fails (e.g. a serialization failure) throws; the transaction is then rolled back by the server.
+    @discardableResult
     public func transaction<T>(_ body: () throws -> T) throws -> T {
         let h = try handle()
         if PQtransactionStatus(h) == PQTRANS_IDLE {
