@@ -83,7 +83,7 @@ public final class PGConnection: @unchecked Sendable {
         return s == PQTRANS_INTRANS || s == PQTRANS_INERROR || s == PQTRANS_ACTIVE
     }
 
-    private func handle() throws -> OpaquePointer {
+    func handle() throws -> OpaquePointer {
         guard let conn else { throw PGError(code: .closed, message: "connection is closed") }
         return conn
     }
@@ -162,7 +162,7 @@ public final class PGConnection: @unchecked Sendable {
         while let r = PQgetResult(h) { PQclear(r) }
     }
 
-    private func connectionError(_ h: OpaquePointer, query: String?) -> PGError {
+    func connectionError(_ h: OpaquePointer, query: String?) -> PGError {
         let message = PGConnection.trimmed(PQerrorMessage(h))
         let lost = PQstatus(h) == CONNECTION_BAD
         return PGError(

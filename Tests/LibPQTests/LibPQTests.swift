@@ -1,7 +1,7 @@
 import Foundation
 import LibPQ
 import Synchronization
-import TesseraTesting
+@testable import TesseraTesting
 import Testing
 
 /// Opens a connection to a fresh database, runs `body`, then closes and drops both.
@@ -279,10 +279,13 @@ struct PGConnectionTests {
 
         if let admin = PostgresTestDatabase.adminURL {
             // A reachable server but a database that does not exist.
-            expectPGError(.connectionFailed) {
-                _ = try PGConnection(admin + (admin.contains("://") ? "" : " dbname=tessera_no_such_db"))
-                    .close()
-                if admin.contains("://") { throw PGError(code: .connectionFailed, message: "skipped for URLs") }
+            do {
+                let c = try PGConnection(withDatabaseName(admin, "tessera_no_such_db"))
+                c.close()
+                Issue.record("connected to a database that does not exist")
+            } catch let e as PGError {
+                #expect(e.code == .connectionFailed)
+                #expect(e.message.contains("tessera_no_such_db"))
             }
         }
     }
