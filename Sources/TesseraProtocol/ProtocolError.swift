@@ -86,11 +86,12 @@ public enum WireStatus {
     // 100...199: conversation errors (ERROR messages between coordinator and worker).
     /// The sender has not sent READY on this connection (or the coordinator forgot it): send READY again.
     public static let notReady: UInt16 = 100
-    /// READY refused: `workerName` is already connected from another identity.
+    /// Reserved. In v1 a READY whose `workerName` is registered under another identity replaces the old
+    /// registration (SPEC.md §6.1).
     public static let duplicateWorker: UInt16 = 101
     /// The message type is not valid in this direction or state (e.g. DISPATCH sent to the coordinator).
     public static let unexpectedMessage: UInt16 = 102
-    /// The worker exceeded the credit window (more chunks in flight than allowed).
+    /// The worker exceeded the transfer credit window (more unacknowledged chunk bytes than allowed).
     public static let creditExceeded: UInt16 = 103
 
     // 200...299: client request errors (ClientReply.status).
