@@ -1,0 +1,302 @@
+// Merging sampling shards into the job result, bitwise independent of shard count and arrival order (WORKLOADS.md §4).
+
+import Foundation
+import TesseraCompute
+
+/// The three headline metrics of one population of N points.
+public struct SamplingMetrics: Sendable, Equatable {
+    /// Sliced W1: mean over the L directions of sum_bins |F_emp(edge) - F_exact(edge)| * bin width.
+    public var sw1: Double
+    /// RFF-MMD^2 (squared, not its root): |mean_i phi(x_i) - E phi(X)|^2 with the exact target embedding.
+    public var mmd: Double
+    /// max_k |w_hat_k - w_k|, with w_hat the argmax-posterior mode frequencies.
+    public var modeWeightError: Double
+}
+
+/// Mean and covariance of the samples assigned to one mode.
+public struct SamplingModeStats: Sendable, Equatable {
+    public var count: Int
+    /// count / (number of finite samples).
+    public var weight: Double
+    public var mean: [Double]
+    /// Unbiased (n - 1) covariance; NaN entries when count < 2.
+    public var cov: [[Double]]
+}
+
+/// The merged result of a sampling job.
+public struct SamplingResult: Sendable, Equatable {
+    public var config: SamplingConfig
+    /// N, the number of samples (finite or not).
+    public var n: Int
+    /// Mean of the finite samples.
+    public var mean: [Double]
+    /// Unbiased (n - 1) covariance of the finite samples.
+    public var cov: [[Double]]
+    /// Argmax-posterior mode frequencies among the finite samples.
+    public var modeWeights: [Double]
+    public var modeWeightError: Double
+    public var sw1: Double
+    /// RFF-MMD^2 (squared).
+    public var mmd: Double
+    /// The same metrics, by the same code, on N exact target draws of the same indices (Philox stream 2).
+    public var noiseFloor: SamplingMetrics
+    public var perMode: [SamplingModeStats]
+    /// Samples with a non-finite coordinate (excluded from every other statistic).
+    public var nanCount: Int
+    /// Projections clamped into an edge histogram bin (outside 8 stds of the target's projected range).
+    public var outOfRange: Int
+    /// Merged statistics in exact binary form (see `statisticsFile()`).
+    var merged: MergedPopulation
+    var mergedExact: MergedPopulation
+}
+
+/// Reduced statistics of one population.
+struct MergedPopulation: Sendable, Equatable {
+    var total: Int64
+    var moments: Moments
+    var rffSum: [Double]
+    var modes: [Moments]
+    var histogram: [Int64]
+    var outOfRange: Int64
+}
+
+/// Merges the shards of one job. Shards may come in any order; together they must cover [0, N) exactly, with
+/// block-aligned boundaries. Per-block statistics are reduced in block-index order over a fixed binary tree (Chan for
+/// moments, plain sums for RFF sums), integer counts and histograms are added, so the result is bitwise identical
+/// for any shard count and arrival order.
+public func mergeSampling(config: SamplingConfig, shards: [SamplingShardResult]) throws -> SamplingResult {
+    guard !shards.isEmpty else { throw SamplingError(.coverage, "no shards to merge; need shards covering [0, \(config.samples))") }
+    let d = config.target.dimension
+    let K = config.target.componentCount
+    let ordered = shards.sorted { $0.range.lowerBound < $1.range.lowerBound }
+    var expected = 0
+    for shard in ordered {
+        guard shard.dimension == d, shard.componentCount == K else {
+            throw SamplingError(
+                .coverage,
+                "shard \(shard.range) has dimension \(shard.dimension) and \(shard.componentCount) components; the target has \(d) and \(K)")
+        }
+        if shard.range.lowerBound > expected {
+            throw SamplingError(.coverage, "shards leave a gap: samples \(expected)..<\(shard.range.lowerBound) are missing")
+        }
+        if shard.range.lowerBound < expected {
+            throw SamplingError(
+                .coverage, "shards overlap: \(shard.range) starts before \(expected), where the previous shard ended")
+        }
+        try SamplingPlan.validate(range: shard.range, samples: config.samples)
+        expected = shard.range.upperBound
+    }
+    guard expected == config.samples else {
+        throw SamplingError(.coverage, "shards leave a gap: samples \(expected)..<\(config.samples) are missing")
+    }
+    let blockCount = SamplingPlan.blockCount(samples: config.samples)
+    let merged = try mergePopulation(ordered.map(\.sampled), blocks: blockCount, config: config)
+    let mergedExact = try mergePopulation(ordered.map(\.exact), blocks: blockCount, config: config)
+
+    let probes = SamplingProbes(target: config.target)
+    let embedding = probes.exactEmbedding(config.target)
+    let metrics = populationMetrics(merged, config: config, probes: probes, embedding: embedding)
+    let floor = populationMetrics(mergedExact, config: config, probes: probes, embedding: embedding)
+
+    let finite = merged.moments.count
+    let perMode = merged.modes.map { m in
+        SamplingModeStats(
+            count: Int(m.count), weight: finite > 0 ? Double(m.count) / Double(finite) : .nan, mean: m.mean,
+            cov: covariance(m))
+    }
+    return SamplingResult(
+        config: config, n: Int(merged.total), mean: merged.moments.mean, cov: covariance(merged.moments),
+        modeWeights: perMode.map(\.weight), modeWeightError: metrics.modeWeightError, sw1: metrics.sw1,
+        mmd: metrics.mmd, noiseFloor: floor, perMode: perMode, nanCount: Int(merged.total - finite),
+        outOfRange: Int(merged.outOfRange), merged: merged, mergedExact: mergedExact)
+}
+
+private func covariance(_ m: Moments) -> [[Double]] {
+    let d = m.mean.count
+    let denominator = Double(m.count - 1)
+    return (0..<d).map { r in
+        (0..<d).map { c in m.count >= 2 ? m.m2[r * d + c] / denominator : .nan }
+    }
+}
+
+private func mergePopulation(_ parts: [PopulationStats], blocks blockCount: Int, config: SamplingConfig) throws
+    -> MergedPopulation
+{
+    let blocks = parts.flatMap(\.blocks).sorted { $0.index < $1.index }
+    guard blocks.count == blockCount else {
+        throw SamplingError(.malformedResult, "shards hold \(blocks.count) blocks; the job has \(blockCount)")
+    }
+    let blockSize = SamplingPlan.blockSize
+    for (b, block) in blocks.enumerated() {
+        let size = min((b + 1) * blockSize, config.samples) - b * blockSize
+        guard block.index == b, block.total == Int64(size) else {
+            throw SamplingError(
+                .malformedResult, "block \(block.index) with \(block.total) samples where block \(b) of \(size) belongs")
+        }
+    }
+    struct Node {
+        var total: Int64
+        var moments: Moments
+        var rffSum: [Double]
+        var modes: [Moments]
+    }
+    let root = treeReduce(blocks.map { Node(total: $0.total, moments: $0.moments, rffSum: $0.rffSum, modes: $0.modes) }[...]) {
+        a, b in
+        Node(
+            total: a.total + b.total, moments: .merge(a.moments, b.moments),
+            rffSum: zip(a.rffSum, b.rffSum).map { $0 + $1 },
+            modes: zip(a.modes, b.modes).map { Moments.merge($0, $1) })
+    }
+    var histogram = parts[0].histogram
+    var outOfRange = parts[0].outOfRange
+    for part in parts.dropFirst() {
+        guard part.histogram.count == histogram.count else {
+            throw SamplingError(.malformedResult, "shard histograms differ in size")
+        }
+        for i in histogram.indices { histogram[i] += part.histogram[i] }
+        outOfRange += part.outOfRange
+    }
+    return MergedPopulation(
+        total: root.total, moments: root.moments, rffSum: root.rffSum, modes: root.modes, histogram: histogram,
+        outOfRange: outOfRange)
+}
+
+private func populationMetrics(
+    _ p: MergedPopulation, config: SamplingConfig, probes: SamplingProbes, embedding: [Double]
+) -> SamplingMetrics {
+    let target = config.target
+    let finite = Double(p.moments.count)
+    // Mode weights.
+    var modeError = 0.0
+    for k in 0..<target.componentCount {
+        modeError = max(modeError, abs(Double(p.modes[k].count) / finite - target.weights[k]))
+    }
+    // RFF-MMD^2.
+    let scale = (2.0 / Double(probes.features)).squareRoot()
+    var mmd = 0.0
+    for f in 0..<probes.features {
+        let diff = scale * p.rffSum[f] / finite - embedding[f]
+        mmd += diff * diff
+    }
+    // Sliced W1 from the histograms: F_emp at each bin's right edge vs the exact projected CDF.
+    var sw1 = 0.0
+    for l in 0..<probes.projections {
+        let cdf = probes.exactProjectedCDFs(target, direction: l)
+        let width = probes.binWidths[l]
+        var cumulative: Int64 = 0
+        var sum = 0.0
+        for bin in 0..<probes.bins {
+            cumulative += p.histogram[l * probes.bins + bin]
+            let edge = probes.lowerEdges[l] + Double(bin + 1) * width
+            sum += abs(Double(cumulative) / finite - cdf(edge))
+        }
+        sw1 += sum * width
+    }
+    sw1 /= Double(probes.projections)
+    if finite == 0 { return SamplingMetrics(sw1: .nan, mmd: .nan, modeWeightError: .nan) }
+    return SamplingMetrics(sw1: sw1, mmd: mmd, modeWeightError: modeError)
+}
+
+// MARK: - Output forms
+
+extension SamplingResult {
+    /// The result as one JSON object, with fixed key order. Doubles are printed with Swift's shortest round-trip
+    /// `description` (parsing them back gives the same bits); non-finite values print as `null`. Keys: n, mean, cov,
+    /// mode_weights, mode_weight_error, sw1, mmd (RFF-MMD^2), noise_floor {sw1, mmd, mode_weight_error}, per_mode
+    /// [{count, weight, mean, cov}], nan_count, out_of_range, target {weights, means, stds}, sampler {algorithm, eta
+    /// (ddim only), sampling_steps, seed, samples, schedule {type, beta_start, beta_end, steps}}, metric_setup
+    /// {rff_features, rff_bandwidth, projections, bins, probe_seed}.
+    public var jsonText: String {
+        var o = JSONObjectWriter()
+        o.add("n", String(n))
+        o.add("mean", json(mean))
+        o.add("cov", json(cov))
+        o.add("mode_weights", json(modeWeights))
+        o.add("mode_weight_error", json(modeWeightError))
+        o.add("sw1", json(sw1))
+        o.add("mmd", json(mmd))
+        var floor = JSONObjectWriter()
+        floor.add("sw1", json(noiseFloor.sw1))
+        floor.add("mmd", json(noiseFloor.mmd))
+        floor.add("mode_weight_error", json(noiseFloor.modeWeightError))
+        o.add("noise_floor", floor.text)
+        let modes = perMode.map { m -> String in
+            var w = JSONObjectWriter()
+            w.add("count", String(m.count))
+            w.add("weight", json(m.weight))
+            w.add("mean", json(m.mean))
+            w.add("cov", json(m.cov))
+            return w.text
+        }
+        o.add("per_mode", "[" + modes.joined(separator: ",") + "]")
+        o.add("nan_count", String(nanCount))
+        o.add("out_of_range", String(outOfRange))
+        var target = JSONObjectWriter()
+        target.add("weights", json(config.target.weights))
+        target.add("means", json(config.target.means))
+        target.add("stds", json(config.target.stds))
+        o.add("target", target.text)
+        var sampler = JSONObjectWriter()
+        sampler.add("algorithm", "\"\(config.sampler.algorithmName)\"")
+        if case .ddim(let eta) = config.sampler { sampler.add("eta", json(eta)) }
+        sampler.add("sampling_steps", String(config.samplingSteps))
+        sampler.add("seed", String(config.seed))
+        sampler.add("samples", String(config.samples))
+        var schedule = JSONObjectWriter()
+        schedule.add("type", "\"linear\"")
+        schedule.add("beta_start", json(config.schedule.betaStart))
+        schedule.add("beta_end", json(config.schedule.betaEnd))
+        schedule.add("steps", String(config.schedule.steps))
+        sampler.add("schedule", schedule.text)
+        o.add("sampler", sampler.text)
+        var setup = JSONObjectWriter()
+        setup.add("rff_features", String(SamplingProbeSetup.rffFeatures))
+        setup.add("rff_bandwidth", json(SamplingProbeSetup.rffBandwidth))
+        setup.add("projections", String(SamplingProbeSetup.projections))
+        setup.add("bins", String(SamplingProbeSetup.bins))
+        setup.add("probe_seed", String(SamplingProbeSetup.probeSeed))
+        o.add("metric_setup", setup.text)
+        return o.text
+    }
+
+    /// The merged statistics as safetensors, for storage and bitwise comparison: for P in {sampled, exact}:
+    /// `P.n` I64 [1] (finite count), `P.total` I64 [1], `P.mean` F64 [d], `P.m2` F64 [d, d], `P.rff_sum` F64 [D],
+    /// `P.mode_count` I64 [K], `P.mode_mean` F64 [K, d], `P.mode_m2` F64 [K, d, d], `P.histogram` I64 [L, bins],
+    /// `P.out_of_range` I64 [1]. Metadata: format "tessera.sampling.result/1" and `result_json` (= `jsonText`).
+    public func statisticsFile() throws -> [UInt8] {
+        let d = config.target.dimension
+        let K = config.target.componentCount
+        var tensors: [SafeTensor] = []
+        for (prefix, p) in [("sampled", merged), ("exact", mergedExact)] {
+            tensors += try [
+                SafeTensor(name: "\(prefix).n", int64: [p.moments.count], shape: [1]),
+                SafeTensor(name: "\(prefix).total", int64: [p.total], shape: [1]),
+                SafeTensor(name: "\(prefix).mean", float64: p.moments.mean, shape: [d]),
+                SafeTensor(name: "\(prefix).m2", float64: p.moments.m2, shape: [d, d]),
+                SafeTensor(name: "\(prefix).rff_sum", float64: p.rffSum, shape: [p.rffSum.count]),
+                SafeTensor(name: "\(prefix).mode_count", int64: p.modes.map(\.count), shape: [K]),
+                SafeTensor(name: "\(prefix).mode_mean", float64: p.modes.flatMap(\.mean), shape: [K, d]),
+                SafeTensor(name: "\(prefix).mode_m2", float64: p.modes.flatMap(\.m2), shape: [K, d, d]),
+                SafeTensor(
+                    name: "\(prefix).histogram", int64: p.histogram,
+                    shape: [SamplingProbeSetup.projections, SamplingProbeSetup.bins]),
+                SafeTensor(name: "\(prefix).out_of_range", int64: [p.outOfRange], shape: [1]),
+            ]
+        }
+        return SafeTensorsFile(
+            tensors: tensors, metadata: ["format": "tessera.sampling.result/1", "result_json": jsonText]
+        ).serialize()
+    }
+}
+
+/// Shortest round-trip decimal (Swift's `description`), or `null` when not finite.
+func json(_ x: Double) -> String { x.isFinite ? x.description : "null" }
+func json(_ xs: [Double]) -> String { "[" + xs.map(json).joined(separator: ",") + "]" }
+func json(_ xss: [[Double]]) -> String { "[" + xss.map(json).joined(separator: ",") + "]" }
+
+/// Builds `{"k":v,...}` in insertion order from already-encoded values.
+struct JSONObjectWriter {
+    private var parts: [String] = []
+    mutating func add(_ key: String, _ encodedValue: String) { parts.append("\"\(key)\":\(encodedValue)") }
+    var text: String { "{" + parts.joined(separator: ",") + "}" }
+}

@@ -1,0 +1,238 @@
+// The output of one sampling shard and its exact binary form (safetensors, WORKLOADS.md §7).
+
+import TesseraCompute
+
+/// What a sampling shard produces: per-block statistics of its samples and of exact draws of the same indices,
+/// their projection histograms, and optionally the samples themselves.
+public struct SamplingShardResult: Sendable, Equatable {
+    /// The sample indices this shard covered.
+    public var range: Range<Int>
+    public var dimension: Int
+    public var componentCount: Int
+    /// The samples, row-major F32 [n, d], when the config asked to keep them.
+    public var samples: [Float]?
+    /// The sampler's output.
+    var sampled: PopulationStats
+    /// Exact target draws of the same indices (Philox stream 2): the noise floor.
+    var exact: PopulationStats
+
+    init(
+        range: Range<Int>, dimension: Int, componentCount: Int, samples: [Float]?, sampled: PopulationStats,
+        exact: PopulationStats
+    ) {
+        self.range = range
+        self.dimension = dimension
+        self.componentCount = componentCount
+        self.samples = samples
+        self.sampled = sampled
+        self.exact = exact
+    }
+
+    /// `format` value in the safetensors metadata of `serialize()`.
+    public static let format = "tessera.sampling.shard/1"
+
+    /// A small status summary: n, finite count, nan_count, mean_sq_norm (mean |x|^2 of the finite samples),
+    /// out_of_range (histogram clamps), and the shard's own mode-weight vector as mode_weight_<k>.
+    public var summary: [String: Double] {
+        let moments = treeReduce(sampled.blocks.map(\.moments)[...], Moments.merge)
+        let total = sampled.blocks.reduce(Int64(0)) { $0 + $1.total }
+        var meanSquaredNorm = 0.0
+        if moments.count > 0 {
+            let n = Double(moments.count)
+            for c in 0..<dimension {
+                meanSquaredNorm += moments.mean[c] * moments.mean[c] + moments.m2[c * dimension + c] / n
+            }
+        } else {
+            meanSquaredNorm = .nan
+        }
+        var result: [String: Double] = [
+            "n": Double(total),
+            "finite": Double(moments.count),
+            "nan_count": Double(total - moments.count),
+            "mean_sq_norm": meanSquaredNorm,
+            "out_of_range": Double(sampled.outOfRange),
+        ]
+        for k in 0..<componentCount {
+            let count = sampled.blocks.reduce(Int64(0)) { $0 + $1.modes[k].count }
+            result["mode_weight_\(k)"] = moments.count > 0 ? Double(count) / Double(moments.count) : .nan
+        }
+        return result
+    }
+
+    /// The samples as a safetensors file: tensor `samples` F32 [n, d]; metadata `range_lower`, `range_upper`
+    /// (global sample indices) and `dimension`. Nil when the samples were not kept.
+    public func samplesFile() throws -> [UInt8]? {
+        guard let samples else { return nil }
+        let file = SafeTensorsFile(
+            tensors: [try SafeTensor(name: "samples", float32: samples, shape: [range.count, dimension])],
+            metadata: [
+                "format": "tessera.sampling.samples/1",
+                "range_lower": String(range.lowerBound),
+                "range_upper": String(range.upperBound),
+                "dimension": String(dimension),
+            ])
+        return file.serialize()
+    }
+
+    /// The exact binary form: safetensors with, for P in {sampled, exact} and B blocks,
+    /// `P.block_index` I64 [B], `P.block_total` I64 [B], `P.count` I64 [B], `P.mean` F64 [B, d], `P.m2` F64 [B, d, d],
+    /// `P.rff_sum` F64 [B, D], `P.mode_count` I64 [B, K], `P.mode_mean` F64 [B, K, d], `P.mode_m2` F64 [B, K, d, d],
+    /// `P.histogram` I64 [L, bins], `P.out_of_range` I64 [1]; plus `samples` F32 [n, d] when kept. Metadata: format,
+    /// range_lower, range_upper, dimension, components. `deserialize` inverts it bit for bit.
+    public func serialize() throws -> [UInt8] {
+        var tensors: [SafeTensor] = []
+        for (prefix, population) in [("sampled", sampled), ("exact", exact)] {
+            tensors += try Self.tensors(prefix: prefix, population, dimension: dimension, components: componentCount)
+        }
+        if let samples {
+            tensors.append(try SafeTensor(name: "samples", float32: samples, shape: [range.count, dimension]))
+        }
+        let file = SafeTensorsFile(
+            tensors: tensors,
+            metadata: [
+                "format": Self.format,
+                "range_lower": String(range.lowerBound),
+                "range_upper": String(range.upperBound),
+                "dimension": String(dimension),
+                "components": String(componentCount),
+            ])
+        return file.serialize()
+    }
+
+    public static func deserialize(_ bytes: [UInt8]) throws -> SamplingShardResult {
+        let file: SafeTensorsFile
+        do {
+            file = try SafeTensorsFile.parse(bytes)
+        } catch {
+            throw SamplingError(.malformedResult, "shard result is not a valid safetensors file: \(error)")
+        }
+        let metadata = file.metadata
+        guard metadata["format"] == format else {
+            throw SamplingError(
+                .malformedResult, "not a sampling shard result: format is \(metadata["format"] ?? "missing")")
+        }
+        func integer(_ key: String) throws -> Int {
+            guard let text = metadata[key], let value = Int(text) else {
+                throw SamplingError(.malformedResult, "shard result metadata `\(key)` is missing or not an integer")
+            }
+            return value
+        }
+        let lower = try integer("range_lower")
+        let upper = try integer("range_upper")
+        let d = try integer("dimension")
+        let K = try integer("components")
+        guard lower >= 0, upper > lower, d > 0, K > 0 else {
+            throw SamplingError(.malformedResult, "shard result metadata is inconsistent")
+        }
+        let reader = TensorReader(file: file)
+        let sampled = try population(prefix: "sampled", reader, dimension: d, components: K)
+        let exact = try population(prefix: "exact", reader, dimension: d, components: K)
+        var samples: [Float]?
+        if file["samples"] != nil {
+            let values = try reader.float32("samples", count: (upper - lower) * d)
+            samples = values
+        }
+        return SamplingShardResult(
+            range: lower..<upper, dimension: d, componentCount: K, samples: samples, sampled: sampled, exact: exact)
+    }
+
+    private static func tensors(prefix: String, _ p: PopulationStats, dimension d: Int, components K: Int) throws
+        -> [SafeTensor]
+    {
+        let B = p.blocks.count
+        let D = p.blocks.first?.rffSum.count ?? SamplingProbeSetup.rffFeatures
+        let L = SamplingProbeSetup.projections
+        return try [
+            SafeTensor(name: "\(prefix).block_index", int64: p.blocks.map { Int64($0.index) }, shape: [B]),
+            SafeTensor(name: "\(prefix).block_total", int64: p.blocks.map(\.total), shape: [B]),
+            SafeTensor(name: "\(prefix).count", int64: p.blocks.map(\.moments.count), shape: [B]),
+            SafeTensor(name: "\(prefix).mean", float64: p.blocks.flatMap(\.moments.mean), shape: [B, d]),
+            SafeTensor(name: "\(prefix).m2", float64: p.blocks.flatMap(\.moments.m2), shape: [B, d, d]),
+            SafeTensor(name: "\(prefix).rff_sum", float64: p.blocks.flatMap(\.rffSum), shape: [B, D]),
+            SafeTensor(
+                name: "\(prefix).mode_count", int64: p.blocks.flatMap { $0.modes.map(\.count) }, shape: [B, K]),
+            SafeTensor(
+                name: "\(prefix).mode_mean", float64: p.blocks.flatMap { $0.modes.flatMap(\.mean) },
+                shape: [B, K, d]),
+            SafeTensor(
+                name: "\(prefix).mode_m2", float64: p.blocks.flatMap { $0.modes.flatMap(\.m2) }, shape: [B, K, d, d]),
+            SafeTensor(
+                name: "\(prefix).histogram", int64: p.histogram, shape: [L, p.histogram.count / max(L, 1)]),
+            SafeTensor(name: "\(prefix).out_of_range", int64: [p.outOfRange], shape: [1]),
+        ]
+    }
+
+    private static func population(prefix: String, _ r: TensorReader, dimension d: Int, components K: Int) throws
+        -> PopulationStats
+    {
+        let index = try r.int64("\(prefix).block_index", count: nil)
+        let B = index.count
+        let D = SamplingProbeSetup.rffFeatures
+        let total = try r.int64("\(prefix).block_total", count: B)
+        let count = try r.int64("\(prefix).count", count: B)
+        let mean = try r.float64("\(prefix).mean", count: B * d)
+        let m2 = try r.float64("\(prefix).m2", count: B * d * d)
+        let rff = try r.float64("\(prefix).rff_sum", count: B * D)
+        let modeCount = try r.int64("\(prefix).mode_count", count: B * K)
+        let modeMean = try r.float64("\(prefix).mode_mean", count: B * K * d)
+        let modeM2 = try r.float64("\(prefix).mode_m2", count: B * K * d * d)
+        let histogram = try r.int64(
+            "\(prefix).histogram", count: SamplingProbeSetup.projections * SamplingProbeSetup.bins)
+        let outOfRange = try r.int64("\(prefix).out_of_range", count: 1)
+        var blocks: [BlockStats] = []
+        blocks.reserveCapacity(B)
+        for b in 0..<B {
+            var modes: [Moments] = []
+            for k in 0..<K {
+                let mk = b * K + k
+                modes.append(
+                    Moments(
+                        count: modeCount[mk], mean: Array(modeMean[(mk * d)..<((mk + 1) * d)]),
+                        m2: Array(modeM2[(mk * d * d)..<((mk + 1) * d * d)])))
+            }
+            blocks.append(
+                BlockStats(
+                    index: Int(index[b]), total: total[b],
+                    moments: Moments(
+                        count: count[b], mean: Array(mean[(b * d)..<((b + 1) * d)]),
+                        m2: Array(m2[(b * d * d)..<((b + 1) * d * d)])),
+                    rffSum: Array(rff[(b * D)..<((b + 1) * D)]), modes: modes))
+        }
+        return PopulationStats(blocks: blocks, histogram: histogram, outOfRange: outOfRange[0])
+    }
+}
+
+/// Typed, size-checked access to the tensors of a parsed file.
+private struct TensorReader {
+    let file: SafeTensorsFile
+
+    private func tensor(_ name: String) throws -> SafeTensor {
+        guard let t = file[name] else { throw SamplingError(.malformedResult, "shard result lacks tensor `\(name)`") }
+        return t
+    }
+
+    private func check(_ name: String, _ actual: Int, _ expected: Int?) throws {
+        if let expected, actual != expected {
+            throw SamplingError(
+                .malformedResult, "shard result tensor `\(name)` has \(actual) values, expected \(expected)")
+        }
+    }
+
+    func int64(_ name: String, count: Int?) throws -> [Int64] {
+        let values = try tensor(name).int64Values()
+        try check(name, values.count, count)
+        return values
+    }
+
+    func float64(_ name: String, count: Int?) throws -> [Double] {
+        let values = try tensor(name).float64Values()
+        try check(name, values.count, count)
+        return values
+    }
+
+    func float32(_ name: String, count: Int?) throws -> [Float] {
+        let values = try tensor(name).float32Values()
+        try check(name, values.count, count)
+        return values
+    }
+}

@@ -1,0 +1,26 @@
+// WORKLOADS.md §1 S1 "GMM check": on the 8-mode ring, DDIM-100 (and the DDIM-50 example) recovers the mode
+// weights within 0.01 at N = 5e4, with SW1 and RFF-MMD^2 within 3x the noise floor of N exact draws.
+
+import Testing
+import TesseraWorkloads
+
+@Suite("Sampling: the 8-mode ring")
+struct SamplingRingTests {
+    @Test("DDIM(eta=0) on the ring: mode weights, SW1 and MMD within the stated multiples of the noise floor",
+          arguments: [100, 50])
+    func ring(samplingSteps: Int) throws {
+        let config = try SamplingConfig(
+            target: SamplingFixtures.ring(), schedule: SamplingFixtures.schedule(), sampler: .ddim(eta: 0),
+            samplingSteps: samplingSteps, seed: 7, samples: 50_000)
+        let result = try SamplingFixtures.run(config, shards: 2)
+        #expect(result.nanCount == 0)
+        for w in result.modeWeights { #expect(abs(w - 0.125) < 0.01, "mode weights \(result.modeWeights)") }
+        #expect(result.modeWeightError < 0.01)
+        #expect(result.sw1 <= 3 * result.noiseFloor.sw1, "sw1 \(result.sw1), floor \(result.noiseFloor.sw1)")
+        #expect(result.mmd <= 3 * result.noiseFloor.mmd, "mmd \(result.mmd), floor \(result.noiseFloor.mmd)")
+        // The floor itself is what N = 5e4 exact draws give: SW1 ~ 1/sqrt(N) scale, MMD^2 ~ 1/N scale.
+        #expect(result.noiseFloor.sw1 > 0 && result.noiseFloor.sw1 < 0.03)
+        #expect(result.noiseFloor.mmd > 0 && result.noiseFloor.mmd < 1e-3)
+        #expect(result.noiseFloor.modeWeightError < 0.01)
+    }
+}
