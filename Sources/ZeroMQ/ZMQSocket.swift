@@ -97,6 +97,14 @@ public final class ZMQSocket: @unchecked Sendable {
 
     // MARK: Options
 
+    func setOptionInt32(_ option: Int32, _ name: String, _ value: Int32) throws {
+        try setOption(option, name, value)
+    }
+
+    func setOptionBytes(_ option: Int32, _ name: String, _ value: [UInt8]) throws {
+        try setOption(option, name, bytes: value)
+    }
+
     private func setOption(_ option: Int32, _ name: String, _ value: Int32) throws {
         let s = raw
         var v = value

@@ -1,0 +1,57 @@
+internal import CZeroMQ
+
+/// A CURVE key pair in Z85 text form (40 characters each), as written to key files.
+public struct ZMQCurveKeyPair: Sendable, Hashable {
+    public var publicKey: String
+    public var secretKey: String
+    public init(publicKey: String, secretKey: String) {
+        self.publicKey = publicKey
+        self.secretKey = secretKey
+    }
+}
+
+extension ZMQ {
+    /// Whether libzmq was built with a capability ("curve", "ipc", "draft", ...).
+    public static func has(_ capability: String) -> Bool {
+        capability.withCString { zmq_has($0) } != 0
+    }
+
+    /// A fresh CURVE key pair (zmq_curve_keypair). Throws ENOTSUP when libzmq has no CURVE.
+    public static func curveKeyPair() throws -> ZMQCurveKeyPair {
+        var publicKey = [CChar](repeating: 0, count: 41)
+        var secretKey = [CChar](repeating: 0, count: 41)
+        let rc = publicKey.withUnsafeMutableBufferPointer { p in
+            secretKey.withUnsafeMutableBufferPointer { s in zmq_curve_keypair(p.baseAddress, s.baseAddress) }
+        }
+        guard rc == 0 else { throw ZMQError(errno: zmq_errno(), operation: "zmq_curve_keypair") }
+        func text(_ key: [CChar]) -> String { String(decoding: key.prefix(40).map { UInt8(bitPattern: $0) }, as: UTF8.self) }
+        return ZMQCurveKeyPair(publicKey: text(publicKey), secretKey: text(secretKey))
+    }
+}
+
+extension ZMQSocket {
+    private func setCurveKey(_ option: Int32, _ name: String, _ z85: String) throws {
+        // A Z85 key option takes 41 bytes: 40 characters and a NUL.
+        guard z85.utf8.count == 40 else { throw ZMQError(errno: EINVAL, operation: "\(name): key must be 40 Z85 characters") }
+        try setOptionBytes(option, name, Array(z85.utf8) + [0])
+    }
+
+    /// Makes this socket a CURVE server with its secret key (Z85). Set before bind.
+    public func setCurveServer(secretKey: String) throws {
+        try setOptionInt32(ZMQ_CURVE_SERVER, "ZMQ_CURVE_SERVER", 1)
+        try setCurveKey(ZMQ_CURVE_SECRETKEY, "ZMQ_CURVE_SECRETKEY", secretKey)
+    }
+
+    /// Makes this socket a CURVE client of the server with `serverPublicKey`, using its own key pair (Z85).
+    /// Set before connect.
+    public func setCurveClient(serverPublicKey: String, keys: ZMQCurveKeyPair) throws {
+        try setCurveKey(ZMQ_CURVE_SERVERKEY, "ZMQ_CURVE_SERVERKEY", serverPublicKey)
+        try setCurveKey(ZMQ_CURVE_PUBLICKEY, "ZMQ_CURVE_PUBLICKEY", keys.publicKey)
+        try setCurveKey(ZMQ_CURVE_SECRETKEY, "ZMQ_CURVE_SECRETKEY", keys.secretKey)
+    }
+
+    /// ZMQ_ZAP_DOMAIN: the domain passed to the ZAP handler (a ROUTER bound to inproc://zeromq.zap.01).
+    public func setZAPDomain(_ domain: String) throws {
+        try setOptionBytes(ZMQ_ZAP_DOMAIN, "ZMQ_ZAP_DOMAIN", Array(domain.utf8))
+    }
+}
