@@ -33,6 +33,10 @@ extension PGConnection {
     /// (empty on timeout). Blocks the calling thread; use it from the thread that owns this connection, as a
     /// wake-up hint next to a polling fallback. Throws `.connectionLost` if the connection broke.
     public func waitForNotifications(timeout: Duration) throws -> [PGNotification] {
+        try exclusive { try waitUnguarded(timeout: timeout) }
+    }
+
+    private func waitUnguarded(timeout: Duration) throws -> [PGNotification] {
         let h = try handle()
         if PQconsumeInput(h) == 0 { throw connectionError(h, query: nil) }
         var received = drainNotifications(h)

@@ -1,4 +1,5 @@
 internal import CLibPQ
+import Synchronization
 
 /// One PostgreSQL connection (libpq, blocking).
 ///
@@ -15,6 +16,8 @@ internal import CLibPQ
 public final class PGConnection: @unchecked Sendable {
     private var conn: OpaquePointer?
     private var savepointDepth = 0
+    /// Set while a libpq call sequence runs; catches use from two threads at once (a programmer error).
+    private let busy = Atomic<Bool>(false)
 
     /// Connects with a libpq conninfo string (`host=/tmp/x port=5432 user=postgres dbname=postgres`) or a URL
     /// (`postgresql://user@host:port/db?host=/socket/dir`). Sets the client encoding to UTF-8, `client_min_messages`
@@ -58,9 +61,11 @@ public final class PGConnection: @unchecked Sendable {
 
     /// Frees the connection. Idempotent.
     public func close() {
-        if let conn {
-            PQfinish(conn)
-            self.conn = nil
+        exclusive {
+            if let conn {
+                PQfinish(conn)
+                self.conn = nil
+            }
         }
     }
 
@@ -83,6 +88,15 @@ public final class PGConnection: @unchecked Sendable {
         return s == PQTRANS_INTRANS || s == PQTRANS_INERROR || s == PQTRANS_ACTIVE
     }
 
+    /// Runs `body` while marking the connection busy; traps if another thread is inside one at the same time.
+    func exclusive<R>(_ body: () throws -> R) rethrows -> R {
+        guard busy.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged else {
+            preconditionFailure("PGConnection used from two threads at once; a connection belongs to one thread")
+        }
+        defer { busy.store(false, ordering: .releasing) }
+        return try body()
+    }
+
     func handle() throws -> OpaquePointer {
         guard let conn else { throw PGError(code: .closed, message: "connection is closed") }
         return conn
@@ -93,6 +107,10 @@ public final class PGConnection: @unchecked Sendable {
     /// Runs one statement with `$1, $2, ...` bound to `params` (text format, see `PGValue`), and returns its rows.
     @discardableResult
     public func execute(_ sql: String, _ params: [PGValue] = []) throws -> PGResult {
+        try exclusive { try executeUnguarded(sql, params) }
+    }
+
+    private func executeUnguarded(_ sql: String, _ params: [PGValue]) throws -> PGResult {
         let h = try handle()
         var cParams = [UnsafeMutablePointer<CChar>?]()
         cParams.reserveCapacity(params.count)
@@ -125,9 +143,11 @@ public final class PGConnection: @unchecked Sendable {
     /// Runs a script of one or more `;`-separated statements without parameters (`PQexec`), e.g. a migration file.
     /// Unless the script itself contains BEGIN/COMMIT, PostgreSQL runs it as one implicit transaction.
     public func executeScript(_ sql: String) throws {
-        let h = try handle()
-        let result = PQexec(h, sql)
-        _ = try consume(result, query: sql, on: h)
+        try exclusive {
+            let h = try handle()
+            let result = PQexec(h, sql)
+            _ = try consume(result, query: sql, on: h)
+        }
     }
 
     /// Checks a result, copies it out and frees it.
@@ -259,6 +279,10 @@ public final class PGConnection: @unchecked Sendable {
         if let schema { target = try quoteIdentifier(schema) + "." + target }
         let columnList = try columns.isEmpty ? "" : " (" + columns.map(quoteIdentifier).joined(separator: ", ") + ")"
         let sql = "COPY \(target)\(columnList) FROM STDIN"
+        return try exclusive { try copyInUnguarded(h, sql: sql, columns: columns, rows: rows) }
+    }
+
+    private func copyInUnguarded(_ h: OpaquePointer, sql: String, columns: [String], rows: [[PGValue]]) throws -> Int {
 
         guard let start = PQexec(h, sql) else { throw connectionError(h, query: sql) }
         let startStatus = PQresultStatus(start)
@@ -350,6 +374,10 @@ public final class PGConnection: @unchecked Sendable {
 
     /// Quotes an identifier (table, column, channel name) with `PQescapeIdentifier`, e.g. `"my table"`.
     public func quoteIdentifier(_ name: String) throws -> String {
+        try exclusive { try quoteIdentifierUnguarded(name) }
+    }
+
+    private func quoteIdentifierUnguarded(_ name: String) throws -> String {
         let h = try handle()
         let utf8 = Array(name.utf8)
         guard !utf8.contains(0) else {

@@ -201,6 +201,17 @@ struct MigratorDatabaseTests {
         }
     }
 
+    /// `PostgresTestDatabase.create(migrate: true)` leaves a database that the build accepts.
+    @Test func testDatabaseCreatesMigrated() throws {
+        let path = PostgresTestDatabase.repositoryMigrationsDirectory
+        guard FileManager.default.fileExists(atPath: path) else { return }
+        try PostgresTestDatabase.with(migrate: true) { tdb in
+            let db = try tdb.connect()
+            defer { db.close() }
+            try Migrator(directory: path).requireCurrent(db)
+        }
+    }
+
     /// The repository's real migrations: every up has a down, and up → down → up works on an empty database,
     /// with down leaving nothing behind.
     @Test func repositoryMigrationsRoundTrip() throws {
