@@ -1,0 +1,342 @@
+// The element types of the runtime: Float (training, inference) and Double (finite-difference checks, exact math).
+//
+// Design note: the model and optimizer code is generic over `TensorScalar` and is called from other modules without
+// specialization. So every loop over elements that sits on the training path is a *requirement* of this protocol,
+// implemented per type (and specialised there by the compiler), and generic code only makes one dynamic call per
+// operation, never one per element. Float's exp-heavy kernels use a vectorised exp (FastMath.swift).
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Hidden-layer activation functions.
+public enum Activation: String, Sendable, CaseIterable, Codable {
+    case identity, relu, silu
+}
+
+/// Float or Double.
+public protocol TensorScalar: BinaryFloatingPoint, Sendable, CustomStringConvertible {
+    /// The safetensors dtype of this type (F32 or F64).
+    static var safeTensorDType: SafeTensorDType { get }
+
+    static func mathExp(_ x: Self) -> Self
+    static func mathLog(_ x: Self) -> Self
+    static func mathLog1p(_ x: Self) -> Self
+    static func mathSin(_ x: Self) -> Self
+    static func mathCos(_ x: Self) -> Self
+
+    /// C = alpha op(A) op(B) + beta C, row-major (cblas ?gemm).
+    static func gemm(
+        transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Self,
+        a: UnsafePointer<Self>, lda: Int, b: UnsafePointer<Self>, ldb: Int,
+        beta: Self, c: UnsafeMutablePointer<Self>, ldc: Int)
+    /// y = alpha op(A) x + beta y, row-major, A is m x n (cblas ?gemv).
+    static func gemv(
+        trans: Bool, m: Int, n: Int, alpha: Self, a: UnsafePointer<Self>, lda: Int,
+        x: UnsafePointer<Self>, beta: Self, y: UnsafeMutablePointer<Self>)
+
+    /// z[r, c] += bias[c]; then out = act(z) (out may equal z for an in-place, inference-only pass).
+    static func kernelBiasActivation(
+        z: UnsafeMutablePointer<Self>, bias: UnsafePointer<Self>, out: UnsafeMutablePointer<Self>,
+        rows: Int, cols: Int, activation: Activation)
+    /// grad[i] *= act'(z[i]).
+    static func kernelActivationBackward(
+        z: UnsafePointer<Self>, grad: UnsafeMutablePointer<Self>, count: Int, activation: Activation)
+    /// out[i] = act(x[i]).
+    static func kernelActivation(
+        x: UnsafePointer<Self>, out: UnsafeMutablePointer<Self>, count: Int, activation: Activation)
+    /// Sum of squares, accumulated in Double in index order.
+    static func kernelSumOfSquares(_ x: UnsafePointer<Self>, count: Int) -> Double
+    /// x[i] *= factor.
+    static func kernelScale(_ x: UnsafeMutablePointer<Self>, count: Int, by factor: Self)
+    /// grad = 2 (pred - target) / count; returns mean squared error (accumulated in Double).
+    static func kernelMSE(
+        prediction: UnsafePointer<Self>, target: UnsafePointer<Self>, grad: UnsafeMutablePointer<Self>?,
+        count: Int) -> Double
+    /// One Adam/AdamW update over a flat parameter range (see Adam.swift for the exact PyTorch semantics).
+    static func kernelAdam(
+        params: UnsafeMutablePointer<Self>, grads: UnsafePointer<Self>, expAvg: UnsafeMutablePointer<Self>,
+        expAvgSq: UnsafeMutablePointer<Self>, count: Int, coefficients: AdamCoefficients)
+}
+
+/// Per-step scalars of one Adam update, computed in Double as PyTorch computes them in Python.
+public struct AdamCoefficients: Sendable, Equatable {
+    public var lerpWeight: Double  // 1 - beta1
+    public var beta2: Double
+    public var oneMinusBeta2: Double
+    public var biasCorrection2Sqrt: Double  // sqrt(1 - beta2^k)
+    public var eps: Double
+    public var stepSize: Double  // -lr / (1 - beta1^k)
+    public var decoupledDecayFactor: Double?  // AdamW: 1 - lr * wd
+    public var l2WeightDecay: Double?  // Adam: g += wd * p
+}
+
+// MARK: - Generic kernel bodies, specialised per conformance
+
+@usableFromInline enum KernelImpl {
+    @inline(__always)
+    static func act<T: TensorScalar>(_ z: T, _ a: Activation) -> T {
+        switch a {
+        case .identity: return z
+        case .relu: return z > 0 ? z : 0
+        case .silu: return z / (1 + T.mathExp(-z))
+        }
+    }
+
+    @inline(__always)
+    static func actDerivative<T: TensorScalar>(_ z: T, _ a: Activation) -> T {
+        switch a {
+        case .identity: return 1
+        case .relu: return z > 0 ? 1 : 0
+        case .silu:
+            let s = 1 / (1 + T.mathExp(-z))
+            return s * (1 + z * (1 - s))
+        }
+    }
+
+    @inline(__always)
+    static func biasActivation<T: TensorScalar>(
+        z: UnsafeMutablePointer<T>, bias: UnsafePointer<T>, out: UnsafeMutablePointer<T>,
+        rows: Int, cols: Int, activation: Activation
+    ) {
+        for r in 0..<rows {
+            let zr = z + r * cols, orow = out + r * cols
+            for c in 0..<cols {
+                let v = zr[c] + bias[c]
+                zr[c] = v
+                orow[c] = act(v, activation)
+            }
+        }
+    }
+
+    @inline(__always)
+    static func activationBackward<T: TensorScalar>(
+        z: UnsafePointer<T>, grad: UnsafeMutablePointer<T>, count: Int, activation: Activation
+    ) {
+        if activation == .identity { return }
+        for i in 0..<count { grad[i] *= actDerivative(z[i], activation) }
+    }
+
+    @inline(__always)
+    static func activation<T: TensorScalar>(
+        x: UnsafePointer<T>, out: UnsafeMutablePointer<T>, count: Int, activation: Activation
+    ) {
+        for i in 0..<count { out[i] = act(x[i], activation) }
+    }
+
+    @inline(__always)
+    static func sumOfSquares<T: TensorScalar>(_ x: UnsafePointer<T>, count: Int) -> Double {
+        var s = 0.0
+        for i in 0..<count {
+            let v = Double(x[i])
+            s += v * v
+        }
+        return s
+    }
+
+    @inline(__always)
+    static func scale<T: TensorScalar>(_ x: UnsafeMutablePointer<T>, count: Int, by f: T) {
+        for i in 0..<count { x[i] *= f }
+    }
+
+    @inline(__always)
+    static func mse<T: TensorScalar>(
+        prediction: UnsafePointer<T>, target: UnsafePointer<T>, grad: UnsafeMutablePointer<T>?, count: Int
+    ) -> Double {
+        var s = 0.0
+        let g = T(2) / T(count)
+        for i in 0..<count {
+            let d = prediction[i] - target[i]
+            s += Double(d) * Double(d)
+            grad?[i] = g * d
+        }
+        return s / Double(count)
+    }
+
+    /// Element order of operations follows PyTorch's Adam (torch/optim/adam.py, single-tensor and `_foreach` paths):
+    /// decay (AdamW `mul_(1 - lr wd)` or Adam `grad + wd p`), `lerp_(grad, 1 - b1)`, `mul_(b2).addcmul_(g, g, 1 - b2)`,
+    /// `sqrt / sqrt(bc2) + eps`, `addcdiv_(m, denom, -lr / bc1)`. Each Python scalar is first rounded to the tensor's
+    /// type, as ATen does, and ATen's scalar formulas are kept (lerp's two branches; addcmul/addcdiv left to right).
+    @inline(__always)
+    static func adam<T: TensorScalar>(
+        params: UnsafeMutablePointer<T>, grads: UnsafePointer<T>, expAvg: UnsafeMutablePointer<T>,
+        expAvgSq: UnsafeMutablePointer<T>, count: Int, c: AdamCoefficients
+    ) {
+        let w = T(c.lerpWeight), b2 = T(c.beta2), omb2 = T(c.oneMinusBeta2)
+        let bc2 = T(c.biasCorrection2Sqrt), eps = T(c.eps), step = T(c.stepSize)
+        let smallWeight = abs(c.lerpWeight) < 0.5
+        let oneMinusW = T(1) - w
+        let decay = c.decoupledDecayFactor.map { T($0) }
+        let l2 = c.l2WeightDecay.map { T($0) }
+        for i in 0..<count {
+            var p = params[i]
+            var g = grads[i]
+            if let decay { p = p * decay }
+            if let l2 { g = g + l2 * p }
+            let m0 = expAvg[i]
+            let m = smallWeight ? m0 + w * (g - m0) : g - (g - m0) * oneMinusW
+            let v = expAvgSq[i] * b2 + omb2 * g * g
+            let denom = v.squareRoot() / bc2 + eps
+            p = p + step * m / denom  // addcdiv: self + value * t1 / t2, evaluated left to right
+            expAvg[i] = m
+            expAvgSq[i] = v
+            params[i] = p
+        }
+    }
+}
+
+// MARK: - Float
+
+extension Float: TensorScalar {
+    public static var safeTensorDType: SafeTensorDType { .F32 }
+    @inline(__always) public static func mathExp(_ x: Float) -> Float { expf(x) }
+    @inline(__always) public static func mathLog(_ x: Float) -> Float { logf(x) }
+    @inline(__always) public static func mathLog1p(_ x: Float) -> Float { log1pf(x) }
+    @inline(__always) public static func mathSin(_ x: Float) -> Float { sinf(x) }
+    @inline(__always) public static func mathCos(_ x: Float) -> Float { cosf(x) }
+
+    public static func gemm(
+        transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
+        a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+        beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int
+    ) {
+        blasGemm(
+            transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb,
+            beta: beta, c: c, ldc: ldc)
+    }
+
+    public static func gemv(
+        trans: Bool, m: Int, n: Int, alpha: Float, a: UnsafePointer<Float>, lda: Int,
+        x: UnsafePointer<Float>, beta: Float, y: UnsafeMutablePointer<Float>
+    ) {
+        blasGemv(trans: trans, m: m, n: n, alpha: alpha, a: a, lda: lda, x: x, beta: beta, y: y)
+    }
+
+    public static func kernelBiasActivation(
+        z: UnsafeMutablePointer<Float>, bias: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>,
+        rows: Int, cols: Int, activation: Activation
+    ) {
+        if activation == .silu {
+            FastMath.biasSiLU(z: z, bias: bias, out: out, rows: rows, cols: cols)
+        } else {
+            KernelImpl.biasActivation(z: z, bias: bias, out: out, rows: rows, cols: cols, activation: activation)
+        }
+    }
+
+    public static func kernelActivationBackward(
+        z: UnsafePointer<Float>, grad: UnsafeMutablePointer<Float>, count: Int, activation: Activation
+    ) {
+        if activation == .silu {
+            FastMath.siluBackward(z: z, grad: grad, count: count)
+        } else {
+            KernelImpl.activationBackward(z: z, grad: grad, count: count, activation: activation)
+        }
+    }
+
+    public static func kernelActivation(
+        x: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, count: Int, activation: Activation
+    ) {
+        if activation == .silu {
+            FastMath.silu(x: x, out: out, count: count)
+        } else {
+            KernelImpl.activation(x: x, out: out, count: count, activation: activation)
+        }
+    }
+
+    public static func kernelSumOfSquares(_ x: UnsafePointer<Float>, count: Int) -> Double {
+        KernelImpl.sumOfSquares(x, count: count)
+    }
+
+    public static func kernelScale(_ x: UnsafeMutablePointer<Float>, count: Int, by factor: Float) {
+        KernelImpl.scale(x, count: count, by: factor)
+    }
+
+    public static func kernelMSE(
+        prediction: UnsafePointer<Float>, target: UnsafePointer<Float>, grad: UnsafeMutablePointer<Float>?,
+        count: Int
+    ) -> Double {
+        KernelImpl.mse(prediction: prediction, target: target, grad: grad, count: count)
+    }
+
+    public static func kernelAdam(
+        params: UnsafeMutablePointer<Float>, grads: UnsafePointer<Float>, expAvg: UnsafeMutablePointer<Float>,
+        expAvgSq: UnsafeMutablePointer<Float>, count: Int, coefficients: AdamCoefficients
+    ) {
+        KernelImpl.adam(
+            params: params, grads: grads, expAvg: expAvg, expAvgSq: expAvgSq, count: count, c: coefficients)
+    }
+}
+
+// MARK: - Double
+
+extension Double: TensorScalar {
+    public static var safeTensorDType: SafeTensorDType { .F64 }
+    @inline(__always) public static func mathExp(_ x: Double) -> Double { exp(x) }
+    @inline(__always) public static func mathLog(_ x: Double) -> Double { log(x) }
+    @inline(__always) public static func mathLog1p(_ x: Double) -> Double { log1p(x) }
+    @inline(__always) public static func mathSin(_ x: Double) -> Double { sin(x) }
+    @inline(__always) public static func mathCos(_ x: Double) -> Double { cos(x) }
+
+    public static func gemm(
+        transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Double,
+        a: UnsafePointer<Double>, lda: Int, b: UnsafePointer<Double>, ldb: Int,
+        beta: Double, c: UnsafeMutablePointer<Double>, ldc: Int
+    ) {
+        blasGemm(
+            transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb,
+            beta: beta, c: c, ldc: ldc)
+    }
+
+    public static func gemv(
+        trans: Bool, m: Int, n: Int, alpha: Double, a: UnsafePointer<Double>, lda: Int,
+        x: UnsafePointer<Double>, beta: Double, y: UnsafeMutablePointer<Double>
+    ) {
+        blasGemv(trans: trans, m: m, n: n, alpha: alpha, a: a, lda: lda, x: x, beta: beta, y: y)
+    }
+
+    public static func kernelBiasActivation(
+        z: UnsafeMutablePointer<Double>, bias: UnsafePointer<Double>, out: UnsafeMutablePointer<Double>,
+        rows: Int, cols: Int, activation: Activation
+    ) {
+        KernelImpl.biasActivation(z: z, bias: bias, out: out, rows: rows, cols: cols, activation: activation)
+    }
+
+    public static func kernelActivationBackward(
+        z: UnsafePointer<Double>, grad: UnsafeMutablePointer<Double>, count: Int, activation: Activation
+    ) {
+        KernelImpl.activationBackward(z: z, grad: grad, count: count, activation: activation)
+    }
+
+    public static func kernelActivation(
+        x: UnsafePointer<Double>, out: UnsafeMutablePointer<Double>, count: Int, activation: Activation
+    ) {
+        KernelImpl.activation(x: x, out: out, count: count, activation: activation)
+    }
+
+    public static func kernelSumOfSquares(_ x: UnsafePointer<Double>, count: Int) -> Double {
+        KernelImpl.sumOfSquares(x, count: count)
+    }
+
+    public static func kernelScale(_ x: UnsafeMutablePointer<Double>, count: Int, by factor: Double) {
+        KernelImpl.scale(x, count: count, by: factor)
+    }
+
+    public static func kernelMSE(
+        prediction: UnsafePointer<Double>, target: UnsafePointer<Double>, grad: UnsafeMutablePointer<Double>?,
+        count: Int
+    ) -> Double {
+        KernelImpl.mse(prediction: prediction, target: target, grad: grad, count: count)
+    }
+
+    public static func kernelAdam(
+        params: UnsafeMutablePointer<Double>, grads: UnsafePointer<Double>, expAvg: UnsafeMutablePointer<Double>,
+        expAvgSq: UnsafeMutablePointer<Double>, count: Int, coefficients: AdamCoefficients
+    ) {
+        KernelImpl.adam(
+            params: params, grads: grads, expAvg: expAvg, expAvgSq: expAvgSq, count: count, c: coefficients)
+    }
+}
