@@ -113,7 +113,14 @@ struct WireReader {
         let start = index
         index += n
         let s: String? = bytes.withUnsafeBufferPointer { buffer in
-            String(validating: UnsafeBufferPointer(rebasing: buffer[start..<start + n]), as: UTF8.self)
+            let utf8 = UnsafeBufferPointer(rebasing: buffer[start..<start + n])
+            // Fast path: ASCII needs no validation (the common case: names, reasons, hex digests).
+            var ascii = true
+            for b in utf8 where b >= 0x80 {
+                ascii = false
+                break
+            }
+            return ascii ? String(decoding: utf8, as: UTF8.self) : String(validating: utf8, as: UTF8.self)
         }
         guard let s else { throw error(.badUTF8, f, "invalid UTF-8 in \(n)-byte string") }
         return s
@@ -128,12 +135,20 @@ struct WireReader {
 
     /// A sha256 as 64 lowercase hex characters; with `allowEmpty`, "" is accepted too.
     mutating func sha256(_ f: StaticString, allowEmpty: Bool) throws(ProtocolError) -> String {
-        let s = try string(f)
-        if s.isEmpty && allowEmpty { return s }
-        guard isSHA256Hex(s) else {
+        let n = try length(f, maximum: limits.maxStringBytes)
+        if n == 0 && allowEmpty { return "" }
+        let start = index
+        index += n
+        let valid = n == 64 && bytes.withUnsafeBufferPointer { buffer in
+            for c in buffer[start..<start + 64] where !((c >= 0x30 && c <= 0x39) || (c >= 0x61 && c <= 0x66)) {
+                return false
+            }
+            return true
+        }
+        guard valid else {
             throw error(.malformed, f, "must be 64 lowercase hex characters\(allowEmpty ? " or empty" : "")")
         }
-        return s
+        return bytes.withUnsafeBufferPointer { String(decoding: UnsafeBufferPointer(rebasing: $0[start..<start + 64]), as: UTF8.self) }
     }
 
     /// u32 count, then `count` elements; `minimumSize` is the smallest encoding of one element, so a
@@ -163,14 +178,4 @@ struct WireReader {
             throw ProtocolError(code: .trailingBytes, message: "\(type) body: \(remaining) bytes after the last field")
         }
     }
-}
-
-/// True for exactly 64 characters of [0-9a-f].
-func isSHA256Hex(_ s: String) -> Bool {
-    var count = 0
-    for c in s.utf8 {
-        count += 1
-        guard count <= 64, (c >= 0x30 && c <= 0x39) || (c >= 0x61 && c <= 0x66) else { return false }
-    }
-    return count == 64
 }
