@@ -13,6 +13,8 @@ public struct ProtocolLimits: Sendable, Hashable {
     public var maxBlobBytes: Int
     /// Largest single ZeroMQ frame; a value for `ZMQ_MAXMSGSIZE` on sockets that speak this protocol.
     public var maxFrameBytes: Int { max(maxBodyBytes, maxBlobBytes, headerBytes) }
+    /// The same as `maxFrameBytes`: libzmq applies ZMQ_MAXMSGSIZE to each frame, not to a whole message.
+    public var maxMessageBytes: Int { maxFrameBytes }
 
     public static let v1 = ProtocolLimits(
         headerBytes: 8,
