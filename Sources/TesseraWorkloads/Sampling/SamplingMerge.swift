@@ -7,7 +7,8 @@ import TesseraCompute
 public struct SamplingMetrics: Sendable, Equatable {
     /// Sliced W1: mean over the L directions of sum_bins |F_emp(edge) - F_exact(edge)| * bin width.
     public var sw1: Double
-    /// RFF-MMD^2 (squared, not its root): |mean_i phi(x_i) - E phi(X)|^2 with the exact target embedding.
+    /// RFF-MMD, the distance (not its square): |mean_i phi(x_i) - E phi(X)| with the exact target mean embedding.
+    /// Like SW1 it falls as 1/sqrt(N) for exact samples, so "<= 3 x floor" means the same for both.
     public var mmd: Double
     /// max_k |w_hat_k - w_k|, with w_hat the argmax-posterior mode frequencies.
     public var modeWeightError: Double
@@ -36,7 +37,7 @@ public struct SamplingResult: Sendable, Equatable {
     public var modeWeights: [Double]
     public var modeWeightError: Double
     public var sw1: Double
-    /// RFF-MMD^2 (squared).
+    /// RFF-MMD (the root of the squared embedding distance; see `SamplingMetrics.mmd`).
     public var mmd: Double
     /// The same metrics, by the same code, on N exact target draws of the same indices (Philox stream 2).
     public var noiseFloor: SamplingMetrics
@@ -171,13 +172,14 @@ private func populationMetrics(
     for k in 0..<target.componentCount {
         modeError = max(modeError, abs(Double(p.modes[k].count) / finite - target.weights[k]))
     }
-    // RFF-MMD^2.
+    // RFF-MMD = sqrt(|mean phi - E phi|^2).
     let scale = (2.0 / Double(probes.features)).squareRoot()
     var mmd = 0.0
     for f in 0..<probes.features {
         let diff = scale * p.rffSum[f] / finite - embedding[f]
         mmd += diff * diff
     }
+    mmd = mmd.squareRoot()
     // Sliced W1 from the histograms: F_emp at each bin's right edge vs the exact projected CDF.
     var sw1 = 0.0
     for l in 0..<probes.projections {
@@ -202,7 +204,7 @@ private func populationMetrics(
 extension SamplingResult {
     /// The result as one JSON object, with fixed key order. Doubles are printed with Swift's shortest round-trip
     /// `description` (parsing them back gives the same bits); non-finite values print as `null`. Keys: n, mean, cov,
-    /// mode_weights, mode_weight_error, sw1, mmd (RFF-MMD^2), noise_floor {sw1, mmd, mode_weight_error}, per_mode
+    /// mode_weights, mode_weight_error, sw1, mmd (RFF-MMD, not squared), noise_floor {sw1, mmd, mode_weight_error}, per_mode
     /// [{count, weight, mean, cov}], nan_count, out_of_range, target {weights, means, stds}, sampler {algorithm, eta
     /// (ddim only), sampling_steps, seed, samples, schedule {type, beta_start, beta_end, steps}}, metric_setup
     /// {rff_features, rff_bandwidth, projections, bins, probe_seed}.

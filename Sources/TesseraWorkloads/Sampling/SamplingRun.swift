@@ -83,13 +83,10 @@ public func sampleTrajectory(
     var x = initial
     let engine = SamplerEngine(target: config.target)
     let steps = samplerSteps(schedule: config.schedule, sampler: config.sampler, samplingSteps: config.samplingSteps)
-    var scratch = [Double](repeating: 0, count: config.target.componentCount + d)
     for (k, step) in steps.enumerated() {
         let mixture = config.target.noised(alphaBar: step.alphaBar)
         x.withUnsafeMutableBufferPointer { xp in
-            scratch.withUnsafeMutableBufferPointer { sp in
-                engine.stepOne(xp.baseAddress!, step: step, mixture: mixture, scratch: sp.baseAddress!)
-            }
+            engine.denoise(xp.baseAddress!, count: 1, step: step, mixture: mixture)
         }
         if step.sigma > 0 {
             let z = noise(k)
@@ -100,52 +97,151 @@ public func sampleTrajectory(
     return x
 }
 
-/// The reverse-step kernel. Allocation-free per sample: one scratch buffer of K + d doubles per call to `advance`.
+/// The reverse-step kernel. Works on chunks of `chunk` samples at a time so each loop below runs over samples with
+/// no calls (the exp is `responsibilityExp`) and vectorises; allocation-free per sample.
 struct SamplerEngine: Sendable {
     let dimension: Int
     let componentCount: Int
+    static let chunk = 128
 
     init(target: GaussianMixture) {
         dimension = target.dimension
         componentCount = target.componentCount
     }
 
-    /// Deterministic part of one step for one sample, in place: eps = sqrt(1 - a_t) * sum_k g_k (x - sqrt(a_t) mu_k)/v_k,
-    /// then `SamplerStep.apply`. `scratch` holds K + d doubles.
-    @inline(__always)
-    func stepOne(
-        _ x: UnsafeMutablePointer<Double>, step: SamplerStep, mixture: NoisedMixture,
-        scratch: UnsafeMutablePointer<Double>
-    ) {
-        let eps = scratch + componentCount
-        mixture.weightedResidual(UnsafePointer(x), into: eps, scratch: scratch)
-        for c in 0..<dimension {
-            x[c] = step.apply(x: x[c], eps: step.sqrtOneMinusAlphaBar * eps[c])
+    /// Deterministic part of one step for `count` samples (row-major [count, d]), in place:
+    /// g_k = softmax_k(log w_k - (d/2) log v_k - |x - sqrt(a_t) mu_k|^2 / (2 v_k)),
+    /// eps = sqrt(1 - a_t) * sum_k g_k (x - sqrt(a_t) mu_k) / v_k, then `SamplerStep.apply` per coordinate.
+    func denoise(_ x: UnsafeMutablePointer<Double>, count: Int, step: SamplerStep, mixture: NoisedMixture) {
+        let d = dimension
+        let K = componentCount
+        let C = Self.chunk
+        let buffer = UnsafeMutablePointer<Double>.allocate(capacity: K * C + 2 * C + C * d)
+        defer { buffer.deallocate() }
+        let weights = buffer  // [K, C]: logits, then g_k / v_k
+        let top = buffer + K * C  // [C]
+        let total = top + C  // [C]
+        let eps = total + C  // [C, d]
+        mixture.shiftedMeans.withUnsafeBufferPointer { muBuffer in
+            mixture.logNormalizers.withUnsafeBufferPointer { lnBuffer in
+                mixture.halfPrecisions.withUnsafeBufferPointer { hpBuffer in
+                    mixture.precisions.withUnsafeBufferPointer { pBuffer in
+                        let mu = muBuffer.baseAddress!
+                        let ln = lnBuffer.baseAddress!
+                        let hp = hpBuffer.baseAddress!
+                        let precision = pBuffer.baseAddress!
+                        var start = 0
+                        while start < count {
+                            let m = min(C, count - start)
+                            let xs = x + start * d
+                            for k in 0..<K {
+                                let row = mu + k * d
+                                let out = weights + k * C
+                                let lk = ln[k]
+                                let hk = hp[k]
+                                for j in 0..<m {
+                                    var dist = 0.0
+                                    for c in 0..<d {
+                                        let diff = xs[j * d + c] - row[c]
+                                        dist += diff * diff
+                                    }
+                                    out[j] = lk - dist * hk
+                                }
+                            }
+                            for j in 0..<m { top[j] = weights[j] }
+                            for k in 1..<max(K, 1) {
+                                let row = weights + k * C
+                                for j in 0..<m {
+                                    let v = row[j]
+                                    top[j] = v > top[j] ? v : top[j]
+                                }
+                            }
+                            for j in 0..<m { total[j] = 0 }
+                            for k in 0..<K {
+                                let row = weights + k * C
+                                let pk = precision[k]
+                                for j in 0..<m {
+                                    let g = responsibilityExp(row[j] - top[j])
+                                    total[j] += g
+                                    row[j] = g * pk
+                                }
+                            }
+                            for i in 0..<(m * d) { eps[i] = 0 }
+                            for k in 0..<K {
+                                let row = weights + k * C
+                                let centre = mu + k * d
+                                for j in 0..<m {
+                                    let gk = row[j]
+                                    for c in 0..<d { eps[j * d + c] += gk * (xs[j * d + c] - centre[c]) }
+                                }
+                            }
+                            let root = step.sqrtOneMinusAlphaBar
+                            for j in 0..<m {
+                                let scale = root / total[j]
+                                for c in 0..<d {
+                                    let i = j * d + c
+                                    xs[i] = step.apply(x: xs[i], eps: eps[i] * scale)
+                                }
+                            }
+                            start += m
+                        }
+                    }
+                }
+            }
         }
     }
 
-    /// One reverse step for `count` consecutive samples (row-major [count, d]) whose first global index is
-    /// `firstIndex`, including the Philox step noise of `stepNumber`.
+    /// One reverse step for `count` consecutive samples whose first global index is `firstIndex`: `denoise`, then
+    /// the Philox step noise of `stepNumber` (stream 1, step stepNumber + 1) when sigma > 0.
     func advance(
         _ x: UnsafeMutablePointer<Double>, count: Int, firstIndex: Int, step: SamplerStep, stepNumber: Int,
         mixture: NoisedMixture, seed: UInt64
     ) {
-        let d = dimension
-        let scratch = UnsafeMutablePointer<Double>.allocate(capacity: componentCount + 2 * d)
-        defer { scratch.deallocate() }
-        let noise = scratch + componentCount + d
+        denoise(x, count: count, step: step, mixture: mixture)
         let sigma = step.sigma
+        guard sigma > 0 else { return }
+        let d = dimension
+        let noise = UnsafeMutablePointer<Double>.allocate(capacity: d)
+        defer { noise.deallocate() }
         for j in 0..<count {
             let row = x + j * d
-            stepOne(row, step: step, mixture: mixture, scratch: scratch)
-            if sigma > 0 {
-                var stream = PhiloxStream(
-                    seed: seed, index: UInt32(firstIndex + j), step: UInt32(stepNumber + 1), stream: .stepNoise)
-                stream.fillNormals(UnsafeMutableBufferPointer(start: noise, count: d))
-                for c in 0..<d { row[c] += sigma * noise[c] }
-            }
+            var stream = PhiloxStream(
+                seed: seed, index: UInt32(firstIndex + j), step: UInt32(stepNumber + 1), stream: .stepNoise)
+            stream.fillNormals(UnsafeMutableBufferPointer(start: noise, count: d))
+            for c in 0..<d { row[c] += sigma * noise[c] }
         }
     }
+}
+
+/// exp(x) for the responsibilities, x <= 0 (a logit minus the row maximum): straight-line arithmetic that the
+/// compiler vectorises. x is clamped to [-708, 0]; n = round(x / ln 2) by the 1.5 * 2^52 shifter, r = x - n ln 2
+/// (Cody-Waite, two constants), |r| <= 0.35, exp(r) by its Taylor series through r^13 (truncation < 1e-17
+/// relative), times 2^n built from the exponent bits. Relative error a few ulp; exp(0) = 1 exactly, and any
+/// x <= -708 gives about 3e-308 instead of 0 (a zero-weight component's -inf logit included), which no sum notices.
+@inline(__always)
+func responsibilityExp(_ x0: Double) -> Double {
+    let x = x0 < -708 ? -708 : (x0 > 0 ? 0 : x0)
+    let shifter = 0x1.8p52
+    let t = x * 1.442_695_040_888_963_407_4 + shifter
+    let n = t - shifter
+    let r = (x - n * 0.693_147_180_369_123_816_49) - n * 1.908_214_929_270_587_700_02e-10
+    var p = 1.0 / 6_227_020_800.0
+    p = p * r + 1.0 / 479_001_600.0
+    p = p * r + 1.0 / 39_916_800.0
+    p = p * r + 1.0 / 3_628_800.0
+    p = p * r + 1.0 / 362_880.0
+    p = p * r + 1.0 / 40_320.0
+    p = p * r + 1.0 / 5_040.0
+    p = p * r + 1.0 / 720.0
+    p = p * r + 1.0 / 120.0
+    p = p * r + 1.0 / 24.0
+    p = p * r + 1.0 / 6.0
+    p = p * r + 0.5
+    p = p * r + 1.0
+    p = p * r + 1.0
+    // 2^n: n in [-1022, 0] sits in the low bits of t; add the exponent bias and shift into place.
+    let bits = (t.bitPattern &- shifter.bitPattern &+ 1023) << 52
+    return p * Double(bitPattern: bits)
 }
 
 /// Block statistics of the shard's samples and of exact draws of the same indices (stream 2), by the same code.

@@ -233,6 +233,15 @@ struct PopulationStats: Sendable, Equatable {
         // Pass 1: finiteness, modes, sums for the means, RFF sums, histograms.
         var sum = [Double](repeating: 0, count: d)
         var modeSums = [Double](repeating: 0, count: K * d)
+        let L = probes.projections
+        let bins = probes.bins
+        let binCount = Double(bins)
+        probes.directions.withUnsafeBufferPointer { thetaBuffer in
+        probes.lowerEdges.withUnsafeBufferPointer { lowerBuffer in
+        probes.inverseBinWidths.withUnsafeBufferPointer { inverseBuffer in
+        let theta = thetaBuffer.baseAddress!
+        let lower = lowerBuffer.baseAddress!
+        let inverse = inverseBuffer.baseAddress!
         probes.weights.withUnsafeBufferPointer { w in
             probes.phases.withUnsafeBufferPointer { b in
                 rffSum.withUnsafeMutableBufferPointer { acc in
@@ -262,26 +271,29 @@ struct PopulationStats: Sendable, Equatable {
                             }
                             for f in 0..<D { acc[f] += rffCos(scratch[f]) }
                             // Projections.
-                            for l in 0..<probes.projections {
+                            for l in 0..<L {
                                 var u = 0.0
-                                for c in 0..<d { u += probes.directions[l * d + c] * x[c] }
-                                let v = (u - probes.lowerEdges[l]) * probes.inverseBinWidths[l]
+                                for c in 0..<d { u += theta[l * d + c] * x[c] }
+                                let v = (u - lower[l]) * inverse[l]
                                 let bin: Int
                                 if v < 0 {
                                     bin = 0
                                     outOfRange += 1
-                                } else if v >= Double(probes.bins) {
-                                    bin = probes.bins - 1
+                                } else if v >= binCount {
+                                    bin = bins - 1
                                     outOfRange += 1
                                 } else {
                                     bin = Int(v)
                                 }
-                                hist[l * probes.bins + bin] += 1
+                                hist[l * bins + bin] += 1
                             }
                         }
                     }
                 }
             }
+        }
+        }
+        }
         }
         if moments.count > 0 {
             for c in 0..<d { moments.mean[c] = sum[c] / Double(moments.count) }
