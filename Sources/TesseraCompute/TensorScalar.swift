@@ -169,7 +169,6 @@ public struct AdamCoefficients: Sendable, Equatable {
         let w = T(c.lerpWeight), b2 = T(c.beta2), omb2 = T(c.oneMinusBeta2)
         let bc2 = T(c.biasCorrection2Sqrt), eps = T(c.eps), step = T(c.stepSize)
         let smallWeight = abs(c.lerpWeight) < 0.5
-        let oneMinusW = T(1) - w
         let decay = c.decoupledDecayFactor.map { T($0) }
         let l2 = c.l2WeightDecay.map { T($0) }
         for i in 0..<count {
@@ -178,7 +177,9 @@ public struct AdamCoefficients: Sendable, Equatable {
             if let decay { p = p * decay }
             if let l2 { g = g + l2 * p }
             let m0 = expAvg[i]
-            let m = smallWeight ? m0 + w * (g - m0) : g - (g - m0) * oneMinusW
+            // ATen's vectorised lerp is one fused multiply-add: fma(weight, end - start, start), or
+            // fma(weight - 1, end - start, end) for weight >= 0.5 (aten/src/ATen/native/cpu/Lerp.h).
+            let m = smallWeight ? m0.addingProduct(w, g - m0) : g.addingProduct(w - 1, g - m0)
             let v = expAvgSq[i] * b2 + omb2 * g * g
             let denom = v.squareRoot() / bc2 + eps
             p = p + step * m / denom  // addcdiv: self + value * t1 / t2, evaluated left to right

@@ -1,0 +1,233 @@
+// `tessera-bench compute`: the MLP training-step benchmark of WORKLOADS.md §6 / issue 3.
+//
+// Model 34 -> H -> H -> H -> 2 with SiLU and MSE, float32, Adam; for every (B, H) it reports ms per training step
+// (forward + backward + Adam), forward-only ms (inference pass), the GFLOP/s these reach, and the GFLOP/s of the raw
+// cblas_sgemm calls of the same forward pass (same shapes, no bias, no activation).
+//
+// `ops/bench compute` runs three phases so that Tessera and PyTorch never share the CPU:
+//   1. `tessera-bench compute --export DIR` writes DIR/mlp_B<b>_H<h>.safetensors (weights, x, y, Tessera's forward
+//      output) for PyTorch to load;
+//   2. ops/bench_torch.py times PyTorch on those files and writes a JSON summary;
+//   3. `tessera-bench compute --torch-json FILE` times Tessera and prints the combined table.
+
+import ArgumentParser
+import Foundation
+import TesseraCompute
+
+struct ComputeBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "compute",
+        abstract: "MLP training step: Tessera vs PyTorch (34 -> H -> H -> H -> 2, SiLU, MSE, Adam)."
+    )
+
+    @Option(help: "Batch sizes, comma separated.") var batches: String = "256,1024,4096"
+    @Option(help: "Hidden widths, comma separated.") var widths: String = "128,256,512"
+    @Option(help: "OpenBLAS threads.") var threads: Int = 2
+    @Option(help: "Seconds of timing per measurement (best of 3 rounds).") var seconds: Double = 0.6
+    @Option(help: "Write model/data safetensors for PyTorch into this directory and exit.") var export: String?
+    @Option(help: "PyTorch results (JSON from ops/bench_torch.py) to print alongside.") var torchJson: String?
+
+    func validate() throws {
+        guard threads >= 1 else { throw ValidationError("--threads must be >= 1") }
+        guard seconds > 0 else { throw ValidationError("--seconds must be positive") }
+        guard parse(batches) != nil, parse(widths) != nil else {
+            throw ValidationError("--batches and --widths take comma-separated positive integers")
+        }
+    }
+
+    func parse(_ s: String) -> [Int]? {
+        let v = s.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
+        return v.isEmpty || v.contains { $0 <= 0 } ? nil : v
+    }
+
+    func run() throws {
+        BLASRuntime.configure(threads: threads)
+        let bs = parse(batches)!, hs = parse(widths)!
+        if let export {
+            for h in hs {
+                for b in bs { try BenchCase(batch: b, width: h).export(to: export) }
+            }
+            print("exported \(bs.count * hs.count) cases to \(export)")
+            return
+        }
+        var torch: [String: TorchResult] = [:]
+        var torchInfo = "PyTorch: not run"
+        if let torchJson {
+            let data = try Data(contentsOf: URL(fileURLWithPath: torchJson))
+            let parsed = try JSONDecoder().decode(TorchReport.self, from: data)
+            for r in parsed.results { torch["\(r.batch)x\(r.width)"] = r }
+            torchInfo = "PyTorch \(parsed.torch_version), torch.get_num_threads() = \(parsed.threads), Adam(foreach=True)"
+        }
+        print("Tessera compute benchmark: MLP 34 -> H -> H -> H -> 2, SiLU, MSE, Adam, float32")
+        print("OpenBLAS \(BLASRuntime.coreName), threads = \(BLASRuntime.threads); \(torchInfo)")
+        print("timing: best of 3 rounds of ~\(seconds / 3) s each, after warm-up")
+        print("")
+        let header = [
+            "B", "H", "Tessera ms/step", "PyTorch ms/step", "speed-up", "Tessera fwd ms", "PyTorch fwd ms",
+            "step GFLOP/s", "fwd GFLOP/s", "raw sgemm GFLOP/s", "fwd/raw", "max|Δ fwd| vs torch",
+        ]
+        var rows: [[String]] = []
+        for h in hs {
+            for b in bs {
+                var c = try BenchCase(batch: b, width: h)
+                let m = try c.measure(seconds: seconds)
+                let t = torch["\(b)x\(h)"]
+                rows.append([
+                    "\(b)", "\(h)", fmt(m.stepMs), t.map { fmt($0.step_ms) } ?? "-",
+                    t.map { String(format: "%.2fx", $0.step_ms / m.stepMs) } ?? "-",
+                    fmt(m.forwardMs), t.map { fmt($0.forward_ms) } ?? "-",
+                    String(format: "%.1f", m.stepGflops), String(format: "%.1f", m.forwardGflops),
+                    String(format: "%.1f", m.rawGflops), String(format: "%.0f%%", 100 * m.forwardGflops / m.rawGflops),
+                    t.map { String(format: "%.1e", $0.max_abs_forward_diff) } ?? "-",
+                ])
+            }
+        }
+        printTable(header: header, rows: rows)
+    }
+
+    func fmt(_ ms: Double) -> String { ms < 10 ? String(format: "%.3f", ms) : String(format: "%.2f", ms) }
+
+    func printTable(header: [String], rows: [[String]]) {
+        print("| " + header.joined(separator: " | ") + " |")
+        print("|" + header.map { _ in "---:|" }.joined())
+        for r in rows { print("| " + r.joined(separator: " | ") + " |") }
+    }
+}
+
+struct TorchResult: Decodable {
+    var batch: Int
+    var width: Int
+    var step_ms: Double
+    var forward_ms: Double
+    var max_abs_forward_diff: Double
+}
+
+struct TorchReport: Decodable {
+    var torch_version: String
+    var threads: Int
+    var results: [TorchResult]
+}
+
+struct Measurement {
+    var stepMs: Double
+    var forwardMs: Double
+    var stepGflops: Double
+    var forwardGflops: Double
+    var rawGflops: Double
+}
+
+/// One (B, H) configuration with its model, data, workspace and optimizer, all allocated up front.
+struct BenchCase {
+    let batch: Int
+    let width: Int
+    var model: MLP<Float>
+    var optimizer: Adam<Float>
+    var workspace: MLPWorkspace<Float>
+    let x: Tensor<Float>
+    let y: Tensor<Float>
+    var grad: Tensor<Float>
+
+    init(batch: Int, width: Int) throws {
+        self.batch = batch
+        self.width = width
+        model = try MLP(sizes: [34, width, width, width, 2], activation: .silu, seed: 1234)
+        optimizer = try Adam(configuration: .adam(learningRate: 1e-3), parameterCount: model.parameterCount)
+        workspace = model.makeWorkspace(batchCapacity: batch)
+        var xs = [Float](), ys = [Float]()
+        for i in 0..<batch {
+            var s = PhiloxStream(seed: 99, index: UInt32(i), step: 0, stream: .dataDraw)
+            xs += s.normals(34).map { Float($0) }
+            ys += s.normals(2).map { Float($0) }
+        }
+        x = try Tensor(shape: [batch, 34], scalars: xs)
+        y = try Tensor(shape: [batch, 2], scalars: ys)
+        grad = Tensor(shape: [batch, 2])
+    }
+
+    /// Forward flops (2 m n k per layer) and training-step flops (forward + two gemm per layer, minus dX of layer 0).
+    var forwardFlops: Double {
+        let s = model.sizes
+        return (0..<(s.count - 1)).reduce(0.0) { $0 + 2 * Double(batch * s[$1] * s[$1 + 1]) }
+    }
+
+    var stepFlops: Double { 3 * forwardFlops - 2 * Double(batch * 34 * width) }
+
+    mutating func trainStep() throws {
+        try model.forward(x, workspace: &workspace)
+        _ = workspace.withOutput { out in
+            y.scalars.withUnsafeBufferPointer { t in
+                grad.scalars.withUnsafeMutableBufferPointer { g in Loss.mse(prediction: out, target: t, gradient: g) }
+            }
+        }
+        try model.backward(grad, workspace: &workspace)
+        optimizer.update(&model)
+    }
+
+    mutating func forwardOnly() throws {
+        try model.forward(x, workspace: &workspace, training: false)
+    }
+
+    /// The sgemm calls of one forward pass, nothing else, on buffers of the same shapes.
+    static func rawForward(batch: Int, sizes: [Int], bufs: inout [[Float]], weights: [[Float]]) {
+        for l in 0..<(sizes.count - 1) {
+            let (k, n) = (sizes[l], sizes[l + 1])
+            let src = bufs[l]
+            src.withUnsafeBufferPointer { a in
+                weights[l].withUnsafeBufferPointer { w in
+                    bufs[l + 1].withUnsafeMutableBufferPointer { c in
+                        Float.gemm(
+                            transA: false, transB: true, m: batch, n: n, k: k, alpha: 1, a: a.baseAddress!, lda: k,
+                            b: w.baseAddress!, ldb: k, beta: 0, c: c.baseAddress!, ldc: n)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Best-of-3 mean seconds per call of `body`.
+    static func time(seconds: Double, _ body: () throws -> Void) rethrows -> Double {
+        for _ in 0..<3 { try body() }
+        var best = Double.infinity
+        for _ in 0..<3 {
+            let budget = seconds / 3
+            var n = 0
+            let start = DispatchTime.now().uptimeNanoseconds
+            var elapsed = 0.0
+            repeat {
+                try body()
+                n += 1
+                elapsed = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+            } while elapsed < budget || n < 3
+            best = min(best, elapsed / Double(n))
+        }
+        return best
+    }
+
+    mutating func measure(seconds: Double) throws -> Measurement {
+        let step = try Self.time(seconds: seconds) { try trainStep() }
+        let fwd = try Self.time(seconds: seconds) { try forwardOnly() }
+        let sizes = model.sizes
+        var bufs = sizes.map { [Float](repeating: 0.5, count: batch * $0) }
+        let weights = (0..<(sizes.count - 1)).map { model.weight($0).scalars }
+        let b = batch
+        let raw = Self.time(seconds: seconds) { Self.rawForward(batch: b, sizes: sizes, bufs: &bufs, weights: weights) }
+        return Measurement(
+            stepMs: step * 1e3, forwardMs: fwd * 1e3, stepGflops: stepFlops / step / 1e9,
+            forwardGflops: forwardFlops / fwd / 1e9, rawGflops: forwardFlops / raw / 1e9)
+    }
+
+    /// Weights (state-dict names), inputs, targets and Tessera's forward output, for the PyTorch side.
+    func export(to dir: String) throws {
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        var tensors: [SafeTensor] = []
+        for (name, range, shape) in model.namedParameters {
+            tensors.append(try SafeTensor(name: name, float32: Array(model.parameters[range]), shape: shape))
+        }
+        let out = try model.predict(x)
+        tensors.append(try SafeTensor(name: "x", float32: x.scalars, shape: x.shape))
+        tensors.append(try SafeTensor(name: "y", float32: y.scalars, shape: y.shape))
+        tensors.append(try SafeTensor(name: "tessera_forward", float32: out.scalars, shape: out.shape))
+        let meta = ["batch": "\(batch)", "width": "\(width)", "sizes": model.sizes.map(String.init).joined(separator: ",")]
+        try SafeTensorsFile(tensors: tensors, metadata: meta).write(toPath: "\(dir)/mlp_B\(batch)_H\(width).safetensors")
+    }
+}
