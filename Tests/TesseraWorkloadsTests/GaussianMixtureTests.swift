@@ -1,7 +1,7 @@
 import Foundation
-import Testing
 import TesseraCompute
 import TesseraWorkloads
+import Testing
 
 @Suite("GaussianMixture: validation, exact fields, exact draws")
 struct GaussianMixtureTests {
@@ -34,7 +34,9 @@ struct GaussianMixtureTests {
         ]
         for (fragment, build) in cases {
             let message = rejection(build)
-            #expect(message?.contains(fragment) == true, "expected a message containing '\(fragment)', got \(message ?? "no error")")
+            #expect(
+                message?.contains(fragment) == true,
+                "expected a message containing '\(fragment)', got \(message ?? "no error")")
         }
     }
 
@@ -49,7 +51,8 @@ struct GaussianMixtureTests {
 
     @Test("score = grad log p_a (finite differences); eps and x0 obey Tweedie")
     func exactFields() throws {
-        let g = try GaussianMixture(weights: [0.5, 0.3, 0.2], means: [[1, 0], [-1, 0.5], [0, -1.5]], stds: [0.3, 0.2, 0.4])
+        let g = try GaussianMixture(
+            weights: [0.5, 0.3, 0.2], means: [[1, 0], [-1, 0.5], [0, -1.5]], stds: [0.3, 0.2, 0.4])
         for a in [0.999, 0.5, 0.01] {
             for x in [[0.3, -0.2], [2.0, 1.0], [-30.0, 40.0]] {
                 let score = g.score(x, alphaBar: a)
@@ -104,10 +107,12 @@ struct GaussianMixtureTests {
         #expect(abs(s.alphaBar[999] - 4.0358e-5) < 1e-8)
         let g = try GaussianMixture(weights: nil, means: [[0]], stds: [1])
         #expect(throws: SamplingError.self) {
-            try SamplingConfig(target: g, schedule: s, sampler: .ddim(eta: 0), samplingSteps: 1001, seed: 1, samples: 10)
+            try SamplingConfig(
+                target: g, schedule: s, sampler: .ddim(eta: 0), samplingSteps: 1001, seed: 1, samples: 10)
         }
         #expect(throws: SamplingError.self) {
-            try SamplingConfig(target: g, schedule: s, sampler: .ddim(eta: -0.1), samplingSteps: 50, seed: 1, samples: 10)
+            try SamplingConfig(
+                target: g, schedule: s, sampler: .ddim(eta: -0.1), samplingSteps: 50, seed: 1, samples: 10)
         }
         #expect(throws: SamplingError.self) {
             try SamplingConfig(target: g, schedule: s, sampler: .ddpm, samplingSteps: 50, seed: 1, samples: 0)

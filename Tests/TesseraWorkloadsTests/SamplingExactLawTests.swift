@@ -3,9 +3,9 @@
 // The recursion below is written from the formulas in WORKLOADS.md, independently of the code under test.
 
 import Foundation
-import Testing
 import TesseraCompute
 import TesseraWorkloads
+import Testing
 
 /// The independent recursion. Target N(mu, s2) in 1-D; diffusers linear betas in [1e-4, 0.02], T = 1000; leading
 /// spacing t_i = i (T/S), prev = t - T/S, a_prev = 1 for prev < 0.

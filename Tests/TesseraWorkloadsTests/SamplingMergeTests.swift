@@ -2,16 +2,17 @@
 // order; shard results round-trip through their binary form; bad shard sets are rejected.
 
 import Foundation
-import Testing
 import TesseraCompute
 import TesseraWorkloads
+import Testing
 
 @Suite("Sampling: plan, merge, serialization")
 struct SamplingMergeTests {
     /// A 2-D, 3-mode, unequal-weight target with DDPM (so step noise is exercised); N = 3 * 4096 + 123.
     private func config(keepSamples: Bool = false) throws -> SamplingConfig {
         try SamplingConfig(
-            target: GaussianMixture(weights: [0.5, 0.3, 0.2], means: [[1, 0], [-1, 0.5], [0, -1.5]], stds: [0.3, 0.2, 0.4]),
+            target: GaussianMixture(
+                weights: [0.5, 0.3, 0.2], means: [[1, 0], [-1, 0.5], [0, -1.5]], stds: [0.3, 0.2, 0.4]),
             schedule: SamplingFixtures.schedule(), sampler: .ddpm, samplingSteps: 20, seed: 0xDEAD_BEEF_1234,
             samples: 3 * 4096 + 123, keepSamples: keepSamples)
     }
@@ -28,7 +29,10 @@ struct SamplingMergeTests {
         #expect(SamplingPlan.ranges(samples: 10, shards: 4) == [0..<10])
         #expect(SamplingPlan.ranges(samples: 4096, shards: 2) == [0..<4096])
         #expect(SamplingPlan.ranges(samples: 4097, shards: 2) == [0..<4096, 4096..<4097])
-        #expect(SamplingPlan.ranges(samples: 100_000, shards: 4) == [0..<28672, 28672..<53248, 53248..<77824, 77824..<100_000])
+        #expect(
+            SamplingPlan.ranges(samples: 100_000, shards: 4) == [
+                0..<28672, 28672..<53248, 53248..<77824, 77824..<100_000,
+            ])
         for n in [1, 4095, 4096, 12411, 100_000, 1_000_000] {
             for s in [1, 2, 3, 4, 7, 8, 50] {
                 let r = SamplingPlan.ranges(samples: n, shards: s)
@@ -152,7 +156,8 @@ struct SamplingMergeTests {
         let result = try mergeSampling(config: c, shards: try shards(c, count: 2))
         let object = try #require(
             try JSONSerialization.jsonObject(with: Data(result.jsonText.utf8)) as? [String: Any])
-        for key in ["n", "mean", "cov", "mode_weights", "sw1", "mmd", "noise_floor", "per_mode", "nan_count", "target"] {
+        for key in ["n", "mean", "cov", "mode_weights", "sw1", "mmd", "noise_floor", "per_mode", "nan_count", "target"]
+        {
             #expect(object[key] != nil, "missing \(key)")
         }
         #expect(result.jsonText.contains("\"sw1\":\(result.sw1.description)"))

@@ -4,13 +4,14 @@
 // with TESSERA_SLOW_TESTS=1.
 
 import Foundation
-import Testing
 import TesseraWorkloads
+import Testing
 
 @Suite("Sampling: the 8-mode ring")
 struct SamplingRingTests {
-    @Test("DDIM(eta=0) on the ring: mode weights, SW1 and MMD within the stated multiples of the noise floor",
-          arguments: [100, 50])
+    @Test(
+        "DDIM(eta=0) on the ring: mode weights, SW1 and MMD within the stated multiples of the noise floor",
+        arguments: [100, 50])
     func ring(samplingSteps: Int) throws {
         let config = try SamplingConfig(
             target: SamplingFixtures.ring(), schedule: SamplingFixtures.schedule(), sampler: .ddim(eta: 0),

@@ -6,7 +6,9 @@ enum SamplingFixtures {
     static func ring() throws -> GaussianMixture {
         try GaussianMixture(
             weights: nil,
-            means: [[2, 0], [1.414, 1.414], [0, 2], [-1.414, 1.414], [-2, 0], [-1.414, -1.414], [0, -2], [1.414, -1.414]],
+            means: [
+                [2, 0], [1.414, 1.414], [0, 2], [-1.414, 1.414], [-2, 0], [-1.414, -1.414], [0, -2], [1.414, -1.414],
+            ],
             stds: [Double](repeating: 0.2, count: 8))
     }
 

@@ -22,7 +22,8 @@ public struct BetaSchedule: Sendable, Equatable {
         guard betaStart.isFinite, betaEnd.isFinite, betaStart > 0, betaEnd < 1, betaStart <= betaEnd else {
             throw SamplingError(
                 .invalidSchedule,
-                "linear schedule needs 0 < beta_start <= beta_end < 1; got beta_start=\(betaStart), beta_end=\(betaEnd)")
+                "linear schedule needs 0 < beta_start <= beta_end < 1; got beta_start=\(betaStart), beta_end=\(betaEnd)"
+            )
         }
         var betas = [Double](repeating: betaStart, count: steps)
         if steps > 1 {

@@ -28,12 +28,15 @@ public struct GaussianMixture: Sendable, Equatable {
                 .invalidTarget, "target has \(means.count) means but \(stds.count) stds; give one std per component")
         }
         let dimension = means[0].count
-        guard dimension > 0 else { throw SamplingError(.invalidTarget, "target means must have at least one coordinate") }
+        guard dimension > 0 else {
+            throw SamplingError(.invalidTarget, "target means must have at least one coordinate")
+        }
         for (k, mean) in means.enumerated() {
             guard mean.count == dimension else {
                 throw SamplingError(
                     .invalidTarget,
-                    "target mean \(k) has \(mean.count) coordinates, but mean 0 has \(dimension); all means need the same dimension")
+                    "target mean \(k) has \(mean.count) coordinates, but mean 0 has \(dimension); all means need the same dimension"
+                )
             }
             guard mean.allSatisfy(\.isFinite) else {
                 throw SamplingError(.invalidTarget, "target mean \(k) has a non-finite coordinate")
@@ -47,7 +50,8 @@ public struct GaussianMixture: Sendable, Equatable {
             guard weights.count == means.count else {
                 throw SamplingError(
                     .invalidTarget,
-                    "target has \(weights.count) weights but \(means.count) means; give one weight per component or omit `weights` for uniform")
+                    "target has \(weights.count) weights but \(means.count) means; give one weight per component or omit `weights` for uniform"
+                )
             }
             for (k, w) in weights.enumerated() where !(w.isFinite && w >= 0) {
                 throw SamplingError(.invalidTarget, "target weight \(k) is \(w); weights must be finite and >= 0")

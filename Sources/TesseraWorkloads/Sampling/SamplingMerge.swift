@@ -47,16 +47,16 @@ public struct SamplingResult: Sendable, Equatable {
     /// Projections clamped into an edge histogram bin (outside 8 stds of the target's projected range).
     public var outOfRange: Int
     /// Merged statistics in exact binary form (see `statisticsFile()`).
-    var merged: MergedPopulation
-    var mergedExact: MergedPopulation
+    var merged: SamplingMergedPopulation
+    var mergedExact: SamplingMergedPopulation
 }
 
 /// Reduced statistics of one population.
-struct MergedPopulation: Sendable, Equatable {
+struct SamplingMergedPopulation: Sendable, Equatable {
     var total: Int64
-    var moments: Moments
+    var moments: SampleMoments
     var rffSum: [Double]
-    var modes: [Moments]
+    var modes: [SampleMoments]
     var histogram: [Int64]
     var outOfRange: Int64
 }
@@ -66,7 +66,9 @@ struct MergedPopulation: Sendable, Equatable {
 /// moments, plain sums for RFF sums), integer counts and histograms are added, so the result is bitwise identical
 /// for any shard count and arrival order.
 public func mergeSampling(config: SamplingConfig, shards: [SamplingShardResult]) throws -> SamplingResult {
-    guard !shards.isEmpty else { throw SamplingError(.coverage, "no shards to merge; need shards covering [0, \(config.samples))") }
+    guard !shards.isEmpty else {
+        throw SamplingError(.coverage, "no shards to merge; need shards covering [0, \(config.samples))")
+    }
     let d = config.target.dimension
     let K = config.target.componentCount
     let ordered = shards.sorted { $0.range.lowerBound < $1.range.lowerBound }
@@ -75,10 +77,12 @@ public func mergeSampling(config: SamplingConfig, shards: [SamplingShardResult])
         guard shard.dimension == d, shard.componentCount == K else {
             throw SamplingError(
                 .coverage,
-                "shard \(shard.range) has dimension \(shard.dimension) and \(shard.componentCount) components; the target has \(d) and \(K)")
+                "shard \(shard.range) has dimension \(shard.dimension) and \(shard.componentCount) components; the target has \(d) and \(K)"
+            )
         }
         if shard.range.lowerBound > expected {
-            throw SamplingError(.coverage, "shards leave a gap: samples \(expected)..<\(shard.range.lowerBound) are missing")
+            throw SamplingError(
+                .coverage, "shards leave a gap: samples \(expected)..<\(shard.range.lowerBound) are missing")
         }
         if shard.range.lowerBound < expected {
             throw SamplingError(
@@ -112,7 +116,7 @@ public func mergeSampling(config: SamplingConfig, shards: [SamplingShardResult])
         outOfRange: Int(merged.outOfRange), merged: merged, mergedExact: mergedExact)
 }
 
-private func covariance(_ m: Moments) -> [[Double]] {
+private func covariance(_ m: SampleMoments) -> [[Double]] {
     let d = m.mean.count
     let denominator = Double(m.count - 1)
     return (0..<d).map { r in
@@ -120,8 +124,8 @@ private func covariance(_ m: Moments) -> [[Double]] {
     }
 }
 
-private func mergePopulation(_ parts: [PopulationStats], blocks blockCount: Int, config: SamplingConfig) throws
-    -> MergedPopulation
+private func mergePopulation(_ parts: [SamplingPopulationStats], blocks blockCount: Int, config: SamplingConfig) throws
+    -> SamplingMergedPopulation
 {
     let blocks = parts.flatMap(\.blocks).sorted { $0.index < $1.index }
     guard blocks.count == blockCount else {
@@ -132,21 +136,24 @@ private func mergePopulation(_ parts: [PopulationStats], blocks blockCount: Int,
         let size = min((b + 1) * blockSize, config.samples) - b * blockSize
         guard block.index == b, block.total == Int64(size) else {
             throw SamplingError(
-                .malformedResult, "block \(block.index) with \(block.total) samples where block \(b) of \(size) belongs")
+                .malformedResult, "block \(block.index) with \(block.total) samples where block \(b) of \(size) belongs"
+            )
         }
     }
     struct Node {
         var total: Int64
-        var moments: Moments
+        var moments: SampleMoments
         var rffSum: [Double]
-        var modes: [Moments]
+        var modes: [SampleMoments]
     }
-    let root = treeReduce(blocks.map { Node(total: $0.total, moments: $0.moments, rffSum: $0.rffSum, modes: $0.modes) }[...]) {
+    let root = samplingTreeReduce(
+        blocks.map { Node(total: $0.total, moments: $0.moments, rffSum: $0.rffSum, modes: $0.modes) }[...]
+    ) {
         a, b in
         Node(
             total: a.total + b.total, moments: .merge(a.moments, b.moments),
             rffSum: zip(a.rffSum, b.rffSum).map { $0 + $1 },
-            modes: zip(a.modes, b.modes).map { Moments.merge($0, $1) })
+            modes: zip(a.modes, b.modes).map { SampleMoments.merge($0, $1) })
     }
     var histogram = parts[0].histogram
     var outOfRange = parts[0].outOfRange
@@ -157,13 +164,13 @@ private func mergePopulation(_ parts: [PopulationStats], blocks blockCount: Int,
         for i in histogram.indices { histogram[i] += part.histogram[i] }
         outOfRange += part.outOfRange
     }
-    return MergedPopulation(
+    return SamplingMergedPopulation(
         total: root.total, moments: root.moments, rffSum: root.rffSum, modes: root.modes, histogram: histogram,
         outOfRange: outOfRange)
 }
 
 private func populationMetrics(
-    _ p: MergedPopulation, config: SamplingConfig, probes: SamplingProbes, embedding: [Double]
+    _ p: SamplingMergedPopulation, config: SamplingConfig, probes: SamplingProbes, embedding: [Double]
 ) -> SamplingMetrics {
     let target = config.target
     let finite = Double(p.moments.count)
@@ -292,12 +299,12 @@ extension SamplingResult {
 }
 
 /// Shortest round-trip decimal (Swift's `description`), or `null` when not finite.
-func json(_ x: Double) -> String { x.isFinite ? x.description : "null" }
-func json(_ xs: [Double]) -> String { "[" + xs.map(json).joined(separator: ",") + "]" }
-func json(_ xss: [[Double]]) -> String { "[" + xss.map(json).joined(separator: ",") + "]" }
+private func json(_ x: Double) -> String { x.isFinite ? x.description : "null" }
+private func json(_ xs: [Double]) -> String { "[" + xs.map(json).joined(separator: ",") + "]" }
+private func json(_ xss: [[Double]]) -> String { "[" + xss.map(json).joined(separator: ",") + "]" }
 
 /// Builds `{"k":v,...}` in insertion order from already-encoded values.
-struct JSONObjectWriter {
+private struct JSONObjectWriter {
     private var parts: [String] = []
     mutating func add(_ key: String, _ encodedValue: String) { parts.append("\"\(key)\":\(encodedValue)") }
     var text: String { "{" + parts.joined(separator: ",") + "}" }

@@ -65,7 +65,7 @@ public func runSamplingShard(
     }
     if shouldStop() { throw CancellationError() }
 
-    let (sampled, exact) = summarize(config: config, range: range, samples: x)
+    let (sampled, exact) = summarizeSamplingShard(config: config, range: range, samples: x)
     return SamplingShardResult(
         range: range, dimension: d, componentCount: config.target.componentCount,
         samples: config.keepSamples ? x.map { Float($0) } : nil, sampled: sampled, exact: exact)
@@ -245,12 +245,14 @@ func responsibilityExp(_ x0: Double) -> Double {
 }
 
 /// Block statistics of the shard's samples and of exact draws of the same indices (stream 2), by the same code.
-func summarize(config: SamplingConfig, range: Range<Int>, samples x: [Double]) -> (PopulationStats, PopulationStats) {
+func summarizeSamplingShard(config: SamplingConfig, range: Range<Int>, samples x: [Double]) -> (
+    SamplingPopulationStats, SamplingPopulationStats
+) {
     let d = config.target.dimension
     let probes = SamplingProbes(target: config.target)
     let classifier = ModeClassifier(config.target)
-    var sampled = PopulationStats(projections: probes.projections, bins: probes.bins)
-    var exact = PopulationStats(projections: probes.projections, bins: probes.bins)
+    var sampled = SamplingPopulationStats(projections: probes.projections, bins: probes.bins)
+    var exact = SamplingPopulationStats(projections: probes.projections, bins: probes.bins)
     let blockSize = SamplingPlan.blockSize
     var draws = [Double](repeating: 0, count: blockSize * d)
     var scratch = [Double](repeating: 0, count: probes.features)

@@ -12,13 +12,13 @@ public struct SamplingShardResult: Sendable, Equatable {
     /// The samples, row-major F32 [n, d], when the config asked to keep them.
     public var samples: [Float]?
     /// The sampler's output.
-    var sampled: PopulationStats
+    var sampled: SamplingPopulationStats
     /// Exact target draws of the same indices (Philox stream 2): the noise floor.
-    var exact: PopulationStats
+    var exact: SamplingPopulationStats
 
     init(
-        range: Range<Int>, dimension: Int, componentCount: Int, samples: [Float]?, sampled: PopulationStats,
-        exact: PopulationStats
+        range: Range<Int>, dimension: Int, componentCount: Int, samples: [Float]?, sampled: SamplingPopulationStats,
+        exact: SamplingPopulationStats
     ) {
         self.range = range
         self.dimension = dimension
@@ -34,7 +34,7 @@ public struct SamplingShardResult: Sendable, Equatable {
     /// A small status summary: n, finite count, nan_count, mean_sq_norm (mean |x|^2 of the finite samples),
     /// out_of_range (histogram clamps), and the shard's own mode-weight vector as mode_weight_<k>.
     public var summary: [String: Double] {
-        let moments = treeReduce(sampled.blocks.map(\.moments)[...], Moments.merge)
+        let moments = samplingTreeReduce(sampled.blocks.map(\.moments)[...], SampleMoments.merge)
         let total = sampled.blocks.reduce(Int64(0)) { $0 + $1.total }
         var meanSquaredNorm = 0.0
         if moments.count > 0 {
@@ -136,7 +136,8 @@ public struct SamplingShardResult: Sendable, Equatable {
             range: lower..<upper, dimension: d, componentCount: K, samples: samples, sampled: sampled, exact: exact)
     }
 
-    private static func tensors(prefix: String, _ p: PopulationStats, dimension d: Int, components K: Int) throws
+    private static func tensors(prefix: String, _ p: SamplingPopulationStats, dimension d: Int, components K: Int)
+        throws
         -> [SafeTensor]
     {
         let B = p.blocks.count
@@ -163,7 +164,7 @@ public struct SamplingShardResult: Sendable, Equatable {
     }
 
     private static func population(prefix: String, _ r: TensorReader, dimension d: Int, components K: Int) throws
-        -> PopulationStats
+        -> SamplingPopulationStats
     {
         let index = try r.int64("\(prefix).block_index", count: nil)
         let B = index.count
@@ -179,26 +180,26 @@ public struct SamplingShardResult: Sendable, Equatable {
         let histogram = try r.int64(
             "\(prefix).histogram", count: SamplingProbeSetup.projections * SamplingProbeSetup.bins)
         let outOfRange = try r.int64("\(prefix).out_of_range", count: 1)
-        var blocks: [BlockStats] = []
+        var blocks: [SamplingBlockStats] = []
         blocks.reserveCapacity(B)
         for b in 0..<B {
-            var modes: [Moments] = []
+            var modes: [SampleMoments] = []
             for k in 0..<K {
                 let mk = b * K + k
                 modes.append(
-                    Moments(
+                    SampleMoments(
                         count: modeCount[mk], mean: Array(modeMean[(mk * d)..<((mk + 1) * d)]),
                         m2: Array(modeM2[(mk * d * d)..<((mk + 1) * d * d)])))
             }
             blocks.append(
-                BlockStats(
+                SamplingBlockStats(
                     index: Int(index[b]), total: total[b],
-                    moments: Moments(
+                    moments: SampleMoments(
                         count: count[b], mean: Array(mean[(b * d)..<((b + 1) * d)]),
                         m2: Array(m2[(b * d * d)..<((b + 1) * d * d)])),
                     rffSum: Array(rff[(b * D)..<((b + 1) * D)]), modes: modes))
         }
-        return PopulationStats(blocks: blocks, histogram: histogram, outOfRange: outOfRange[0])
+        return SamplingPopulationStats(blocks: blocks, histogram: histogram, outOfRange: outOfRange[0])
     }
 }
 

@@ -107,7 +107,9 @@ struct SamplingProbes: Sendable {
 
     /// The exact CDF of theta_l . X for X ~ target: sum_k w_k Phi((u - theta_l . mu_k) / s_k).
     func exactProjectedCDFs(_ target: GaussianMixture, direction l: Int) -> (Double) -> Double {
-        let centres = target.means.map { mu in (0..<dimension).reduce(0.0) { $0 + directions[l * dimension + $1] * mu[$1] } }
+        let centres = target.means.map { mu in
+            (0..<dimension).reduce(0.0) { $0 + directions[l * dimension + $1] * mu[$1] }
+        }
         return { u in
             var total = 0.0
             for k in 0..<target.componentCount {
@@ -147,17 +149,17 @@ func rffCos(_ x: Double) -> Double {
 }
 
 /// Count, mean and M2 = sum (x - mean)(x - mean)^T of a set of points (M2 row-major d x d).
-struct Moments: Sendable, Equatable {
+struct SampleMoments: Sendable, Equatable {
     var count: Int64
     var mean: [Double]
     var m2: [Double]
 
-    static func empty(dimension d: Int) -> Moments {
-        Moments(count: 0, mean: [Double](repeating: 0, count: d), m2: [Double](repeating: 0, count: d * d))
+    static func empty(dimension d: Int) -> SampleMoments {
+        SampleMoments(count: 0, mean: [Double](repeating: 0, count: d), m2: [Double](repeating: 0, count: d * d))
     }
 
     /// Chan et al.: n = na + nb, delta = mb - ma, m = ma + delta nb / n, M2 = M2a + M2b + delta delta^T na nb / n.
-    static func merge(_ a: Moments, _ b: Moments) -> Moments {
+    static func merge(_ a: SampleMoments, _ b: SampleMoments) -> SampleMoments {
         if b.count == 0 { return a }
         if a.count == 0 { return b }
         let na = Double(a.count)
@@ -175,41 +177,41 @@ struct Moments: Sendable, Equatable {
         for r in 0..<d {
             for c in 0..<d { m2[r * d + c] = a.m2[r * d + c] + b.m2[r * d + c] + delta[r] * delta[c] * weight }
         }
-        return Moments(count: a.count + b.count, mean: mean, m2: m2)
+        return SampleMoments(count: a.count + b.count, mean: mean, m2: m2)
     }
 }
 
 /// Statistics of one block of consecutive sample indices (a full block of `SamplingPlan.blockSize`, or the job's
 /// last, shorter block). Non-finite rows are counted in `total` but enter nothing else.
-struct BlockStats: Sendable, Equatable {
+struct SamplingBlockStats: Sendable, Equatable {
     /// Global block index: the block covers [index * blockSize, min((index + 1) * blockSize, N)).
     var index: Int
     /// Rows in the block, finite or not.
     var total: Int64
-    /// Moments of the finite rows (two-pass within the block).
-    var moments: Moments
+    /// SampleMoments of the finite rows (two-pass within the block).
+    var moments: SampleMoments
     /// sum over finite rows of cos(w_f . x + b_f), f = 0..<D (the sqrt(2/D) factor is applied at the end).
     var rffSum: [Double]
-    /// Moments of the finite rows by argmax-posterior mode (count = mode count).
-    var modes: [Moments]
+    /// SampleMoments of the finite rows by argmax-posterior mode (count = mode count).
+    var modes: [SampleMoments]
 }
 
 /// A shard's statistics of one population of points (the sampler's output, or the exact draws).
-struct PopulationStats: Sendable, Equatable {
+struct SamplingPopulationStats: Sendable, Equatable {
     /// One entry per block of the shard, in block order.
-    var blocks: [BlockStats]
+    var blocks: [SamplingBlockStats]
     /// Integer histograms, row-major [L, bins].
     var histogram: [Int64]
     /// Projections that fell outside their histogram range and were clamped into an edge bin.
     var outOfRange: Int64
 
-    init(blocks: [BlockStats] = [], projections: Int, bins: Int) {
+    init(blocks: [SamplingBlockStats] = [], projections: Int, bins: Int) {
         self.blocks = blocks
         histogram = [Int64](repeating: 0, count: projections * bins)
         outOfRange = 0
     }
 
-    init(blocks: [BlockStats], histogram: [Int64], outOfRange: Int64) {
+    init(blocks: [SamplingBlockStats], histogram: [Int64], outOfRange: Int64) {
         self.blocks = blocks
         self.histogram = histogram
         self.outOfRange = outOfRange
@@ -226,8 +228,8 @@ struct PopulationStats: Sendable, Equatable {
         let D = probes.features
         var finite = [Bool](repeating: true, count: count)
         var modeOf = [Int](repeating: 0, count: count)
-        var moments = Moments.empty(dimension: d)
-        var modes = [Moments](repeating: .empty(dimension: d), count: K)
+        var moments = SampleMoments.empty(dimension: d)
+        var modes = [SampleMoments](repeating: .empty(dimension: d), count: K)
         var rffSum = [Double](repeating: 0, count: D)
 
         // Pass 1: finiteness, modes, sums for the means, RFF sums, histograms.
@@ -237,63 +239,63 @@ struct PopulationStats: Sendable, Equatable {
         let bins = probes.bins
         let binCount = Double(bins)
         probes.directions.withUnsafeBufferPointer { thetaBuffer in
-        probes.lowerEdges.withUnsafeBufferPointer { lowerBuffer in
-        probes.inverseBinWidths.withUnsafeBufferPointer { inverseBuffer in
-        let theta = thetaBuffer.baseAddress!
-        let lower = lowerBuffer.baseAddress!
-        let inverse = inverseBuffer.baseAddress!
-        probes.weights.withUnsafeBufferPointer { w in
-            probes.phases.withUnsafeBufferPointer { b in
-                rffSum.withUnsafeMutableBufferPointer { acc in
-                    histogram.withUnsafeMutableBufferPointer { hist in
-                        for j in 0..<count {
-                            let x = rows + j * d
-                            var ok = true
-                            for c in 0..<d where !x[c].isFinite { ok = false }
-                            guard ok else {
-                                finite[j] = false
-                                continue
-                            }
-                            let k = classifier.mode(x)
-                            modeOf[j] = k
-                            moments.count += 1
-                            modes[k].count += 1
-                            for c in 0..<d {
-                                sum[c] += x[c]
-                                modeSums[k * d + c] += x[c]
-                            }
-                            // RFF: args = b + sum_c w[c, :] x_c, then cos, then accumulate (vectorisable loops).
-                            for f in 0..<D { scratch[f] = b[f] }
-                            for c in 0..<d {
-                                let xc = x[c]
-                                let wc = w.baseAddress! + c * D
-                                for f in 0..<D { scratch[f] += wc[f] * xc }
-                            }
-                            for f in 0..<D { acc[f] += rffCos(scratch[f]) }
-                            // Projections.
-                            for l in 0..<L {
-                                var u = 0.0
-                                for c in 0..<d { u += theta[l * d + c] * x[c] }
-                                let v = (u - lower[l]) * inverse[l]
-                                let bin: Int
-                                if v < 0 {
-                                    bin = 0
-                                    outOfRange += 1
-                                } else if v >= binCount {
-                                    bin = bins - 1
-                                    outOfRange += 1
-                                } else {
-                                    bin = Int(v)
+            probes.lowerEdges.withUnsafeBufferPointer { lowerBuffer in
+                probes.inverseBinWidths.withUnsafeBufferPointer { inverseBuffer in
+                    let theta = thetaBuffer.baseAddress!
+                    let lower = lowerBuffer.baseAddress!
+                    let inverse = inverseBuffer.baseAddress!
+                    probes.weights.withUnsafeBufferPointer { w in
+                        probes.phases.withUnsafeBufferPointer { b in
+                            rffSum.withUnsafeMutableBufferPointer { acc in
+                                histogram.withUnsafeMutableBufferPointer { hist in
+                                    for j in 0..<count {
+                                        let x = rows + j * d
+                                        var ok = true
+                                        for c in 0..<d where !x[c].isFinite { ok = false }
+                                        guard ok else {
+                                            finite[j] = false
+                                            continue
+                                        }
+                                        let k = classifier.mode(x)
+                                        modeOf[j] = k
+                                        moments.count += 1
+                                        modes[k].count += 1
+                                        for c in 0..<d {
+                                            sum[c] += x[c]
+                                            modeSums[k * d + c] += x[c]
+                                        }
+                                        // RFF: args = b + sum_c w[c, :] x_c, then cos, then accumulate (vectorisable loops).
+                                        for f in 0..<D { scratch[f] = b[f] }
+                                        for c in 0..<d {
+                                            let xc = x[c]
+                                            let wc = w.baseAddress! + c * D
+                                            for f in 0..<D { scratch[f] += wc[f] * xc }
+                                        }
+                                        for f in 0..<D { acc[f] += rffCos(scratch[f]) }
+                                        // Projections.
+                                        for l in 0..<L {
+                                            var u = 0.0
+                                            for c in 0..<d { u += theta[l * d + c] * x[c] }
+                                            let v = (u - lower[l]) * inverse[l]
+                                            let bin: Int
+                                            if v < 0 {
+                                                bin = 0
+                                                outOfRange += 1
+                                            } else if v >= binCount {
+                                                bin = bins - 1
+                                                outOfRange += 1
+                                            } else {
+                                                bin = Int(v)
+                                            }
+                                            hist[l * bins + bin] += 1
+                                        }
+                                    }
                                 }
-                                hist[l * bins + bin] += 1
                             }
                         }
                     }
                 }
             }
-        }
-        }
-        }
         }
         if moments.count > 0 {
             for c in 0..<d { moments.mean[c] = sum[c] / Double(moments.count) }
@@ -316,15 +318,17 @@ struct PopulationStats: Sendable, Equatable {
             }
         }
         blocks.append(
-            BlockStats(index: index, total: Int64(count), moments: moments, rffSum: rffSum, modes: modes))
+            SamplingBlockStats(index: index, total: Int64(count), moments: moments, rffSum: rffSum, modes: modes))
     }
 }
 
 /// Reduces `items` (in the given order) over a fixed balanced binary tree: split at count / 2, recurse, combine.
 /// The tree depends only on `items.count`, so the result depends only on the items, never on how they arrived.
-func treeReduce<T>(_ items: ArraySlice<T>, _ combine: (T, T) -> T) -> T {
-    precondition(!items.isEmpty, "treeReduce needs at least one item")
+func samplingTreeReduce<T>(_ items: ArraySlice<T>, _ combine: (T, T) -> T) -> T {
+    precondition(!items.isEmpty, "samplingTreeReduce needs at least one item")
     if items.count == 1 { return items[items.startIndex] }
     let mid = items.startIndex + items.count / 2
-    return combine(treeReduce(items[items.startIndex..<mid], combine), treeReduce(items[mid..<items.endIndex], combine))
+    return combine(
+        samplingTreeReduce(items[items.startIndex..<mid], combine),
+        samplingTreeReduce(items[mid..<items.endIndex], combine))
 }
