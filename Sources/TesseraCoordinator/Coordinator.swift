@@ -1,0 +1,564 @@
+// The coordinator (ARCHITECTURE.md §Processes): one ZeroMQ ROUTER for workers and clients, the scheduler, every
+// PostgreSQL write, and the checkpoint store.
+//
+// Concurrency: one loop thread owns the ROUTER socket and the PostgreSQL connection (neither is thread-safe) and
+// processes messages in arrival order. Nothing here runs on Swift's cooperative pool. Each loop iteration drains
+// what arrived, writes all metric batches in one transaction (group commit), acknowledges them after the commit,
+// and on every heartbeat tick checks worker liveness, rescues expired leases and dispatches against credits.
+
+import Foundation
+import LibPQ
+import Logging
+import Synchronization
+import TesseraCore
+import TesseraProtocol
+import TesseraStore
+import ZeroMQ
+
+public struct CoordinatorConfiguration: Sendable {
+    /// ZeroMQ endpoint to bind, e.g. `tcp://127.0.0.1:5555` (`tcp://127.0.0.1:*` picks a free port).
+    public var bind: String
+    /// libpq conninfo or postgres:// URL.
+    public var databaseURL: String
+    /// Where the checkpoint store lives.
+    public var dataDir: String
+    /// Heartbeat period in seconds, both directions (Paranoid Pirate).
+    public var heartbeatInterval: Double = 1.0
+    /// Heartbeats a worker may miss before it is declared lost and its shards go back to the queue.
+    public var liveness: Int = 3
+    /// A lease not renewed for this long is rescued even if no worker session noticed (coordinator restarts).
+    public var leaseSeconds: Double = 15
+    /// Largest blob slice sent in one reply.
+    public var maxReadChunk: Int = 1 << 20
+
+    public init(bind: String, databaseURL: String, dataDir: String) {
+        self.bind = bind
+        self.databaseURL = databaseURL
+        self.dataDir = dataDir
+    }
+}
+
+/// Counters the coordinator keeps in memory and reports through `tessera workers --json` / status.
+public struct CoordinatorCounters: Sendable {
+    public var messagesIn = 0
+    public var malformedFrames = 0
+    public var staleDropped = 0
+    public var metricPoints = 0
+    public var metricCommits = 0
+    public var dispatched = 0
+    public var workersLost = 0
+}
+
+public final class Coordinator: @unchecked Sendable {
+    // @unchecked: all mutable state below is touched only by the thread running `run()`; `stopRequested` and
+    // `boundEndpoint` are the cross-thread parts and are atomics / set before `ready` is signalled.
+
+    public static let schemaVersion = 1
+
+    let config: CoordinatorConfiguration
+    let catalogue: AlgorithmCatalogue
+    let logger: Logger
+    private let stopRequested = Atomic<Bool>(false)
+    private let endpointBox = Mutex<String?>(nil)
+
+    // Loop-thread state.
+    private var store: PostgresJobStore!
+    private var blobs: BlobStore!
+    private var router: ZMQSocket!
+    private var sessions: [[UInt8]: WorkerSession] = [:]
+    private var pendingMetrics: [(identity: [UInt8], key: ShardKey, sequence: UInt64, rows: [MetricRow])] = []
+    private var transfers: [TransferKey: IncomingTransfer] = [:]
+    private var dispatchNeeded = true
+    private(set) var counters = CoordinatorCounters()
+
+    public init(config: CoordinatorConfiguration, catalogue: AlgorithmCatalogue, logger: Logger) {
+        self.config = config
+        self.catalogue = catalogue
+        self.logger = logger
+    }
+
+    /// The endpoint actually bound (after `run()` has started), e.g. with the port chosen for `:*`.
+    public var boundEndpoint: String? { endpointBox.withLock { $0 } }
+
+    /// Asks the loop to stop: no new work is accepted, pending writes are finished, `run()` returns.
+    public func requestStop() { stopRequested.store(true, ordering: .relaxed) }
+
+    // MARK: Loop
+
+    /// Runs until `requestStop()`. Blocking: call it on a thread of its own (or the main thread).
+    public func run() throws {
+        let db = try PGConnection(config.databaseURL)
+        defer { db.close() }
+        store = PostgresJobStore(db: db, leaseSeconds: config.leaseSeconds)
+        let version = try store.schemaVersion()
+        guard version == Self.schemaVersion else {
+            throw CoordinatorError(
+                version < Self.schemaVersion
+                    ? "database schema is at version \(version), this build needs \(Self.schemaVersion): run `tessera migrate --database-url URL` first"
+                    : "database schema is at version \(version), newer than this build (\(Self.schemaVersion)): upgrade tessera"
+            )
+        }
+        blobs = try BlobStore(dataDir: config.dataDir)
+
+        let context = try ZMQContext(ioThreads: 1)
+        defer { context.terminate() }
+        router = try ZMQSocket(context: context, type: .router)
+        defer { router.close() }
+        try router.setRouterMandatory(true)
+        try router.setLinger(milliseconds: 2000)
+        try router.setSendHighWaterMark(100_000)
+        try router.setReceiveHighWaterMark(100_000)
+        try router.setMaxMessageSize(Int64(WireCodec.limits.maxMessageBytes))
+        try router.bind(config.bind)
+        let endpoint = try router.lastEndpoint
+        endpointBox.withLock { $0 = endpoint }
+        logger.info("coordinator listening", metadata: ["zmq.endpoint": "\(endpoint)"])
+
+        try store.markAllWorkersLost(reason: "coordinator restarted")
+        try mergeFinishedJobs()
+
+        let tick = Duration.milliseconds(Int64(config.heartbeatInterval * 1000))
+        var nextTick = ContinuousClock.now
+        while !stopRequested.load(ordering: .relaxed) {
+            let now = ContinuousClock.now
+            let wait = max(0, min(50, (nextTick - now).milliseconds))
+            if try ZMQ.poll([ZMQPollItem(socket: router)], timeoutMilliseconds: wait)[0] {
+                var n = 0
+                while n < 2000, let frames = try router.receive(dontWait: true) {
+                    n += 1
+                    handle(frames)
+                }
+            }
+            try flushMetrics()
+            if ContinuousClock.now >= nextTick {
+                nextTick = ContinuousClock.now + tick
+                try onTick()
+            }
+            if dispatchNeeded {
+                dispatchNeeded = false
+                try dispatch()
+            }
+        }
+        // Graceful stop: finish writes; workers keep their shards and re-register with the next coordinator.
+        try flushMetrics()
+        for t in transfers.values { blobs.abort(t.transfer) }
+        transfers.removeAll()
+        logger.info("coordinator stopped")
+    }
+
+    // MARK: Message handling
+
+    private func handle(_ frames: [[UInt8]]) {
+        counters.messagesIn += 1
+        let identity: [UInt8]
+        let message: Message
+        do {
+            let split = try WireCodec.splitRouterEnvelope(frames)
+            identity = split.identity
+            do {
+                message = try WireCodec.decode(split.frames)
+            } catch {
+                counters.malformedFrames += 1
+                logger.debug("malformed frame", metadata: ["error": "\(error)"])
+                send(identity, .error(ErrorMessage(code: error.code.wireCode, message: error.description)))
+                return
+            }
+        } catch {
+            counters.malformedFrames += 1
+            return
+        }
+        do {
+            try handle(message, from: identity)
+        } catch {
+            logger.error("failed to handle message", metadata: ["error": "\(error)"])
+            if case .request(let r) = message {
+                reply(identity, r, status: ClientStatus.internalError, ["error": .string("\(error)")])
+            }
+        }
+    }
+
+    private func handle(_ message: Message, from identity: [UInt8]) throws {
+        if let s = sessions[identity] { s.lastSeen = ContinuousClock.now }
+        switch message {
+        case .ready(let r): try onReady(r, from: identity)
+        case .heartbeat(let h):
+            guard let s = sessions[identity] else {
+                // A worker we do not know (this coordinator restarted): make it register again.
+                send(identity, .disconnect(Disconnect(reason: "unknown worker: send READY")))
+                return
+            }
+            try onHeartbeat(h, session: s)
+        case .metrics(let b):
+            guard sessions[identity] != nil else { return unknownWorker(identity) }
+            pendingMetrics.append(
+                (identity, b.ref.key, b.sequence, b.points.map { MetricRow(name: $0.name, step: $0.step, value: $0.value) })
+            )
+        case .chunk(let c):
+            guard sessions[identity] != nil else { return unknownWorker(identity) }
+            try onChunk(c, from: identity)
+        case .shardDone(let d):
+            guard let s = sessions[identity] else { return unknownWorker(identity) }
+            try onShardDone(d, session: s)
+        case .shardFailed(let f):
+            guard let s = sessions[identity] else { return unknownWorker(identity) }
+            try onShardFailed(f, session: s)
+        case .disconnect(let d):
+            if let s = sessions.removeValue(forKey: identity) {
+                logger.info("worker disconnected", metadata: ["worker.id": "\(s.id)", "reason": "\(d.reason)"])
+                try store.markWorker(s.id, state: "gone", reason: d.reason)
+                _ = try store.requeueShards(ofWorker: s.id, reason: "worker disconnected: \(d.reason)")
+                dropTransfers(of: identity)
+                dispatchNeeded = true
+            }
+        case .fetch(let f): onFetch(f, from: identity)
+        case .request(let r): try onRequest(r, from: identity)
+        case .dispatch, .ack, .cancel, .fetchReply, .reply, .error:
+            send(identity, .error(ErrorMessage(code: 0xFFFF, message: "unexpected message for a coordinator")))
+        }
+    }
+
+    private func unknownWorker(_ identity: [UInt8]) {
+        send(identity, .disconnect(Disconnect(reason: "unknown worker: send READY")))
+    }
+
+    private func onReady(_ r: Ready, from identity: [UInt8]) throws {
+        guard r.protocolVersion == WireCodec.version else {
+            send(identity, .disconnect(Disconnect(reason: "protocol version \(r.protocolVersion) not supported; this coordinator speaks \(WireCodec.version)")))
+            return
+        }
+        if let old = sessions.removeValue(forKey: identity) {
+            try store.markWorker(old.id, state: "gone", reason: "re-registered")
+        }
+        let id = try store.registerWorker(
+            name: r.workerName, host: r.host, slots: Int(r.slots), capabilities: r.capabilities
+        )
+        let session = WorkerSession(id: id, identity: identity, name: r.workerName, slots: Int(r.slots), capabilities: r.capabilities)
+        sessions[identity] = session
+        // Shards the worker still runs from before (coordinator restart, reconnect): keep those whose attempt is
+        // still the live one, stop the others.
+        let adopted = Set(try store.adoptShards(workerID: id, keys: r.running.map(\.key)))
+        for ref in r.running {
+            if adopted.contains(ref.key) {
+                session.inflight[ref.key] = ContinuousClock.now
+            } else {
+                send(identity, .cancel(Cancel(ref: ref, reason: "superseded: the shard was re-leased")))
+            }
+        }
+        session.credits = max(0, Int(r.slots) - session.inflight.count)
+        logger.info(
+            "worker ready",
+            metadata: ["worker.id": "\(id)", "worker.name": "\(r.workerName)", "slots": "\(r.slots)", "adopted": "\(adopted.count)"]
+        )
+        send(identity, .heartbeat(Heartbeat()))
+        dispatchNeeded = true
+    }
+
+    private func onHeartbeat(_ h: Heartbeat, session s: WorkerSession) throws {
+        s.credits = Int(h.credits)
+        let stale = try store.renewLeases(workerID: s.id, progress: h.progress.map { ($0.ref.key, $0.step) })
+        for key in stale {
+            counters.staleDropped += 1
+            send(s.identity, .cancel(Cancel(ref: key.ref, reason: "lease lost: the shard was re-leased or cancelled")))
+        }
+        // Reconcile in-flight accounting: a shard dispatched a while ago that the worker no longer reports is gone.
+        let reported = Set(h.progress.map(\.ref.key))
+        let grace = Duration.milliseconds(Int64(config.heartbeatInterval * 2000))
+        for (key, since) in s.inflight where !reported.contains(key) && ContinuousClock.now - since > grace {
+            s.inflight[key] = nil
+            dispatchNeeded = true
+        }
+        if s.freeSlots > 0 { dispatchNeeded = true }
+    }
+
+    private func onShardDone(_ d: ShardDone, session s: WorkerSession) throws {
+        try flushMetrics()  // metrics sent before DONE are committed before the shard is
+        let key = d.ref.key
+        if s.inflight.removeValue(forKey: key) != nil { s.credits += 1 }
+        dispatchNeeded = true
+        let summary = (try? JSONValue.parse(d.summary)) ?? .object([:])
+        let complete = try store.completeShard(
+            key, summary: summary.render(), resultSHA256: d.resultSHA256.isEmpty ? nil : d.resultSHA256
+        )
+        send(s.identity, .ack(Ack(ref: d.ref, kind: .done, accepted: complete != nil)))
+        guard let complete else {
+            counters.staleDropped += 1
+            return
+        }
+        if complete { try mergeJob(key.jobID) }
+    }
+
+    private func onShardFailed(_ f: ShardFailed, session s: WorkerSession) throws {
+        try flushMetrics()
+        let key = f.ref.key
+        if s.inflight.removeValue(forKey: key) != nil { s.credits += 1 }
+        dispatchNeeded = true
+        let (outcome, toCancel) = try store.failShard(key, reason: f.reason, retryable: f.retryable)
+        send(s.identity, .ack(Ack(ref: f.ref, kind: .failed, accepted: outcome != .rejected)))
+        if outcome == .rejected { counters.staleDropped += 1 }
+        cancelShards(toCancel, reason: "job failed")
+        if outcome != .rejected {
+            logger.info("shard failed", metadata: ["shard": "\(key)", "retryable": "\(f.retryable)", "reason": "\(f.reason)"])
+        }
+    }
+
+    // MARK: Metrics (group commit)
+
+    private func flushMetrics() throws {
+        guard !pendingMetrics.isEmpty else { return }
+        let batch = pendingMetrics
+        pendingMetrics.removeAll(keepingCapacity: true)
+        let accepted = try store.ingestMetrics(batch.map { ($0.key, $0.rows) })
+        counters.metricCommits += 1
+        for (item, ok) in zip(batch, accepted) {
+            if ok { counters.metricPoints += item.rows.count } else { counters.staleDropped += 1 }
+            send(item.identity, .ack(Ack(ref: item.key.ref, kind: .metrics, sequence: item.sequence, accepted: ok)))
+        }
+    }
+
+    // MARK: Blobs
+
+    private struct TransferKey: Hashable {
+        var identity: [UInt8]
+        var id: UInt64
+    }
+
+    private final class IncomingTransfer {
+        let transfer: BlobStore.Transfer
+        let key: ShardKey
+        let kind: BlobKind
+        let step: Int64
+        init(transfer: BlobStore.Transfer, key: ShardKey, kind: BlobKind, step: Int64) {
+            self.transfer = transfer
+            self.key = key
+            self.kind = kind
+            self.step = step
+        }
+    }
+
+    private func onChunk(_ c: BlobChunk, from identity: [UInt8]) throws {
+        let tk = TransferKey(identity: identity, id: c.transferID)
+        let key = c.ref.key
+        if c.offset == 0, transfers[tk] == nil || transfers[tk]!.transfer.received > 0 {
+            if let old = transfers.removeValue(forKey: tk) { blobs.abort(old.transfer) }
+            guard c.totalSize <= WireCodec.limits.maxBlobBytes else {
+                send(identity, .ack(Ack(ref: c.ref, kind: .chunk, sequence: c.transferID, offset: 0, accepted: false)))
+                return
+            }
+            transfers[tk] = IncomingTransfer(
+                transfer: try blobs.beginTransfer(totalSize: c.totalSize), key: key, kind: c.kind, step: c.step
+            )
+        }
+        guard let t = transfers[tk] else {
+            // A chunk of a transfer we do not have (the coordinator restarted): ask for it from the start.
+            send(identity, .ack(Ack(ref: c.ref, kind: .chunk, sequence: c.transferID, offset: 0, accepted: true)))
+            return
+        }
+        do {
+            try t.transfer.append(offset: c.offset, data: c.data)
+        } catch {
+            transfers[tk] = nil
+            blobs.abort(t.transfer)
+            logger.info("blob transfer rejected", metadata: ["error": "\(error)"])
+            send(identity, .ack(Ack(ref: c.ref, kind: .chunk, sequence: c.transferID, offset: 0, accepted: false)))
+            return
+        }
+        guard c.isLast else {
+            send(identity, .ack(Ack(ref: c.ref, kind: .chunk, sequence: c.transferID, offset: t.transfer.received, accepted: true)))
+            return
+        }
+        transfers[tk] = nil
+        var accepted = false
+        do {
+            let path = try blobs.finish(t.transfer, expectedSHA256: c.sha256)
+            accepted = try store.registerBlob(
+                key, kind: Self.kindName(t.kind), step: t.step, sha256: c.sha256, size: Int64(t.transfer.totalSize), path: path
+            )
+            if !accepted { counters.staleDropped += 1 }
+        } catch let e as BlobStoreError {
+            logger.info("blob transfer rejected", metadata: ["error": "\(e)"])
+        }
+        send(identity, .ack(Ack(ref: c.ref, kind: .chunk, sequence: c.transferID, offset: t.transfer.received, accepted: accepted)))
+    }
+
+    static func kindName(_ k: BlobKind) -> String {
+        switch k {
+        case .checkpoint: return "checkpoint"
+        case .samples: return "samples"
+        case .result: return "result"
+        }
+    }
+
+    private func dropTransfers(of identity: [UInt8]) {
+        for (k, t) in transfers where k.identity == identity {
+            blobs.abort(t.transfer)
+            transfers[k] = nil
+        }
+    }
+
+    private func onFetch(_ f: Fetch, from identity: [UInt8]) {
+        do {
+            let (data, total) = try blobs.read(
+                sha256: f.sha256, offset: f.offset, length: min(Int(f.length), config.maxReadChunk)
+            )
+            send(identity, .fetchReply(FetchReply(requestID: f.requestID, sha256: f.sha256, offset: f.offset, totalSize: total, data: data, error: "")))
+        } catch {
+            send(identity, .fetchReply(FetchReply(requestID: f.requestID, sha256: f.sha256, offset: f.offset, totalSize: 0, data: [], error: "\(error)")))
+        }
+    }
+
+    // MARK: Scheduling
+
+    private func onTick() throws {
+        let now = ContinuousClock.now
+        let deadline = Duration.milliseconds(Int64(config.heartbeatInterval * 1000 * Double(config.liveness)))
+        for (identity, s) in sessions {
+            if now - s.lastSeen > deadline {
+                sessions[identity] = nil
+                counters.workersLost += 1
+                dropTransfers(of: identity)
+                let released = try store.requeueShards(ofWorker: s.id, reason: "worker \(s.name) lost (no heartbeat)")
+                try store.markWorker(s.id, state: "lost", reason: "missed \(config.liveness) heartbeats")
+                logger.warning("worker lost", metadata: ["worker.id": "\(s.id)", "worker.name": "\(s.name)", "requeued": "\(released.count)"])
+                dispatchNeeded = true
+            } else {
+                send(identity, .heartbeat(Heartbeat()))
+            }
+        }
+        if !(try store.requeueExpiredLeases()).isEmpty { dispatchNeeded = true }
+        dispatchNeeded = true  // dependencies may have been satisfied, shards requeued elsewhere
+    }
+
+    private func dispatch() throws {
+        for s in sessions.values.sorted(by: { $0.id < $1.id }) where s.freeSlots > 0 {
+            let claimed = try store.claimShards(workerID: s.id, limit: s.freeSlots, capabilities: s.capabilities)
+            for c in claimed {
+                let d = Dispatch(
+                    ref: c.key.ref, kind: c.kind, algorithm: c.algorithm, seed: c.seed, spec: Array(c.spec.utf8),
+                    slice: Array(c.slice.utf8),
+                    resume: c.checkpoint.map { CheckpointInfo(step: $0.step, sha256: $0.sha256, size: UInt64($0.size)) },
+                    totalSteps: c.totalSteps
+                )
+                s.inflight[c.key] = ContinuousClock.now
+                s.credits -= 1
+                counters.dispatched += 1
+                if !send(s.identity, .dispatch(d)) {
+                    // Unroutable: the worker vanished; its lease will be rescued with the session.
+                    break
+                }
+            }
+        }
+    }
+
+    private func cancelShards(_ shards: [(ShardKey, Int64)], reason: String) {
+        for (key, workerID) in shards {
+            if let s = sessions.values.first(where: { $0.id == workerID }) {
+                send(s.identity, .cancel(Cancel(ref: key.ref, reason: reason)))
+            }
+        }
+    }
+
+    // MARK: Merge
+
+    private func mergeFinishedJobs() throws {
+        for id in try store.jobsAwaitingMerge() { try mergeJob(id) }
+    }
+
+    private func mergeJob(_ jobID: Int64) throws {
+        do {
+            let inputs = try store.mergeInputs(jobID: jobID)
+            let spec = try JobSpec.fromStored(Array(inputs.spec.utf8))
+            let algorithm = try catalogue.resolve(spec)
+            var outputs: [ShardOutput] = []
+            for shard in inputs.shards {
+                let result = try shard.resultPath.map { try blobs.readAll(relativePath: $0) }
+                outputs.append(ShardOutput(summary: try JSONValue.parse(shard.summary), result: result))
+            }
+            let merged = try algorithm.merge(spec, outputs: outputs)
+            try store.finishJob(jobID, result: merged.render())
+            logger.info("job succeeded", metadata: ["job.id": "\(jobID)"])
+        } catch {
+            logger.error("merge failed", metadata: ["job.id": "\(jobID)", "error": "\(error)"])
+            cancelShards(try store.failJob(jobID, error: "merge failed: \(error)"), reason: "job failed")
+        }
+    }
+
+    // MARK: Sending
+
+    @discardableResult
+    func send(_ identity: [UInt8], _ message: Message) -> Bool {
+        do {
+            return try router.send(WireCodec.encodeForRouter(identity: identity, message), dontWait: true)
+        } catch let e as ZMQError where e.isHostUnreachable {
+            if let s = sessions[identity] {
+                logger.info("worker unreachable", metadata: ["worker.id": "\(s.id)"])
+            }
+            return false
+        } catch {
+            logger.error("send failed", metadata: ["error": "\(error)"])
+            return false
+        }
+    }
+
+    func reply(_ identity: [UInt8], _ r: ClientRequest, status: UInt16 = 0, _ body: JSONObject, blob: [UInt8] = []) {
+        send(identity, .reply(ClientReply(requestID: r.requestID, status: status, body: JSONValue.object(body).utf8Bytes, blob: blob)))
+    }
+
+    func replyRaw(_ identity: [UInt8], _ r: ClientRequest, json: String, blob: [UInt8] = []) {
+        send(identity, .reply(ClientReply(requestID: r.requestID, status: 0, body: Array(json.utf8), blob: blob)))
+    }
+
+    // MARK: Client requests (ClientRequests.swift)
+
+    var storeForRequests: PostgresJobStore { store }
+    var blobsForRequests: BlobStore { blobs }
+    func markDispatchNeeded() { dispatchNeeded = true }
+    func cancelForRequests(_ shards: [(ShardKey, Int64)]) { cancelShards(shards, reason: "job cancelled") }
+    var liveWorkers: [WorkerSession] { Array(sessions.values) }
+}
+
+/// What the coordinator knows about one connected worker.
+final class WorkerSession {
+    let id: Int64
+    let identity: [UInt8]
+    let name: String
+    let slots: Int
+    let capabilities: [String]
+    var lastSeen = ContinuousClock.now
+    var inflight: [ShardKey: ContinuousClock.Instant] = [:]
+    /// Free slots as the worker last advertised them (heartbeat), minus dispatches since, plus completions since.
+    /// A draining worker advertises 0.
+    var credits: Int
+
+    init(id: Int64, identity: [UInt8], name: String, slots: Int, capabilities: [String]) {
+        self.id = id
+        self.identity = identity
+        self.name = name
+        self.slots = slots
+        self.capabilities = capabilities
+        self.credits = slots
+    }
+
+    /// Credits: never more shards in flight than the worker advertised.
+    var freeSlots: Int { max(0, min(slots - inflight.count, credits)) }
+}
+
+public struct CoordinatorError: Error, Sendable, CustomStringConvertible {
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+extension ShardRef {
+    var key: ShardKey { ShardKey(jobID: jobID, index: shardIndex, attempt: attempt) }
+}
+
+extension ShardKey {
+    var ref: ShardRef { ShardRef(jobID: jobID, shardIndex: index, attempt: attempt) }
+}
+
+extension Duration {
+    var milliseconds: Int {
+        let (s, a) = components
+        return Int(s) * 1000 + Int(a / 1_000_000_000_000_000)
+    }
+}

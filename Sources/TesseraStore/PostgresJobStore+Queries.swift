@@ -1,0 +1,127 @@
+// Read queries behind the CLI. Each answers one request with ONE SQL statement that builds the JSON reply in
+// PostgreSQL, so `status` never asks workers and never aggregates raw metric series (ANCHORS.md: Ray dashboard,
+// MLflow run lists, Slurm polling storms). Per-shard latest metrics are kept on write (`last_metrics`).
+
+import LibPQ
+import TesseraCore
+
+extension PostgresJobStore {
+    /// The schema version recorded by the migrator; 0 when the database was never migrated.
+    public func schemaVersion() throws -> Int {
+        let exists = try db.execute("SELECT to_regclass('tessera_schema_version') IS NOT NULL AS present")
+        guard exists.bool(0, "present") == true else { return 0 }
+        let r = try db.execute("SELECT coalesce(max(version), 0) AS v FROM tessera_schema_version")
+        return Int(r.int(0, "v") ?? 0)
+    }
+
+    /// Recent jobs, newest first, with shard counts by state.
+    public func jobListJSON(limit: Int, state: String?) throws -> String {
+        let r = try db.execute(
+            """
+            SELECT coalesce(json_agg(x ORDER BY x.id DESC), '[]'::json)::text AS jobs FROM (
+                SELECT j.id, j.name, j.kind, j.algorithm, j.state, j.priority, j.shard_count AS shards,
+                       (SELECT count(*) FROM tessera_shards s WHERE s.job_id = j.id AND s.state = 'succeeded') AS shards_succeeded,
+                       (SELECT count(*) FROM tessera_shards s WHERE s.job_id = j.id AND s.state = 'leased') AS shards_running,
+                       j.created_at, j.started_at, j.finished_at,
+                       extract(epoch FROM (coalesce(j.finished_at, now()) - j.created_at)) AS elapsed_seconds,
+                       j.error
+                FROM tessera_jobs j
+                WHERE ($2::text IS NULL OR j.state::text = $2)
+                ORDER BY j.id DESC LIMIT $1) x
+            """,
+            [.int(Int64(limit)), state.map { .text($0) } ?? .null]
+        )
+        return r[0, "jobs"]!
+    }
+
+    /// One job with its shards (state, attempt, worker, step/total, last metrics) and optionally its events.
+    /// nil when the job does not exist.
+    public func jobStatusJSON(_ id: Int64, events: Bool) throws -> String? {
+        let r = try db.execute(
+            """
+            SELECT json_build_object(
+                'id', j.id, 'name', j.name, 'kind', j.kind, 'algorithm', j.algorithm, 'state', j.state,
+                'seed', j.seed::text, 'priority', j.priority, 'max_attempts', j.max_attempts, 'shard_count', j.shard_count,
+                'depends_on', j.depends_on, 'created_at', j.created_at, 'started_at', j.started_at,
+                'finished_at', j.finished_at,
+                'elapsed_seconds', extract(epoch FROM (coalesce(j.finished_at, now()) - j.created_at)),
+                'run_seconds', extract(epoch FROM (coalesce(j.finished_at, now()) - j.started_at)),
+                'error', j.error,
+                'steps_done', (SELECT coalesce(sum(s.step), 0) FROM tessera_shards s WHERE s.job_id = j.id),
+                'steps_total', (SELECT coalesce(sum(s.total_steps), 0) FROM tessera_shards s WHERE s.job_id = j.id),
+                'shards', (SELECT coalesce(json_agg(json_build_object(
+                        'index', s.idx, 'state', s.state, 'attempt', s.attempt, 'failures', s.failures,
+                        'worker', w.name, 'step', s.step, 'total', s.total_steps,
+                        'checkpoint_step', s.checkpoint_step, 'last_metrics', s.last_metrics,
+                        'summary', s.summary, 'error', s.error, 'updated_at', s.updated_at) ORDER BY s.idx), '[]'::json)
+                    FROM tessera_shards s LEFT JOIN tessera_workers w ON w.id = s.worker_id WHERE s.job_id = j.id),
+                'events', CASE WHEN $2 THEN (SELECT coalesce(json_agg(json_build_object(
+                        'at', e.at, 'actor', e.actor, 'kind', e.kind, 'shard', e.shard_idx, 'detail', e.detail)
+                        ORDER BY e.id), '[]'::json) FROM tessera_events e WHERE e.job_id = j.id) END
+            )::text AS job
+            FROM tessera_jobs j WHERE j.id = $1
+            """,
+            [.int(id), .bool(events)]
+        )
+        return r.rowCount == 1 ? r[0, "job"] : nil
+    }
+
+    /// Workers seen recently (alive ones and those lost within the last hour), with what they run.
+    public func workersJSON() throws -> String {
+        let r = try db.execute(
+            """
+            SELECT coalesce(json_agg(x ORDER BY x.state, x.id), '[]'::json)::text AS workers FROM (
+                SELECT w.id, w.name, w.host, w.slots, w.capabilities, w.state, w.connected_at, w.last_heartbeat,
+                       extract(epoch FROM (now() - w.last_heartbeat)) AS seconds_since_heartbeat,
+                       (SELECT coalesce(json_agg(json_build_object('job', s.job_id, 'shard', s.idx, 'attempt', s.attempt,
+                                                                   'step', s.step, 'total', s.total_steps)
+                                                 ORDER BY s.job_id, s.idx), '[]'::json)
+                        FROM tessera_shards s WHERE s.worker_id = w.id AND s.state = 'leased') AS running
+                FROM tessera_workers w
+                WHERE w.state = 'alive' OR w.disconnected_at > now() - interval '1 hour') x
+            """
+        )
+        return r[0, "workers"]!
+    }
+
+    /// Metric rows of a job, filtered by shard and name, in (shard, name, step) order.
+    public func metricsJSON(jobID: Int64, shard: Int32?, name: String?, limit: Int) throws -> String? {
+        let exists = try db.execute("SELECT 1 FROM tessera_jobs WHERE id = $1", [.int(jobID)])
+        guard exists.rowCount == 1 else { return nil }
+        let r = try db.execute(
+            """
+            SELECT coalesce(json_agg(json_build_object('shard', m.shard_idx, 'name', m.name, 'step', m.step,
+                                                       'value', m.value, 'attempt', m.attempt)
+                                     ORDER BY m.shard_idx, m.name, m.step), '[]'::json)::text AS metrics
+            FROM (SELECT * FROM tessera_metrics
+                  WHERE job_id = $1 AND ($2::int IS NULL OR shard_idx = $2) AND ($3::text IS NULL OR name = $3)
+                  ORDER BY shard_idx, name, step LIMIT $4) m
+            """,
+            [.int(jobID), shard.map { .int(Int64($0)) } ?? .null, name.map { .text($0) } ?? .null, .int(Int64(limit))]
+        )
+        return r[0, "metrics"]!
+    }
+
+    /// The job's state and merged result. nil when the job does not exist.
+    public func resultJSON(jobID: Int64) throws -> (state: String, result: String?, error: String?)? {
+        let r = try db.execute(
+            "SELECT state::text AS state, result::text AS result, error FROM tessera_jobs WHERE id = $1",
+            [.int(jobID)]
+        )
+        guard r.rowCount == 1 else { return nil }
+        return (r[0, "state"]!, r[0, "result"], r[0, "error"])
+    }
+
+    /// The blob kinds and steps a shard has (for `checkpoint pull` errors that say what exists).
+    public func blobsJSON(jobID: Int64, shard: Int32) throws -> String {
+        let r = try db.execute(
+            """
+            SELECT coalesce(json_agg(json_build_object('kind', kind, 'step', step, 'size', size, 'sha256', sha256)
+                                     ORDER BY kind, step), '[]'::json)::text AS blobs
+            FROM tessera_checkpoints WHERE job_id = $1 AND shard_idx = $2
+            """,
+            [.int(jobID), .int(Int64(shard))]
+        )
+        return r[0, "blobs"]!
+    }
+}

@@ -1,0 +1,718 @@
+// Every SQL statement the coordinator runs (schema: migrations/0001_init.up.sql).
+//
+// PostgreSQL is the only source of truth. All writes about a shard are fenced on (job, shard, attempt): a message
+// from a superseded attempt changes nothing and is reported back as not accepted. Values always travel as bind
+// parameters; arrays are sent as PostgreSQL array literals built by `PGArray`, never spliced into SQL text.
+//
+// One store owns one connection and is used from one thread (the coordinator's loop); libpq connections are not
+// thread-safe.
+
+import Foundation
+import LibPQ
+import TesseraCore
+
+/// (job, shard, attempt): the fencing token carried by every message about a shard.
+public struct ShardKey: Sendable, Hashable, CustomStringConvertible {
+    public var jobID: Int64
+    public var index: Int32
+    public var attempt: Int32
+    public init(jobID: Int64, index: Int32, attempt: Int32) {
+        self.jobID = jobID
+        self.index = index
+        self.attempt = attempt
+    }
+    public var description: String { "job \(jobID) shard \(index) attempt \(attempt)" }
+}
+
+/// A shard leased to a worker, with everything needed to dispatch it.
+public struct ClaimedShard: Sendable {
+    public var key: ShardKey
+    public var kind: String
+    public var algorithm: String
+    public var seed: UInt64
+    public var spec: String
+    public var slice: String
+    public var totalSteps: Int64
+    public var checkpoint: (step: Int64, sha256: String, size: Int64)?
+}
+
+public struct MetricRow: Sendable, Hashable {
+    public var name: String
+    public var step: Int64
+    public var value: Double
+    public init(name: String, step: Int64, value: Double) {
+        self.name = name
+        self.step = step
+        self.value = value
+    }
+}
+
+public struct StoredBlob: Sendable, Hashable {
+    public var jobID: Int64
+    public var shardIndex: Int32
+    public var kind: String
+    public var step: Int64
+    public var sha256: String
+    public var size: Int64
+    public var path: String
+}
+
+public enum ShardFailureOutcome: Sendable, Equatable {
+    /// Stale attempt: nothing changed.
+    case rejected
+    /// Back in the queue (infrastructure loss, or an own error with attempts left).
+    case requeued
+    /// Out of attempts: the shard and its job failed.
+    case jobFailed
+}
+
+public final class PostgresJobStore: @unchecked Sendable {
+    // @unchecked: owns one PGConnection and is used from one thread at a time (the coordinator loop).
+    public let db: PGConnection
+    public var leaseSeconds: Double
+
+    public init(db: PGConnection, leaseSeconds: Double = 15) {
+        self.db = db
+        self.leaseSeconds = leaseSeconds
+    }
+
+    // MARK: Jobs
+
+    /// Stores a validated job and its planned shards in one transaction; returns the job id.
+    public func submitJob(spec: JobSpec, sourceText: String, slices: [ShardSlice]) throws -> Int64 {
+        try db.transaction {
+            let r = try db.execute(
+                """
+                INSERT INTO tessera_jobs (name, kind, algorithm, spec, source_text, seed, priority, max_attempts,
+                                          shard_count, depends_on)
+                VALUES ($1, $2::tessera_job_kind, $3, $4::jsonb, $5, $6::numeric, $7, $8, $9, $10::bigint[])
+                RETURNING id
+                """,
+                [
+                    .text(spec.name), .text(spec.kind.rawValue), .text(spec.algorithm), .text(spec.json.render()),
+                    .text(sourceText), .text(String(spec.seed)), .int(Int64(spec.priority)),
+                    .int(Int64(spec.maxAttempts)), .int(Int64(slices.count)),
+                    .text(PGArray.ints(spec.dependsOn)),
+                ]
+            )
+            guard let id = r.int(0, "id") else { throw StoreError("insert into tessera_jobs returned no id") }
+            try db.execute(
+                """
+                INSERT INTO tessera_shards (job_id, idx, slice, total_steps, priority)
+                SELECT $1, s.idx - 1, s.slice::jsonb, s.total, $4
+                FROM unnest($2::text[], $3::bigint[]) WITH ORDINALITY AS s(slice, total, idx)
+                """,
+                [
+                    .int(id), .text(PGArray.texts(slices.map { $0.slice.render() })),
+                    .text(PGArray.ints(slices.map(\.totalSteps))), .int(Int64(spec.priority)),
+                ]
+            )
+            try event(job: id, actor: "client", kind: "job.submitted", detail: ["shards": .int(slices.count)])
+            return id
+        }
+    }
+
+    /// Cancels a job that is not finished. Returns the shards that were leased (to tell their workers), or nil
+    /// when the job does not exist.
+    public func cancelJob(_ id: Int64) throws -> (state: JobState, leased: [(ShardKey, Int64)])? {
+        try db.transaction {
+            let j = try db.execute("SELECT state::text FROM tessera_jobs WHERE id = $1 FOR UPDATE", [.int(id)])
+            guard j.rowCount == 1, let s = j[0, "state"], let state = JobState(rawValue: s) else { return nil }
+            if state.isTerminal { return (state, []) }
+            let leased = try db.execute(
+                """
+                SELECT idx, attempt, worker_id FROM tessera_shards
+                WHERE job_id = $1 AND state = 'leased' ORDER BY idx
+                """,
+                [.int(id)]
+            )
+            try db.execute(
+                """
+                UPDATE tessera_shards SET state = 'cancelled', worker_id = NULL, lease_expires_at = NULL, updated_at = now()
+                WHERE job_id = $1 AND state IN ('queued', 'leased')
+                """,
+                [.int(id)]
+            )
+            try db.execute(
+                "UPDATE tessera_jobs SET state = 'cancelled', finished_at = now() WHERE id = $1",
+                [.int(id)]
+            )
+            try event(job: id, actor: "client", kind: "job.cancelled")
+            var out: [(ShardKey, Int64)] = []
+            for row in 0..<leased.rowCount {
+                out.append(
+                    (
+                        ShardKey(
+                            jobID: id, index: Int32(leased.int(row, "idx")!), attempt: Int32(leased.int(row, "attempt")!)
+                        ),
+                        leased.int(row, "worker_id")!
+                    )
+                )
+            }
+            return (.cancelled, out)
+        }
+    }
+
+    /// Leases up to `limit` queued shards to a worker: highest priority first, then oldest job, then shard order,
+    /// skipping rows other coordinators hold (`FOR UPDATE SKIP LOCKED`). Only algorithms the worker can run, and
+    /// only jobs whose dependencies have succeeded. Each lease starts a new attempt.
+    public func claimShards(workerID: Int64, limit: Int, capabilities: [String]) throws -> [ClaimedShard] {
+        guard limit > 0 else { return [] }
+        return try db.transaction {
+            let r = try db.execute(
+                """
+                WITH picked AS (
+                    SELECT s.job_id, s.idx
+                    FROM tessera_shards s
+                    JOIN tessera_jobs j ON j.id = s.job_id
+                    WHERE s.state = 'queued'
+                      AND j.state IN ('queued', 'running')
+                      AND (j.kind::text || '/' || j.algorithm) = ANY($3::text[])
+                      AND NOT EXISTS (
+                          SELECT 1 FROM unnest(j.depends_on) AS d(id)
+                          LEFT JOIN tessera_jobs dj ON dj.id = d.id
+                          WHERE dj.state IS DISTINCT FROM 'succeeded')
+                    ORDER BY s.priority DESC, s.job_id, s.idx
+                    LIMIT $2
+                    FOR UPDATE OF s SKIP LOCKED
+                ), leased AS (
+                    UPDATE tessera_shards s
+                    SET state = 'leased', attempt = s.attempt + 1, worker_id = $1,
+                        lease_expires_at = now() + make_interval(secs => $4), updated_at = now()
+                    FROM picked
+                    WHERE s.job_id = picked.job_id AND s.idx = picked.idx
+                    RETURNING s.job_id, s.idx, s.attempt, s.slice, s.total_steps, s.checkpoint_step, s.checkpoint_sha256
+                )
+                SELECT l.job_id, l.idx, l.attempt, l.slice::text AS slice, l.total_steps, l.checkpoint_step,
+                       l.checkpoint_sha256, c.size AS checkpoint_size,
+                       j.kind::text AS kind, j.algorithm, j.seed::text AS seed, j.spec::text AS spec
+                FROM leased l
+                JOIN tessera_jobs j ON j.id = l.job_id
+                LEFT JOIN tessera_checkpoints c
+                  ON c.job_id = l.job_id AND c.shard_idx = l.idx AND c.kind = 'checkpoint' AND c.step = l.checkpoint_step
+                ORDER BY j.priority DESC, l.job_id, l.idx
+                """,
+                [.int(workerID), .int(Int64(limit)), .text(PGArray.texts(capabilities)), .double(leaseSeconds)]
+            )
+            var out: [ClaimedShard] = []
+            var started = Set<Int64>()
+            for i in 0..<r.rowCount {
+                let key = ShardKey(
+                    jobID: r.int(i, "job_id")!, index: Int32(r.int(i, "idx")!), attempt: Int32(r.int(i, "attempt")!)
+                )
+                var checkpoint: (Int64, String, Int64)?
+                if let step = r.int(i, "checkpoint_step"), let sha = r[i, "checkpoint_sha256"] {
+                    checkpoint = (step, sha, r.int(i, "checkpoint_size") ?? 0)
+                }
+                out.append(
+                    ClaimedShard(
+                        key: key, kind: r[i, "kind"]!, algorithm: r[i, "algorithm"]!, seed: UInt64(r[i, "seed"]!) ?? 0,
+                        spec: r[i, "spec"]!, slice: r[i, "slice"]!, totalSteps: r.int(i, "total_steps")!,
+                        checkpoint: checkpoint
+                    )
+                )
+                started.insert(key.jobID)
+                try event(
+                    job: key.jobID, shard: key.index, worker: workerID, actor: "coordinator", kind: "shard.leased",
+                    detail: ["attempt": .int(Int(key.attempt))]
+                )
+            }
+            if !started.isEmpty {
+                try db.execute(
+                    """
+                    UPDATE tessera_jobs SET state = 'running', started_at = coalesce(started_at, now())
+                    WHERE id = ANY($1::bigint[]) AND state = 'queued'
+                    """,
+                    [.text(PGArray.ints(Array(started)))]
+                )
+            }
+            return out
+        }
+    }
+
+    /// Extends the leases a worker still holds and records progress. Returns the keys that are no longer the
+    /// worker's current attempt (the worker must stop them).
+    public func renewLeases(workerID: Int64, progress: [(ShardKey, step: Int64)]) throws -> [ShardKey] {
+        try db.execute(
+            "UPDATE tessera_workers SET last_heartbeat = now(), state = 'alive' WHERE id = $1",
+            [.int(workerID)]
+        )
+        guard !progress.isEmpty else { return [] }
+        let r = try db.execute(
+            """
+            UPDATE tessera_shards s
+            SET lease_expires_at = now() + make_interval(secs => $5), step = greatest(s.step, p.step), updated_at = now()
+            FROM unnest($1::bigint[], $2::int[], $3::int[], $4::bigint[]) AS p(job_id, idx, attempt, step)
+            WHERE s.job_id = p.job_id AND s.idx = p.idx AND s.attempt = p.attempt AND s.state = 'leased'
+              AND s.worker_id = $6
+            RETURNING s.job_id, s.idx, s.attempt
+            """,
+            [
+                .text(PGArray.ints(progress.map { $0.0.jobID })),
+                .text(PGArray.ints(progress.map { Int64($0.0.index) })),
+                .text(PGArray.ints(progress.map { Int64($0.0.attempt) })),
+                .text(PGArray.ints(progress.map(\.step))), .double(leaseSeconds), .int(workerID),
+            ]
+        )
+        var live = Set<ShardKey>()
+        for i in 0..<r.rowCount {
+            live.insert(
+                ShardKey(jobID: r.int(i, "job_id")!, index: Int32(r.int(i, "idx")!), attempt: Int32(r.int(i, "attempt")!))
+            )
+        }
+        return progress.map(\.0).filter { !live.contains($0) }
+    }
+
+    /// Puts back in the queue every shard whose lease expired (a lost worker, a partition). Infrastructure loss:
+    /// no attempt is consumed. Returns the released keys.
+    public func requeueExpiredLeases() throws -> [ShardKey] {
+        try requeue(where: "state = 'leased' AND lease_expires_at < now()", params: [], reason: "lease expired")
+    }
+
+    /// Puts back in the queue the shards leased to a worker that is gone (or that handed them back on drain).
+    public func requeueShards(ofWorker workerID: Int64, reason: String) throws -> [ShardKey] {
+        try requeue(where: "state = 'leased' AND worker_id = $1", params: [.int(workerID)], reason: reason)
+    }
+
+    private func requeue(where condition: String, params: [PGValue], reason: String) throws -> [ShardKey] {
+        try db.transaction {
+            let r = try db.execute(
+                """
+                UPDATE tessera_shards SET state = 'queued', worker_id = NULL, lease_expires_at = NULL, updated_at = now()
+                WHERE \(condition)
+                RETURNING job_id, idx, attempt
+                """,
+                params
+            )
+            var out: [ShardKey] = []
+            for i in 0..<r.rowCount {
+                let k = ShardKey(
+                    jobID: r.int(i, "job_id")!, index: Int32(r.int(i, "idx")!), attempt: Int32(r.int(i, "attempt")!)
+                )
+                out.append(k)
+                try event(
+                    job: k.jobID, shard: k.index, actor: "coordinator", kind: "shard.requeued",
+                    detail: ["attempt": .int(Int(k.attempt)), "reason": .string(reason)]
+                )
+            }
+            return out
+        }
+    }
+
+    /// Whether `key` is the shard's live attempt.
+    public func isCurrent(_ key: ShardKey) throws -> Bool {
+        let r = try db.execute(
+            "SELECT 1 FROM tessera_shards WHERE job_id = $1 AND idx = $2 AND attempt = $3 AND state = 'leased'",
+            [.int(key.jobID), .int(Int64(key.index)), .int(Int64(key.attempt))]
+        )
+        return r.rowCount == 1
+    }
+
+    // MARK: Metrics (group commit)
+
+    /// Writes many metric batches in one transaction. Batches from stale attempts are dropped; the result says,
+    /// per batch, whether it was accepted. Re-sent steps overwrite with the same values (idempotent replay).
+    public func ingestMetrics(_ batches: [(ShardKey, [MetricRow])]) throws -> [Bool] {
+        guard !batches.isEmpty else { return [] }
+        return try db.transaction {
+            let keys = Array(Set(batches.map(\.0)))
+            let live = try db.execute(
+                """
+                SELECT s.job_id, s.idx, s.attempt FROM tessera_shards s
+                JOIN unnest($1::bigint[], $2::int[], $3::int[]) AS k(job_id, idx, attempt)
+                  ON s.job_id = k.job_id AND s.idx = k.idx AND s.attempt = k.attempt
+                WHERE s.state = 'leased'
+                """,
+                [
+                    .text(PGArray.ints(keys.map(\.jobID))), .text(PGArray.ints(keys.map { Int64($0.index) })),
+                    .text(PGArray.ints(keys.map { Int64($0.attempt) })),
+                ]
+            )
+            var current = Set<ShardKey>()
+            for i in 0..<live.rowCount {
+                current.insert(
+                    ShardKey(
+                        jobID: live.int(i, "job_id")!, index: Int32(live.int(i, "idx")!),
+                        attempt: Int32(live.int(i, "attempt")!)
+                    )
+                )
+            }
+            var jobIDs: [Int64] = [], idxs: [Int64] = [], attempts: [Int64] = [], names: [String] = []
+            var steps: [Int64] = [], values: [Double] = []
+            // Latest value per (shard, name): the highest step in this group commit.
+            var latest: [ShardKey: [String: (Int64, Double)]] = [:]
+            // Deduplicate (shard, name, step) within one statement: ON CONFLICT cannot touch a row twice.
+            var seen = Set<String>()
+            for (key, rows) in batches where current.contains(key) {
+                for m in rows {
+                    let id = "\(key.jobID)/\(key.index)/\(m.step)/\(m.name)"
+                    if !seen.insert(id).inserted { continue }
+                    jobIDs.append(key.jobID)
+                    idxs.append(Int64(key.index))
+                    attempts.append(Int64(key.attempt))
+                    names.append(m.name)
+                    steps.append(m.step)
+                    values.append(m.value)
+                    if let (s, _) = latest[key]?[m.name], s > m.step { continue }
+                    latest[key, default: [:]][m.name] = (m.step, m.value)
+                }
+            }
+            if !jobIDs.isEmpty {
+                try db.execute(
+                    """
+                    INSERT INTO tessera_metrics (job_id, shard_idx, attempt, name, step, value)
+                    SELECT * FROM unnest($1::bigint[], $2::int[], $3::int[], $4::text[], $5::bigint[], $6::float8[])
+                    ON CONFLICT (job_id, shard_idx, name, step)
+                    DO UPDATE SET value = EXCLUDED.value, attempt = EXCLUDED.attempt, created_at = now()
+                    """,
+                    [
+                        .text(PGArray.ints(jobIDs)), .text(PGArray.ints(idxs)), .text(PGArray.ints(attempts)),
+                        .text(PGArray.texts(names)), .text(PGArray.ints(steps)), .text(PGArray.doubles(values)),
+                    ]
+                )
+                for (key, byName) in latest {
+                    var o = JSONObject()
+                    for name in byName.keys.sorted() {
+                        let (step, value) = byName[name]!
+                        o[name] = .object(["step": .number(Double(step)), "value": value.isFinite ? .number(value) : .string("\(value)")])
+                    }
+                    try db.execute(
+                        """
+                        UPDATE tessera_shards SET last_metrics = last_metrics || $4::jsonb, updated_at = now()
+                        WHERE job_id = $1 AND idx = $2 AND attempt = $3
+                        """,
+                        [.int(key.jobID), .int(Int64(key.index)), .int(Int64(key.attempt)), .text(JSONValue.object(o).render())]
+                    )
+                }
+            }
+            return batches.map { current.contains($0.0) }
+        }
+    }
+
+    // MARK: Blobs
+
+    /// Registers a blob already written durably to the content-addressed store. Fenced on the attempt.
+    /// A checkpoint becomes the shard's resume point when its step is the newest.
+    public func registerBlob(_ key: ShardKey, kind: String, step: Int64, sha256: String, size: Int64, path: String) throws -> Bool {
+        try db.transaction {
+            guard try isCurrent(key) else { return false }
+            try db.execute(
+                """
+                INSERT INTO tessera_checkpoints (job_id, shard_idx, kind, step, attempt, sha256, size, path)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                ON CONFLICT (job_id, shard_idx, kind, step)
+                DO UPDATE SET attempt = EXCLUDED.attempt, sha256 = EXCLUDED.sha256, size = EXCLUDED.size,
+                              path = EXCLUDED.path, created_at = now()
+                """,
+                [
+                    .int(key.jobID), .int(Int64(key.index)), .text(kind), .int(step), .int(Int64(key.attempt)),
+                    .text(sha256), .int(size), .text(path),
+                ]
+            )
+            if kind == "checkpoint" {
+                try db.execute(
+                    """
+                    UPDATE tessera_shards SET checkpoint_step = $3, checkpoint_sha256 = $4, updated_at = now()
+                    WHERE job_id = $1 AND idx = $2 AND (checkpoint_step IS NULL OR checkpoint_step <= $3)
+                    """,
+                    [.int(key.jobID), .int(Int64(key.index)), .int(step), .text(sha256)]
+                )
+            }
+            return true
+        }
+    }
+
+    /// Where a blob with this SHA-256 is stored, if any shard registered one.
+    public func blobPath(sha256: String) throws -> (path: String, size: Int64)? {
+        let r = try db.execute(
+            "SELECT path, size FROM tessera_checkpoints WHERE sha256 = $1 LIMIT 1",
+            [.text(sha256)]
+        )
+        guard r.rowCount == 1 else { return nil }
+        return (r[0, "path"]!, r.int(0, "size")!)
+    }
+
+    /// A shard's blob of `kind`: the given step, or the newest.
+    public func blob(jobID: Int64, shard: Int32, kind: String, step: Int64?) throws -> StoredBlob? {
+        let r = try db.execute(
+            """
+            SELECT step, sha256, size, path FROM tessera_checkpoints
+            WHERE job_id = $1 AND shard_idx = $2 AND kind = $3 AND ($4::bigint IS NULL OR step = $4)
+            ORDER BY step DESC LIMIT 1
+            """,
+            [.int(jobID), .int(Int64(shard)), .text(kind), step.map { .int($0) } ?? .null]
+        )
+        guard r.rowCount == 1 else { return nil }
+        return StoredBlob(
+            jobID: jobID, shardIndex: shard, kind: kind, step: r.int(0, "step")!, sha256: r[0, "sha256"]!,
+            size: r.int(0, "size")!, path: r[0, "path"]!
+        )
+    }
+
+    // MARK: Shard outcomes
+
+    /// Marks the shard succeeded (fenced). Returns nil for a stale attempt, else whether every shard of the job
+    /// has now succeeded (time to merge).
+    public func completeShard(_ key: ShardKey, summary: String, resultSHA256: String?) throws -> Bool? {
+        try db.transaction {
+            let r = try db.execute(
+                """
+                UPDATE tessera_shards
+                SET state = 'succeeded', summary = $4::jsonb, result_sha256 = $5, step = total_steps,
+                    worker_id = NULL, lease_expires_at = NULL, error = NULL, updated_at = now()
+                WHERE job_id = $1 AND idx = $2 AND attempt = $3 AND state = 'leased'
+                """,
+                [
+                    .int(key.jobID), .int(Int64(key.index)), .int(Int64(key.attempt)), .text(summary),
+                    resultSHA256.map { .text($0) } ?? .null,
+                ]
+            )
+            guard r.affectedRows == 1 else { return nil }
+            try event(job: key.jobID, shard: key.index, actor: "coordinator", kind: "shard.succeeded",
+                      detail: ["attempt": .int(Int(key.attempt))])
+            let left = try db.execute(
+                "SELECT count(*) AS n FROM tessera_shards WHERE job_id = $1 AND state <> 'succeeded'",
+                [.int(key.jobID)]
+            )
+            return left.int(0, "n") == 0
+        }
+    }
+
+    /// Records a shard failure (fenced). Infrastructure failures requeue without consuming an attempt; the shard's
+    /// own errors consume one, and the last one fails the job (its other shards are cancelled).
+    public func failShard(_ key: ShardKey, reason: String, retryable: Bool) throws -> (ShardFailureOutcome, [(ShardKey, Int64)]) {
+        try db.transaction {
+            let r = try db.execute(
+                """
+                SELECT s.failures, j.max_attempts FROM tessera_shards s JOIN tessera_jobs j ON j.id = s.job_id
+                WHERE s.job_id = $1 AND s.idx = $2 AND s.attempt = $3 AND s.state = 'leased'
+                FOR UPDATE OF s
+                """,
+                [.int(key.jobID), .int(Int64(key.index)), .int(Int64(key.attempt))]
+            )
+            guard r.rowCount == 1 else { return (.rejected, []) }
+            let failures = Int(r.int(0, "failures")!) + (retryable ? 0 : 1)
+            let maxAttempts = Int(r.int(0, "max_attempts")!)
+            if failures < maxAttempts {
+                try db.execute(
+                    """
+                    UPDATE tessera_shards SET state = 'queued', failures = $4, error = $5, worker_id = NULL,
+                           lease_expires_at = NULL, updated_at = now()
+                    WHERE job_id = $1 AND idx = $2 AND attempt = $3
+                    """,
+                    [.int(key.jobID), .int(Int64(key.index)), .int(Int64(key.attempt)), .int(Int64(failures)), .text(reason)]
+                )
+                try event(job: key.jobID, shard: key.index, actor: "coordinator", kind: "shard.retry",
+                          detail: ["attempt": .int(Int(key.attempt)), "reason": .string(reason), "retryable": .bool(retryable)])
+                return (.requeued, [])
+            }
+            try db.execute(
+                """
+                UPDATE tessera_shards SET state = 'failed', failures = $4, error = $5, worker_id = NULL,
+                       lease_expires_at = NULL, updated_at = now()
+                WHERE job_id = $1 AND idx = $2 AND attempt = $3
+                """,
+                [.int(key.jobID), .int(Int64(key.index)), .int(Int64(key.attempt)), .int(Int64(failures)), .text(reason)]
+            )
+            let others = try failJobLocked(key.jobID, error: "shard \(key.index) failed after \(failures) attempts: \(reason)")
+            return (.jobFailed, others)
+        }
+    }
+
+    /// Fails a job (e.g. its merge failed), cancelling shards still open. Returns leased shards to stop.
+    public func failJob(_ id: Int64, error: String) throws -> [(ShardKey, Int64)] {
+        try db.transaction { try failJobLocked(id, error: error) }
+    }
+
+    private func failJobLocked(_ id: Int64, error: String) throws -> [(ShardKey, Int64)] {
+        let leased = try db.execute(
+            "SELECT idx, attempt, worker_id FROM tessera_shards WHERE job_id = $1 AND state = 'leased' ORDER BY idx",
+            [.int(id)]
+        )
+        try db.execute(
+            """
+            UPDATE tessera_shards SET state = 'cancelled', worker_id = NULL, lease_expires_at = NULL, updated_at = now()
+            WHERE job_id = $1 AND state IN ('queued', 'leased')
+            """,
+            [.int(id)]
+        )
+        try db.execute(
+            """
+            UPDATE tessera_jobs SET state = 'failed', error = $2, finished_at = now()
+            WHERE id = $1 AND state IN ('queued', 'running')
+            """,
+            [.int(id), .text(error)]
+        )
+        try event(job: id, actor: "coordinator", kind: "job.failed", detail: ["error": .string(error)])
+        return (0..<leased.rowCount).map {
+            (
+                ShardKey(jobID: id, index: Int32(leased.int($0, "idx")!), attempt: Int32(leased.int($0, "attempt")!)),
+                leased.int($0, "worker_id")!
+            )
+        }
+    }
+
+    /// Everything `merge` needs: the stored spec and each shard's summary and result blob, in shard order.
+    public func mergeInputs(jobID: Int64) throws -> (spec: String, shards: [(summary: String, resultPath: String?)]) {
+        let j = try db.execute("SELECT spec::text AS spec FROM tessera_jobs WHERE id = $1", [.int(jobID)])
+        guard j.rowCount == 1 else { throw StoreError("job \(jobID) does not exist") }
+        let r = try db.execute(
+            """
+            SELECT s.idx, s.summary::text AS summary, c.path
+            FROM tessera_shards s
+            LEFT JOIN LATERAL (
+                SELECT path FROM tessera_checkpoints c
+                WHERE c.job_id = s.job_id AND c.shard_idx = s.idx AND c.kind = 'result' AND c.sha256 = s.result_sha256
+                LIMIT 1) c ON true
+            WHERE s.job_id = $1 ORDER BY s.idx
+            """,
+            [.int(jobID)]
+        )
+        var shards: [(String, String?)] = []
+        for i in 0..<r.rowCount {
+            guard let summary = r[i, "summary"] else { throw StoreError("shard \(i) of job \(jobID) has no summary") }
+            shards.append((summary, r[i, "path"]))
+        }
+        return (j[0, "spec"]!, shards)
+    }
+
+    /// Stores the merged result and marks the job succeeded.
+    public func finishJob(_ id: Int64, result: String) throws {
+        try db.transaction {
+            try db.execute(
+                """
+                UPDATE tessera_jobs SET state = 'succeeded', result = $2::jsonb, finished_at = now()
+                WHERE id = $1 AND state IN ('queued', 'running')
+                """,
+                [.int(id), .text(result)]
+            )
+            try event(job: id, actor: "coordinator", kind: "job.succeeded")
+        }
+    }
+
+    /// Jobs whose shards all succeeded but that have no result yet (e.g. the coordinator died mid-merge).
+    public func jobsAwaitingMerge() throws -> [Int64] {
+        let r = try db.execute(
+            """
+            SELECT j.id FROM tessera_jobs j
+            WHERE j.state IN ('queued', 'running')
+              AND NOT EXISTS (SELECT 1 FROM tessera_shards s WHERE s.job_id = j.id AND s.state <> 'succeeded')
+            ORDER BY j.id
+            """
+        )
+        return (0..<r.rowCount).map { r.int($0, "id")! }
+    }
+
+    // MARK: Workers
+
+    public func registerWorker(name: String, host: String, slots: Int, capabilities: [String]) throws -> Int64 {
+        let r = try db.execute(
+            """
+            INSERT INTO tessera_workers (name, host, slots, capabilities)
+            VALUES ($1, $2, $3, $4::text[]) RETURNING id
+            """,
+            [.text(name), .text(host), .int(Int64(slots)), .text(PGArray.texts(capabilities))]
+        )
+        let id = r.int(0, "id")!
+        try event(worker: id, actor: "worker:\(name)", kind: "worker.ready", detail: ["slots": .int(slots)])
+        return id
+    }
+
+    /// Re-adopts shards a reconnecting worker still runs, when their attempt is still the live one.
+    public func adoptShards(workerID: Int64, keys: [ShardKey]) throws -> [ShardKey] {
+        guard !keys.isEmpty else { return [] }
+        let r = try db.execute(
+            """
+            UPDATE tessera_shards s
+            SET state = 'leased', worker_id = $4, lease_expires_at = now() + make_interval(secs => $5), updated_at = now()
+            FROM unnest($1::bigint[], $2::int[], $3::int[]) AS k(job_id, idx, attempt)
+            WHERE s.job_id = k.job_id AND s.idx = k.idx AND s.attempt = k.attempt
+              AND (s.state = 'leased' OR (s.state = 'queued'))
+              AND EXISTS (SELECT 1 FROM tessera_jobs j WHERE j.id = s.job_id AND j.state IN ('queued', 'running'))
+            RETURNING s.job_id, s.idx, s.attempt
+            """,
+            [
+                .text(PGArray.ints(keys.map(\.jobID))), .text(PGArray.ints(keys.map { Int64($0.index) })),
+                .text(PGArray.ints(keys.map { Int64($0.attempt) })), .int(workerID), .double(leaseSeconds),
+            ]
+        )
+        return (0..<r.rowCount).map {
+            ShardKey(jobID: r.int($0, "job_id")!, index: Int32(r.int($0, "idx")!), attempt: Int32(r.int($0, "attempt")!))
+        }
+    }
+
+    public func markWorker(_ id: Int64, state: String, reason: String) throws {
+        try db.execute(
+            """
+            UPDATE tessera_workers SET state = $2::tessera_worker_state,
+                   disconnected_at = CASE WHEN $2 = 'alive' THEN NULL ELSE now() END
+            WHERE id = $1
+            """,
+            [.int(id), .text(state)]
+        )
+        try event(worker: id, actor: "coordinator", kind: "worker.\(state)", detail: ["reason": .string(reason)])
+    }
+
+    /// At start-up: workers recorded alive by a previous coordinator are unknown to this one until they say READY.
+    public func markAllWorkersLost(reason: String) throws {
+        try db.execute(
+            "UPDATE tessera_workers SET state = 'lost', disconnected_at = now() WHERE state = 'alive'"
+        )
+    }
+
+    // MARK: Events
+
+    public func event(
+        job: Int64? = nil, shard: Int32? = nil, worker: Int64? = nil, actor: String, kind: String,
+        detail: JSONObject = [:]
+    ) throws {
+        try db.execute(
+            """
+            INSERT INTO tessera_events (job_id, shard_idx, worker_id, actor, kind, detail)
+            VALUES ($1, $2, $3, $4, $5, $6::jsonb)
+            """,
+            [
+                job.map { .int($0) } ?? .null, shard.map { .int(Int64($0)) } ?? .null, worker.map { .int($0) } ?? .null,
+                .text(actor), .text(kind), .text(JSONValue.object(detail).render()),
+            ]
+        )
+    }
+}
+
+public struct StoreError: Error, Sendable, CustomStringConvertible {
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// PostgreSQL array literals for bind parameters (`$1::bigint[]`). Elements are quoted and escaped, so any text
+/// is safe; the literal is a parameter value, never SQL text.
+public enum PGArray {
+    public static func ints(_ values: [Int64]) -> String {
+        "{" + values.map(String.init).joined(separator: ",") + "}"
+    }
+
+    public static func texts(_ values: [String]) -> String {
+        var out = "{"
+        for (i, v) in values.enumerated() {
+            if i > 0 { out += "," }
+            out += "\""
+            for c in v.unicodeScalars {
+                if c == "\"" || c == "\\" { out += "\\" }
+                out.unicodeScalars.append(c)
+            }
+            out += "\""
+        }
+        return out + "}"
+    }
+
+    /// Shortest round-trip decimal per element; non-finite values spelled as PostgreSQL reads them.
+    public static func doubles(_ values: [Double]) -> String {
+        "{"
+            + values.map { d -> String in
+                if d.isNaN { return "NaN" }
+                if d.isInfinite { return d > 0 ? "Infinity" : "-Infinity" }
+                return d.description
+            }.joined(separator: ",") + "}"
+    }
+}

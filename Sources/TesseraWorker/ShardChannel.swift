@@ -1,0 +1,198 @@
+// The bridge between one compute thread and the worker's loop thread.
+//
+// The compute thread calls the `ShardSink` methods (metric, progress, blob, fetchBlob, shouldStop); they only
+// touch a mutex-protected outbox, so compute never blocks on the network. The loop thread drains the outbox on
+// every iteration. Back-pressure: when the outbox holds too much (the coordinator is away), producers wait.
+
+import Crypto
+import Foundation
+import Logging
+import Synchronization
+import TesseraCore
+import TesseraProtocol
+
+final class ShardChannel: ShardSink, @unchecked Sendable {
+    // @unchecked: every mutable field is inside `state` (a Mutex) or guarded by `condition`.
+
+    enum Outcome: Sendable {
+        case done(summary: [UInt8], hasResult: Bool)
+        case failed(reason: String, retryable: Bool)
+    }
+
+    struct FetchRequest: Sendable {
+        var sha256: String
+        var offset: UInt64
+        var length: UInt32
+    }
+
+    struct Drained {
+        var points: [MetricPoint] = []
+        var blobs: [(kind: BlobKind, step: Int64, bytes: [UInt8])] = []
+        var fetch: FetchRequest?
+        var outcome: Outcome?
+    }
+
+    private struct State {
+        var out = Drained()
+        var pendingBytes = 0
+        var stopReason: String?
+        var fetchReply: FetchReply?
+        var step: Int64 = 0
+    }
+
+    private let state = Mutex(State())
+    private let condition = NSCondition()
+    let totalSteps: Int64
+
+    /// Outbox limits before producers wait.
+    static let maxPendingPoints = 200_000
+    static let maxPendingBytes = 512 << 20
+
+    init(totalSteps: Int64) {
+        self.totalSteps = totalSteps
+    }
+
+    // MARK: Loop side
+
+    var step: Int64 { state.withLock { $0.step } }
+
+    func drain() -> Drained {
+        let d = state.withLock { s -> Drained in
+            let d = s.out
+            s.out = Drained()
+            s.pendingBytes = 0
+            return d
+        }
+        if !d.points.isEmpty || !d.blobs.isEmpty {
+            condition.lock()
+            condition.broadcast()
+            condition.unlock()
+        }
+        return d
+    }
+
+    func requestStop(reason: String) {
+        state.withLock { if $0.stopReason == nil { $0.stopReason = reason } }
+        condition.lock()
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    func deliverFetch(_ r: FetchReply) {
+        state.withLock { $0.fetchReply = r }
+        condition.lock()
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    // MARK: ShardSink (compute side)
+
+    var shouldStop: Bool { state.withLock { $0.stopReason != nil } }
+
+    func metric(_ name: String, step: Int64, value: Double) {
+        waitForRoom { $0.out.points.count < Self.maxPendingPoints }
+        state.withLock { $0.out.points.append(MetricPoint(name: name, step: step, value: value)) }
+    }
+
+    func progress(step: Int64) {
+        state.withLock { $0.step = max($0.step, step) }
+    }
+
+    func blob(_ kind: ShardBlobKind, step: Int64, bytes: [UInt8]) throws {
+        try enqueueBlob(kind == .checkpoint ? .checkpoint : .samples, step: step, bytes: bytes)
+    }
+
+    func enqueueBlob(_ kind: BlobKind, step: Int64, bytes: [UInt8]) throws {
+        waitForRoom { $0.pendingBytes < Self.maxPendingBytes }
+        if shouldStop { throw ShardStopped() }
+        state.withLock {
+            $0.out.blobs.append((kind, step, bytes))
+            $0.pendingBytes += bytes.count
+        }
+    }
+
+    func fetchBlob(sha256: String) throws -> [UInt8] {
+        var bytes: [UInt8] = []
+        var total: UInt64?
+        while total == nil || UInt64(bytes.count) < total! {
+            state.withLock {
+                $0.fetchReply = nil
+                $0.out.fetch = FetchRequest(sha256: sha256, offset: UInt64(bytes.count), length: 1 << 20)
+            }
+            let deadline = Date().addingTimeInterval(120)
+            var reply: FetchReply?
+            condition.lock()
+            while reply == nil {
+                reply = state.withLock { $0.fetchReply }
+                if reply != nil || shouldStop { break }
+                if !condition.wait(until: deadline) { break }
+            }
+            condition.unlock()
+            if shouldStop { throw ShardStopped() }
+            guard let r = reply else { throw FetchFailure("timed out fetching blob \(sha256)") }
+            guard r.error.isEmpty else { throw FetchFailure("cannot fetch blob \(sha256): \(r.error)") }
+            guard r.offset == UInt64(bytes.count) else { throw FetchFailure("fetch reply at a wrong offset") }
+            total = r.totalSize
+            if r.data.isEmpty && UInt64(bytes.count) < r.totalSize { throw FetchFailure("empty fetch reply") }
+            bytes += r.data
+        }
+        guard BlobHash.sha256Hex(bytes) == sha256 else { throw FetchFailure("blob \(sha256) failed its checksum") }
+        return bytes
+    }
+
+    private func waitForRoom(_ ok: (State) -> Bool) {
+        condition.lock()
+        while !state.withLock({ ok($0) || $0.stopReason != nil }) {
+            _ = condition.wait(until: Date().addingTimeInterval(0.5))
+        }
+        condition.unlock()
+    }
+
+    private func finish(_ o: Outcome) {
+        state.withLock { $0.out.outcome = o }
+    }
+
+    // MARK: Running the shard (compute thread)
+
+    func runCompute(dispatch d: Dispatch, catalogue: AlgorithmCatalogue, logger: Logger) {
+        do {
+            let spec = try JobSpec.fromStored(d.spec)
+            guard let algorithm = catalogue.find(kind: spec.kind, name: spec.algorithm) else {
+                throw ShardError("this worker cannot run \(spec.kind.rawValue)/\(spec.algorithm)")
+            }
+            var resume: (Int64, [UInt8])?
+            if let r = d.resume {
+                resume = (r.step, try fetchBlob(sha256: r.sha256))
+                progress(step: r.step)
+            }
+            let task = ShardTask(
+                spec: spec, shardIndex: Int(d.ref.shardIndex), attempt: Int(d.ref.attempt),
+                slice: try JSONValue.parse(d.slice), totalSteps: d.totalSteps, resume: resume
+            )
+            let output = try algorithm.run(task, sink: self)
+            if let result = output.result {
+                try enqueueBlob(.result, step: d.totalSteps, bytes: result)
+            }
+            progress(step: d.totalSteps)
+            finish(.done(summary: output.summary.utf8Bytes, hasResult: output.result != nil))
+        } catch is ShardStopped {
+            finish(.failed(reason: state.withLock { $0.stopReason } ?? "stopped", retryable: true))
+        } catch let e as FetchFailure {
+            finish(.failed(reason: e.message, retryable: true))
+        } catch {
+            logger.info("shard failed", metadata: ["shard": "\(d.ref)", "error": "\(error)"])
+            finish(.failed(reason: "\(error)", retryable: false))
+        }
+    }
+}
+
+struct FetchFailure: Error {
+    var message: String
+    init(_ m: String) { message = m }
+}
+
+enum BlobHash {
+    static func sha256Hex(_ bytes: [UInt8]) -> String {
+        SHA256.hash(data: bytes).map { String(format: "%02x", $0) }.joined()
+    }
+}

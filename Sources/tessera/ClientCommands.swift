@@ -1,0 +1,261 @@
+// Client subcommands: submit, status, wait, cancel, workers, metrics, checkpoint pull, result.
+
+import ArgumentParser
+import Foundation
+import TesseraCoordinator
+import TesseraCore
+import TesseraWorkloads
+
+struct Submit: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Submit a job spec; prints the job id.",
+        discussion: """
+            The spec is checked before anything is stored: an error prints `file:line: message` and exits 1.
+            See docs/jobspec.md for every key, and examples/ for one spec per algorithm.
+            """
+    )
+    @Argument(help: "Job spec file (YAML or JSON); - reads standard input.") var file: String
+    @Flag(help: "Print {\"job_id\": N}.") var json = false
+    @Flag(help: "Only check the spec; store nothing.") var dryRun = false
+    @OptionGroup var client: ClientOptions
+
+    func run() throws {
+        try runCLI {
+            let text: String
+            let name: String
+            if file == "-" {
+                text = String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self)
+                name = "<stdin>"
+            } else {
+                guard let data = FileManager.default.contents(atPath: file) else {
+                    throw CLIError("\(file): cannot read the file")
+                }
+                text = String(decoding: data, as: UTF8.self)
+                name = file
+            }
+            let spec: JobSpec
+            let slices: [ShardSlice]
+            do {
+                spec = try JobSpec.parse(text, file: name)
+                (_, slices) = try Workloads.catalogue.validate(spec)
+            } catch let e as SpecError {
+                throw CLIError(e.description)
+            }
+            if dryRun {
+                printOut(json ? JSONValue.object(["valid": .bool(true), "shards": .int(slices.count), "spec": spec.json]).render()
+                              : "\(name): valid \(spec.kind.rawValue)/\(spec.algorithm) job, \(slices.count) shard(s)")
+                return
+            }
+            let (reply, _) = try client.client().call("submit", ["spec": spec.json, "source": .string(text), "file": .string(name)])
+            guard let id = reply["job_id"]?.intValue else { throw CLIError("the coordinator did not return a job id") }
+            printOut(json ? JSONValue.object(["job_id": .int(id)]).render() : String(id))
+        }
+    }
+}
+
+struct Status: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show jobs, or one job with its shards.",
+        discussion: "Answered by the coordinator from one SQL query per call; workers are never asked."
+    )
+    @Argument(help: "A job id; without it, recent jobs are listed.") var job: Int?
+    @Flag(help: "One JSON document on stdout.") var json = false
+    @Flag(help: "With JOB: include the job's event log.") var events = false
+    @Option(help: "How many jobs to list.") var limit = 50
+    @Option(help: "List only jobs in this state (queued, running, succeeded, failed, cancelled).") var state: String?
+    @OptionGroup var client: ClientOptions
+
+    func run() throws {
+        try runCLI {
+            let c = try client.client()
+            if let job {
+                let (reply, _) = try c.call("status", ["job": .int(job), "events": .bool(events)])
+                guard let j = reply["job"] else { throw CLIError("malformed status reply") }
+                if json { return printOut(j.render()) }
+                printOut(Format.job(j, events: events))
+            } else {
+                var body: JSONObject = ["limit": .int(limit)]
+                if let state { body["state"] = .string(state) }
+                let (reply, _) = try c.call("status", body)
+                if json { return printOut(reply.render()) }
+                printOut(Format.jobList(reply["jobs"]?.arrayValue ?? []))
+            }
+        }
+    }
+}
+
+struct Wait: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Block until a job is finished.",
+        discussion: "Exit status: 0 succeeded, 1 failed or cancelled, 2 timed out. Shows a progress bar on a terminal."
+    )
+    @Argument(help: "The job id.") var job: Int
+    @Option(help: "Give up after this many seconds (exit 2).") var timeout: Double?
+    @Option(help: "Seconds between status queries.") var interval: Double = 0.25
+    @OptionGroup var client: ClientOptions
+
+    func run() throws {
+        try runCLI {
+            let c = try client.client()
+            let start = Date()
+            let tty = isatty(2) == 1
+            while true {
+                let (reply, _) = try c.call("status", ["job": .int(job)])
+                guard let j = reply["job"], let state = j["state"]?.stringValue.flatMap(JobState.init(rawValue:)) else {
+                    throw CLIError("malformed status reply")
+                }
+                if tty { FileHandle.standardError.write(Data(Format.progressLine(j).utf8)) }
+                if state.isTerminal {
+                    if tty { FileHandle.standardError.write(Data("\n".utf8)) }
+                    let elapsed = j["elapsed_seconds"]?.doubleValue ?? Date().timeIntervalSince(start)
+                    printOut("job \(job) \(state.rawValue) after \(Format.seconds(elapsed))")
+                    if state != .succeeded, let e = j["error"]?.stringValue { printErr("error: \(e)") }
+                    throw ExitCode(state == .succeeded ? 0 : 1)
+                }
+                if let timeout, Date().timeIntervalSince(start) >= timeout {
+                    if tty { FileHandle.standardError.write(Data("\n".utf8)) }
+                    printErr("timed out after \(Format.seconds(timeout)); job \(job) is \(state.rawValue)")
+                    throw ExitCode(2)
+                }
+                Thread.sleep(forTimeInterval: interval)
+            }
+        }
+    }
+}
+
+struct Cancel: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Cancel a job: its running shards are stopped.")
+    @Argument(help: "The job id.") var job: Int
+    @Flag(help: "One JSON document on stdout.") var json = false
+    @OptionGroup var client: ClientOptions
+
+    func run() throws {
+        try runCLI {
+            let (reply, _) = try client.client().call("cancel", ["job": .int(job)])
+            if json { return printOut(reply.render()) }
+            printOut("job \(job) \(reply["state"]?.stringValue ?? "?")")
+        }
+    }
+}
+
+struct Workers: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List workers, their slots and what they run.")
+    @Flag(help: "One JSON document on stdout.") var json = false
+    @OptionGroup var client: ClientOptions
+
+    func run() throws {
+        try runCLI {
+            let (reply, _) = try client.client().call("workers")
+            if json { return printOut(reply.render()) }
+            printOut(Format.workers(reply["workers"]?.arrayValue ?? []))
+        }
+    }
+}
+
+struct Metrics: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print a job's metric series.")
+    @Argument(help: "The job id.") var job: Int
+    @Option(help: "Only this shard.") var shard: Int?
+    @Option(help: "Only this metric name.") var name: String?
+    @Flag(help: "One JSON document on stdout.") var json = false
+    @Flag(help: "CSV with a header: shard,name,step,value.") var csv = false
+    @OptionGroup var client: ClientOptions
+
+    func validate() throws {
+        if json && csv { throw ValidationError("--json and --csv exclude each other") }
+    }
+
+    func run() throws {
+        try runCLI {
+            var body: JSONObject = ["job": .int(job)]
+            if let shard { body["shard"] = .int(shard) }
+            if let name { body["name"] = .string(name) }
+            let (reply, _) = try client.client().call("metrics", body, timeout: max(client.requestTimeout, 60))
+            let rows = reply["metrics"]?.arrayValue ?? []
+            if json { return printOut(reply.render()) }
+            if csv {
+                var out = "shard,name,step,value\n"
+                for r in rows {
+                    out += "\(r["shard"]?.intValue ?? 0),\(Format.csvField(r["name"]?.stringValue ?? "")),\(r["step"]?.intValue ?? 0),\(r["value"].map { JSONValue.formatNumber($0.doubleValue ?? .nan) } ?? "")\n"
+                }
+                FileHandle.standardOutput.write(Data(out.utf8))
+                return
+            }
+            var table = [["SHARD", "NAME", "STEP", "VALUE"]]
+            for r in rows {
+                table.append([
+                    "\(r["shard"]?.intValue ?? 0)", r["name"]?.stringValue ?? "", "\(r["step"]?.intValue ?? 0)",
+                    Format.number(r["value"]),
+                ])
+            }
+            printOut(Format.table(table))
+        }
+    }
+}
+
+struct Checkpoint: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Work with stored checkpoints and sample files.", subcommands: [Pull.self]
+    )
+
+    struct Pull: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Download a shard's checkpoint (or samples file) as safetensors.",
+            discussion: "Without --kind, the newest checkpoint is taken, else the samples file. The SHA-256 is verified."
+        )
+        @Argument(help: "The job id.") var job: Int
+        @Option(help: "Shard index.") var shard = 0
+        @Option(help: "A specific step (default: the newest).") var step: Int?
+        @Option(help: "checkpoint or samples.") var kind: String?
+        @Option(name: .shortAndLong, help: "Output file.") var output: String
+        @OptionGroup var client: ClientOptions
+
+        func run() throws {
+            try runCLI {
+                let c = try client.client()
+                var body: JSONObject = ["job": .int(job), "shard": .int(shard)]
+                if let step { body["step"] = .int(step) }
+                if let kind { body["kind"] = .string(kind) }
+                let (info, _) = try c.call("blob.info", body)
+                guard let sha = info["sha256"]?.stringValue, let size = info["size"]?.intValue else {
+                    throw CLIError("malformed blob.info reply")
+                }
+                var bytes: [UInt8] = []
+                bytes.reserveCapacity(size)
+                while bytes.count < size {
+                    let (r, blob) = try c.call("blob.read", ["sha256": .string(sha), "offset": .int(bytes.count), "length": .int(1 << 20)])
+                    guard !blob.isEmpty || r["total_size"]?.intValue == bytes.count else { throw CLIError("short read of blob \(sha)") }
+                    bytes += blob
+                }
+                guard BlobStore.sha256Hex(bytes) == sha else { throw CLIError("downloaded blob failed its SHA-256 check") }
+                let tmp = output + ".tmp-\(getpid())"
+                guard FileManager.default.createFile(atPath: tmp, contents: Data(bytes)) else {
+                    throw CLIError("cannot write \(output)")
+                }
+                guard rename(tmp, output) == 0 else { throw CLIError("cannot write \(output): errno \(errno)") }
+                printErr("wrote \(output): \(info["kind"]?.stringValue ?? "blob") of job \(job) shard \(shard) step \(info["step"]?.intValue ?? 0), \(size) bytes, sha256 \(sha)")
+            }
+        }
+    }
+}
+
+struct Result: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print a job's merged result.",
+        discussion: "With --json, the result object itself (for sampling: n, mean, cov, mode_weights, sw1, mmd, noise_floor, …). Exits 1 if the job has not succeeded."
+    )
+    @Argument(help: "The job id.") var job: Int
+    @Flag(help: "One JSON document on stdout.") var json = false
+    @OptionGroup var client: ClientOptions
+
+    func run() throws {
+        try runCLI {
+            let (reply, _) = try client.client().call("result", ["job": .int(job)])
+            let state = reply["state"]?.stringValue ?? "?"
+            guard state == "succeeded", let result = reply["result"] else {
+                throw CLIError("job \(job) is \(state)\(reply["error"]?.stringValue.map { ": \($0)" } ?? "")")
+            }
+            printOut(json ? result.render() : Format.result(result))
+        }
+    }
+}

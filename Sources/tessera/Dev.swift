@@ -1,0 +1,209 @@
+// `tessera dev`: a throwaway PostgreSQL cluster + the coordinator + N worker processes on this machine.
+
+import ArgumentParser
+import Foundation
+import LibPQ
+import Logging
+import Synchronization
+import TesseraCoordinator
+import TesseraStore
+import TesseraWorkloads
+
+/// A socket-only PostgreSQL cluster in a directory (initdb + pg_ctl). As root, the server runs as `postgres`.
+final class EmbeddedPostgres {
+    let dir: String
+    let bin: String
+    let port = 5432
+    private(set) var started = false
+
+    init(dir: String) throws {
+        self.dir = dir
+        guard let bin = EmbeddedPostgres.findBinDir() else {
+            throw CLIError("PostgreSQL server binaries (initdb, pg_ctl) not found: run ops/setup or `apt-get install postgresql`")
+        }
+        self.bin = bin
+    }
+
+    static func findBinDir() -> String? {
+        var candidates: [String] = []
+        if let pgbin = Env.get("PGBIN") { candidates.append(pgbin) }
+        let versions = ((try? FileManager.default.contentsOfDirectory(atPath: "/usr/lib/postgresql")) ?? [])
+            .compactMap(Int.init).sorted(by: >)
+        candidates += versions.map { "/usr/lib/postgresql/\($0)/bin" }
+        for dir in (Env.get("PATH") ?? "").split(separator: ":") { candidates.append(String(dir)) }
+        return candidates.first { FileManager.default.isExecutableFile(atPath: "\($0)/initdb") && FileManager.default.isExecutableFile(atPath: "\($0)/pg_ctl") }
+    }
+
+    var url: String { "postgresql://postgres@/postgres?host=\(dir)&port=\(port)" }
+
+    private var asRoot: Bool { getuid() == 0 }
+
+    /// Runs a command to completion with its output in `log`. posix_spawn + waitpid rather than Foundation's
+    /// Process: `pg_ctl start` leaves a daemon behind that inherits descriptors, and Process then never sees the exit.
+    private func run(_ args: [String], log: String) throws {
+        var argv = args
+        if asRoot {
+            let runuser = FileManager.default.isExecutableFile(atPath: "/usr/sbin/runuser") ? "/usr/sbin/runuser" : "/sbin/runuser"
+            argv = [runuser, "-u", "postgres", "--"] + args
+        }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, log, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        var cargs: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) } + [nil]
+        defer { for p in cargs { free(p) } }
+        var pid: pid_t = 0
+        let rc = posix_spawn(&pid, argv[0], &actions, nil, &cargs, environ)
+        guard rc == 0 else { throw CLIError("cannot run \(argv[0]): error \(rc)") }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        let exited = (status & 0x7f) == 0
+        let code = (status >> 8) & 0xff
+        guard exited && code == 0 else {
+            let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+            throw CLIError("\(URL(fileURLWithPath: args[0]).lastPathComponent) failed (see \(log)):\n\(text.suffix(2000))")
+        }
+    }
+
+    func start() throws {
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        if asRoot {
+            // The server runs as postgres: it must own the directory, and every parent must be traversable.
+            guard let pw = getpwnam("postgres") else {
+                throw CLIError("running as root needs the `postgres` user (installed with the postgresql package)")
+            }
+            chown(dir, pw.pointee.pw_uid, pw.pointee.pw_gid)
+        }
+        chmod(dir, 0o755)
+        if !FileManager.default.fileExists(atPath: "\(dir)/data/PG_VERSION") {
+            try run(
+                ["\(bin)/initdb", "-D", "\(dir)/data", "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale", "--no-sync"],
+                log: "\(dir)/initdb.log"
+            )
+        }
+        try run(
+            [
+                "\(bin)/pg_ctl", "-D", "\(dir)/data", "-l", "\(dir)/server.log", "-w", "-t", "30", "-o",
+                "-p \(port) -k \(dir) -c listen_addresses='' -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+                "start",
+            ],
+            log: "\(dir)/pg_ctl.log"
+        )
+        started = true
+    }
+
+    func stop() {
+        guard started else { return }
+        try? run(["\(bin)/pg_ctl", "-D", "\(dir)/data", "-m", "fast", "-w", "stop"], log: "\(dir)/pg_ctl-stop.log")
+        started = false
+    }
+}
+
+struct Dev: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "All-in-one: a throwaway PostgreSQL cluster, the coordinator and N workers on this machine.",
+        discussion: """
+            Prints the coordinator endpoint, then runs until Ctrl-C (or SIGTERM), which stops the workers, the
+            coordinator and PostgreSQL. Without --data-dir everything lives in a temporary directory that is deleted
+            on exit; with --data-dir, the database and checkpoints are kept there for the next run.
+            """
+    )
+    @Option(help: "Worker processes to start.") var workers: Int = 2
+    @Option(help: "Compute slots per worker.") var slots: Int = 1
+    @Option(help: "Directory for the database and checkpoints (default: a temporary directory, deleted on exit).")
+    var dataDir: String?
+    @Option(help: "Coordinator endpoint to bind.") var bind: String = "tcp://127.0.0.1:5555"
+    @OptionGroup var log: LogOptions
+
+    func validate() throws {
+        guard (0...64).contains(workers) else { throw ValidationError("--workers must be between 0 and 64") }
+        guard (1...64).contains(slots) else { throw ValidationError("--slots must be between 1 and 64") }
+    }
+
+    func run() throws {
+        try runCLI {
+            let logger = log.bootstrap(label: "tessera.dev")
+            try checkBindIsSafe(bind, keysDir: nil)
+            let temporary = dataDir == nil
+            let base: String
+            if let dataDir {
+                try FileManager.default.createDirectory(atPath: dataDir, withIntermediateDirectories: true)
+                base = URL(fileURLWithPath: dataDir).standardizedFileURL.path
+            } else {
+                var template = Array("/tmp/tessera-dev-XXXXXX".utf8CString)
+                guard let p = mkdtemp(&template) else { throw CLIError("cannot create a temporary directory") }
+                base = String(cString: p)
+            }
+            chmod(base, 0o755)
+            let pg = try EmbeddedPostgres(dir: "\(base)/pg")
+            defer {
+                pg.stop()
+                if temporary { try? FileManager.default.removeItem(atPath: base) }
+            }
+            let t0 = Date()
+            try pg.start()
+            logger.info("postgres started", metadata: ["url": "\(pg.url)", "seconds": "\(String(format: "%.2f", Date().timeIntervalSince(t0)))"])
+
+            guard let migrations = Migrator.locateDirectory(explicit: nil) else {
+                throw CLIError("cannot find the migrations directory (expected next to the executable or in the source tree)")
+            }
+            let conn = try PGConnection(pg.url)
+            try Migrator(directory: migrations).migrateUp(conn)
+            conn.close()
+
+            var config = CoordinatorConfiguration(bind: bind, databaseURL: pg.url, dataDir: "\(base)/data")
+            config.heartbeatInterval = 1.0
+            let coordinator = Coordinator(config: config, catalogue: Workloads.catalogue, logger: Logger(label: "tessera.coordinator"))
+            let failure = Mutex<String?>(nil)
+            let done = DispatchSemaphore(value: 0)
+            let thread = Thread {
+                do { try coordinator.run() } catch { failure.withLock { $0 = "\(error)" } }
+                done.signal()
+            }
+            thread.name = "tessera-coordinator"
+            thread.start()
+            while coordinator.boundEndpoint == nil, failure.withLock({ $0 }) == nil {
+                Thread.sleep(forTimeInterval: 0.02)
+            }
+            if let f = failure.withLock({ $0 }) { throw CLIError("coordinator failed: \(f)") }
+            let endpoint = coordinator.boundEndpoint!
+
+            let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
+            var children: [Process] = []
+            for i in 0..<workers {
+                let p = Process()
+                p.executableURL = URL(fileURLWithPath: exe)
+                p.arguments = [
+                    "worker", "--coordinator", endpoint, "--slots", String(slots), "--name", "dev-worker-\(i + 1)",
+                    "--log-level", log.logLevel,
+                ]
+                try p.run()
+                children.append(p)
+            }
+            printOut("tessera dev: coordinator at \(endpoint), \(workers) worker(s) × \(slots) slot(s), database \(pg.url)")
+            printOut("  try: tessera submit examples/sampling-ddim-ring.yaml --coordinator \(endpoint)")
+            printOut("  stop: Ctrl-C")
+
+            let stopping = Atomic<Bool>(false)
+            let relay = SignalRelay(graceful: { stopping.store(true, ordering: .relaxed) }, force: { Foundation.exit(1) })
+            while !stopping.load(ordering: .relaxed), failure.withLock({ $0 }) == nil {
+                Thread.sleep(forTimeInterval: 0.1)
+                for (i, c) in children.enumerated() where !c.isRunning {
+                    logger.warning("worker exited", metadata: ["worker": "dev-worker-\(i + 1)", "status": "\(c.terminationStatus)"])
+                }
+                children.removeAll { !$0.isRunning }
+            }
+            _ = relay
+            printErr("tessera dev: stopping")
+            for c in children where c.isRunning { kill(c.processIdentifier, SIGTERM) }
+            let deadline = Date().addingTimeInterval(40)
+            while children.contains(where: \.isRunning), Date() < deadline { Thread.sleep(forTimeInterval: 0.05) }
+            for c in children where c.isRunning { kill(c.processIdentifier, SIGKILL) }
+            coordinator.requestStop()
+            done.wait()
+            if let f = failure.withLock({ $0 }) { throw CLIError("coordinator failed: \(f)") }
+        }
+    }
+}

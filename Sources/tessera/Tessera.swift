@@ -1,0 +1,90 @@
+// `tessera`: the one executable (ARCHITECTURE.md §CLI contract). Only this target reads the environment and
+// bootstraps logging.
+
+import ArgumentParser
+import Foundation
+import Logging
+
+@main
+struct Tessera: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tessera",
+        abstract: "A distributed experiment runner for sampling, RL fine-tuning and preference optimization.",
+        discussion: """
+            Submit a job spec (YAML or JSON) to a coordinator; it stores the job in PostgreSQL, splits it into shards
+            and dispatches them over ZeroMQ to worker daemons. Try it on one machine with `tessera dev`.
+
+            Environment fallbacks: TESSERA_COORDINATOR, TESSERA_DATABASE_URL, TESSERA_HTTP, TESSERA_DATA_DIR,
+            TESSERA_KEYS_DIR.
+            """,
+        version: "0.1.0",
+        subcommands: [
+            Submit.self, Status.self, Wait.self, Cancel.self, Workers.self, Metrics.self, Checkpoint.self,
+            Result.self, Migrate.self, CoordinatorCommand.self, WorkerCommand.self, Dev.self, Keygen.self,
+        ]
+    )
+}
+
+/// `--coordinator ENDPOINT` with the TESSERA_COORDINATOR fallback.
+struct ClientOptions: ParsableArguments {
+    @Option(name: .long, help: "Coordinator endpoint (default: $TESSERA_COORDINATOR or tcp://127.0.0.1:5555).")
+    var coordinator: String?
+
+    @Option(name: .long, help: "Seconds to wait for the coordinator to answer.")
+    var requestTimeout: Double = 10
+
+    var endpoint: String {
+        coordinator ?? Env.get("TESSERA_COORDINATOR") ?? "tcp://127.0.0.1:5555"
+    }
+
+    func client() throws -> CoordinatorClient {
+        try CoordinatorClient(endpoint: endpoint, timeout: requestTimeout)
+    }
+}
+
+struct LogOptions: ParsableArguments {
+    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String = "info"
+
+    func bootstrap(label: String) -> Logger {
+        let level = Logger.Level(rawValue: logLevel) ?? .info
+        LoggingSystem.bootstrap { label in
+            var h = StreamLogHandler.standardError(label: label)
+            h.logLevel = level
+            return h
+        }
+        var logger = Logger(label: label)
+        logger.logLevel = level
+        return logger
+    }
+}
+
+enum Env {
+    static func get(_ name: String) -> String? {
+        guard let v = ProcessInfo.processInfo.environment[name], !v.isEmpty else { return nil }
+        return v
+    }
+}
+
+/// Runs a CLI body, printing `error: …` to stderr and exiting with the error's code.
+func runCLI(_ body: () throws -> Void) throws {
+    do {
+        try body()
+    } catch let e as CLIError {
+        FileHandle.standardError.write(Data("error: \(e.message)\n".utf8))
+        throw ExitCode(e.exitCode)
+    } catch let e as ExitCode {
+        throw e
+    } catch {
+        FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+        throw ExitCode(1)
+    }
+}
+
+func printOut(_ s: String) {
+    FileHandle.standardOutput.write(Data((s + "\n").utf8))
+}
+
+func printErr(_ s: String) {
+    FileHandle.standardError.write(Data((s + "\n").utf8))
+}
