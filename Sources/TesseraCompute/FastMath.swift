@@ -11,7 +11,10 @@ enum FastMath {
 
     @inline(__always)
     static func exp(_ x0: V) -> V {
-        let x = x0.clamped(lowerBound: V(repeating: -87.0), upperBound: V(repeating: 88.0))
+        // Clamp with compare + select: `clamped`/`pointwiseMin` are not inlined and cost a call per vector.
+        let lo = V(repeating: -87.0), hi = V(repeating: 88.0)
+        var x = x0.replacing(with: hi, where: x0 .> hi)
+        x.replace(with: lo, where: x .< lo)
         // Round to nearest with the 1.5 * 2^23 trick (no SSE4.1 `roundps` needed); the integer sits in the low bits.
         let magic = V(repeating: 12_582_912.0)
         let t = x * V(repeating: 1.442_695_040_888_963_4) + magic

@@ -221,20 +221,27 @@ extension Float: TensorScalar {
         z: UnsafeMutablePointer<Float>, bias: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>,
         rows: Int, cols: Int, activation: Activation
     ) {
-        if activation == .silu {
-            FastMath.biasSiLU(z: z, bias: bias, out: out, rows: rows, cols: cols)
-        } else {
-            KernelImpl.biasActivation(z: z, bias: bias, out: out, rows: rows, cols: cols, activation: activation)
+        Parallel.rows(rows, cols: cols) { lo, hi in
+            let (z, out) = (z + lo * cols, out + lo * cols)
+            if activation == .silu {
+                FastMath.biasSiLU(z: z, bias: bias, out: out, rows: hi - lo, cols: cols)
+            } else {
+                KernelImpl.biasActivation(z: z, bias: bias, out: out, rows: hi - lo, cols: cols, activation: activation)
+            }
         }
     }
 
     public static func kernelActivationBackward(
         z: UnsafePointer<Float>, grad: UnsafeMutablePointer<Float>, count: Int, activation: Activation
     ) {
-        if activation == .silu {
-            FastMath.siluBackward(z: z, grad: grad, count: count)
-        } else {
-            KernelImpl.activationBackward(z: z, grad: grad, count: count, activation: activation)
+        // Split a flat range as rows of 8 (results do not depend on the split: the pass is elementwise).
+        Parallel.rows(count / 8, cols: 8) { lo, hi in
+            let end = hi == count / 8 ? count : hi * 8
+            if activation == .silu {
+                FastMath.siluBackward(z: z + lo * 8, grad: grad + lo * 8, count: end - lo * 8)
+            } else {
+                KernelImpl.activationBackward(z: z + lo * 8, grad: grad + lo * 8, count: end - lo * 8, activation: activation)
+            }
         }
     }
 
@@ -303,7 +310,10 @@ extension Double: TensorScalar {
         z: UnsafeMutablePointer<Double>, bias: UnsafePointer<Double>, out: UnsafeMutablePointer<Double>,
         rows: Int, cols: Int, activation: Activation
     ) {
-        KernelImpl.biasActivation(z: z, bias: bias, out: out, rows: rows, cols: cols, activation: activation)
+        Parallel.rows(rows, cols: cols) { lo, hi in
+            KernelImpl.biasActivation(
+                z: z + lo * cols, bias: bias, out: out + lo * cols, rows: hi - lo, cols: cols, activation: activation)
+        }
     }
 
     public static func kernelActivationBackward(

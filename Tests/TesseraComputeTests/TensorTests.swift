@@ -97,4 +97,30 @@ import TesseraCompute
         #expect(worst < 2e-6, "max relative error of silu \(worst)")
         #expect(worstD < 2e-6, "max error of silu' \(worstD)")
     }
+
+    @Test func largePassesSplitAcrossThreadsGiveTheSameBits() throws {
+        // Large elementwise passes may run on two threads; the result must not depend on that.
+        let n = 300_000
+        var s = PhiloxStream(seed: 5, index: 0, step: 0, stream: 2)
+        let z = try Tensor<Float>(shape: [n], scalars: s.normals(n).map { Float($0 * 4) })
+        let u = try Tensor<Float>(shape: [n], scalars: s.normals(n).map { Float($0) })
+        let big = try z.activationBackward(.silu, upstream: u)
+        var pieces: [Float] = []
+        for lo in stride(from: 0, to: n, by: 1000) {
+            let zs = try Tensor<Float>(shape: [1000], scalars: Array(z.scalars[lo..<(lo + 1000)]))
+            let us = try Tensor<Float>(shape: [1000], scalars: Array(u.scalars[lo..<(lo + 1000)]))
+            pieces += try zs.activationBackward(.silu, upstream: us).scalars
+        }
+        #expect(big.scalars.map(\.bitPattern) == pieces.map(\.bitPattern))
+
+        var mlp = try MLP<Float>(sizes: [4, 512, 2], activation: .silu, seed: 2)
+        mlp.parameters = mlp.parameters.map { $0 * 3 }
+        let x = try Tensor<Float>(shape: [600, 4], scalars: s.normals(2400).map { Float($0) })
+        var ws = mlp.makeWorkspace(batchCapacity: 600)
+        try mlp.forward(x, workspace: &ws, training: true)
+        let a = ws.output
+        try mlp.forward(x, workspace: &ws, training: false)
+        #expect(a.scalars.map(\.bitPattern) == ws.output.scalars.map(\.bitPattern))
+        #expect(BLASRuntime.threads >= 1 && !BLASRuntime.coreName.isEmpty)
+    }
 }
