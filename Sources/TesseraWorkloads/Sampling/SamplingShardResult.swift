@@ -127,6 +127,13 @@ public struct SamplingShardResult: Sendable, Equatable {
         let reader = TensorReader(file: file)
         let sampled = try population(prefix: "sampled", reader, dimension: d, components: K)
         let exact = try population(prefix: "exact", reader, dimension: d, components: K)
+        let blockSize = SamplingPlan.blockSize
+        let firstBlock = lower / blockSize
+        let expectedBlocks = Array(firstBlock..<((upper + blockSize - 1) / blockSize))
+        guard sampled.blocks.map(\.index) == expectedBlocks, exact.blocks.map(\.index) == expectedBlocks else {
+            throw SamplingError(
+                .malformedResult, "shard result blocks do not match its range \(lower)..<\(upper)")
+        }
         var samples: [Float]?
         if file["samples"] != nil {
             let values = try reader.float32("samples", count: (upper - lower) * d)
