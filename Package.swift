@@ -92,7 +92,10 @@ let package = Package(
         // Test support: only test targets may depend on it.
         .target(name: "TesseraTesting", dependencies: ["LibPQ", "TesseraStore"], swiftSettings: swiftSettings),
 
-        .testTarget(name: "TesseraComputeTests", dependencies: ["TesseraCompute"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "TesseraComputeTests", dependencies: ["TesseraCompute"], exclude: ["Fixtures"],
+            swiftSettings: swiftSettings
+        ),
         .testTarget(name: "TesseraCoreTests", dependencies: ["TesseraCore", "TesseraWorkloads"], swiftSettings: swiftSettings),
         .testTarget(name: "TesseraProtocolTests", dependencies: ["TesseraProtocol"], swiftSettings: swiftSettings),
         .testTarget(name: "ZeroMQTests", dependencies: ["ZeroMQ"], swiftSettings: swiftSettings),
@@ -109,7 +112,7 @@ let package = Package(
         ),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["TesseraTesting", "TesseraCore", "TesseraCompute", "LibPQ"],
+            dependencies: ["TesseraTesting", "TesseraCore", "TesseraCompute", "LibPQ", "ZeroMQ", "TesseraProtocol"],
             swiftSettings: swiftSettings
         ),
     ]

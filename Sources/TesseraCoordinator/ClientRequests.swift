@@ -8,25 +8,16 @@ import TesseraCore
 import TesseraProtocol
 import TesseraStore
 
-/// Reply status codes (protocol/SPEC.md).
-public enum ClientStatus {
-    public static let ok: UInt16 = 0
-    public static let badRequest: UInt16 = 400
-    public static let notFound: UInt16 = 404
-    public static let conflict: UInt16 = 409
-    public static let internalError: UInt16 = 500
-}
-
 extension Coordinator {
     func onRequest(_ r: ClientRequest, from identity: [UInt8]) throws {
         let body: JSONObject
         do {
             body = try JSONValue.parse(r.body).objectValue ?? [:]
         } catch {
-            return reply(identity, r, status: ClientStatus.badRequest, ["error": .string("request body is not JSON: \(error)")])
+            return reply(identity, r, status: WireStatus.badRequest, ["error": .string("request body is not JSON: \(error)")])
         }
-        func bad(_ m: String) { reply(identity, r, status: ClientStatus.badRequest, ["error": .string(m)]) }
-        func notFound(_ m: String) { reply(identity, r, status: ClientStatus.notFound, ["error": .string(m)]) }
+        func bad(_ m: String) { reply(identity, r, status: WireStatus.badRequest, ["error": .string(m)]) }
+        func notFound(_ m: String) { reply(identity, r, status: WireStatus.notFound, ["error": .string(m)]) }
         func jobID() -> Int64? {
             guard let id = body["job"]?.intValue, id > 0 else { return nil }
             return Int64(id)
@@ -44,7 +35,7 @@ extension Coordinator {
                 spec = try JobSpec.fromStored(specJSON)
                 (_, slices) = try catalogue.validate(spec)
             } catch {
-                return bad("\(error)")
+                return reply(identity, r, status: WireStatus.invalidSpec, ["error": .string("\(error)")])
             }
             for dep in spec.dependsOn where try storeForRequests.resultJSON(jobID: dep) == nil {
                 return bad("depends_on: job \(dep) does not exist")
@@ -118,7 +109,7 @@ extension Coordinator {
                 }
             }
             let have = try storeForRequests.blobsJSON(jobID: id, shard: shard)
-            reply(identity, r, status: ClientStatus.notFound, [
+            reply(identity, r, status: WireStatus.notFound, [
                 "error": .string(
                     "job \(id) shard \(shard) has no \(kinds.joined(separator: " or "))\(step.map { " at step \($0)" } ?? "")"),
                 "available": try JSONValue.parse(have),
@@ -136,7 +127,7 @@ extension Coordinator {
             }
 
         default:
-            bad("unknown method '\(r.method)'")
+            reply(identity, r, status: WireStatus.unknownMethod, ["error": .string("unknown method '\(r.method)'")])
         }
     }
 }

@@ -30,6 +30,8 @@ public struct CoordinatorConfiguration: Sendable {
     public var leaseSeconds: Double = 15
     /// Largest blob slice sent in one reply.
     public var maxReadChunk: Int = 1 << 20
+    /// If set, the bound endpoint is written here once the coordinator listens (for scripts binding `:*`).
+    public var endpointFile: String?
 
     public init(bind: String, databaseURL: String, dataDir: String) {
         self.bind = bind
@@ -112,6 +114,12 @@ public final class Coordinator: @unchecked Sendable {
         try router.bind(config.bind)
         let endpoint = try router.lastEndpoint
         endpointBox.withLock { $0 = endpoint }
+        if let file = config.endpointFile {
+            let tmp = file + ".tmp"
+            guard FileManager.default.createFile(atPath: tmp, contents: Data((endpoint + "\n").utf8)), rename(tmp, file) == 0 else {
+                throw CoordinatorError("cannot write the endpoint file \(file)")
+            }
+        }
         logger.info("coordinator listening", metadata: ["zmq.endpoint": "\(endpoint)"])
 
         try store.markAllWorkersLost(reason: "coordinator restarted")
@@ -141,6 +149,7 @@ public final class Coordinator: @unchecked Sendable {
         }
         // Graceful stop: finish writes; workers keep their shards and re-register with the next coordinator.
         try flushMetrics()
+        for identity in sessions.keys { send(identity, .disconnect(Disconnect(reason: "coordinator shutting down"))) }
         for t in transfers.values { blobs.abort(t.transfer) }
         transfers.removeAll()
         logger.info("coordinator stopped")
@@ -172,7 +181,7 @@ public final class Coordinator: @unchecked Sendable {
         } catch {
             logger.error("failed to handle message", metadata: ["error": "\(error)"])
             if case .request(let r) = message {
-                reply(identity, r, status: ClientStatus.internalError, ["error": .string("\(error)")])
+                reply(identity, r, status: WireStatus.internalError, ["error": .string("\(error)")])
             }
         }
     }
@@ -182,11 +191,7 @@ public final class Coordinator: @unchecked Sendable {
         switch message {
         case .ready(let r): try onReady(r, from: identity)
         case .heartbeat(let h):
-            guard let s = sessions[identity] else {
-                // A worker we do not know (this coordinator restarted): make it register again.
-                send(identity, .disconnect(Disconnect(reason: "unknown worker: send READY")))
-                return
-            }
+            guard let s = sessions[identity] else { return unknownWorker(identity) }
             try onHeartbeat(h, session: s)
         case .metrics(let b):
             guard sessions[identity] != nil else { return unknownWorker(identity) }
@@ -213,21 +218,30 @@ public final class Coordinator: @unchecked Sendable {
         case .fetch(let f): onFetch(f, from: identity)
         case .request(let r): try onRequest(r, from: identity)
         case .dispatch, .ack, .cancel, .fetchReply, .reply, .error:
-            send(identity, .error(ErrorMessage(code: 0xFFFF, message: "unexpected message for a coordinator")))
+            send(identity, .error(ErrorMessage(code: WireStatus.unexpectedMessage, message: "unexpected message for a coordinator")))
         }
     }
 
+    /// A worker we do not know (this coordinator restarted, or declared it lost): SPEC §6.1.5, ERROR notReady;
+    /// the worker sends READY again with its running shards.
     private func unknownWorker(_ identity: [UInt8]) {
-        send(identity, .disconnect(Disconnect(reason: "unknown worker: send READY")))
+        send(identity, .error(ErrorMessage(code: WireStatus.notReady, message: "unknown worker: send READY")))
     }
 
     private func onReady(_ r: Ready, from identity: [UInt8]) throws {
         guard r.protocolVersion == WireCodec.version else {
-            send(identity, .disconnect(Disconnect(reason: "protocol version \(r.protocolVersion) not supported; this coordinator speaks \(WireCodec.version)")))
+            send(identity, .error(ErrorMessage(
+                code: ProtocolError.Code.unsupportedVersion.wireCode,
+                message: "protocol version \(r.protocolVersion) not supported; this coordinator speaks \(WireCodec.version)")))
             return
         }
-        if let old = sessions.removeValue(forKey: identity) {
-            try store.markWorker(old.id, state: "gone", reason: "re-registered")
+        // A READY replaces any registration of the same worker (same identity, or same name on an older
+        // connection): SPEC §6.1.4. Its shards are re-adopted below; the rest go back to the queue.
+        var replaced: [WorkerSession] = []
+        for (other, session) in sessions where other == identity || session.name == r.workerName {
+            sessions[other] = nil
+            dropTransfers(of: other)
+            replaced.append(session)
         }
         let id = try store.registerWorker(
             name: r.workerName, host: r.host, slots: Int(r.slots), capabilities: r.capabilities
@@ -245,6 +259,10 @@ public final class Coordinator: @unchecked Sendable {
             }
         }
         session.credits = max(0, Int(r.slots) - session.inflight.count)
+        for old in replaced {
+            try store.markWorker(old.id, state: "gone", reason: "re-registered")
+            _ = try store.requeueShards(ofWorker: old.id, reason: "worker re-registered")
+        }
         logger.info(
             "worker ready",
             metadata: ["worker.id": "\(id)", "worker.name": "\(r.workerName)", "slots": "\(r.slots)", "adopted": "\(adopted.count)"]

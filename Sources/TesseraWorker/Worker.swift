@@ -140,7 +140,13 @@ public final class WorkerDaemon: @unchecked Sendable {
         try s.connect(config.coordinator)
         socket = s
         lastHeard = ContinuousClock.now
+        connected = true
         // Everything not yet acknowledged is sent again on the new connection.
+        reRegister()
+    }
+
+    /// READY again on the same connection, and replay everything not yet acknowledged.
+    private func reRegister() {
         for sh in shards.values { sh.resetForReconnect() }
         send(
             .ready(
@@ -150,7 +156,6 @@ public final class WorkerDaemon: @unchecked Sendable {
                 )
             )
         )
-        connected = true
         lastHeartbeatSent = ContinuousClock.now
     }
 
@@ -194,6 +199,9 @@ public final class WorkerDaemon: @unchecked Sendable {
                 logger.info("shard cancelled by coordinator", metadata: ["shard": "\(c.ref)", "reason": "\(c.reason)"])
                 s.cancelled = true
                 s.channel.requestStop(reason: c.reason)
+            } else {
+                // SPEC §6.2: always answer, so the coordinator's slot accounting converges.
+                send(.shardFailed(ShardFailed(ref: c.ref, reason: "cancelled: \(c.reason)", retryable: true)))
             }
         case .fetchReply(let r):
             if let ch = fetchWaiters.removeValue(forKey: r.requestID) { ch.deliverFetch(r) }
@@ -201,6 +209,10 @@ public final class WorkerDaemon: @unchecked Sendable {
             // The coordinator does not know us (it restarted): register again on a fresh connection.
             logger.info("coordinator asked to re-register", metadata: ["reason": "\(d.reason)"])
             lastHeard = ContinuousClock.now - .seconds(config.heartbeatInterval * Double(config.liveness) + 1)
+        case .error(let e) where e.code == WireStatus.notReady:
+            // The coordinator does not know us (it restarted or declared us lost): READY again, then replay.
+            logger.info("coordinator asked to re-register")
+            reRegister()
         case .error(let e):
             logger.info("coordinator reported an error", metadata: ["code": "\(e.code)", "message": "\(e.message)"])
         case .ready, .metrics, .chunk, .shardDone, .shardFailed, .fetch, .request, .reply:

@@ -137,7 +137,10 @@ public struct DiffusionSampling: Algorithm {
         for (k, v) in result.summary.sorted(by: { $0.key < $1.key }) { summary[k] = .number(v) }
         summary["start"] = .int(range.lowerBound)
         summary["end"] = .int(range.upperBound)
-        return ShardOutput(summary: .object(summary), result: try result.serialize())
+        // The samples already went out as their own blob; the result carries only the exact statistics.
+        var statistics = result
+        statistics.samples = nil
+        return ShardOutput(summary: .object(summary), result: try statistics.serialize())
     }
 
     public func merge(_ spec: JobSpec, outputs: [ShardOutput]) throws -> JSONValue {

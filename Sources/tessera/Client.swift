@@ -66,7 +66,7 @@ final class CoordinatorClient {
                 let body = (try? JSONValue.parse(r.body)) ?? .object([:])
                 guard r.status == 0 else {
                     let text = body["error"]?.stringValue ?? "error \(r.status)"
-                    throw CLIError(text, exitCode: r.status == 404 ? 4 : 1)
+                    throw CLIError(text, exitCode: r.status == WireStatus.notFound ? 4 : 1)
                 }
                 return (body, r.blob)
             case .error(let e):

@@ -120,7 +120,11 @@ enum Format {
         guard let o = r.objectValue else { return r.render(pretty: true) }
         var lines: [String] = []
         let width = o.keys.map(\.count).max() ?? 0
-        for (k, v) in o.pairs {
+        // PostgreSQL's jsonb orders keys by length; show the headline numbers first.
+        let first = ["n", "mean", "cov", "mode_weights", "mode_weight_error", "sw1", "mmd", "noise_floor", "nan_count"]
+        let ordered = first.compactMap { k in o[k].map { (key: k, value: $0) } }
+            + o.pairs.filter { !first.contains($0.key) }
+        for (k, v) in ordered {
             let key = k.padding(toLength: width, withPad: " ", startingAt: 0)
             switch v {
             case .object(let inner):

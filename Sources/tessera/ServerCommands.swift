@@ -118,6 +118,8 @@ struct CoordinatorCommand: ParsableCommand {
     @Option(help: "CURVE keys directory (default: $TESSERA_KEYS_DIR).") var keysDir: String?
     @Option(help: "Heartbeat interval in seconds.") var heartbeat: Double = 1.0
     @Option(help: "Missed heartbeats before a worker is declared lost.") var liveness: Int = 3
+    @Option(help: "Write the bound endpoint to this file once listening (useful with --bind tcp://127.0.0.1:*).")
+    var endpointFile: String?
     @OptionGroup var log: LogOptions
 
     func run() throws {
@@ -134,6 +136,7 @@ struct CoordinatorCommand: ParsableCommand {
             )
             config.heartbeatInterval = heartbeat
             config.liveness = liveness
+            config.endpointFile = endpointFile
             let coordinator = Coordinator(config: config, catalogue: Workloads.catalogue, logger: logger)
             let relay = SignalRelay(graceful: { coordinator.requestStop() }, force: { Foundation.exit(1) })
             try coordinator.run()

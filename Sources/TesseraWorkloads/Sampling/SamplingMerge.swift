@@ -263,7 +263,7 @@ extension SamplingResult {
         setup.add("rff_bandwidth", json(SamplingProbeSetup.rffBandwidth))
         setup.add("projections", String(SamplingProbeSetup.projections))
         setup.add("bins", String(SamplingProbeSetup.bins))
-        setup.add("probe_seed", String(SamplingProbeSetup.probeSeed))
+        setup.add("probe_seed", "\"\(SamplingProbeSetup.probeSeed)\"")  // a string: 64-bit integers do not survive JSON doubles
         o.add("metric_setup", setup.text)
         return o.text
     }

@@ -1,0 +1,256 @@
+// A real cluster for integration tests: a fresh migrated PostgreSQL database (from TESSERA_TEST_DATABASE_URL,
+// started by ops/test), the `tessera` executable as coordinator and worker processes talking ZeroMQ over
+// tcp loopback, and the CLI as a subprocess. Nothing is mocked.
+
+import Foundation
+import LibPQ
+import TesseraTesting
+
+enum IntegrationEnv {
+    /// The repository root, from this file's path.
+    static let repoRoot: String = {
+        var url = URL(fileURLWithPath: #filePath)
+        for _ in 0..<3 { url.deleteLastPathComponent() }
+        return url.path
+    }()
+
+    /// The built `tessera` executable: $TESSERA_BIN, else .build/debug/tessera.
+    static let binary: String = {
+        if let b = ProcessInfo.processInfo.environment["TESSERA_BIN"], !b.isEmpty { return b }
+        return "\(repoRoot)/.build/debug/tessera"
+    }()
+
+    static var ready: Bool {
+        PostgresTestDatabase.isAvailable && FileManager.default.isExecutableFile(atPath: binary)
+    }
+
+    static func example(_ name: String) -> String { "\(repoRoot)/examples/\(name)" }
+}
+
+struct CommandResult {
+    var status: Int32
+    var stdout: String
+    var stderr: String
+}
+
+/// Runs `tessera ARGS` to completion.
+@discardableResult
+func tessera(_ args: [String], stdin: String? = nil) throws -> CommandResult {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: IntegrationEnv.binary)
+    p.arguments = args
+    let out = Pipe(), err = Pipe()
+    p.standardOutput = out
+    p.standardError = err
+    if let stdin {
+        let inPipe = Pipe()
+        p.standardInput = inPipe
+        try p.run()
+        inPipe.fileHandleForWriting.write(Data(stdin.utf8))
+        try inPipe.fileHandleForWriting.close()
+    } else {
+        p.standardInput = FileHandle.nullDevice
+        try p.run()
+    }
+    // Read both pipes to the end before waiting, so a large output cannot block the child.
+    let errData = Locked(Data())
+    let errThread = Thread { errData.set(err.fileHandleForReading.readDataToEndOfFile()) }
+    errThread.start()
+    let outData = out.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    while !errData.isSet { Thread.sleep(forTimeInterval: 0.001) }
+    return CommandResult(
+        status: p.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
+        stderr: String(decoding: errData.value, as: UTF8.self)
+    )
+}
+
+final class Locked<T>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var v: T
+    private var wasSet = false
+    init(_ v: T) { self.v = v }
+    func set(_ n: T) {
+        lock.lock()
+        v = n
+        wasSet = true
+        lock.unlock()
+    }
+    var value: T {
+        lock.lock()
+        defer { lock.unlock() }
+        return v
+    }
+    var isSet: Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return wasSet
+    }
+}
+
+struct TestFailure: Error, CustomStringConvertible {
+    var description: String
+    init(_ d: String) { description = d }
+}
+
+/// Coordinator + workers as real processes on one fresh database.
+final class Cluster {
+    let db: PostgresTestDatabase
+    let dir: String
+    private(set) var endpoint = ""
+    private var coordinator: Process?
+    private(set) var workers: [String: Process] = [:]
+    let heartbeat: Double
+
+    init(workers count: Int, slots: Int = 1, heartbeat: Double = 1.0) throws {
+        db = try PostgresTestDatabase.create(migrate: true)
+        var template = Array("/tmp/tessera-it-XXXXXX".utf8CString)
+        guard let p = mkdtemp(&template) else { throw TestFailure("mkdtemp failed") }
+        dir = String(cString: p)
+        self.heartbeat = heartbeat
+        try startCoordinator()
+        for i in 0..<count { try startWorker("w\(i + 1)", slots: slots) }
+        try waitForWorkers(count)
+    }
+
+    func startCoordinator() throws {
+        let endpointFile = "\(dir)/endpoint"
+        try? FileManager.default.removeItem(atPath: endpointFile)
+        let p = try spawn(
+            [
+                "coordinator", "--database-url", db.url, "--bind", endpoint.isEmpty ? "tcp://127.0.0.1:*" : endpoint,
+                "--data-dir", "\(dir)/data", "--endpoint-file", endpointFile, "--heartbeat", String(heartbeat),
+                "--log-level", "warning",
+            ],
+            log: "\(dir)/coordinator.log"
+        )
+        coordinator = p
+        let deadline = Date().addingTimeInterval(30)
+        while Date() < deadline {
+            if let text = try? String(contentsOfFile: endpointFile, encoding: .utf8), !text.isEmpty {
+                endpoint = text.trimmingCharacters(in: .whitespacesAndNewlines)
+                return
+            }
+            guard p.isRunning else { throw TestFailure("coordinator exited: \(log("coordinator"))") }
+            Thread.sleep(forTimeInterval: 0.02)
+        }
+        throw TestFailure("coordinator did not start: \(log("coordinator"))")
+    }
+
+    func startWorker(_ name: String, slots: Int = 1) throws {
+        workers[name] = try spawn(
+            [
+                "worker", "--coordinator", endpoint, "--slots", String(slots), "--name", name, "--heartbeat",
+                String(heartbeat), "--drain-timeout", "5", "--log-level", "warning",
+            ],
+            log: "\(dir)/\(name).log"
+        )
+    }
+
+    private func spawn(_ args: [String], log: String) throws -> Process {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: IntegrationEnv.binary)
+        p.arguments = args
+        FileManager.default.createFile(atPath: log, contents: nil)
+        let fh = FileHandle(forWritingAtPath: log)
+        p.standardOutput = fh
+        p.standardError = fh
+        p.standardInput = FileHandle.nullDevice
+        try p.run()
+        return p
+    }
+
+    func log(_ name: String) -> String {
+        ((try? String(contentsOfFile: "\(dir)/\(name).log", encoding: .utf8)) ?? "").suffix(4000).description
+    }
+
+    /// Runs a client command against this cluster.
+    @discardableResult
+    func cli(_ args: [String], stdin: String? = nil) throws -> CommandResult {
+        try tessera(args + ["--coordinator", endpoint], stdin: stdin)
+    }
+
+    func json(_ args: [String]) throws -> Any {
+        let r = try cli(args + ["--json"])
+        guard r.status == 0 else { throw TestFailure("tessera \(args) exited \(r.status): \(r.stderr)") }
+        return try JSONSerialization.jsonObject(with: Data(r.stdout.utf8))
+    }
+
+    func waitForWorkers(_ n: Int, timeout: Double = 30) throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            let o = try json(["workers"]) as? [String: Any]
+            let alive = (o?["workers"] as? [[String: Any]])?.filter { ($0["state"] as? String) == "alive" } ?? []
+            if alive.count >= n { return }
+            Thread.sleep(forTimeInterval: 0.1)
+        }
+        throw TestFailure("fewer than \(n) workers registered")
+    }
+
+    func submit(_ file: String) throws -> Int {
+        let r = try cli(["submit", file])
+        guard r.status == 0, let id = Int(r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)) else {
+            throw TestFailure("submit failed (\(r.status)): \(r.stderr)")
+        }
+        return id
+    }
+
+    func submit(text: String, name: String = "spec.yaml") throws -> Int {
+        let path = "\(dir)/\(name)"
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        return try submit(path)
+    }
+
+    func signalWorker(_ name: String, _ sig: Int32) {
+        if let p = workers[name] {
+            kill(p.processIdentifier, sig)
+            if sig == SIGKILL { p.waitUntilExit() }
+        }
+    }
+
+    func stopCoordinator(_ sig: Int32 = SIGTERM) {
+        if let p = coordinator {
+            kill(p.processIdentifier, sig)
+            p.waitUntilExit()
+        }
+        coordinator = nil
+    }
+
+    /// SQL against the cluster's database.
+    func query(_ sql: String, _ params: [PGValue] = []) throws -> PGResult {
+        let c = try db.connect()
+        defer { c.close() }
+        return try c.execute(sql, params)
+    }
+
+    func shutdown() {
+        for p in workers.values where p.isRunning { kill(p.processIdentifier, SIGTERM) }
+        let deadline = Date().addingTimeInterval(15)
+        while workers.values.contains(where: \.isRunning), Date() < deadline { Thread.sleep(forTimeInterval: 0.02) }
+        for p in workers.values where p.isRunning { kill(p.processIdentifier, SIGKILL) }
+        stopCoordinator()
+        db.drop()
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+
+    deinit {
+        if coordinator != nil { shutdown() }
+    }
+}
+
+/// The issue's ring example with a different shard count (and optionally other overrides).
+func ringSpec(shards: Int, samples: Int = 100_000, algorithm: String = "ddim", steps: Int = 50, keep: Bool = true) -> String {
+    """
+    name: ring-\(shards)
+    kind: sampling
+    algorithm: \(algorithm)
+    seed: 7
+    shards: \(shards)
+    params:
+      target: {type: gmm, means: [[2,0],[1.414,1.414],[0,2],[-1.414,1.414],[-2,0],[-1.414,-1.414],[0,-2],[1.414,-1.414]], stds: [0.2,0.2,0.2,0.2,0.2,0.2,0.2,0.2]}
+      schedule: {type: linear, beta_start: 0.0001, beta_end: 0.02, steps: 1000}
+      sampling_steps: \(steps)
+    \(algorithm == "ddim" ? "  eta: 0.0\n" : "")  samples: \(samples)
+      keep_samples: \(keep)
+    """
+}
