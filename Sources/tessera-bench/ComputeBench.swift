@@ -23,7 +23,7 @@ struct ComputeBench: ParsableCommand {
     @Option(help: "Batch sizes, comma separated.") var batches: String = "256,1024,4096"
     @Option(help: "Hidden widths, comma separated.") var widths: String = "128,256,512"
     @Option(help: "OpenBLAS threads.") var threads: Int = 2
-    @Option(help: "Seconds of timing per measurement (best of 3 rounds).") var seconds: Double = 0.6
+    @Option(help: "Seconds of timing per measurement (best of 5 rounds).") var seconds: Double = 2
     @Option(help: "Write model/data safetensors for PyTorch into this directory and exit.") var export: String?
     @Option(help: "PyTorch results (JSON from ops/bench_torch.py) to print alongside.") var torchJson: String?
 
@@ -60,7 +60,7 @@ struct ComputeBench: ParsableCommand {
         }
         print("Tessera compute benchmark: MLP 34 -> H -> H -> H -> 2, SiLU, MSE, Adam, float32")
         print("OpenBLAS \(BLASRuntime.coreName), threads = \(BLASRuntime.threads); \(torchInfo)")
-        print("timing: best of 3 rounds of ~\(seconds / 3) s each, after warm-up")
+        print("timing: mean ms per call, best of \(BenchCase.rounds) rounds of \(seconds / Double(BenchCase.rounds)) s each, after warm-up")
         print("")
         let header = [
             "B", "H", "Tessera ms/step", "PyTorch ms/step", "speed-up", "Tessera fwd ms", "PyTorch fwd ms",
@@ -184,12 +184,14 @@ struct BenchCase {
         }
     }
 
-    /// Best-of-3 mean seconds per call of `body`.
+    static let rounds = 5
+
+    /// Mean seconds per call of `body`, best of `rounds` rounds (the minimum filters out other processes' bursts).
     static func time(seconds: Double, _ body: () throws -> Void) rethrows -> Double {
         for _ in 0..<3 { try body() }
         var best = Double.infinity
-        for _ in 0..<3 {
-            let budget = seconds / 3
+        for _ in 0..<rounds {
+            let budget = seconds / Double(rounds)
             var n = 0
             let start = DispatchTime.now().uptimeNanoseconds
             var elapsed = 0.0
