@@ -29,7 +29,7 @@ public struct WorkerConfiguration: Sendable {
     /// Heartbeats from the coordinator that may be missed before reconnecting.
     public var liveness: Int = 3
     /// Reconnect backoff: starts here, doubles, caps at `maxReconnectDelay` (seconds).
-    public var reconnectDelay: Double = 0.5
+    public var reconnectDelay: Double = 1.0
     public var maxReconnectDelay: Double = 32
     /// On SIGTERM: how long running shards may take to finish before they are stopped and handed back.
     public var drainTimeout: Double = 30
