@@ -29,6 +29,9 @@ final class ShardChannel: ShardSink, @unchecked Sendable {
         var points: [MetricPoint] = []
         var blobs: [(kind: BlobKind, step: Int64, bytes: [UInt8])] = []
         var fetch: FetchRequest?
+        /// A client request (method, JSON body) to send on the shard's behalf; the reply comes back via
+        /// `deliverReply`.
+        var request: (method: String, body: [UInt8])?
         var outcome: Outcome?
     }
 
@@ -37,6 +40,7 @@ final class ShardChannel: ShardSink, @unchecked Sendable {
         var pendingBytes = 0
         var stopReason: String?
         var fetchReply: FetchReply?
+        var reply: ClientReply?
         var step: Int64 = 0
     }
 
@@ -73,6 +77,13 @@ final class ShardChannel: ShardSink, @unchecked Sendable {
 
     func requestStop(reason: String) {
         state.withLock { if $0.stopReason == nil { $0.stopReason = reason } }
+        condition.lock()
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    func deliverReply(_ r: ClientReply) {
+        state.withLock { $0.reply = r }
         condition.lock()
         condition.broadcast()
         condition.unlock()
@@ -138,6 +149,32 @@ final class ShardChannel: ShardSink, @unchecked Sendable {
         }
         guard BlobHash.sha256Hex(bytes) == sha256 else { throw FetchFailure("blob \(sha256) failed its checksum") }
         return bytes
+    }
+
+    func fetchJobBlob(jobID: Int64, shard: Int, kind: ShardBlobKind, step: Int64?) throws -> (step: Int64, bytes: [UInt8]) {
+        var body: JSONObject = ["job": .number(Double(jobID)), "shard": .int(shard), "kind": .string(kind.rawValue)]
+        if let step { body["step"] = .number(Double(step)) }
+        state.withLock {
+            $0.reply = nil
+            $0.out.request = ("blob.info", JSONValue.object(body).utf8Bytes)
+        }
+        let deadline = Date().addingTimeInterval(120)
+        var reply: ClientReply?
+        condition.lock()
+        while reply == nil {
+            reply = state.withLock { $0.reply }
+            if reply != nil || shouldStop { break }
+            if !condition.wait(until: deadline) { break }
+        }
+        condition.unlock()
+        if shouldStop { throw ShardStopped() }
+        guard let r = reply else { throw FetchFailure("timed out asking for job \(jobID)'s \(kind.rawValue)") }
+        let info = (try? JSONValue.parse(r.body)) ?? .null
+        guard r.status == 0, let sha = info["sha256"]?.stringValue, let s = info["step"]?.intValue else {
+            // Not retryable by waiting: the other job has no such blob.
+            throw ShardError("job \(jobID) shard \(shard) has no \(kind.rawValue): \(info["error"]?.stringValue ?? "status \(r.status)")")
+        }
+        return (Int64(s), try fetchBlob(sha256: sha))
     }
 
     private func waitForRoom(_ ok: (State) -> Bool) {

@@ -62,6 +62,7 @@ public final class WorkerDaemon: @unchecked Sendable {
     private var nextTransferID: UInt64 = 1
     private var nextFetchID: UInt64 = 1
     private var fetchWaiters: [UInt64: ShardChannel] = [:]
+    private var requestWaiters: [UInt64: ShardChannel] = [:]
     private var lastHeard = ContinuousClock.now
     private var lastHeartbeatSent = ContinuousClock.now
     private var connected = false
@@ -205,6 +206,8 @@ public final class WorkerDaemon: @unchecked Sendable {
             }
         case .fetchReply(let r):
             if let ch = fetchWaiters.removeValue(forKey: r.requestID) { ch.deliverFetch(r) }
+        case .reply(let r):
+            if let ch = requestWaiters.removeValue(forKey: r.requestID) { ch.deliverReply(r) }
         case .disconnect(let d):
             // The coordinator does not know us (it restarted): register again on a fresh connection.
             logger.info("coordinator asked to re-register", metadata: ["reason": "\(d.reason)"])
@@ -215,7 +218,7 @@ public final class WorkerDaemon: @unchecked Sendable {
             reRegister()
         case .error(let e):
             logger.info("coordinator reported an error", metadata: ["code": "\(e.code)", "message": "\(e.message)"])
-        case .ready, .metrics, .chunk, .shardDone, .shardFailed, .fetch, .request, .reply:
+        case .ready, .metrics, .chunk, .shardDone, .shardFailed, .fetch, .request:
             logger.info("unexpected message from coordinator")
         }
     }
@@ -299,6 +302,12 @@ public final class WorkerDaemon: @unchecked Sendable {
                 nextFetchID += 1
                 fetchWaiters[id] = s.channel
                 send(.fetch(Fetch(requestID: id, sha256: f.sha256, offset: f.offset, length: f.length)))
+            }
+            if let r = drained.request {
+                let id = nextFetchID
+                nextFetchID += 1
+                requestWaiters[id] = s.channel
+                send(.request(ClientRequest(requestID: id, method: r.method, body: r.body)))
             }
             if let outcome = drained.outcome { s.outcome = outcome }
             guard connected else { continue }

@@ -153,11 +153,3 @@ public struct DiffusionSampling: Algorithm {
         return try JSONValue.parse(merged.jsonText)
     }
 }
-
-/// Every algorithm this build knows, for workers (what they can run) and the coordinator (plan and merge).
-public enum Workloads {
-    public static let catalogue = AlgorithmCatalogue([
-        DiffusionSampling(.ddpm),
-        DiffusionSampling(.ddim),
-    ])
-}

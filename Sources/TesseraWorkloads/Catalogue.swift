@@ -1,0 +1,12 @@
+// Every algorithm this build knows, for workers (what they can run) and the coordinator (plan and merge).
+// Adding an algorithm: implement `Algorithm` (TesseraCore/Algorithm.swift) and list it here.
+
+import TesseraCore
+
+public enum Workloads {
+    public static let catalogue = AlgorithmCatalogue([
+        // kind: sampling
+        DiffusionSampling(.ddpm),
+        DiffusionSampling(.ddim),
+    ])
+}
