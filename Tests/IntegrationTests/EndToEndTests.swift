@@ -174,6 +174,35 @@ struct EndToEndTests {
         #expect(!a.isEmpty && a == b)
     }
 
+    @Test func drainedWorkerHandsBackItsShardAndExitsZero() throws {
+        // SIGTERM = drain: no new shards; the running one may finish for --drain-timeout (5 s here, too short for
+        // it), then it is handed back (retryable: no attempt consumed) and the worker exits 0.
+        let c = try Cluster(workers: 2)
+        defer { c.shutdown() }
+        let job = try c.submit(text: ringSpec(shards: 2, samples: 40_000, algorithm: "ddpm", steps: 1000, keep: false), name: "drain.yaml")
+        let deadline = Date().addingTimeInterval(120)
+        while Date() < deadline {
+            let r = try c.query("SELECT count(*) AS n FROM tessera_shards WHERE job_id = $1 AND state = 'leased' AND step > 0", [.int(Int64(job))])
+            if r.int(0, "n") == 2 { break }
+            Thread.sleep(forTimeInterval: 0.05)
+        }
+        c.signalWorker("w1", SIGTERM)
+        let w1 = try #require(c.workers["w1"])
+        w1.waitUntilExit()
+        #expect(w1.terminationStatus == 0, "\(c.log("w1"))")
+        let wait = try c.cli(["wait", String(job), "--timeout", "600"])
+        #expect(wait.status == 0, "\(wait.stderr)")
+        let handedBack = try c.query(
+            "SELECT count(*) AS n FROM tessera_events WHERE job_id = $1 AND kind = 'shard.retry' AND detail->>'reason' = 'worker drained'",
+            [.int(Int64(job))]
+        )
+        #expect(handedBack.int(0, "n") == 1)
+        let failures = try c.query("SELECT sum(failures) AS n FROM tessera_shards WHERE job_id = $1", [.int(Int64(job))])
+        #expect(failures.int(0, "n") == 0)
+        let gone = try c.query("SELECT state::text AS s FROM tessera_workers WHERE name = 'w1' ORDER BY id DESC LIMIT 1")
+        #expect(gone[0, "s"] == "gone")
+    }
+
     @Test func coordinatorRestartKeepsRunningShards() throws {
         // SIGTERM the coordinator mid-job and start it again on the same database and endpoint: workers
         // re-register, keep their shards, and the job succeeds.
