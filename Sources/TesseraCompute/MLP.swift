@@ -40,6 +40,11 @@ public struct MLP<Scalar: TensorScalar>: Sendable, Equatable {
         }
     }
 
+    /// A single `nn.Linear(inFeatures, outFeatures)`: weight [out, in], bias [out], no activation.
+    public static func linear(inFeatures: Int, outFeatures: Int, seed: UInt64) throws -> MLP {
+        try MLP(sizes: [inFeatures, outFeatures], activation: .identity, seed: seed)
+    }
+
     /// A network with the given flat parameters (throws if the count does not match `sizes`).
     public init(sizes: [Int], activation: Activation, parameters: [Scalar]) throws {
         try self.init(sizes: sizes, activation: activation, parameters: Optional(parameters))

@@ -60,7 +60,7 @@ import TesseraCompute
     }
 
     @Test func singleLinearLayerIsXWtPlusB() throws {
-        var mlp = try MLP<Double>(sizes: [3, 2], activation: .identity, seed: 9)
+        var mlp = try MLP<Double>.linear(inFeatures: 3, outFeatures: 2, seed: 9)
         try mlp.setWeight(0, Tensor(shape: [2, 3], scalars: [1, 2, 3, 4, 5, 6]))
         try mlp.setBias(0, Tensor(shape: [2], scalars: [0.5, -0.5]))
         let y = try mlp.predict(Tensor(shape: [1, 3], scalars: [1, 1, 1]))
