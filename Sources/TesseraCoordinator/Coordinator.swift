@@ -308,7 +308,9 @@ public final class Coordinator: @unchecked Sendable {
     private func onShardFailed(_ f: ShardFailed, session s: WorkerSession) throws {
         try flushMetrics()
         let key = f.ref.key
-        if s.inflight.removeValue(forKey: key) != nil { s.credits += 1 }
+        // A retryable failure is often the worker handing work back (draining, no free slot): wait for its next
+        // heartbeat to say how many slots it has, rather than dispatching straight back to it.
+        if s.inflight.removeValue(forKey: key) != nil, !f.retryable { s.credits += 1 }
         dispatchNeeded = true
         let (outcome, toCancel) = try store.failShard(key, reason: f.reason, retryable: f.retryable)
         send(s.identity, .ack(Ack(ref: f.ref, kind: .failed, accepted: outcome != .rejected)))

@@ -66,7 +66,8 @@ extension PostgresJobStore {
         return r.rowCount == 1 ? r[0, "job"] : nil
     }
 
-    /// Workers seen recently (alive ones and those lost within the last hour), with what they run.
+    /// Workers seen recently (alive ones and those lost within the last hour), with what they run. A worker that
+    /// re-registered (reconnect, coordinator restart) has a row per registration; only its newest is shown.
     public func workersJSON() throws -> String {
         let r = try db.execute(
             """
@@ -77,7 +78,7 @@ extension PostgresJobStore {
                                                                    'step', s.step, 'total', s.total_steps)
                                                  ORDER BY s.job_id, s.idx), '[]'::json)
                         FROM tessera_shards s WHERE s.worker_id = w.id AND s.state = 'leased') AS running
-                FROM tessera_workers w
+                FROM (SELECT DISTINCT ON (name) * FROM tessera_workers ORDER BY name, id DESC) w
                 WHERE w.state = 'alive' OR w.disconnected_at > now() - interval '1 hour') x
             """
         )

@@ -120,6 +120,8 @@ public final class WorkerDaemon: @unchecked Sendable {
                 self.socket = nil
                 let until = ContinuousClock.now + .seconds(delay)
                 while ContinuousClock.now < until && !stopNow.load(ordering: .relaxed) {
+                    // A drain must not wait out a long backoff: its own deadline still holds.
+                    if let d = drainStarted, ContinuousClock.now - d > .seconds(config.drainTimeout + 10) { break }
                     Thread.sleep(forTimeInterval: 0.05)
                     collectFinishedComputeOnly()
                 }

@@ -129,6 +129,12 @@ enum Format {
             switch v {
             case .object(let inner):
                 lines.append("\(key)  " + inner.pairs.map { "\($0.key)=\(short($0.value))" }.joined(separator: "  "))
+            case .array(let items) where !items.isEmpty && items.allSatisfy({ $0.objectValue != nil }):
+                // A list of records (e.g. per_mode): one line each.
+                for (i, item) in items.enumerated() {
+                    let label = i == 0 ? key : String(repeating: " ", count: width)
+                    lines.append("\(label)  [\(i)] " + item.objectValue!.pairs.map { "\($0.key)=\(short($0.value))" }.joined(separator: "  "))
+                }
             default:
                 lines.append("\(key)  \(short(v))")
             }

@@ -76,7 +76,8 @@ func checkBindIsSafe(_ endpoint: String, keysDir: String?) throws {
     if keysDir == nil {
         throw CLIError(
             "refusing to serve unauthenticated peers on \(endpoint): without keys the coordinator binds only to "
-                + "loopback (tcp://127.0.0.1:PORT). Create keys with `tessera keygen --keys-dir DIR` and pass --keys-dir DIR."
+                + "loopback (tcp://127.0.0.1:PORT). Authenticated binds need CURVE keys (--keys-dir), which this "
+                + "version does not support yet; reach a loopback coordinator through an SSH tunnel (deploy/README.md)."
         )
     }
     throw CLIError(
