@@ -21,19 +21,6 @@ public struct ShardSlice: Sendable, Hashable {
     }
 }
 
-/// A stored blob (checkpoint, samples file, binary shard result) the worker can read back through the coordinator.
-public struct BlobRef: Sendable, Hashable {
-    public var sha256: String
-    public var size: UInt64
-    public var step: Int64
-
-    public init(sha256: String, size: UInt64, step: Int64) {
-        self.sha256 = sha256
-        self.size = size
-        self.step = step
-    }
-}
-
 /// What a worker gives an algorithm to run one shard attempt.
 public struct ShardTask: Sendable {
     public var spec: JobSpec

@@ -22,6 +22,11 @@ public struct ShardKey: Sendable, Hashable, CustomStringConvertible {
         self.attempt = attempt
     }
     public var description: String { "job \(jobID) shard \(index) attempt \(attempt)" }
+
+    /// From a result row with columns job_id, idx, attempt.
+    init(_ r: PGResult, _ row: Int) {
+        self.init(jobID: r.int(row, "job_id")!, index: Int32(r.int(row, "idx")!), attempt: Int32(r.int(row, "attempt")!))
+    }
 }
 
 /// A shard leased to a worker, with everything needed to dispatch it.
@@ -119,37 +124,13 @@ public final class PostgresJobStore: @unchecked Sendable {
             let j = try db.execute("SELECT state::text FROM tessera_jobs WHERE id = $1 FOR UPDATE", [.int(id)])
             guard j.rowCount == 1, let s = j[0, "state"], let state = JobState(rawValue: s) else { return nil }
             if state.isTerminal { return (state, []) }
-            let leased = try db.execute(
-                """
-                SELECT idx, attempt, worker_id FROM tessera_shards
-                WHERE job_id = $1 AND state = 'leased' ORDER BY idx
-                """,
-                [.int(id)]
-            )
-            try db.execute(
-                """
-                UPDATE tessera_shards SET state = 'cancelled', worker_id = NULL, lease_expires_at = NULL, updated_at = now()
-                WHERE job_id = $1 AND state IN ('queued', 'leased')
-                """,
-                [.int(id)]
-            )
+            let leased = try closeOpenShards(ofJob: id)
             try db.execute(
                 "UPDATE tessera_jobs SET state = 'cancelled', finished_at = now() WHERE id = $1",
                 [.int(id)]
             )
             try event(job: id, actor: "client", kind: "job.cancelled")
-            var out: [(ShardKey, Int64)] = []
-            for row in 0..<leased.rowCount {
-                out.append(
-                    (
-                        ShardKey(
-                            jobID: id, index: Int32(leased.int(row, "idx")!), attempt: Int32(leased.int(row, "attempt")!)
-                        ),
-                        leased.int(row, "worker_id")!
-                    )
-                )
-            }
-            return (.cancelled, out)
+            return (.cancelled, leased)
         }
     }
 
@@ -197,9 +178,7 @@ public final class PostgresJobStore: @unchecked Sendable {
             var out: [ClaimedShard] = []
             var started = Set<Int64>()
             for i in 0..<r.rowCount {
-                let key = ShardKey(
-                    jobID: r.int(i, "job_id")!, index: Int32(r.int(i, "idx")!), attempt: Int32(r.int(i, "attempt")!)
-                )
+                let key = ShardKey(r, i)
                 var checkpoint: (Int64, String, Int64)?
                 if let step = r.int(i, "checkpoint_step"), let sha = r[i, "checkpoint_sha256"] {
                     checkpoint = (step, sha, r.int(i, "checkpoint_size") ?? 0)
@@ -257,7 +236,7 @@ public final class PostgresJobStore: @unchecked Sendable {
         var live = Set<ShardKey>()
         for i in 0..<r.rowCount {
             live.insert(
-                ShardKey(jobID: r.int(i, "job_id")!, index: Int32(r.int(i, "idx")!), attempt: Int32(r.int(i, "attempt")!))
+                ShardKey(r, i)
             )
         }
         return progress.map(\.0).filter { !live.contains($0) }
@@ -286,9 +265,7 @@ public final class PostgresJobStore: @unchecked Sendable {
             )
             var out: [ShardKey] = []
             for i in 0..<r.rowCount {
-                let k = ShardKey(
-                    jobID: r.int(i, "job_id")!, index: Int32(r.int(i, "idx")!), attempt: Int32(r.int(i, "attempt")!)
-                )
+                let k = ShardKey(r, i)
                 out.append(k)
                 try event(
                     job: k.jobID, shard: k.index, actor: "coordinator", kind: "shard.requeued",
@@ -331,10 +308,7 @@ public final class PostgresJobStore: @unchecked Sendable {
             var current = Set<ShardKey>()
             for i in 0..<live.rowCount {
                 current.insert(
-                    ShardKey(
-                        jobID: live.int(i, "job_id")!, index: Int32(live.int(i, "idx")!),
-                        attempt: Int32(live.int(i, "attempt")!)
-                    )
+                    ShardKey(live, i)
                 )
             }
             var jobIDs: [Int64] = [], idxs: [Int64] = [], attempts: [Int64] = [], names: [String] = []
@@ -525,17 +499,7 @@ public final class PostgresJobStore: @unchecked Sendable {
     }
 
     private func failJobLocked(_ id: Int64, error: String) throws -> [(ShardKey, Int64)] {
-        let leased = try db.execute(
-            "SELECT idx, attempt, worker_id FROM tessera_shards WHERE job_id = $1 AND state = 'leased' ORDER BY idx",
-            [.int(id)]
-        )
-        try db.execute(
-            """
-            UPDATE tessera_shards SET state = 'cancelled', worker_id = NULL, lease_expires_at = NULL, updated_at = now()
-            WHERE job_id = $1 AND state IN ('queued', 'leased')
-            """,
-            [.int(id)]
-        )
+        let leased = try closeOpenShards(ofJob: id)
         try db.execute(
             """
             UPDATE tessera_jobs SET state = 'failed', error = $2, finished_at = now()
@@ -544,12 +508,22 @@ public final class PostgresJobStore: @unchecked Sendable {
             [.int(id), .text(error)]
         )
         try event(job: id, actor: "coordinator", kind: "job.failed", detail: ["error": .string(error)])
-        return (0..<leased.rowCount).map {
-            (
-                ShardKey(jobID: id, index: Int32(leased.int($0, "idx")!), attempt: Int32(leased.int($0, "attempt")!)),
-                leased.int($0, "worker_id")!
-            )
-        }
+        return leased
+    }
+
+    /// Cancels a job's queued and leased shards; returns the leased ones with their workers (to tell them to stop).
+    private func closeOpenShards(ofJob id: Int64) throws -> [(ShardKey, Int64)] {
+        let r = try db.execute(
+            """
+            UPDATE tessera_shards s SET state = 'cancelled', worker_id = NULL, lease_expires_at = NULL, updated_at = now()
+            FROM tessera_shards old
+            WHERE s.job_id = $1 AND s.state IN ('queued', 'leased') AND old.job_id = s.job_id AND old.idx = s.idx
+            RETURNING s.job_id, s.idx, s.attempt, old.state::text AS was, old.worker_id
+            """,
+            [.int(id)]
+        )
+        return (0..<r.rowCount).filter { r[$0, "was"] == "leased" }.map { (ShardKey(r, $0), r.int($0, "worker_id")!) }
+            .sorted { $0.0.index < $1.0.index }
     }
 
     /// Everything `merge` needs: the stored spec and each shard's summary and result blob, in shard order.
@@ -637,7 +611,7 @@ public final class PostgresJobStore: @unchecked Sendable {
             ]
         )
         return (0..<r.rowCount).map {
-            ShardKey(jobID: r.int($0, "job_id")!, index: Int32(r.int($0, "idx")!), attempt: Int32(r.int($0, "attempt")!))
+            ShardKey(r, $0)
         }
     }
 

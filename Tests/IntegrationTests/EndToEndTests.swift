@@ -138,6 +138,32 @@ struct EndToEndTests {
         #expect(missing.stderr.contains("no job 999999"))
     }
 
+    @Test func cancellingARunningJobStopsItsShardsAndFreesTheWorkers() throws {
+        let c = try Cluster(workers: 2)
+        defer { c.shutdown() }
+        let job = try c.submit(text: ringSpec(shards: 2, samples: 40_000, algorithm: "ddpm", steps: 1000, keep: false), name: "long.yaml")
+        let deadline = Date().addingTimeInterval(120)
+        while Date() < deadline {
+            let r = try c.query("SELECT count(*) AS n FROM tessera_shards WHERE job_id = $1 AND state = 'leased' AND step > 0", [.int(Int64(job))])
+            if r.int(0, "n") == 2 { break }
+            Thread.sleep(forTimeInterval: 0.05)
+        }
+        let cancel = try c.json(["cancel", String(job)]) as? [String: Any]
+        #expect(cancel?["stopped_shards"] as? Int == 2)
+        #expect(try c.cli(["wait", String(job), "--timeout", "30"]).status == 1)
+        let states = try c.query("SELECT count(*) AS n FROM tessera_shards WHERE job_id = $1 AND state = 'cancelled'", [.int(Int64(job))])
+        #expect(states.int(0, "n") == 2)
+        // Both workers stopped the cancelled shards: a new small job gets both slots and finishes.
+        let next = try c.submit(text: ringSpec(shards: 2, samples: 8192, keep: false), name: "next.yaml")
+        #expect(try c.cli(["wait", String(next), "--timeout", "60"]).status == 0)
+        let used = try c.query("SELECT count(DISTINCT worker_id) AS n FROM tessera_events WHERE job_id = $1 AND kind = 'shard.leased'", [.int(Int64(next))])
+        #expect(used.int(0, "n") == 2)
+        // And no worker still reports a cancelled shard as running.
+        let w = try #require(try c.json(["workers"]) as? [String: Any])
+        let workers = try #require(w["workers"] as? [[String: Any]])
+        #expect(workers.allSatisfy { ($0["running"] as? [Any])?.isEmpty == true })
+    }
+
     @Test func killedWorkerLosesNothing() throws {
         // A shard whose worker is SIGKILLed goes back to the queue and finishes elsewhere; the merged result is the
         // one an undisturbed run gives, and the lost attempt consumed no max_attempts.
