@@ -23,13 +23,14 @@ struct ComputeBench: ParsableCommand {
     @Option(help: "Batch sizes, comma separated.") var batches: String = "256,1024,4096"
     @Option(help: "Hidden widths, comma separated.") var widths: String = "128,256,512"
     @Option(help: "OpenBLAS threads.") var threads: Int = 2
-    @Option(help: "Seconds of timing per measurement (best of 5 rounds).") var seconds: Double = 2
+    @Option(help: "Seconds of timing per measurement.") var seconds: Double = 2
+    @Option(help: "Each figure is the best of this many rounds of seconds/rounds.") var rounds: Int = 5
     @Option(help: "Write model/data safetensors for PyTorch into this directory and exit.") var export: String?
     @Option(help: "PyTorch results (JSON from ops/bench_torch.py) to print alongside.") var torchJson: String?
 
     func validate() throws {
         guard threads >= 1 else { throw ValidationError("--threads must be >= 1") }
-        guard seconds > 0 else { throw ValidationError("--seconds must be positive") }
+        guard seconds > 0, rounds >= 1 else { throw ValidationError("--seconds and --rounds must be positive") }
         guard parse(batches) != nil, parse(widths) != nil else {
             throw ValidationError("--batches and --widths take comma-separated positive integers")
         }
@@ -60,7 +61,7 @@ struct ComputeBench: ParsableCommand {
         }
         print("Tessera compute benchmark: MLP 34 -> H -> H -> H -> 2, SiLU, MSE, Adam, float32")
         print("OpenBLAS \(BLASRuntime.coreName), threads = \(BLASRuntime.threads); \(torchInfo)")
-        print("timing: mean ms per call, best of \(BenchCase.rounds) rounds of \(seconds / Double(BenchCase.rounds)) s each, after warm-up")
+        print("timing: mean ms per call, best of \(rounds) rounds of \(seconds / Double(rounds)) s each, after warm-up")
         print("")
         let header = [
             "B", "H", "Tessera ms/step", "PyTorch ms/step", "speed-up", "Tessera fwd ms", "PyTorch fwd ms",
@@ -70,7 +71,7 @@ struct ComputeBench: ParsableCommand {
         for h in hs {
             for b in bs {
                 var c = try BenchCase(batch: b, width: h)
-                let m = try c.measure(seconds: seconds)
+                let m = try c.measure(seconds: seconds, rounds: rounds)
                 let t = torch["\(b)x\(h)"]
                 rows.append([
                     "\(b)", "\(h)", fmt(m.stepMs), t.map { fmt($0.step_ms) } ?? "-",
@@ -184,10 +185,8 @@ struct BenchCase {
         }
     }
 
-    static let rounds = 5
-
     /// Mean seconds per call of `body`, best of `rounds` rounds (the minimum filters out other processes' bursts).
-    static func time(seconds: Double, _ body: () throws -> Void) rethrows -> Double {
+    static func time(seconds: Double, rounds: Int, _ body: () throws -> Void) rethrows -> Double {
         for _ in 0..<3 { try body() }
         var best = Double.infinity
         for _ in 0..<rounds {
@@ -205,14 +204,14 @@ struct BenchCase {
         return best
     }
 
-    mutating func measure(seconds: Double) throws -> Measurement {
-        let step = try Self.time(seconds: seconds) { try trainStep() }
-        let fwd = try Self.time(seconds: seconds) { try forwardOnly() }
+    mutating func measure(seconds: Double, rounds: Int) throws -> Measurement {
+        let step = try Self.time(seconds: seconds, rounds: rounds) { try trainStep() }
+        let fwd = try Self.time(seconds: seconds, rounds: rounds) { try forwardOnly() }
         let sizes = model.sizes
         var bufs = sizes.map { [Float](repeating: 0.5, count: batch * $0) }
         let weights = (0..<(sizes.count - 1)).map { model.weight($0).scalars }
         let b = batch
-        let raw = Self.time(seconds: seconds) { Self.rawForward(batch: b, sizes: sizes, bufs: &bufs, weights: weights) }
+        let raw = Self.time(seconds: seconds, rounds: rounds) { Self.rawForward(batch: b, sizes: sizes, bufs: &bufs, weights: weights) }
         return Measurement(
             stepMs: step * 1e3, forwardMs: fwd * 1e3, stepGflops: stepFlops / step / 1e9,
             forwardGflops: forwardFlops / fwd / 1e9, rawGflops: forwardFlops / raw / 1e9)
