@@ -24,8 +24,11 @@ public struct SamplingStepMetrics: Sendable, Equatable {
 ///
 /// `range` must be block-aligned (`SamplingPlan.validate`). `onStep` is called after each reverse step; `shouldStop` is
 /// polled before each step and before the statistics pass, and a `true` aborts with `CancellationError`.
+/// `model` replaces the exact eps*(x, t) by a learned predictor (S2); `nil` (the default) keeps the exact score,
+/// bit for bit as before.
 public func runSamplingShard(
-    config: SamplingConfig, range: Range<Int>, onStep: (SamplingStepMetrics) -> Void, shouldStop: () -> Bool
+    config: SamplingConfig, range: Range<Int>, model: (any SamplingNoiseModel)? = nil,
+    onStep: (SamplingStepMetrics) -> Void, shouldStop: () -> Bool
 ) throws -> SamplingShardResult {
     try SamplingPlan.validate(range: range, samples: config.samples)
     let d = config.target.dimension
@@ -46,7 +49,7 @@ public func runSamplingShard(
             let mixture = config.target.noised(alphaBar: step.alphaBar)
             engine.advance(
                 base, count: n, firstIndex: range.lowerBound, step: step, stepNumber: k, mixture: mixture,
-                seed: config.seed)
+                seed: config.seed, model: model)
             var norm = 0.0
             var finite = 0
             for j in 0..<n {
@@ -191,13 +194,27 @@ struct SamplerEngine: Sendable {
         }
     }
 
+    /// The deterministic part of one step with a learned eps: eps = model(x, t) for all rows, then the same
+    /// `SamplerStep.apply` per coordinate as the exact path.
+    func denoise(_ x: UnsafeMutablePointer<Double>, count: Int, step: SamplerStep, model: any SamplingNoiseModel) {
+        let n = count * dimension
+        let eps = UnsafeMutablePointer<Double>.allocate(capacity: max(n, 1))
+        defer { eps.deallocate() }
+        model.predictNoise(UnsafePointer(x), count: count, t: step.t, into: eps)
+        for i in 0..<n { x[i] = step.apply(x: x[i], eps: eps[i]) }
+    }
+
     /// One reverse step for `count` consecutive samples whose first global index is `firstIndex`: `denoise`, then
     /// the Philox step noise of `stepNumber` (stream 1, step stepNumber + 1) when sigma > 0.
     func advance(
         _ x: UnsafeMutablePointer<Double>, count: Int, firstIndex: Int, step: SamplerStep, stepNumber: Int,
-        mixture: NoisedMixture, seed: UInt64
+        mixture: NoisedMixture, seed: UInt64, model: (any SamplingNoiseModel)? = nil
     ) {
-        denoise(x, count: count, step: step, mixture: mixture)
+        if let model {
+            denoise(x, count: count, step: step, model: model)
+        } else {
+            denoise(x, count: count, step: step, mixture: mixture)
+        }
         let sigma = step.sigma
         guard sigma > 0 else { return }
         let d = dimension
