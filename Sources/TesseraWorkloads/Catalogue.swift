@@ -8,5 +8,6 @@ public enum Workloads {
         // kind: sampling
         DiffusionSampling(.ddpm),
         DiffusionSampling(.ddim),
+        DenoiserTraining(),
     ])
 }

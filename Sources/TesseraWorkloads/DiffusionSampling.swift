@@ -30,12 +30,13 @@ public struct DiffusionSampling: Algorithm {
     /// Reads and validates `params`; every error carries the line of the key at fault.
     public func config(_ spec: JobSpec) throws -> SamplingConfig {
         let p = spec.paramsReader
-        var allowed = ["target", "schedule", "sampling_steps", "samples", "keep_samples"]
+        var allowed = ["target", "schedule", "sampling_steps", "samples", "keep_samples", "model"]
         if sampler == .ddim { allowed.append("eta") }
         if sampler == .ddpm, p.has("eta") {
             throw p.error("eta", "ddpm has no eta (it is DDIM's noise scale); remove it or use algorithm: ddim")
         }
         try p.rejectUnknown(allowed)
+        _ = try LearnedModelReference.parse(spec)  // params.model (Learned/): from_job must be in depends_on
 
         let t = try p.object("target")
         try t.rejectUnknown(Self.targetKeys)
@@ -114,10 +115,11 @@ public struct DiffusionSampling: Algorithm {
     public func run(_ task: ShardTask, sink: any ShardSink) throws -> ShardOutput {
         let c = try config(task.spec)
         let range = try Self.range(task.slice)
+        let learned = try learnedModel(task, config: c, sink: sink)  // nil: exact score
         let result: SamplingShardResult
         do {
             result = try runSamplingShard(
-                config: c, range: range,
+                config: c, range: range, model: learned?.model,
                 onStep: { m in
                     let step = Int64(m.step)
                     sink.metric("t", step: step, value: Double(m.t))
@@ -137,6 +139,7 @@ public struct DiffusionSampling: Algorithm {
         for (k, v) in result.summary.sorted(by: { $0.key < $1.key }) { summary[k] = .number(v) }
         summary["start"] = .int(range.lowerBound)
         summary["end"] = .int(range.upperBound)
+        Self.learnedSummary(learned, into: &summary)
         // The samples already went out as their own blob; the result carries only the exact statistics.
         var statistics = result
         statistics.samples = nil
@@ -150,6 +153,6 @@ public struct DiffusionSampling: Algorithm {
             return try SamplingShardResult.deserialize(bytes)
         }
         let merged = try mergeSampling(config: c, shards: shards)
-        return try JSONValue.parse(merged.jsonText)
+        return try echoLearnedModel(spec, outputs: outputs, into: try JSONValue.parse(merged.jsonText))
     }
 }
