@@ -108,6 +108,7 @@ let package = Package(
         .testTarget(
             name: "TesseraWorkloadsTests",
             dependencies: ["TesseraWorkloads", "TesseraCompute", "TesseraCore"],
+            exclude: ["Fixtures"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
