@@ -2,7 +2,7 @@
 // target — SW1 <= 4 x the noise floor of N exact draws and every mode weight within 0.03.
 //
 // Full size (the 8-mode ring, the 34-128-128-128-2 network, batch 512, 10k updates, N = 5e4; also "excess < 0.02
-// after 10k steps") takes ~20 s in a release build but far too long in a debug build (Swift's SIMD code is ~100x
+// after 10k steps") takes about a minute in a release build but far too long in a debug build (Swift's SIMD code is ~100x
 // slower unoptimised), so it runs only with TESSERA_SLOW_TESTS=1, best as
 //   TESSERA_SLOW_TESTS=1 swift test -c release --filter LearnedSamplerTests
 // The always-on check asserts the same thresholds on a smaller problem: four modes of s = 0.5 with weights
