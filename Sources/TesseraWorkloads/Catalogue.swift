@@ -9,5 +9,7 @@ public enum Workloads {
         DiffusionSampling(.ddpm),
         DiffusionSampling(.ddim),
         DenoiserTraining(),
+        LangevinSampling(),
+        SMCSampling(),
     ])
 }

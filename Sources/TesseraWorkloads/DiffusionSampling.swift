@@ -1,5 +1,6 @@
 // `kind: sampling`, `algorithm: ddpm | ddim`: DDPM ancestral and DDIM(eta) sampling with the exact score of a
-// Gaussian mixture (WORKLOADS.md §1 S1), planned as block-aligned sample ranges and merged exactly (§4).
+// Gaussian mixture (WORKLOADS.md §1 S1), optionally with classifier-free guidance toward one component
+// (`class`, `guidance_scale`), planned as block-aligned sample ranges and merged exactly (§4).
 // Parameters are documented in docs/jobspec.md.
 
 import TesseraCompute
@@ -11,8 +12,10 @@ public struct DiffusionSampling: Algorithm {
     public var name: String { sampler.rawValue }
     public var summary: String {
         switch sampler {
-        case .ddpm: return "DDPM ancestral sampling (fixed_small) with the exact score of a Gaussian mixture"
-        case .ddim: return "DDIM(eta) sampling with the exact score of a Gaussian mixture"
+        case .ddpm:
+            return "DDPM ancestral sampling (fixed_small) with the exact score of a Gaussian mixture; optional classifier-free guidance"
+        case .ddim:
+            return "DDIM(eta) sampling with the exact score of a Gaussian mixture; optional classifier-free guidance"
         }
     }
 
@@ -30,28 +33,72 @@ public struct DiffusionSampling: Algorithm {
     /// Reads and validates `params`; every error carries the line of the key at fault.
     public func config(_ spec: JobSpec) throws -> SamplingConfig {
         let p = spec.paramsReader
-        var allowed = ["target", "schedule", "sampling_steps", "samples", "keep_samples", "model"]
+        var allowed = [
+            "target", "schedule", "sampling_steps", "samples", "keep_samples", "model", "class", "guidance_scale",
+        ]
         if sampler == .ddim { allowed.append("eta") }
         if sampler == .ddpm, p.has("eta") {
             throw p.error("eta", "ddpm has no eta (it is DDIM's noise scale); remove it or use algorithm: ddim")
         }
         try p.rejectUnknown(allowed)
-        _ = try LearnedModelReference.parse(spec)  // params.model (Learned/): from_job must be in depends_on
+        let learnedModel = try LearnedModelReference.parse(spec)  // params.model (Learned/): from_job must be in depends_on
+        let target = try Self.target(p)
 
-        let t = try p.object("target")
+        // Classifier-free guidance: `class` picks the component c, `guidance_scale` is w (default 1 = conditional).
+        var guidance: SamplingGuidance?
+        if p.has("guidance_scale") && !p.has("class") {
+            throw p.error(
+                "guidance_scale",
+                "guidance_scale needs class: the target component (0..\(target.componentCount - 1)) to guide toward")
+        }
+        if p.has("class") {
+            if learnedModel != nil {
+                throw p.error(
+                    "class",
+                    "class/guidance_scale guide the exact score of the target's components; they cannot be combined with params.model")
+            }
+            let c = try p.int("class", range: 0...(target.componentCount - 1))
+            let w = try p.double("guidance_scale", range: 0...100, default: 1)
+            guidance = try SamplingGuidance.component(c, of: target, scale: w)
+        }
+
+        let schedule = try Self.schedule(p)
+        let samplingSteps = try p.int("sampling_steps", default: 50, range: 1...schedule.steps)
+        let samples = try p.int("samples", range: 1...SamplingConfig.maxSamples)
+        let keep = try p.bool("keep_samples", default: false)
+        let kind: SamplerKind
+        switch sampler {
+        case .ddpm: kind = .ddpm
+        case .ddim: kind = .ddim(eta: try p.double("eta", range: 0...1, default: 0))
+        }
+        do {
+            return try SamplingConfig(
+                target: target, schedule: schedule, sampler: kind, samplingSteps: samplingSteps, seed: spec.seed,
+                samples: samples, keepSamples: keep, guidance: guidance
+            )
+        } catch let e as SamplingError {
+            throw p.source.error("params", "params: \(e.message)")
+        }
+    }
+
+    /// `params.target` (shared by every sampling algorithm): a Gaussian mixture, errors at the key's line.
+    static func target(_ p: Params, key: String = "target") throws -> GaussianMixture {
+        let t = try p.object(key)
         try t.rejectUnknown(Self.targetKeys)
         let type = try t.string("type", default: "gmm", allowed: ["gmm"])
         precondition(type == "gmm")
         let means = try t.matrix("means")
         let stds = try t.doubles("stds")
         let weights = t.has("weights") ? try t.doubles("weights") : nil
-        let target: GaussianMixture
         do {
-            target = try GaussianMixture(weights: weights, means: means, stds: stds)
+            return try GaussianMixture(weights: weights, means: means, stds: stds)
         } catch let e as SamplingError {
-            throw t.source.error(t.path, "params.target: \(e.message)")
+            throw t.source.error(t.path, "\(t.path): \(e.message)")
         }
+    }
 
+    /// `params.schedule` (optional; diffusers' linear 1e-4..0.02 over 1000 steps by default).
+    static func schedule(_ p: Params) throws -> BetaSchedule {
         let schedule: BetaSchedule
         if p.has("schedule") {
             let s = try p.object("schedule")
@@ -68,23 +115,7 @@ public struct DiffusionSampling: Algorithm {
         } else {
             schedule = try BetaSchedule.linear(betaStart: 0.0001, betaEnd: 0.02, steps: 1000)
         }
-
-        let samplingSteps = try p.int("sampling_steps", default: 50, range: 1...schedule.steps)
-        let samples = try p.int("samples", range: 1...SamplingConfig.maxSamples)
-        let keep = try p.bool("keep_samples", default: false)
-        let kind: SamplerKind
-        switch sampler {
-        case .ddpm: kind = .ddpm
-        case .ddim: kind = .ddim(eta: try p.double("eta", range: 0...1, default: 0))
-        }
-        do {
-            return try SamplingConfig(
-                target: target, schedule: schedule, sampler: kind, samplingSteps: samplingSteps, seed: spec.seed,
-                samples: samples, keepSamples: keep
-            )
-        } catch let e as SamplingError {
-            throw p.source.error("params", "params: \(e.message)")
-        }
+        return schedule
     }
 
     public func plan(_ spec: JobSpec) throws -> [ShardSlice] {

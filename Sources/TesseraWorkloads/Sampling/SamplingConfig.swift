@@ -13,13 +13,16 @@ public struct SamplingConfig: Sendable, Equatable {
     public var samples: Int
     /// Keep each shard's samples as F32 [n, d] (`SamplingShardResult.samples`, `samplesFile()`).
     public var keepSamples: Bool
+    /// Classifier-free guidance, or nil for plain sampling (the default; results without guidance are exactly
+    /// those of a config that never had the field).
+    public var guidance: SamplingGuidance?
 
     /// Largest N: sample indices go into one 32-bit Philox counter word.
     public static let maxSamples = Int(UInt32.max)
 
     public init(
         target: GaussianMixture, schedule: BetaSchedule, sampler: SamplerKind, samplingSteps: Int, seed: UInt64,
-        samples: Int, keepSamples: Bool = false
+        samples: Int, keepSamples: Bool = false, guidance: SamplingGuidance? = nil
     ) throws {
         guard samplingSteps >= 1, samplingSteps <= schedule.steps else {
             throw SamplingError(
@@ -34,6 +37,16 @@ public struct SamplingConfig: Sendable, Equatable {
         guard samples >= 1, samples <= Self.maxSamples else {
             throw SamplingError(.invalidConfig, "samples is \(samples); it must be between 1 and \(Self.maxSamples)")
         }
+        if let guidance {
+            guard guidance.conditional.dimension == target.dimension,
+                guidance.conditional.componentCount == target.componentCount
+            else {
+                throw SamplingError(
+                    .invalidConfig,
+                    "the guidance conditional has \(guidance.conditional.componentCount) component(s) in \(guidance.conditional.dimension) dimension(s); the target has \(target.componentCount) in \(target.dimension)"
+                )
+            }
+        }
         self.target = target
         self.schedule = schedule
         self.sampler = sampler
@@ -41,6 +54,61 @@ public struct SamplingConfig: Sendable, Equatable {
         self.seed = seed
         self.samples = samples
         self.keepSamples = keepSamples
+        self.guidance = guidance
+    }
+
+    /// The law the statistics compare against: the conditional p(x | c) when guided, else the target.
+    var reference: GaussianMixture { guidance?.conditional ?? target }
+
+    /// What the statistics pass and the merge need.
+    var statistics: SamplingStatisticsSetup {
+        SamplingStatisticsSetup(target: target, reference: reference, seed: seed, samples: samples)
+    }
+}
+
+/// Classifier-free guidance (WORKLOADS.md §1 S1, diffusers' `guidance_scale` convention):
+/// eps~(x, t) = eps_u(x, t) + w (eps_c(x, t) - eps_u(x, t)), where eps_u is the exact eps of the whole target mixture
+/// and eps_c the exact eps of the conditional law p(x | c) = N(mu_c, s_c^2 I) alone (its noised form
+/// N(sqrt(a) mu_c, (a s_c^2 + 1 - a) I), so eps_c = sqrt(1 - a) (x - sqrt(a) mu_c) / v_c). w = 0 is unconditional
+/// sampling, w = 1 conditional sampling, w > 1 the usual "guided" regime.
+public struct SamplingGuidance: Sendable, Equatable {
+    /// w, the guidance scale.
+    public var scale: Double
+    /// p(x | c), as a mixture with the target's components and dimension and exactly one non-zero weight (the
+    /// class's component c); only that component enters eps_c. It is also the law the result's statistics and noise
+    /// floor compare against.
+    public var conditional: GaussianMixture
+    /// c, the index of the conditional's non-zero weight.
+    public var component: Int
+
+    /// Guidance toward an explicit conditional law (closed-form tests pair a Gaussian target with a different
+    /// Gaussian conditional). `conditional` must have exactly one non-zero weight; w must be finite and in [0, 100].
+    public init(scale: Double, conditional: GaussianMixture) throws {
+        guard scale.isFinite, scale >= 0, scale <= 100 else {
+            throw SamplingError(.invalidConfig, "guidance_scale is \(scale); it must be in [0, 100]")
+        }
+        let support = conditional.weights.indices.filter { conditional.weights[$0] > 0 }
+        guard support.count == 1 else {
+            throw SamplingError(
+                .invalidConfig,
+                "the guidance conditional must have exactly one component with non-zero weight; it has \(support.count)"
+            )
+        }
+        self.scale = scale
+        self.conditional = conditional
+        self.component = support[0]
+    }
+
+    /// Guidance toward component `k` of `target` (the job spec's `class: k`): p(x | c) = N(mu_k, s_k^2 I).
+    public static func component(_ k: Int, of target: GaussianMixture, scale: Double) throws -> SamplingGuidance {
+        guard k >= 0, k < target.componentCount else {
+            throw SamplingError(
+                .invalidConfig, "class is \(k); the target has components 0..<\(target.componentCount)")
+        }
+        var weights = [Double](repeating: 0, count: target.componentCount)
+        weights[k] = 1
+        return try SamplingGuidance(
+            scale: scale, conditional: GaussianMixture(weights: weights, means: target.means, stds: target.stds))
     }
 }
 

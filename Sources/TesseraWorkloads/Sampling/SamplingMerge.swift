@@ -66,6 +66,34 @@ struct SamplingMergedPopulation: Sendable, Equatable {
 /// moments, plain sums for RFF sums), integer counts and histograms are added, so the result is bitwise identical
 /// for any shard count and arrival order.
 public func mergeSampling(config: SamplingConfig, shards: [SamplingShardResult]) throws -> SamplingResult {
+    let s = try mergeSamplingStatistics(setup: config.statistics, shards: shards)
+    return SamplingResult(
+        config: config, n: s.n, mean: s.mean, cov: s.cov, modeWeights: s.modeWeights,
+        modeWeightError: s.modeWeightError, sw1: s.sw1, mmd: s.mmd, noiseFloor: s.noiseFloor, perMode: s.perMode,
+        nanCount: s.nanCount, outOfRange: s.outOfRange, merged: s.merged, mergedExact: s.mergedExact)
+}
+
+/// The statistics part of a merged sampling result, shared by every sampling algorithm (ddpm/ddim, langevin, smc).
+struct SamplingStatisticsResult: Sendable, Equatable {
+    var n: Int
+    var mean: [Double]
+    var cov: [[Double]]
+    var modeWeights: [Double]
+    var modeWeightError: Double
+    var sw1: Double
+    var mmd: Double
+    var noiseFloor: SamplingMetrics
+    var perMode: [SamplingModeStats]
+    var nanCount: Int
+    var outOfRange: Int
+    var merged: SamplingMergedPopulation
+    var mergedExact: SamplingMergedPopulation
+}
+
+/// `mergeSampling` against an explicit statistics setup (target for probes and modes, reference for the exact law).
+func mergeSamplingStatistics(setup config: SamplingStatisticsSetup, shards: [SamplingShardResult]) throws
+    -> SamplingStatisticsResult
+{
     guard !shards.isEmpty else {
         throw SamplingError(.coverage, "no shards to merge; need shards covering [0, \(config.samples))")
     }
@@ -95,13 +123,13 @@ public func mergeSampling(config: SamplingConfig, shards: [SamplingShardResult])
         throw SamplingError(.coverage, "shards leave a gap: samples \(expected)..<\(config.samples) are missing")
     }
     let blockCount = SamplingPlan.blockCount(samples: config.samples)
-    let merged = try mergePopulation(ordered.map(\.sampled), blocks: blockCount, config: config)
-    let mergedExact = try mergePopulation(ordered.map(\.exact), blocks: blockCount, config: config)
+    let merged = try mergePopulation(ordered.map(\.sampled), blocks: blockCount, samples: config.samples)
+    let mergedExact = try mergePopulation(ordered.map(\.exact), blocks: blockCount, samples: config.samples)
 
     let probes = SamplingProbes(target: config.target)
-    let embedding = probes.exactEmbedding(config.target)
-    let metrics = populationMetrics(merged, config: config, probes: probes, embedding: embedding)
-    let floor = populationMetrics(mergedExact, config: config, probes: probes, embedding: embedding)
+    let embedding = probes.exactEmbedding(config.reference)
+    let metrics = populationMetrics(merged, reference: config.reference, probes: probes, embedding: embedding)
+    let floor = populationMetrics(mergedExact, reference: config.reference, probes: probes, embedding: embedding)
 
     let finite = merged.moments.count
     let perMode = merged.modes.map { m in
@@ -109,8 +137,8 @@ public func mergeSampling(config: SamplingConfig, shards: [SamplingShardResult])
             count: Int(m.count), weight: finite > 0 ? Double(m.count) / Double(finite) : .nan, mean: m.mean,
             cov: covariance(m))
     }
-    return SamplingResult(
-        config: config, n: Int(merged.total), mean: merged.moments.mean, cov: covariance(merged.moments),
+    return SamplingStatisticsResult(
+        n: Int(merged.total), mean: merged.moments.mean, cov: covariance(merged.moments),
         modeWeights: perMode.map(\.weight), modeWeightError: metrics.modeWeightError, sw1: metrics.sw1,
         mmd: metrics.mmd, noiseFloor: floor, perMode: perMode, nanCount: Int(merged.total - finite),
         outOfRange: Int(merged.outOfRange), merged: merged, mergedExact: mergedExact)
@@ -124,7 +152,7 @@ private func covariance(_ m: SampleMoments) -> [[Double]] {
     }
 }
 
-private func mergePopulation(_ parts: [SamplingPopulationStats], blocks blockCount: Int, config: SamplingConfig) throws
+private func mergePopulation(_ parts: [SamplingPopulationStats], blocks blockCount: Int, samples: Int) throws
     -> SamplingMergedPopulation
 {
     let blocks = parts.flatMap(\.blocks).sorted { $0.index < $1.index }
@@ -133,7 +161,7 @@ private func mergePopulation(_ parts: [SamplingPopulationStats], blocks blockCou
     }
     let blockSize = SamplingPlan.blockSize
     for (b, block) in blocks.enumerated() {
-        let size = min((b + 1) * blockSize, config.samples) - b * blockSize
+        let size = min((b + 1) * blockSize, samples) - b * blockSize
         guard block.index == b, block.total == Int64(size) else {
             throw SamplingError(
                 .malformedResult, "block \(block.index) with \(block.total) samples where block \(b) of \(size) belongs"
@@ -170,9 +198,8 @@ private func mergePopulation(_ parts: [SamplingPopulationStats], blocks blockCou
 }
 
 private func populationMetrics(
-    _ p: SamplingMergedPopulation, config: SamplingConfig, probes: SamplingProbes, embedding: [Double]
+    _ p: SamplingMergedPopulation, reference target: GaussianMixture, probes: SamplingProbes, embedding: [Double]
 ) -> SamplingMetrics {
-    let target = config.target
     let finite = Double(p.moments.count)
     // Mode weights.
     var modeError = 0.0
@@ -216,56 +243,35 @@ extension SamplingResult {
     /// (ddim only), sampling_steps, seed, samples, schedule {type, beta_start, beta_end, steps}}, metric_setup
     /// {rff_features, rff_bandwidth, projections, bins, probe_seed}.
     public var jsonText: String {
-        var o = JSONObjectWriter()
-        o.add("n", String(n))
-        o.add("mean", json(mean))
-        o.add("cov", json(cov))
-        o.add("mode_weights", json(modeWeights))
-        o.add("mode_weight_error", json(modeWeightError))
-        o.add("sw1", json(sw1))
-        o.add("mmd", json(mmd))
-        var floor = JSONObjectWriter()
-        floor.add("sw1", json(noiseFloor.sw1))
-        floor.add("mmd", json(noiseFloor.mmd))
-        floor.add("mode_weight_error", json(noiseFloor.modeWeightError))
-        o.add("noise_floor", floor.text)
-        let modes = perMode.map { m -> String in
-            var w = JSONObjectWriter()
-            w.add("count", String(m.count))
-            w.add("weight", json(m.weight))
-            w.add("mean", json(m.mean))
-            w.add("cov", json(m.cov))
-            return w.text
-        }
-        o.add("per_mode", "[" + modes.joined(separator: ",") + "]")
-        o.add("nan_count", String(nanCount))
-        o.add("out_of_range", String(outOfRange))
-        var target = JSONObjectWriter()
-        target.add("weights", json(config.target.weights))
-        target.add("means", json(config.target.means))
-        target.add("stds", json(config.target.stds))
-        o.add("target", target.text)
-        var sampler = JSONObjectWriter()
+        var o = SamplingJSONWriter()
+        statistics.writeJSON(into: &o, target: config.target)
+        var sampler = SamplingJSONWriter()
         sampler.add("algorithm", "\"\(config.sampler.algorithmName)\"")
-        if case .ddim(let eta) = config.sampler { sampler.add("eta", json(eta)) }
+        if case .ddim(let eta) = config.sampler { sampler.add("eta", samplingJSON(eta)) }
         sampler.add("sampling_steps", String(config.samplingSteps))
         sampler.add("seed", String(config.seed))
         sampler.add("samples", String(config.samples))
-        var schedule = JSONObjectWriter()
-        schedule.add("type", "\"linear\"")
-        schedule.add("beta_start", json(config.schedule.betaStart))
-        schedule.add("beta_end", json(config.schedule.betaEnd))
-        schedule.add("steps", String(config.schedule.steps))
-        sampler.add("schedule", schedule.text)
+        sampler.add("schedule", samplingScheduleJSON(config.schedule))
+        if let g = config.guidance {
+            // Only guided results carry this key, so unguided results are unchanged.
+            var guidance = SamplingJSONWriter()
+            guidance.add("guidance_scale", samplingJSON(g.scale))
+            guidance.add("class", String(g.component))
+            guidance.add("conditional_mean", samplingJSON(g.conditional.means[g.component]))
+            guidance.add("conditional_std", samplingJSON(g.conditional.stds[g.component]))
+            sampler.add("guidance", guidance.text)
+        }
         o.add("sampler", sampler.text)
-        var setup = JSONObjectWriter()
-        setup.add("rff_features", String(SamplingProbeSetup.rffFeatures))
-        setup.add("rff_bandwidth", json(SamplingProbeSetup.rffBandwidth))
-        setup.add("projections", String(SamplingProbeSetup.projections))
-        setup.add("bins", String(SamplingProbeSetup.bins))
-        setup.add("probe_seed", "\"\(SamplingProbeSetup.probeSeed)\"")  // a string: 64-bit integers do not survive JSON doubles
-        o.add("metric_setup", setup.text)
+        o.add("metric_setup", samplingMetricSetupJSON())
         return o.text
+    }
+
+    /// The statistics part, as every sampling algorithm reports it.
+    var statistics: SamplingStatisticsResult {
+        SamplingStatisticsResult(
+            n: n, mean: mean, cov: cov, modeWeights: modeWeights, modeWeightError: modeWeightError, sw1: sw1, mmd: mmd,
+            noiseFloor: noiseFloor, perMode: perMode, nanCount: nanCount, outOfRange: outOfRange, merged: merged,
+            mergedExact: mergedExact)
     }
 
     /// The merged statistics as safetensors, for storage and bitwise comparison: for P in {sampled, exact}:
@@ -273,8 +279,44 @@ extension SamplingResult {
     /// `P.mode_count` I64 [K], `P.mode_mean` F64 [K, d], `P.mode_m2` F64 [K, d, d], `P.histogram` I64 [L, bins],
     /// `P.out_of_range` I64 [1]. Metadata: format "tessera.sampling.result/1" and `result_json` (= `jsonText`).
     public func statisticsFile() throws -> [UInt8] {
-        let d = config.target.dimension
-        let K = config.target.componentCount
+        try statistics.statisticsFile(target: config.target, resultJSON: jsonText)
+    }
+}
+
+extension SamplingStatisticsResult {
+    /// Keys n, mean, cov, mode_weights, mode_weight_error, sw1, mmd, noise_floor, per_mode, nan_count, out_of_range,
+    /// and target {weights, means, stds} (the echo of `target`), in that order.
+    func writeJSON(into o: inout SamplingJSONWriter, target echo: GaussianMixture) {
+        o.add("n", String(n))
+        o.add("mean", samplingJSON(mean))
+        o.add("cov", samplingJSON(cov))
+        o.add("mode_weights", samplingJSON(modeWeights))
+        o.add("mode_weight_error", samplingJSON(modeWeightError))
+        o.add("sw1", samplingJSON(sw1))
+        o.add("mmd", samplingJSON(mmd))
+        var floor = SamplingJSONWriter()
+        floor.add("sw1", samplingJSON(noiseFloor.sw1))
+        floor.add("mmd", samplingJSON(noiseFloor.mmd))
+        floor.add("mode_weight_error", samplingJSON(noiseFloor.modeWeightError))
+        o.add("noise_floor", floor.text)
+        let modes = perMode.map { m -> String in
+            var w = SamplingJSONWriter()
+            w.add("count", String(m.count))
+            w.add("weight", samplingJSON(m.weight))
+            w.add("mean", samplingJSON(m.mean))
+            w.add("cov", samplingJSON(m.cov))
+            return w.text
+        }
+        o.add("per_mode", "[" + modes.joined(separator: ",") + "]")
+        o.add("nan_count", String(nanCount))
+        o.add("out_of_range", String(outOfRange))
+        o.add("target", samplingTargetJSON(echo))
+    }
+
+    /// See `SamplingResult.statisticsFile()`.
+    func statisticsFile(target: GaussianMixture, resultJSON: String) throws -> [UInt8] {
+        let d = target.dimension
+        let K = target.componentCount
         var tensors: [SafeTensor] = []
         for (prefix, p) in [("sampled", merged), ("exact", mergedExact)] {
             tensors += try [
@@ -293,18 +335,48 @@ extension SamplingResult {
             ]
         }
         return SafeTensorsFile(
-            tensors: tensors, metadata: ["format": "tessera.sampling.result/1", "result_json": jsonText]
+            tensors: tensors, metadata: ["format": "tessera.sampling.result/1", "result_json": resultJSON]
         ).serialize()
     }
 }
 
+/// `{"weights":…,"means":…,"stds":…}`.
+func samplingTargetJSON(_ t: GaussianMixture) -> String {
+    var target = SamplingJSONWriter()
+    target.add("weights", samplingJSON(t.weights))
+    target.add("means", samplingJSON(t.means))
+    target.add("stds", samplingJSON(t.stds))
+    return target.text
+}
+
+/// `{"type":"linear","beta_start":…,"beta_end":…,"steps":…}`.
+func samplingScheduleJSON(_ s: BetaSchedule) -> String {
+    var schedule = SamplingJSONWriter()
+    schedule.add("type", "\"linear\"")
+    schedule.add("beta_start", samplingJSON(s.betaStart))
+    schedule.add("beta_end", samplingJSON(s.betaEnd))
+    schedule.add("steps", String(s.steps))
+    return schedule.text
+}
+
+/// `{"rff_features":512,…,"probe_seed":"…"}`.
+func samplingMetricSetupJSON() -> String {
+    var setup = SamplingJSONWriter()
+    setup.add("rff_features", String(SamplingProbeSetup.rffFeatures))
+    setup.add("rff_bandwidth", samplingJSON(SamplingProbeSetup.rffBandwidth))
+    setup.add("projections", String(SamplingProbeSetup.projections))
+    setup.add("bins", String(SamplingProbeSetup.bins))
+    setup.add("probe_seed", "\"\(SamplingProbeSetup.probeSeed)\"")  // a string: 64-bit integers do not survive JSON doubles
+    return setup.text
+}
+
 /// Shortest round-trip decimal (Swift's `description`), or `null` when not finite.
-private func json(_ x: Double) -> String { x.isFinite ? x.description : "null" }
-private func json(_ xs: [Double]) -> String { "[" + xs.map(json).joined(separator: ",") + "]" }
-private func json(_ xss: [[Double]]) -> String { "[" + xss.map(json).joined(separator: ",") + "]" }
+func samplingJSON(_ x: Double) -> String { x.isFinite ? x.description : "null" }
+func samplingJSON(_ xs: [Double]) -> String { "[" + xs.map(samplingJSON).joined(separator: ",") + "]" }
+func samplingJSON(_ xss: [[Double]]) -> String { "[" + xss.map(samplingJSON).joined(separator: ",") + "]" }
 
 /// Builds `{"k":v,...}` in insertion order from already-encoded values.
-private struct JSONObjectWriter {
+struct SamplingJSONWriter {
     private var parts: [String] = []
     mutating func add(_ key: String, _ encodedValue: String) { parts.append("\"\(key)\":\(encodedValue)") }
     var text: String { "{" + parts.joined(separator: ",") + "}" }

@@ -35,7 +35,7 @@ public func runSamplingShard(
     let n = range.count
     var x = [Double](repeating: 0, count: n * d)
     let steps = samplerSteps(schedule: config.schedule, sampler: config.sampler, samplingSteps: config.samplingSteps)
-    let engine = SamplerEngine(target: config.target)
+    let engine = SamplerEngine(target: config.target, guidance: config.guidance)
 
     try x.withUnsafeMutableBufferPointer { xs in
         let base = xs.baseAddress!
@@ -49,7 +49,8 @@ public func runSamplingShard(
             let mixture = config.target.noised(alphaBar: step.alphaBar)
             engine.advance(
                 base, count: n, firstIndex: range.lowerBound, step: step, stepNumber: k, mixture: mixture,
-                seed: config.seed, model: model)
+                conditional: config.guidance?.conditional.noised(alphaBar: step.alphaBar), seed: config.seed,
+                model: model)
             var norm = 0.0
             var finite = 0
             for j in 0..<n {
@@ -68,7 +69,7 @@ public func runSamplingShard(
     }
     if shouldStop() { throw CancellationError() }
 
-    let (sampled, exact) = summarizeSamplingShard(config: config, range: range, samples: x)
+    let (sampled, exact) = summarizeSamplingShard(setup: config.statistics, range: range, samples: x)
     return SamplingShardResult(
         range: range, dimension: d, componentCount: config.target.componentCount,
         samples: config.keepSamples ? x.map { Float($0) } : nil, sampled: sampled, exact: exact)
@@ -84,12 +85,13 @@ public func sampleTrajectory(
     let d = config.target.dimension
     precondition(initial.count == d, "initial point has \(initial.count) coordinates, target has \(d)")
     var x = initial
-    let engine = SamplerEngine(target: config.target)
+    let engine = SamplerEngine(target: config.target, guidance: config.guidance)
     let steps = samplerSteps(schedule: config.schedule, sampler: config.sampler, samplingSteps: config.samplingSteps)
     for (k, step) in steps.enumerated() {
         let mixture = config.target.noised(alphaBar: step.alphaBar)
+        let conditional = config.guidance?.conditional.noised(alphaBar: step.alphaBar)
         x.withUnsafeMutableBufferPointer { xp in
-            engine.denoise(xp.baseAddress!, count: 1, step: step, mixture: mixture)
+            engine.denoise(xp.baseAddress!, count: 1, step: step, mixture: mixture, conditional: conditional)
         }
         if step.sigma > 0 {
             let z = noise(k)
@@ -105,17 +107,33 @@ public func sampleTrajectory(
 struct SamplerEngine: Sendable {
     let dimension: Int
     let componentCount: Int
+    /// w and c of classifier-free guidance, when guided.
+    let guidanceScale: Double?
+    let guidanceComponent: Int
     static let chunk = 128
 
-    init(target: GaussianMixture) {
+    init(target: GaussianMixture, guidance: SamplingGuidance? = nil) {
         dimension = target.dimension
         componentCount = target.componentCount
+        guidanceScale = guidance?.scale
+        guidanceComponent = guidance?.component ?? 0
     }
 
     /// Deterministic part of one step for `count` samples (row-major [count, d]), in place:
     /// g_k = softmax_k(log w_k - (d/2) log v_k - |x - sqrt(a_t) mu_k|^2 / (2 v_k)),
     /// eps = sqrt(1 - a_t) * sum_k g_k (x - sqrt(a_t) mu_k) / v_k, then `SamplerStep.apply` per coordinate.
-    func denoise(_ x: UnsafeMutablePointer<Double>, count: Int, step: SamplerStep, mixture: NoisedMixture) {
+    /// With guidance (`conditional` = the conditional law noised at a_t), eps becomes
+    /// eps_u + w (eps_c - eps_u) with eps_c = sqrt(1 - a_t) (x - sqrt(a_t) mu_c) / v_c of component c alone.
+    func denoise(
+        _ x: UnsafeMutablePointer<Double>, count: Int, step: SamplerStep, mixture: NoisedMixture,
+        conditional: NoisedMixture? = nil
+    ) {
+        precondition((conditional == nil) == (guidanceScale == nil), "guided engine needs the conditional mixture")
+        // Guidance constants: sqrt(a_t) mu_c and 1 / v_c (unused without guidance).
+        let guideMean = conditional.map { c in
+            Array(c.shiftedMeans[(guidanceComponent * dimension)..<((guidanceComponent + 1) * dimension)])
+        } ?? []
+        let guidePrecision = conditional?.precisions[guidanceComponent] ?? 0
         let d = dimension
         let K = componentCount
         let C = Self.chunk
@@ -179,11 +197,24 @@ struct SamplerEngine: Sendable {
                                 }
                             }
                             let root = step.sqrtOneMinusAlphaBar
-                            for j in 0..<m {
-                                let scale = root / total[j]
-                                for c in 0..<d {
-                                    let i = j * d + c
-                                    xs[i] = step.apply(x: xs[i], eps: eps[i] * scale)
+                            if let w = guidanceScale {
+                                for j in 0..<m {
+                                    let scale = root / total[j]
+                                    for c in 0..<d {
+                                        let i = j * d + c
+                                        let unconditional = eps[i] * scale
+                                        let conditional = root * (xs[i] - guideMean[c]) * guidePrecision
+                                        xs[i] = step.apply(
+                                            x: xs[i], eps: unconditional + w * (conditional - unconditional))
+                                    }
+                                }
+                            } else {
+                                for j in 0..<m {
+                                    let scale = root / total[j]
+                                    for c in 0..<d {
+                                        let i = j * d + c
+                                        xs[i] = step.apply(x: xs[i], eps: eps[i] * scale)
+                                    }
                                 }
                             }
                             start += m
@@ -208,12 +239,13 @@ struct SamplerEngine: Sendable {
     /// the Philox step noise of `stepNumber` (stream 1, step stepNumber + 1) when sigma > 0.
     func advance(
         _ x: UnsafeMutablePointer<Double>, count: Int, firstIndex: Int, step: SamplerStep, stepNumber: Int,
-        mixture: NoisedMixture, seed: UInt64, model: (any SamplingNoiseModel)? = nil
+        mixture: NoisedMixture, conditional: NoisedMixture? = nil, seed: UInt64, model: (any SamplingNoiseModel)? = nil
     ) {
         if let model {
+            precondition(conditional == nil, "classifier-free guidance needs the exact score, not a learned model")
             denoise(x, count: count, step: step, model: model)
         } else {
-            denoise(x, count: count, step: step, mixture: mixture)
+            denoise(x, count: count, step: step, mixture: mixture, conditional: conditional)
         }
         let sigma = step.sigma
         guard sigma > 0 else { return }
@@ -261,8 +293,21 @@ func responsibilityExp(_ x0: Double) -> Double {
     return p * Double(bitPattern: bits)
 }
 
-/// Block statistics of the shard's samples and of exact draws of the same indices (stream 2), by the same code.
-func summarizeSamplingShard(config: SamplingConfig, range: Range<Int>, samples x: [Double]) -> (
+/// What the statistics of a population of samples are computed against. Probes (RFF features, projection
+/// directions and histogram ranges) and the argmax-posterior mode classifier come from `target`; the exact law
+/// (noise-floor draws, projected CDFs, mean embedding, the weights of `mode_weight_error`) is `reference`, which has
+/// the same components and dimension. Plain sampling has reference == target; guided sampling compares against the
+/// conditional law.
+struct SamplingStatisticsSetup: Sendable {
+    var target: GaussianMixture
+    var reference: GaussianMixture
+    var seed: UInt64
+    var samples: Int
+}
+
+/// Block statistics of the shard's samples and of exact draws of the same indices (stream 2, from the reference
+/// law), by the same code.
+func summarizeSamplingShard(setup config: SamplingStatisticsSetup, range: Range<Int>, samples x: [Double]) -> (
     SamplingPopulationStats, SamplingPopulationStats
 ) {
     let d = config.target.dimension
@@ -287,7 +332,7 @@ func summarizeSamplingShard(config: SamplingConfig, range: Range<Int>, samples x
                     for j in 0..<count {
                         var stream = PhiloxStream(
                             seed: config.seed, index: UInt32(lower + j), step: 0, stream: .dataDraw)
-                        _ = config.target.draw(&stream, into: ds.baseAddress! + j * d)
+                        _ = config.reference.draw(&stream, into: ds.baseAddress! + j * d)
                     }
                     exact.addBlock(
                         index: block, rows: UnsafePointer(ds.baseAddress!), count: count, probes: probes,

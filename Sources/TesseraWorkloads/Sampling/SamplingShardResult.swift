@@ -15,10 +15,12 @@ public struct SamplingShardResult: Sendable, Equatable {
     var sampled: SamplingPopulationStats
     /// Exact target draws of the same indices (Philox stream 2): the noise floor.
     var exact: SamplingPopulationStats
+    /// Algorithm-specific exact numbers (Langevin accept counts, SMC per-population values); empty for ddpm/ddim.
+    public var extras: SamplingShardExtras
 
     init(
         range: Range<Int>, dimension: Int, componentCount: Int, samples: [Float]?, sampled: SamplingPopulationStats,
-        exact: SamplingPopulationStats
+        exact: SamplingPopulationStats, extras: SamplingShardExtras = SamplingShardExtras()
     ) {
         self.range = range
         self.dimension = dimension
@@ -26,6 +28,7 @@ public struct SamplingShardResult: Sendable, Equatable {
         self.samples = samples
         self.sampled = sampled
         self.exact = exact
+        self.extras = extras
     }
 
     /// `format` value in the safetensors metadata of `serialize()`.
@@ -87,6 +90,12 @@ public struct SamplingShardResult: Sendable, Equatable {
         if let samples {
             tensors.append(try SafeTensor(name: "samples", float32: samples, shape: [range.count, dimension]))
         }
+        for (name, values) in extras.integers.sorted(by: { $0.key < $1.key }) {
+            tensors.append(try SafeTensor(name: "extra.i.\(name)", int64: values, shape: [values.count]))
+        }
+        for (name, values) in extras.reals.sorted(by: { $0.key < $1.key }) {
+            tensors.append(try SafeTensor(name: "extra.f.\(name)", float64: values, shape: [values.count]))
+        }
         let file = SafeTensorsFile(
             tensors: tensors,
             metadata: [
@@ -139,8 +148,17 @@ public struct SamplingShardResult: Sendable, Equatable {
             let values = try reader.float32("samples", count: (upper - lower) * d)
             samples = values
         }
+        var extras = SamplingShardExtras()
+        for tensor in file.tensors {
+            if tensor.name.hasPrefix("extra.i.") {
+                extras.integers[String(tensor.name.dropFirst(8))] = try reader.int64(tensor.name, count: nil)
+            } else if tensor.name.hasPrefix("extra.f.") {
+                extras.reals[String(tensor.name.dropFirst(8))] = try reader.float64(tensor.name, count: nil)
+            }
+        }
         return SamplingShardResult(
-            range: lower..<upper, dimension: d, componentCount: K, samples: samples, sampled: sampled, exact: exact)
+            range: lower..<upper, dimension: d, componentCount: K, samples: samples, sampled: sampled, exact: exact,
+            extras: extras)
     }
 
     private static func tensors(prefix: String, _ p: SamplingPopulationStats, dimension d: Int, components K: Int)
@@ -208,6 +226,22 @@ public struct SamplingShardResult: Sendable, Equatable {
         }
         return SamplingPopulationStats(blocks: blocks, histogram: histogram, outOfRange: outOfRange[0])
     }
+}
+
+/// Algorithm-specific exact numbers of one shard, stored as 1-D tensors `extra.i.<name>` (I64) and
+/// `extra.f.<name>` (F64) of the shard result. Their meaning and merge rule belong to the algorithm: integer counters
+/// add; per-population reals are concatenated in population order and reduced in that order, so merged values do
+/// not depend on the shard layout.
+public struct SamplingShardExtras: Sendable, Equatable {
+    public var integers: [String: [Int64]]
+    public var reals: [String: [Double]]
+
+    public init(integers: [String: [Int64]] = [:], reals: [String: [Double]] = [:]) {
+        self.integers = integers
+        self.reals = reals
+    }
+
+    public var isEmpty: Bool { integers.isEmpty && reals.isEmpty }
 }
 
 /// Typed, size-checked access to the tensors of a parsed file.
