@@ -11,5 +11,9 @@ public enum Workloads {
         DenoiserTraining(),
         LangevinSampling(),
         SMCSampling(),
+        // kind: rl (RL/)
+        RLOO(),
+        // kind: preference (Preference/)
+        DPO(),
     ])
 }

@@ -1,0 +1,237 @@
+// `kind: preference`, `algorithm: dpo`, `loss: sigmoid`: Direct Preference Optimization with TRL's sigmoid loss
+// (WORKLOADS.md §3 P1; huggingface/trl trl/trainer/dpo_trainer.py `dpo_loss`), on the toy LM.
+//
+// With u(y) = log pi_theta(y|x) - log pi_ref(y|x) and delta = u(y_w) - u(y_l), a pair's loss is
+// -(1 - s) log sigma(beta delta) - s log sigma(-beta delta) (s = label_smoothing, TRL's conservative DPO).
+// The data come from the Bradley-Terry annotator of the toy reward (`BradleyTerryAnnotator`):
+//  - `data.source: annotator`: N pairs drawn by index (Philox stream 6), each step on all of them (summed once per
+//    distinct (x, chosen, rejected) with its share of the N pairs as weight: the same mean loss, at most M K^2 terms)
+//    or on a minibatch of `batch_size` indices drawn with replacement (Philox(point seed; j, step, stream 3));
+//  - `data.source: population`: the expected loss over x uniform, (y, y') ~ mu x mu and the BT label, i.e. every
+//    ordered pair weighted by mu(y|x) mu(y'|x) / M with the soft label P(y > y'). Its minimiser is exactly the Gibbs
+//    policy pi_ref e^{r/beta} / Z (beta u(y) - beta u(y') = r(y) - r(y') on every pair).
+//
+// Metrics (TRL names; population mode reports their expectations): loss, rewards/chosen (mean beta u(y_w)),
+// rewards/rejected, rewards/accuracies (share with beta u(y_w) > beta u(y_l)), rewards/margins, logps/chosen,
+// logps/rejected, grad_norm, learning_rate.
+
+import Foundation
+import TesseraCompute
+import TesseraCore
+
+public struct DPO: Algorithm {
+    public var kind: JobKind { .preference }
+    public var name: String { "dpo" }
+    public var summary: String {
+        "DPO (TRL sigmoid loss) on Bradley-Terry preference pairs of the toy LM's reward"
+    }
+
+    public init() {}
+
+    static let defaults = ToyLMTrainingConfig.Defaults(
+        beta: 0.1, steps: 1000, learningRate: 0.02, schedule: "cosine", maxGradNorm: nil)
+    static let maxPairs = 1_000_000
+    /// Population mode enumerates M K^2 ordered pairs per step.
+    static let maxPopulationPairs = 1 << 21
+
+    /// Reads and validates `params`; every error carries the line of the key at fault.
+    func config(_ spec: JobSpec) throws -> (ToyLMTrainingConfig, DPOSettings) {
+        let p = spec.paramsReader
+        _ = try p.string("loss", default: "sigmoid", allowed: ["sigmoid"])
+        let smoothing = try p.double("label_smoothing", range: 0...0.4999, default: 0)
+        var data = DPOSettings.Data.annotator(proposal: .reference, pairs: 65_536, seed: nil)
+        var batchSize: Int?
+        if p.has("data") {
+            let d = try p.object("data")
+            let source = try d.string("source", default: "annotator", allowed: ["annotator", "population"])
+            let proposal = BradleyTerryAnnotator.Proposal(
+                rawValue: try d.string(
+                    "proposal", default: "reference", allowed: BradleyTerryAnnotator.Proposal.allCases.map(\.rawValue)))!
+            if source == "population" {
+                try d.rejectUnknown(["source", "proposal"])
+                data = .population(proposal: proposal)
+            } else {
+                try d.rejectUnknown(["source", "proposal", "pairs", "seed"])
+                data = .annotator(
+                    proposal: proposal, pairs: try d.int("pairs", default: 65_536, range: 1...Self.maxPairs),
+                    seed: d.has("seed") ? try d.seed("seed") : nil)
+            }
+        }
+        if p.has("batch_size") {
+            guard case .annotator(_, let pairs, _) = data else {
+                throw p.error("batch_size", "params.batch_size applies to data.source: annotator only")
+            }
+            batchSize = try p.int("batch_size", range: 1...pairs)
+        }
+        let config = try ToyLMTrainingConfig.parse(
+            spec, algorithmKeys: ["loss", "label_smoothing", "data", "batch_size"], defaults: Self.defaults,
+            updatesPerStep: 1)
+        if case .population = data {
+            let n = config.problem.contexts * config.problem.responses * config.problem.responses
+            guard n <= Self.maxPopulationPairs else {
+                throw p.error(
+                    "data",
+                    "data.source: population enumerates contexts x K^2 = \(n) pairs per step; the limit is \(Self.maxPopulationPairs) (use source: annotator)"
+                )
+            }
+        }
+        return (config, DPOSettings(data: data, batchSize: batchSize, labelSmoothing: smoothing))
+    }
+
+    public func plan(_ spec: JobSpec) throws -> [ShardSlice] { try config(spec).0.slices }
+
+    public func run(_ task: ShardTask, sink: any ShardSink) throws -> ShardOutput {
+        let (config, settings) = try config(task.spec)
+        let point = try config.point(task.slice)
+        let rule = DPORule(settings: settings, problem: ToyLMProblem(config.problem), point: point)
+        let summary = try ToyLMTrainer.run(
+            rule: rule, config: config, params: task.spec.params, point: point, resume: task.resume, sink: sink)
+        return ShardOutput(summary: summary.json, result: nil)
+    }
+
+    public func merge(_ spec: JobSpec, outputs: [ShardOutput]) throws -> JSONValue {
+        try ToyLMSweepMerge.merge(algorithm: name, config: try config(spec).0, outputs: outputs)
+    }
+}
+
+/// DPO's own parameters.
+struct DPOSettings: Sendable {
+    enum Data: Sendable {
+        case annotator(proposal: BradleyTerryAnnotator.Proposal, pairs: Int, seed: UInt64?)
+        case population(proposal: BradleyTerryAnnotator.Proposal)
+    }
+    var data: Data
+    /// Minibatch size (annotator data); nil = every pair every step.
+    var batchSize: Int?
+    var labelSmoothing: Double
+}
+
+/// One DPO step on a fixed data set (built once per shard).
+struct DPORule: ToyLMStepRule {
+    let settings: DPOSettings
+    let problem: ToyLMProblem
+    /// Annotator pairs (empty in population mode).
+    let pairs: [ToyLMPreferencePair]
+    /// Full-batch annotator mode: the distinct (context, chosen, rejected) triples in that order, with their share
+    /// of the pairs (the mean loss over all pairs, summed once per distinct triple).
+    let distinctPairs: [(pair: ToyLMPreferencePair, weight: Double)]
+    /// Population mode: mu(y|x) [M, K] and P(y > y' | x) [M, K, K].
+    let proposal: [Double]
+    let preference: [Double]
+
+    var name: String { "dpo" }
+    var updatesPerStep: Int { 1 }
+
+    init(settings: DPOSettings, problem: ToyLMProblem, point: ToyLMSweepPoint) {
+        self.settings = settings
+        self.problem = problem
+        let K = problem.responses
+        switch settings.data {
+        case .annotator(let proposal, let count, let seed):
+            let annotator = BradleyTerryAnnotator(problem: problem, proposal: proposal, seed: seed ?? point.seed)
+            pairs = (0..<count).map { annotator.pair($0) }
+            if settings.batchSize == nil {
+                var counts: [Int: Int] = [:]
+                for q in pairs { counts[(q.context * K + q.chosen) * K + q.rejected, default: 0] += 1 }
+                distinctPairs = counts.keys.sorted().map { i in
+                    (
+                        ToyLMPreferencePair(context: i / (K * K), chosen: (i / K) % K, rejected: i % K),
+                        Double(counts[i]!) / Double(count)
+                    )
+                }
+            } else {
+                distinctPairs = []
+            }
+            self.proposal = []
+            preference = []
+        case .population(let proposal):
+            let annotator = BradleyTerryAnnotator(problem: problem, proposal: proposal, seed: point.seed)
+            pairs = []
+            distinctPairs = []
+            self.proposal = annotator.proposalProbabilities
+            var p = [Double](repeating: 0, count: problem.contexts * K * K)
+            for x in 0..<problem.contexts {
+                for y in 0..<K {
+                    for y2 in 0..<K {
+                        p[(x * K + y) * K + y2] = annotator.preferenceProbability(context: x, y, over: y2)
+                    }
+                }
+            }
+            preference = p
+        }
+    }
+
+    func step(
+        _ step: Int, point: ToyLMSweepPoint, policy: inout ToyLMPolicy, optimizer: inout ToyLMOptimizer
+    ) throws -> [(String, Double)] {
+        try policy.evaluate()
+        let beta = point.beta, s = settings.labelSmoothing
+        let M = problem.contexts, K = problem.responses
+        let logProb = policy.logProb, ref = problem.referenceLogProb
+        var gradient = [Double](repeating: 0, count: M * K)
+        var loss = 0.0, chosen = 0.0, rejected = 0.0, accuracy = 0.0, logpChosen = 0.0, logpRejected = 0.0
+
+        if pairs.isEmpty {
+            // Population: sum over ordered pairs, weights mu mu' / M summing to 1, soft labels.
+            let invM = 1 / Double(M)
+            for x in 0..<M {
+                for y in 0..<K {
+                    let wy = proposal[x * K + y] * invM
+                    if wy == 0 { continue }
+                    let uy = logProb[x * K + y] - ref[x * K + y]
+                    for y2 in 0..<K {
+                        let w = wy * proposal[x * K + y2]
+                        if w == 0 { continue }
+                        let u2 = logProb[x * K + y2] - ref[x * K + y2]
+                        let p = preference[(x * K + y) * K + y2]
+                        let q = p * (1 - s) + (1 - p) * s  // the smoothed weight of "y is chosen"
+                        let z = beta * (uy - u2)
+                        loss -= w * (q * ToyLMMath.logSigmoid(z) + (1 - q) * ToyLMMath.logSigmoid(-z))
+                        let dz = w * beta * (ToyLMMath.sigmoid(z) - q)
+                        gradient[x * K + y] += dz
+                        gradient[x * K + y2] -= dz
+                        chosen += w * beta * (p * uy + (1 - p) * u2)
+                        rejected += w * beta * (p * u2 + (1 - p) * uy)
+                        accuracy += w * (p * (uy > u2 ? 1 : 0) + (1 - p) * (u2 > uy ? 1 : 0))
+                        logpChosen += w * (p * logProb[x * K + y] + (1 - p) * logProb[x * K + y2])
+                        logpRejected += w * (p * logProb[x * K + y2] + (1 - p) * logProb[x * K + y])
+                    }
+                }
+            }
+        } else {
+            let n = settings.batchSize ?? distinctPairs.count
+            for j in 0..<n {
+                let pair: ToyLMPreferencePair, w: Double
+                if let batchSize = settings.batchSize {
+                    let word = Philox4x32.words(
+                        seed: point.seed, index: UInt64(j), step: UInt32(truncatingIfNeeded: step),
+                        stream: PhiloxStreamID.minibatch.rawValue
+                    ).0
+                    pair = pairs[min(pairs.count - 1, Int(Philox4x32.uniform(word) * Double(pairs.count)))]
+                    w = 1 / Double(batchSize)
+                } else {
+                    (pair, w) = distinctPairs[j]
+                }
+                let c = pair.context * K + pair.chosen, r = pair.context * K + pair.rejected
+                let uc = logProb[c] - ref[c], ur = logProb[r] - ref[r]
+                let z = beta * (uc - ur)
+                loss -= w * ((1 - s) * ToyLMMath.logSigmoid(z) + s * ToyLMMath.logSigmoid(-z))
+                let dz = w * beta * (ToyLMMath.sigmoid(z) - (1 - s))
+                gradient[c] += dz
+                gradient[r] -= dz
+                chosen += w * beta * uc
+                rejected += w * beta * ur
+                accuracy += w * (beta * uc > beta * ur ? 1 : 0)
+                logpChosen += w * logProb[c]
+                logpRejected += w * logProb[r]
+            }
+        }
+        try policy.backward(sequenceGradient: gradient)
+        let update = optimizer.update(&policy)
+        return [
+            ("loss", loss), ("rewards/chosen", chosen), ("rewards/rejected", rejected),
+            ("rewards/accuracies", accuracy), ("rewards/margins", chosen - rejected), ("logps/chosen", logpChosen),
+            ("logps/rejected", logpRejected), ("grad_norm", update.gradNorm), ("learning_rate", update.learningRate),
+        ]
+    }
+}

@@ -1,0 +1,172 @@
+// Running one toy-LM training shard: the loop every algorithm shares (WORKLOADS.md §2-§4, §7).
+//
+// An algorithm supplies only its step (`ToyLMStepRule`); this file owns the rest: building the problem and the
+// policy, the optimiser, streaming metrics and progress, honouring `shouldStop` between steps, checkpoints, and
+// resuming from one. A shard's trajectory is a pure function of its spec and sweep point: step k draws its
+// randomness from Philox(point seed; index, step k, stream), and a checkpoint holds everything else (network,
+// Adam moments and step count), bit for bit. So a run stopped after any checkpoint and resumed from it, on any
+// worker, produces the same parameters, checkpoints, metrics and summary as an uninterrupted run.
+//
+// Checkpoint (safetensors, WORKLOADS.md §7, `TrainingCheckpoint<Double>`): `layers.<l>.weight|bias` (F64, PyTorch
+// names), `optim.<name>.exp_avg|exp_avg_sq`, `optim.step`, `ref.logits` (the frozen reference logits, [M P, V] F64),
+// metadata format, algo, config (the job's params and this shard's point, JSON), seed (the point seed),
+// rng_counter (= step: step k + 1 draws with Philox step k + 1), step, metrics_last, problem (the problem spec JSON).
+//
+// Metric rows, at every `log_every`-th step and the last: the algorithm's own (TRL names; they describe the batch of
+// that step, drawn from the policy before its update) and the exact ones (`exact/kl_to_optimum`,
+// `exact/objective_gap`, `exact/kl_to_ref`, `exact/expected_reward`: the policy after the step's update). A fresh
+// start also writes the exact rows of step 0 (the reference policy).
+
+import Foundation
+import TesseraCompute
+import TesseraCore
+
+/// What one training algorithm contributes: its step.
+protocol ToyLMStepRule: Sendable {
+    /// The `algo` name written into checkpoints.
+    var name: String { get }
+    /// Optimiser updates per training step (sizes the learning-rate schedule).
+    var updatesPerStep: Int { get }
+    /// Training step number `step` (1-based) at the sweep point: evaluate the policy, compute gradients, update
+    /// through `optimizer` (`updatesPerStep` times), and return the step's metrics in a fixed order.
+    func step(
+        _ step: Int, point: ToyLMSweepPoint, policy: inout ToyLMPolicy, optimizer: inout ToyLMOptimizer
+    ) throws -> [(String, Double)]
+}
+
+/// Adam(W) plus gradient clipping, applied to the policy's network.
+public struct ToyLMOptimizer: Sendable {
+    public var adam: Adam<Double>
+    public let maxGradNorm: Double?
+
+    /// Clips (if configured) and updates; returns the gradient norm before clipping and the learning rate used.
+    @discardableResult
+    public mutating func update(_ policy: inout ToyLMPolicy) -> (gradNorm: Double, learningRate: Double) {
+        let norm = maxGradNorm.map { policy.model.clipGradientNorm(maxNorm: $0) } ?? policy.model.gradientNorm()
+        let lr = adam.nextLearningRate
+        adam.update(&policy.model)
+        return (norm, lr)
+    }
+}
+
+/// The final state of a shard, as its summary reports it.
+public struct ToyLMShardSummary: Sendable, Equatable {
+    public var point: ToyLMSweepPoint
+    public var steps: Int
+    public var exact: ToyLMExactMetrics
+    /// The analytic frontier point of the shard's beta.
+    public var frontier: ToyLMFrontierPoint
+    /// Distance from (kl_to_ref, expected_reward) to the frontier curve.
+    public var frontierDistance: Double
+    /// Distance to the frontier point of the shard's own beta.
+    public var betaPointDistance: Double
+
+    var json: JSONValue {
+        .object([
+            "point": .int(point.index), "beta": .number(point.beta), "seed": point.seedJSON, "steps": .int(steps),
+            "kl_to_ref": .number(exact.klToReference), "expected_reward": .number(exact.expectedReward),
+            "frontier_distance": .number(frontierDistance), "beta_point_distance": .number(betaPointDistance),
+            "kl_to_optimum": .number(exact.klToOptimum), "objective_gap": .number(exact.objectiveGap),
+            "objective": .number(exact.objective), "optimal_objective": .number(exact.optimalObjective),
+            "frontier": .object([
+                "kl_to_ref": .number(frontier.klToReference), "expected_reward": .number(frontier.expectedReward),
+            ]),
+        ])
+    }
+}
+
+enum ToyLMTrainer {
+    /// Runs one shard of `config` at `point` with `rule`, resuming from `resume` if given.
+    static func run(
+        rule: some ToyLMStepRule, config: ToyLMTrainingConfig, params: JSONObject, point: ToyLMSweepPoint,
+        resume: (step: Int64, bytes: [UInt8])?, sink: any ShardSink
+    ) throws -> ToyLMShardSummary {
+        let problem = ToyLMProblem(config.problem)
+        let configText = JSONValue.object(["params": .object(params), "point": point.slice]).render()
+        var policy: ToyLMPolicy
+        var optimizer: ToyLMOptimizer
+        var start = 0
+        if let resume {
+            let checkpoint: TrainingCheckpoint<Double>
+            do {
+                checkpoint = try TrainingCheckpoint<Double>(file: SafeTensorsFile.parse(resume.bytes))
+            } catch {
+                throw ShardError("the resume checkpoint (step \(resume.step)) cannot be read: \(error)")
+            }
+            try verify(checkpoint, rule: rule, configText: configText, problem: problem, config: config)
+            policy = try ToyLMPolicy(problem: problem, model: checkpoint.model)
+            optimizer = ToyLMOptimizer(adam: checkpoint.optimizer, maxGradNorm: config.maxGradNorm)
+            start = checkpoint.step
+        } else {
+            policy = try ToyLMPolicy(
+                problem: problem, hidden: config.hidden, activation: config.activation, seed: point.seed)
+            optimizer = ToyLMOptimizer(
+                adam: try Adam(configuration: config.optimizer, parameterCount: policy.model.parameterCount),
+                maxGradNorm: config.maxGradNorm)
+            try policy.evaluate()
+            for (name, value) in problem.exactMetrics(logProb: policy.logProb, beta: point.beta).named {
+                sink.metric(name, step: 0, value: value)
+            }
+        }
+        sink.progress(step: Int64(start))
+
+        var step = start
+        while step < config.steps {
+            if sink.shouldStop { throw ShardStopped() }
+            step += 1
+            let metrics = try rule.step(step, point: point, policy: &policy, optimizer: &optimizer)
+            let log = step % config.logEvery == 0 || step == config.steps
+            let save = step == config.steps || config.checkpointEvery.map { step % $0 == 0 } == true
+            if log || save {
+                try policy.evaluate()
+                let rows = metrics + problem.exactMetrics(logProb: policy.logProb, beta: point.beta).named
+                if log {
+                    for (name, value) in rows { sink.metric(name, step: Int64(step), value: value) }
+                }
+                if save {
+                    var last = JSONObject()
+                    for (name, value) in rows { last[name] = .number(value) }
+                    let checkpoint = TrainingCheckpoint(
+                        model: policy.model, optimizer: optimizer.adam, seed: point.seed, rngCounter: UInt64(step),
+                        step: step, algo: rule.name, config: configText, metricsLast: JSONValue.object(last).render(),
+                        extraTensors: [
+                            try SafeTensor(
+                                name: "ref.logits", float64: problem.referenceLogits,
+                                shape: [problem.contexts * problem.prefixes, problem.vocabulary])
+                        ],
+                        extraMetadata: ["problem": config.problem.json.render()])
+                    try sink.blob(.checkpoint, step: Int64(step), bytes: try checkpoint.safeTensorsFile().serialize())
+                }
+            }
+            sink.progress(step: Int64(step))
+        }
+
+        try policy.evaluate()
+        let exact = problem.exactMetrics(logProb: policy.logProb, beta: point.beta)
+        let frontier = problem.frontierPoint(beta: point.beta)
+        let reached = ToyLMFrontierPoint(klToReference: exact.klToReference, expectedReward: exact.expectedReward)
+        return ToyLMShardSummary(
+            point: point, steps: config.steps, exact: exact, frontier: frontier,
+            frontierDistance: problem.frontierDistance(reached), betaPointDistance: reached.distance(to: frontier))
+    }
+
+    /// A checkpoint resumes this shard only if it was written by the same algorithm, configuration and problem.
+    static func verify(
+        _ c: TrainingCheckpoint<Double>, rule: some ToyLMStepRule, configText: String, problem: ToyLMProblem,
+        config: ToyLMTrainingConfig
+    ) throws {
+        func mismatch(_ what: String) -> ToyLMError {
+            ToyLMError(.checkpointMismatch, "the resume checkpoint at step \(c.step) \(what)")
+        }
+        guard c.algo == rule.name else { throw mismatch("was written by \(c.algo), not \(rule.name)") }
+        guard c.config == configText else { throw mismatch("belongs to another configuration or sweep point") }
+        let reference = try? c.extraTensors.first(where: { $0.name == "ref.logits" })?.float64Values()
+        guard reference == problem.referenceLogits else {
+            throw mismatch("has other reference logits than this problem")
+        }
+        guard c.optimizer.configuration == config.optimizer else { throw mismatch("has another optimiser setting") }
+        guard c.step >= 0, c.step <= config.steps, c.rngCounter == UInt64(c.step),
+            c.optimizer.step == c.step * rule.updatesPerStep
+        else { throw mismatch("is not a resumable state of a \(config.steps)-step run") }
+    }
+}
