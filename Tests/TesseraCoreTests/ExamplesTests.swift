@@ -1,0 +1,33 @@
+import Foundation
+import Testing
+import TesseraCore
+import TesseraWorkloads
+
+/// Every spec in examples/ is accepted as `tessera submit --dry-run` would: parsed, resolved and planned.
+@Suite struct ExamplesTests {
+    static let directory: String = {
+        var url = URL(fileURLWithPath: #filePath)
+        for _ in 0..<3 { url.deleteLastPathComponent() }
+        return url.appendingPathComponent("examples").path
+    }()
+
+    static let files: [String] = {
+        ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [])
+            .filter { $0.hasSuffix(".yaml") || $0.hasSuffix(".json") }.sorted()
+    }()
+
+    @Test func thereAreExamples() {
+        #expect(Self.files.count >= 12)
+        #expect(Self.files.contains("sampling-ddim-ring.yaml"))
+    }
+
+    @Test(arguments: files) func exampleValidates(_ file: String) throws {
+        let path = "\(Self.directory)/\(file)"
+        let text = try String(contentsOfFile: path, encoding: .utf8)
+        let spec = try JobSpec.parse(text, file: path)
+        let (algorithm, slices) = try Workloads.catalogue.validate(spec)
+        #expect(algorithm.name == spec.algorithm)
+        // An explicit shard count is honoured; a sweep may leave it at 1 and get one shard per point.
+        if spec.shards > 1 { #expect(slices.count == spec.shards) } else { #expect(!slices.isEmpty) }
+    }
+}
