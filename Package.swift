@@ -107,7 +107,7 @@ let package = Package(
         ),
         .testTarget(
             name: "TesseraWorkloadsTests",
-            dependencies: ["TesseraWorkloads", "TesseraCompute", "TesseraCore"],
+            dependencies: ["TesseraWorkloads", "TesseraCompute", "TesseraCore", .product(name: "Crypto", package: "swift-crypto")],
             exclude: ["Fixtures"],
             swiftSettings: swiftSettings
         ),

@@ -57,9 +57,10 @@ public protocol ShardSink: AnyObject, Sendable {
     var shouldStop: Bool { get }
     /// Reads a stored blob by SHA-256 (e.g. a model trained by another job).
     func fetchBlob(sha256: String) throws -> [UInt8]
-    /// Reads another job's stored blob: `kind` "checkpoint" or "samples" of `shard`, at `step` or the newest.
-    /// This is how a sampler uses a network trained by the job it `depends_on` (`params.model.from_job`).
-    func fetchJobBlob(jobID: Int64, shard: Int, kind: ShardBlobKind, step: Int64?) throws -> (step: Int64, bytes: [UInt8])
+    /// Reads another job's stored blob: `kind` "checkpoint" or "samples" of `shard`, at `step` or the newest, with its
+    /// SHA-256 (already verified against the bytes). This is how a sampler uses a network trained by the job it
+    /// `depends_on` (`params.model.from_job`).
+    func fetchJobBlob(jobID: Int64, shard: Int, kind: ShardBlobKind, step: Int64?) throws -> (step: Int64, sha256: String, bytes: [UInt8])
 }
 
 /// A shard's final output: a small JSON summary (stored as JSONB, shown by `status`) and an optional exact binary

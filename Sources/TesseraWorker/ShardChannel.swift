@@ -151,7 +151,7 @@ final class ShardChannel: ShardSink, @unchecked Sendable {
         return bytes
     }
 
-    func fetchJobBlob(jobID: Int64, shard: Int, kind: ShardBlobKind, step: Int64?) throws -> (step: Int64, bytes: [UInt8]) {
+    func fetchJobBlob(jobID: Int64, shard: Int, kind: ShardBlobKind, step: Int64?) throws -> (step: Int64, sha256: String, bytes: [UInt8]) {
         var body: JSONObject = ["job": .number(Double(jobID)), "shard": .int(shard), "kind": .string(kind.rawValue)]
         if let step { body["step"] = .number(Double(step)) }
         state.withLock {
@@ -174,7 +174,7 @@ final class ShardChannel: ShardSink, @unchecked Sendable {
             // Not retryable by waiting: the other job has no such blob.
             throw ShardError("job \(jobID) shard \(shard) has no \(kind.rawValue): \(info["error"]?.stringValue ?? "status \(r.status)")")
         }
-        return (Int64(s), try fetchBlob(sha256: sha))
+        return (Int64(s), sha, try fetchBlob(sha256: sha))  // fetchBlob verifies the bytes against sha
     }
 
     private func waitForRoom(_ ok: (State) -> Bool) {

@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 import TesseraCore
 import TesseraWorkloads
@@ -30,15 +31,20 @@ final class MemorySink: ShardSink, @unchecked Sendable {
 
     func fetchBlob(sha256: String) throws -> [UInt8] { throw ShardError("no blob store in tests") }
 
-    func fetchJobBlob(jobID: Int64, shard: Int, kind: ShardBlobKind, step: Int64?) throws -> (step: Int64, bytes: [UInt8]) {
+    func fetchJobBlob(jobID: Int64, shard: Int, kind: ShardBlobKind, step: Int64?) throws -> (step: Int64, sha256: String, bytes: [UInt8]) {
         guard kind == .checkpoint, shard == 0, let list = jobCheckpoints[jobID], !list.isEmpty else {
             throw ShardError("job \(jobID) has no checkpoint")
         }
+        let hit: (step: Int64, bytes: [UInt8])
         if let step {
-            guard let hit = list.first(where: { $0.step == step }) else { throw ShardError("no checkpoint at \(step)") }
-            return hit
+            guard let h = list.first(where: { $0.step == step }) else { throw ShardError("no checkpoint at \(step)") }
+            hit = h
+        } else {
+            hit = list.max(by: { $0.step < $1.step })!
         }
-        return list.max(by: { $0.step < $1.step })!
+        // As the worker does: the digest the store names the blob by.
+        let sha = SHA256.hash(data: hit.bytes).map { String(format: "%02x", $0) }.joined()
+        return (hit.step, sha, hit.bytes)
     }
 
     var checkpoints: [(step: Int64, bytes: [UInt8])] { blobs.filter { $0.kind == .checkpoint }.map { ($0.step, $0.bytes) } }

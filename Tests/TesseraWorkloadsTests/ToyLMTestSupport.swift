@@ -42,7 +42,7 @@ final class RecordingSink: ShardSink, @unchecked Sendable {
     var shouldStop: Bool { lock.withLock { stopAfter.map { _progress >= $0 } ?? false } }
     func fetchBlob(sha256: String) throws -> [UInt8] { throw ShardError("no blobs in unit tests") }
     func fetchJobBlob(jobID: Int64, shard: Int, kind: ShardBlobKind, step: Int64?) throws -> (
-        step: Int64, bytes: [UInt8]
+        step: Int64, sha256: String, bytes: [UInt8]
     ) { throw ShardError("no blobs in unit tests") }
 }
 

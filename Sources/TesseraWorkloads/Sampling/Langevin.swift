@@ -206,35 +206,10 @@ struct MixtureFieldKernel: Sendable {
                         while start < count {
                             let m = min(C, count - start)
                             let xs = x + start * d
-                            for k in 0..<K {
-                                let row = mu + k * d
-                                let logits = weights + k * C
-                                let lk = ln[k]
-                                let hk = hp[k]
-                                for j in 0..<m {
-                                    var dist = 0.0
-                                    for c in 0..<d {
-                                        let diff = xs[j * d + c] - row[c]
-                                        dist += diff * diff
-                                    }
-                                    logits[j] = lk - dist * hk
-                                }
-                            }
-                            for j in 0..<m { top[j] = weights[j] }
-                            for k in 1..<max(K, 1) {
-                                let row = weights + k * C
-                                for j in 0..<m { top[j] = row[j] > top[j] ? row[j] : top[j] }
-                            }
-                            for j in 0..<m { total[j] = 0 }
-                            for k in 0..<K {
-                                let row = weights + k * C
-                                let pk = precision[k]
-                                for j in 0..<m {
-                                    let g = responsibilityExp(row[j] - top[j])
-                                    total[j] += g
-                                    row[j] = g * pk
-                                }
-                            }
+                            mixtureChunkResponsibilities(
+                                xs, count: m, dimension: d, components: K, means: mu, logNormalizers: ln,
+                                halfPrecisions: hp, precisions: precision, weights: weights, stride: C, top: top,
+                                total: total)
                             if let score {
                                 let out = score + start * d
                                 for i in 0..<(m * d) { out[i] = 0 }

@@ -155,38 +155,10 @@ struct SamplerEngine: Sendable {
                         while start < count {
                             let m = min(C, count - start)
                             let xs = x + start * d
-                            for k in 0..<K {
-                                let row = mu + k * d
-                                let out = weights + k * C
-                                let lk = ln[k]
-                                let hk = hp[k]
-                                for j in 0..<m {
-                                    var dist = 0.0
-                                    for c in 0..<d {
-                                        let diff = xs[j * d + c] - row[c]
-                                        dist += diff * diff
-                                    }
-                                    out[j] = lk - dist * hk
-                                }
-                            }
-                            for j in 0..<m { top[j] = weights[j] }
-                            for k in 1..<max(K, 1) {
-                                let row = weights + k * C
-                                for j in 0..<m {
-                                    let v = row[j]
-                                    top[j] = v > top[j] ? v : top[j]
-                                }
-                            }
-                            for j in 0..<m { total[j] = 0 }
-                            for k in 0..<K {
-                                let row = weights + k * C
-                                let pk = precision[k]
-                                for j in 0..<m {
-                                    let g = responsibilityExp(row[j] - top[j])
-                                    total[j] += g
-                                    row[j] = g * pk
-                                }
-                            }
+                            mixtureChunkResponsibilities(
+                                xs, count: m, dimension: d, components: K, means: mu, logNormalizers: ln,
+                                halfPrecisions: hp, precisions: precision, weights: weights, stride: C, top: top,
+                                total: total)
                             for i in 0..<(m * d) { eps[i] = 0 }
                             for k in 0..<K {
                                 let row = weights + k * C
@@ -258,6 +230,53 @@ struct SamplerEngine: Sendable {
                 seed: seed, index: UInt32(firstIndex + j), step: UInt32(stepNumber + 1), stream: .stepNoise)
             stream.fillNormals(UnsafeMutableBufferPointer(start: noise, count: d))
             for c in 0..<d { row[c] += sigma * noise[c] }
+        }
+    }
+}
+
+/// The first half of every mixture-field kernel, for the `m` points `xs` (row-major [m, d]) of one chunk:
+/// `top[j]` = max_k l_k(x_j), `total[j]` = sum_k exp(l_k(x_j) - top[j]), and row k of `weights` (stride `stride`)
+/// = exp(l_k(x_j) - top[j]) / v_k, where l_k = log w_k - (d/2) log v_k - |x - mean_k|^2 / (2 v_k) comes from the
+/// mixture's precomputed `logNormalizers` (log w_k - (d/2) log v_k), `halfPrecisions` (1 / 2v_k) and
+/// `precisions` (1 / v_k). The sampler step (eps) and the Langevin score (MixtureFieldKernel) both start here, so
+/// they compute these numbers the same way; each point's numbers depend only on that point.
+@inline(__always)
+func mixtureChunkResponsibilities(
+    _ xs: UnsafePointer<Double>, count m: Int, dimension d: Int, components K: Int, means mu: UnsafePointer<Double>,
+    logNormalizers ln: UnsafePointer<Double>, halfPrecisions hp: UnsafePointer<Double>,
+    precisions precision: UnsafePointer<Double>, weights: UnsafeMutablePointer<Double>, stride C: Int,
+    top: UnsafeMutablePointer<Double>, total: UnsafeMutablePointer<Double>
+) {
+    for k in 0..<K {
+        let row = mu + k * d
+        let out = weights + k * C
+        let lk = ln[k]
+        let hk = hp[k]
+        for j in 0..<m {
+            var dist = 0.0
+            for c in 0..<d {
+                let diff = xs[j * d + c] - row[c]
+                dist += diff * diff
+            }
+            out[j] = lk - dist * hk
+        }
+    }
+    for j in 0..<m { top[j] = weights[j] }
+    for k in 1..<max(K, 1) {
+        let row = weights + k * C
+        for j in 0..<m {
+            let v = row[j]
+            top[j] = v > top[j] ? v : top[j]
+        }
+    }
+    for j in 0..<m { total[j] = 0 }
+    for k in 0..<K {
+        let row = weights + k * C
+        let pk = precision[k]
+        for j in 0..<m {
+            let g = responsibilityExp(row[j] - top[j])
+            total[j] += g
+            row[j] = g * pk
         }
     }
 }
