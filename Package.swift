@@ -9,6 +9,12 @@ let swiftSettings: [SwiftSetting] = [
     .enableUpcomingFeature("MemberImportVisibility"),
 ]
 
+#if arch(x86_64)
+let avx512Settings: [SwiftSetting] = [.unsafeFlags(["-target-cpu", "skylake-avx512", "-O"])]
+#else
+let avx512Settings: [SwiftSetting] = []
+#endif
+
 let package = Package(
     name: "tessera",
     platforms: [.macOS(.v15)],
@@ -34,7 +40,16 @@ let package = Package(
         .target(name: "LibPQ", dependencies: ["CLibPQ"], swiftSettings: swiftSettings),
 
         // Compute runtime: tensors on OpenBLAS, MLPs, Adam, Philox, safetensors. No ZeroMQ, no PostgreSQL.
-        .target(name: "TesseraCompute", dependencies: ["COpenBLAS"], swiftSettings: swiftSettings),
+        .target(
+            name: "TesseraCompute", dependencies: ["COpenBLAS", "TesseraKernels", "TesseraAVX512"],
+            swiftSettings: swiftSettings
+        ),
+        // Inlinable SIMD kernels (exp, SiLU), compiled by each module that calls them for that module's target.
+        .target(name: "TesseraKernels", swiftSettings: swiftSettings),
+        // Tessera's AVX-512 gemm and activation passes, compiled for that ISA only and entered only after
+        // TesseraCompute checked the CPU. Always optimised: the debug build would otherwise run every MLP in the tests
+        // 50x slower.
+        .target(name: "TesseraAVX512", dependencies: ["TesseraKernels"], swiftSettings: swiftSettings + avx512Settings),
 
         // Leaf types, JSON, job specs, the algorithm plug-in protocol. Pure Swift.
         .target(
@@ -93,7 +108,8 @@ let package = Package(
         .target(name: "TesseraTesting", dependencies: ["LibPQ", "TesseraStore"], swiftSettings: swiftSettings),
 
         .testTarget(
-            name: "TesseraComputeTests", dependencies: ["TesseraCompute"], exclude: ["Fixtures"],
+            name: "TesseraComputeTests", dependencies: ["TesseraCompute", "TesseraKernels", "TesseraAVX512"],
+            exclude: ["Fixtures"],
             swiftSettings: swiftSettings
         ),
         .testTarget(name: "TesseraCoreTests", dependencies: ["TesseraCore", "TesseraWorkloads"], swiftSettings: swiftSettings),

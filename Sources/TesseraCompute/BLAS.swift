@@ -33,6 +33,20 @@ public enum BLASRuntime {
 
 @inline(__always) private func trans(_ t: Bool) -> CBLAS_TRANSPOSE { t ? CblasTrans : CblasNoTrans }
 
+/// Direct OpenBLAS calls whatever `GemmBackend.current` says: for benchmarks and comparisons.
+public enum OpenBLAS {
+    /// cblas_sgemm, row-major: C = alpha op(A) op(B) + beta C.
+    public static func sgemm(
+        transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
+        a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+        beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int
+    ) {
+        Float.blasGemm(
+            transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb,
+            beta: beta, c: c, ldc: ldc)
+    }
+}
+
 extension Float {
     @inline(__always)
     static func blasGemm(

@@ -1,4 +1,4 @@
-// Two-way fork-join for large elementwise passes (bias + SiLU, SiLU backward).
+// Two-way fork-join for gemms (Gemm.swift) and large elementwise passes (bias + SiLU, SiLU backward).
 //
 // OpenBLAS parallelises the gemms; between them its threads sit idle while one core runs the activation pass, which
 // at B=4096, H=512 costs a quarter of the forward time. When OpenBLAS is configured for 2+ threads, large passes are
@@ -15,27 +15,43 @@ import Musl
 import Darwin
 #endif
 import Foundation
+import Synchronization
 
 final class ForkJoinHelper: @unchecked Sendable {
-    // Invariant: `job`, `generation` and `finished` are only touched with `mutex` held; `owner` serialises callers.
+    // Hand-off: the caller stores `job`, then bumps `posted` (sequentially consistent); the helper runs the job and
+    // stores its generation in `finished`. Between jobs the helper spins on `posted` for `spinLimit` checks (a
+    // training step posts one job per gemm and per activation pass, tens of microseconds apart, and a futex wake-up
+    // costs about as much as a small gemm) for `spinSeconds`, then sleeps on `wake`. `sleeping` tells a caller it must signal.
+    // `job` is written only by the caller holding `owner`, before `posted` is bumped, and read by the helper after it
+    // sees the bump; it is cleared by the caller only after `finished` reaches its generation.
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private let owner = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private let wake = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
-    private let done = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
     private var job: (() -> Void)?
-    private var generation = 0
-    private var finished = 0
+    private let posted = Atomic<Int>(0)
+    private let finished = Atomic<Int>(0)
+    private let sleeping = Atomic<Bool>(false)
 
     static let shared = ForkJoinHelper()
 
-    /// Passes smaller than this many elements run on the caller alone (a wake-up costs ~10-30 µs).
-    static let minimumElements = 1 << 17
+    /// Passes smaller than this many elements run on the caller alone.
+    static let minimumElements = 1 << 15
+
+    /// How long the helper spins for the next job before it sleeps.
+    static let spinSeconds = 200e-6
+    /// Checks of `finished` before a waiting caller starts yielding its core.
+    static let spinLimit = 100_000
+
+    static func monotonicSeconds() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+    }
 
     private init() {
         pthread_mutex_init(mutex, nil)
         pthread_mutex_init(owner, nil)
         pthread_cond_init(wake, nil)
-        pthread_cond_init(done, nil)
         let thread = Thread { [self] in loop() }
         thread.name = "tessera.compute.helper"
         thread.start()
@@ -44,17 +60,25 @@ final class ForkJoinHelper: @unchecked Sendable {
     private func loop() {
         var seen = 0
         while true {
-            pthread_mutex_lock(mutex)
-            while generation == seen { pthread_cond_wait(wake, mutex) }
-            seen = generation
+            var spins = 0
+            var spinStart = 0.0
+            while posted.load(ordering: .sequentiallyConsistent) == seen {
+                spins += 1
+                if spins & 255 != 0 { continue }
+                let now = Self.monotonicSeconds()
+                if spinStart == 0 { spinStart = now }
+                if now - spinStart < Self.spinSeconds { continue }
+                pthread_mutex_lock(mutex)
+                sleeping.store(true, ordering: .sequentiallyConsistent)
+                while posted.load(ordering: .sequentiallyConsistent) == seen { pthread_cond_wait(wake, mutex) }
+                sleeping.store(false, ordering: .sequentiallyConsistent)
+                pthread_mutex_unlock(mutex)
+            }
+            seen = posted.load(ordering: .sequentiallyConsistent)
             var work = job
-            pthread_mutex_unlock(mutex)
             work?()
             work = nil  // release before reporting done: the caller's withoutActuallyEscaping checks for leaks
-            pthread_mutex_lock(mutex)
-            finished = seen
-            pthread_cond_signal(done)
-            pthread_mutex_unlock(mutex)
+            finished.store(seen, ordering: .sequentiallyConsistent)
         }
     }
 
@@ -68,17 +92,21 @@ final class ForkJoinHelper: @unchecked Sendable {
         }
         defer { pthread_mutex_unlock(owner) }
         withoutActuallyEscaping(second) { second in
-            pthread_mutex_lock(mutex)
             job = second
-            generation += 1
-            let target = generation
-            pthread_cond_signal(wake)
-            pthread_mutex_unlock(mutex)
+            let target = posted.wrappingAdd(1, ordering: .sequentiallyConsistent).newValue
+            if sleeping.load(ordering: .sequentiallyConsistent) {
+                pthread_mutex_lock(mutex)
+                pthread_cond_signal(wake)
+                pthread_mutex_unlock(mutex)
+            }
             first()
-            pthread_mutex_lock(mutex)
-            while finished != target { pthread_cond_wait(done, mutex) }
+            var spins = 0
+            while finished.load(ordering: .sequentiallyConsistent) != target {
+                spins += 1
+                // The helper may have been descheduled: give the core back rather than burn the time slice.
+                if spins > Self.spinLimit { sched_yield() }
+            }
             job = nil
-            pthread_mutex_unlock(mutex)
         }
     }
 }

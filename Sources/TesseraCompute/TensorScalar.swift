@@ -3,7 +3,8 @@
 // Design note: the model and optimizer code is generic over `TensorScalar` and is called from other modules without
 // specialization. So every loop over elements that sits on the training path is a *requirement* of this protocol,
 // implemented per type (and specialised there by the compiler), and generic code only makes one dynamic call per
-// operation, never one per element. Float's exp-heavy kernels use a vectorised exp (FastMath.swift).
+// operation, never one per element. Float's exp-heavy kernels use a vectorised exp (TesseraKernels/FastMath.swift), in
+// its AVX-512 build (TesseraAVX512) when the CPU has it.
 
 #if canImport(Glibc)
 import Glibc
@@ -11,6 +12,10 @@ import Glibc
 import Musl
 #elseif canImport(Darwin)
 import Darwin
+#endif
+import TesseraKernels
+#if arch(x86_64)
+import TesseraAVX512
 #endif
 
 /// Hidden-layer activation functions.
@@ -205,6 +210,12 @@ extension Float: TensorScalar {
         a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
         beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int
     ) {
+        if GemmBackend.current == .avx512 {
+            TesseraGemm.sgemm(
+                transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb,
+                beta: beta, c: c, ldc: ldc)
+            return
+        }
         blasGemm(
             transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb,
             beta: beta, c: c, ldc: ldc)
@@ -214,6 +225,20 @@ extension Float: TensorScalar {
         trans: Bool, m: Int, n: Int, alpha: Float, a: UnsafePointer<Float>, lda: Int,
         x: UnsafePointer<Float>, beta: Float, y: UnsafeMutablePointer<Float>
     ) {
+        if GemmBackend.current == .avx512 {
+            // As a one-row gemm, so the same fma-chain contract holds, and OpenBLAS's thread pool (which spins with
+            // sched_yield after every call) never wakes during a training step.
+            if trans {  // y[n] = alpha A^T x + beta y: the row x^T [1, m] times A [m, n]
+                TesseraGemm.sgemm(
+                    transA: false, transB: false, m: 1, n: n, k: m, alpha: alpha, a: x, lda: m, b: a, ldb: lda,
+                    beta: beta, c: y, ldc: n)
+            } else {  // y[m] = alpha A x + beta y: the row x^T [1, n] times A^T [n, m]
+                TesseraGemm.sgemm(
+                    transA: false, transB: true, m: 1, n: m, k: n, alpha: alpha, a: x, lda: n, b: a, ldb: lda,
+                    beta: beta, c: y, ldc: m)
+            }
+            return
+        }
         blasGemv(trans: trans, m: m, n: n, alpha: alpha, a: a, lda: lda, x: x, beta: beta, y: y)
     }
 
@@ -224,6 +249,12 @@ extension Float: TensorScalar {
         Parallel.rows(rows, cols: cols) { lo, hi in
             let (z, out) = (z + lo * cols, out + lo * cols)
             if activation == .silu {
+                #if arch(x86_64)
+                if GemmBackend.avx512Available {
+                    AVX512Elementwise.biasSiLU(z: z, bias: bias, out: out, rows: hi - lo, cols: cols)
+                    return
+                }
+                #endif
                 FastMath.biasSiLU(z: z, bias: bias, out: out, rows: hi - lo, cols: cols)
             } else {
                 KernelImpl.biasActivation(z: z, bias: bias, out: out, rows: hi - lo, cols: cols, activation: activation)
@@ -238,6 +269,12 @@ extension Float: TensorScalar {
         Parallel.rows(count / 8, cols: 8) { lo, hi in
             let end = hi == count / 8 ? count : hi * 8
             if activation == .silu {
+                #if arch(x86_64)
+                if GemmBackend.avx512Available {
+                    AVX512Elementwise.siluBackward(z: z + lo * 8, grad: grad + lo * 8, count: end - lo * 8)
+                    return
+                }
+                #endif
                 FastMath.siluBackward(z: z + lo * 8, grad: grad + lo * 8, count: end - lo * 8)
             } else {
                 KernelImpl.activationBackward(z: z + lo * 8, grad: grad + lo * 8, count: end - lo * 8, activation: activation)
@@ -249,6 +286,12 @@ extension Float: TensorScalar {
         x: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, count: Int, activation: Activation
     ) {
         if activation == .silu {
+            #if arch(x86_64)
+            if GemmBackend.avx512Available {
+                AVX512Elementwise.silu(x: x, out: out, count: count)
+                return
+            }
+            #endif
             FastMath.silu(x: x, out: out, count: count)
         } else {
             KernelImpl.activation(x: x, out: out, count: count, activation: activation)

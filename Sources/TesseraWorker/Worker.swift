@@ -82,6 +82,13 @@ public final class WorkerDaemon: @unchecked Sendable {
 
     public func run() throws {
         BLASRuntime.configure(threads: config.blasThreads)
+        // Which Float gemm this host runs decides the bits of every trained network (docs/compute.md, "Gemm").
+        logger.info(
+            "compute runtime",
+            metadata: [
+                "gemm": "\(GemmBackend.current.rawValue)", "openblas": "\(BLASRuntime.coreName)",
+                "blas_threads": "\(config.blasThreads)",
+            ])
         let context = try ZMQContext(ioThreads: 1)
         defer { context.terminate() }
         var delay = config.reconnectDelay

@@ -1,16 +1,23 @@
 // Vectorised Float kernels for the exp-heavy activations. The scalar libm `expf` costs ~5 ns a call, which at
-// B=4096, H=512 would rival the gemm itself; this exp runs 8 lanes at a time and is deterministic (no libm, no
-// table, same result on every x86-64 and arm64 machine, since it only uses IEEE add/mul/div and bit operations).
+// B=4096, H=512 would rival the gemm itself; this exp runs 16 lanes at a time and is deterministic (no libm, no
+// table, same result on every x86-64 and arm64 machine, since it only uses IEEE add/mul/div and bit operations,
+// and Swift never contracts a * b + c into an fma).
+//
+// Everything here is inlined into its caller (`@_transparent` for the vector functions: plain `@inline(__always)`
+// still left `silu` as a call into this module's baseline build), so each module that calls it compiles its own copy
+// for its own target: TesseraCompute for baseline x86-64 (or arm64), TesseraAVX512 for AVX-512. Elementwise, lane for lane, the
+// two run the same IEEE operations in the same order, so they give the same bits (FastMathTests checks it).
 //
 // exp(x) = 2^n * p(r), n = round(x / ln 2), r = x - n ln 2 (two-constant Cody-Waite reduction), p a degree-6
 // minimax polynomial (the classic Cephes expf coefficients). Max relative error ~2 ulp on [-87, 88].
 
-enum FastMath {
-    typealias V = SIMD8<Float>
-    typealias VI = SIMD8<Int32>
+public enum FastMath {
+    public typealias V = SIMD16<Float>
+    public typealias VI = SIMD16<Int32>
+    public static let lanes = 16
 
-    @inline(__always)
-    static func exp(_ x0: V) -> V {
+    @_transparent
+    public static func exp(_ x0: V) -> V {
         // Clamp with compare + select: `clamped`/`pointwiseMin` are not inlined and cost a call per vector.
         let lo = V(repeating: -87.0), hi = V(repeating: 88.0)
         var x = x0.replacing(with: hi, where: x0 .> hi)
@@ -32,34 +39,35 @@ enum FastMath {
         return p * unsafeBitCast(e, to: V.self)
     }
 
-    @inline(__always)
-    static func expScalar(_ x: Float) -> Float {
+    @_transparent
+    public static func expScalar(_ x: Float) -> Float {
         exp(V(repeating: x))[0]
     }
 
     /// silu(z) = z * sigmoid(z) = z / (1 + exp(-z)).
-    @inline(__always)
-    static func silu(_ z: V) -> V {
+    @_transparent
+    public static func silu(_ z: V) -> V {
         z / (V(repeating: 1) + exp(-z))
     }
 
-    @inline(__always)
-    static func siluDerivative(_ z: V) -> V {
+    @_transparent
+    public static func siluDerivative(_ z: V) -> V {
         let s = V(repeating: 1) / (V(repeating: 1) + exp(-z))
         return s * (V(repeating: 1) + z * (V(repeating: 1) - s))
     }
 
-    @inline(__always)
-    static func load(_ p: UnsafePointer<Float>) -> V {
+    @_transparent
+    public static func load(_ p: UnsafePointer<Float>) -> V {
         UnsafeRawPointer(p).loadUnaligned(as: V.self)
     }
 
-    @inline(__always)
-    static func store(_ v: V, _ p: UnsafeMutablePointer<Float>) {
+    @_transparent
+    public static func store(_ v: V, _ p: UnsafeMutablePointer<Float>) {
         UnsafeMutableRawPointer(p).storeBytes(of: v, as: V.self)
     }
 
-    static func biasSiLU(
+    @inlinable @inline(__always)
+    public static func biasSiLU(
         z: UnsafeMutablePointer<Float>, bias: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>,
         rows: Int, cols: Int
     ) {
@@ -67,11 +75,11 @@ enum FastMath {
         for r in 0..<rows {
             let zr = z + r * cols, orow = out + r * cols
             var c = 0
-            while c + 8 <= cols {
+            while c + lanes <= cols {
                 let v = load(zr + c) + load(bias + c)
                 if !inPlace { store(v, zr + c) }
                 store(silu(v), orow + c)
-                c += 8
+                c += lanes
             }
             while c < cols {
                 let v = zr[c] + bias[c]
@@ -82,11 +90,12 @@ enum FastMath {
         }
     }
 
-    static func silu(x: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, count: Int) {
+    @inlinable @inline(__always)
+    public static func silu(x: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, count: Int) {
         var i = 0
-        while i + 8 <= count {
+        while i + lanes <= count {
             store(silu(load(x + i)), out + i)
-            i += 8
+            i += lanes
         }
         while i < count {
             out[i] = silu(V(repeating: x[i]))[0]
@@ -94,11 +103,12 @@ enum FastMath {
         }
     }
 
-    static func siluBackward(z: UnsafePointer<Float>, grad: UnsafeMutablePointer<Float>, count: Int) {
+    @inlinable @inline(__always)
+    public static func siluBackward(z: UnsafePointer<Float>, grad: UnsafeMutablePointer<Float>, count: Int) {
         var i = 0
-        while i + 8 <= count {
+        while i + lanes <= count {
             store(load(grad + i) * siluDerivative(load(z + i)), grad + i)
-            i += 8
+            i += lanes
         }
         while i < count {
             grad[i] *= siluDerivative(V(repeating: z[i]))[0]

@@ -1,0 +1,29 @@
+// The FastMath activation passes (module TesseraKernels), compiled here for AVX-512: the same IEEE operations lane
+// for lane as TesseraCompute's baseline copy, so the same bits, at a quarter of the instructions.
+
+#if arch(x86_64)
+import TesseraKernels
+
+public enum AVX512Elementwise {
+    /// z[r, c] += bias[c]; out = silu(z) (out may equal z).
+    @inline(never)
+    public static func biasSiLU(
+        z: UnsafeMutablePointer<Float>, bias: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>,
+        rows: Int, cols: Int
+    ) {
+        FastMath.biasSiLU(z: z, bias: bias, out: out, rows: rows, cols: cols)
+    }
+
+    /// out[i] = silu(x[i]).
+    @inline(never)
+    public static func silu(x: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, count: Int) {
+        FastMath.silu(x: x, out: out, count: count)
+    }
+
+    /// grad[i] *= silu'(z[i]).
+    @inline(never)
+    public static func siluBackward(z: UnsafePointer<Float>, grad: UnsafeMutablePointer<Float>, count: Int) {
+        FastMath.siluBackward(z: z, grad: grad, count: count)
+    }
+}
+#endif

@@ -1,0 +1,260 @@
+// Single-precision gemm for x86-64 CPUs with AVX-512 (F, BW, DQ, VL, CD), compiled for that ISA alone.
+//
+// This module is built with `-target-cpu skylake-avx512`, so nothing in it may run before the caller has checked the
+// CPU (TesseraCompute's `GemmBackend` does, from /proc/cpuinfo). Every entry point is `@inline(never)` so no
+// AVX-512 code is inlined into the baseline modules that call it.
+//
+// The arithmetic contract, which makes results independent of blocking, threads and vector width:
+//   C[i, j] = fma(alpha*A[i, K-1], B[K-1, j], ... fma(alpha*A[i, 1], B[1, j], fma(alpha*A[i, 0], B[0, j], c0)))
+// with c0 = 0 when beta == 0 and c0 = beta*C[i, j] otherwise: one fused multiply-add per k, in k order, in Float.
+// A scalar loop with `Float.addingProduct` gives the same bits (GemmTests checks exactly that); so does any other
+// tiling of the same chain. OpenBLAS promises nothing of the sort: its results change with its kernel family.
+//
+// Blocking (Goto style): K in blocks of `kc`; the rows of C in blocks of `mc`, each block of A packed into panels of
+// `mr` rows (k-major, `mr` floats per k); an untransposed B read in place, `nr` columns at a time (a ragged last
+// panel is copied into padded scratch); a transposed B packed once per call into panels of kc x nr contiguous
+// floats, zero-padded past n. A transposed B is packed panel by panel instead (nr columns x kc rows contiguous). The micro-kernel keeps an 8 x 32 tile of C in 16 zmm registers; between K blocks the partial sums
+// go through C itself, which continues the same fma chain.
+
+#if arch(x86_64)
+
+public enum AVX512Gemm {
+    public typealias V = SIMD16<Float>
+    /// Rows of C per micro-kernel tile.
+    public static let mr = 8
+    /// Columns of C per micro-kernel tile (two zmm vectors).
+    public static let nr = 32
+    /// K block: a 256 x 32 panel of B is 32 KiB and stays in L1 across the A panels of a row block.
+    public static let kc = 256
+    /// Row block: 128 x 256 floats of packed A (128 KiB) stay in L2.
+    public static let mc = 128
+
+    /// Floats of per-thread scratch `gemmRows` needs.
+    public static var scratchCount: Int { mc * kc + kc * nr + mr * nr }
+
+    /// Floats needed to pack a transposed B of logical shape [k, n] (`packTransposed`).
+    public static func packedCount(k: Int, n: Int) -> Int { k * paddedColumns(n) }
+
+    public static func paddedColumns(_ n: Int) -> Int { (n + nr - 1) / nr * nr }
+
+    /// Column panels of a [k, n] operand.
+    public static func panels(_ n: Int) -> Int { (n + nr - 1) / nr }
+
+    /// Packs panels [panelStart, panelEnd) of op(B) = src^T (src row-major [n, k], leading dimension lds) in the
+    /// layout `gemmRows(bPacked: true)` reads: K block pc (kc rows) starts at pc * paddedColumns(n); within it,
+    /// panel p holds kb x nr floats (nr per kk), zero past column n. Reads nr rows of src at a time, so every load
+    /// stays within a few KiB and every store is sequential.
+    @inline(never)
+    public static func packTransposed(
+        _ src: UnsafePointer<Float>, lds: Int, k: Int, n: Int, panelStart: Int, panelEnd: Int,
+        into dst: UnsafeMutablePointer<Float>
+    ) {
+        let ldp = paddedColumns(n)
+        for p in panelStart..<panelEnd {
+            let j0 = p * nr
+            let live = min(nr, n - j0)
+            for pc in stride(from: 0, to: k, by: kc) {
+                let kb = min(kc, k - pc)
+                let d = dst + pc * ldp + p * nr * kb
+                if live == nr {
+                    // Four k at a time: 4 x 32 loads from 32 rows, four sequential 32-float stores.
+                    var kk = 0
+                    while kk + 4 <= kb {
+                        let o = d + kk * nr
+                        for jj in 0..<nr {
+                            let s = src + (j0 + jj) * lds + pc + kk
+                            o[jj] = s[0]
+                            o[nr + jj] = s[1]
+                            o[2 * nr + jj] = s[2]
+                            o[3 * nr + jj] = s[3]
+                        }
+                        kk += 4
+                    }
+                    while kk < kb {
+                        for jj in 0..<nr { d[kk * nr + jj] = src[(j0 + jj) * lds + pc + kk] }
+                        kk += 1
+                    }
+                } else {
+                    for kk in 0..<kb {
+                        for jj in 0..<live { d[kk * nr + jj] = src[(j0 + jj) * lds + pc + kk] }
+                        for jj in live..<nr { d[kk * nr + jj] = 0 }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Rows [rowStart, rowEnd) of C = alpha op(A) B + beta C. B is either row-major [k, n] with leading dimension
+    /// ldb, or (`bPacked`) a `packTransposed` buffer, whose ldb is ignored. `scratch` holds `scratchCount` floats
+    /// owned by the calling thread.
+    @inline(never)
+    public static func gemmRows(
+        rowStart: Int, rowEnd: Int, transA: Bool, n: Int, k: Int, alpha: Float,
+        a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int, bPacked: Bool,
+        beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int, scratch: UnsafeMutablePointer<Float>
+    ) {
+        guard rowEnd > rowStart, n > 0 else { return }
+        // beta != 0 and != 1: scale C first; the chain then starts from beta*C[i, j].
+        if beta != 0 && beta != 1 {
+            for i in rowStart..<rowEnd {
+                let row = c + i * ldc
+                for j in 0..<n { row[j] *= beta }
+            }
+        }
+        if k == 0 {
+            if beta == 0 {
+                for i in rowStart..<rowEnd { (c + i * ldc).update(repeating: 0, count: n) }
+            }
+            return
+        }
+        let packedA = scratch
+        let bEdge = scratch + mc * kc
+        let tile = bEdge + kc * nr
+        let fullPanels = n / nr
+        let edgeCols = n - fullPanels * nr
+        let panels = fullPanels + (edgeCols > 0 ? 1 : 0)
+
+        for pc in stride(from: 0, to: k, by: kc) {
+            let kb = min(kc, k - pc)
+            let startFromC = pc > 0 || beta != 0
+            if edgeCols > 0 && !bPacked {
+                // The ragged last column panel of B, zero-padded to nr columns.
+                for kk in 0..<kb {
+                    let s = b + (pc + kk) * ldb + fullPanels * nr
+                    let d = bEdge + kk * nr
+                    for j in 0..<edgeCols { d[j] = s[j] }
+                    for j in edgeCols..<nr { d[j] = 0 }
+                }
+            }
+            for ic in stride(from: rowStart, to: rowEnd, by: mc) {
+                let mb = min(mc, rowEnd - ic)
+                packA(transA: transA, a: a, lda: lda, row0: ic, rows: mb, k0: pc, kb: kb, alpha: alpha, into: packedA)
+                let rowPanels = (mb + mr - 1) / mr
+                for jr in 0..<panels {
+                    let isEdgeColumn = jr == fullPanels
+                    let bp: UnsafePointer<Float>
+                    if bPacked {
+                        bp = b + pc * paddedColumns(n) + jr * nr * kb
+                    } else {
+                        bp = isEdgeColumn ? UnsafePointer(bEdge) : b + pc * ldb + jr * nr
+                    }
+                    let bStride = bPacked || isEdgeColumn ? nr : ldb
+                    let cols = isEdgeColumn ? edgeCols : nr
+                    for ir in 0..<rowPanels {
+                        let rows = min(mr, mb - ir * mr)
+                        let ap = UnsafePointer(packedA + ir * mr * kb)
+                        let cp = c + (ic + ir * mr) * ldc + jr * nr
+                        if rows == mr && cols == nr {
+                            micro(kb, ap, bp, bStride, cp, ldc, startFromC)
+                        } else {
+                            if startFromC {
+                                for r in 0..<rows {
+                                    (tile + r * nr).update(from: cp + r * ldc, count: cols)
+                                }
+                            }
+                            micro(kb, ap, bp, bStride, tile, nr, startFromC)
+                            for r in 0..<rows {
+                                (cp + r * ldc).update(from: tile + r * nr, count: cols)
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Packs alpha * op(A)[row0 ..< row0+rows, k0 ..< k0+kb] into panels of mr rows: panel p holds, for each kk,
+    /// the mr values of rows p*mr ..< p*mr+mr (zero past `rows`).
+    @inline(__always)
+    static func packA(
+        transA: Bool, a: UnsafePointer<Float>, lda: Int, row0: Int, rows: Int, k0: Int, kb: Int, alpha: Float,
+        into dst: UnsafeMutablePointer<Float>
+    ) {
+        let panels = (rows + mr - 1) / mr
+        for p in 0..<panels {
+            let d = dst + p * mr * kb
+            let r0 = row0 + p * mr
+            let live = min(mr, rows - p * mr)
+            if transA {
+                // op(A)[i, kk] = a[kk * lda + i]: mr contiguous floats per kk.
+                for kk in 0..<kb {
+                    let s = a + (k0 + kk) * lda + r0
+                    let o = d + kk * mr
+                    for r in 0..<live { o[r] = s[r] }
+                    for r in live..<mr { o[r] = 0 }
+                }
+            } else {
+                for r in 0..<live {
+                    let s = a + (r0 + r) * lda + k0
+                    for kk in 0..<kb { d[kk * mr + r] = s[kk] }
+                }
+                if live < mr {
+                    for kk in 0..<kb {
+                        for r in live..<mr { d[kk * mr + r] = 0 }
+                    }
+                }
+            }
+            if alpha != 1 {
+                for i in 0..<(kb * mr) { d[i] *= alpha }
+            }
+        }
+    }
+
+    /// The 8 x 32 tile: c[r, 0..<32] = chain over kk of fma(a[kk*8 + r], b[kk*ldb + 0..<32], .), starting from c's
+    /// current values when `load`, else from zero.
+    @inline(__always)
+    static func micro(
+        _ kb: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ ldb: Int,
+        _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ load: Bool
+    ) {
+        @inline(__always) func ld(_ p: UnsafePointer<Float>) -> V { UnsafeRawPointer(p).loadUnaligned(as: V.self) }
+        @inline(__always) func st(_ v: V, _ p: UnsafeMutablePointer<Float>) {
+            UnsafeMutableRawPointer(p).storeBytes(of: v, as: V.self)
+        }
+        var c00 = V(), c01 = V(), c10 = V(), c11 = V(), c20 = V(), c21 = V(), c30 = V(), c31 = V()
+        var c40 = V(), c41 = V(), c50 = V(), c51 = V(), c60 = V(), c61 = V(), c70 = V(), c71 = V()
+        if load {
+            let cc = UnsafePointer(c)
+            c00 = ld(cc); c01 = ld(cc + 16)
+            c10 = ld(cc + ldc); c11 = ld(cc + ldc + 16)
+            c20 = ld(cc + 2 * ldc); c21 = ld(cc + 2 * ldc + 16)
+            c30 = ld(cc + 3 * ldc); c31 = ld(cc + 3 * ldc + 16)
+            c40 = ld(cc + 4 * ldc); c41 = ld(cc + 4 * ldc + 16)
+            c50 = ld(cc + 5 * ldc); c51 = ld(cc + 5 * ldc + 16)
+            c60 = ld(cc + 6 * ldc); c61 = ld(cc + 6 * ldc + 16)
+            c70 = ld(cc + 7 * ldc); c71 = ld(cc + 7 * ldc + 16)
+        }
+        var pa = a, pb = b
+        for _ in 0..<kb {
+            let b0 = ld(pb), b1 = ld(pb + 16)
+            var x = V(repeating: pa[0])
+            c00.addProduct(x, b0); c01.addProduct(x, b1)
+            x = V(repeating: pa[1])
+            c10.addProduct(x, b0); c11.addProduct(x, b1)
+            x = V(repeating: pa[2])
+            c20.addProduct(x, b0); c21.addProduct(x, b1)
+            x = V(repeating: pa[3])
+            c30.addProduct(x, b0); c31.addProduct(x, b1)
+            x = V(repeating: pa[4])
+            c40.addProduct(x, b0); c41.addProduct(x, b1)
+            x = V(repeating: pa[5])
+            c50.addProduct(x, b0); c51.addProduct(x, b1)
+            x = V(repeating: pa[6])
+            c60.addProduct(x, b0); c61.addProduct(x, b1)
+            x = V(repeating: pa[7])
+            c70.addProduct(x, b0); c71.addProduct(x, b1)
+            pa += 8
+            pb += ldb
+        }
+        st(c00, c); st(c01, c + 16)
+        st(c10, c + ldc); st(c11, c + ldc + 16)
+        st(c20, c + 2 * ldc); st(c21, c + 2 * ldc + 16)
+        st(c30, c + 3 * ldc); st(c31, c + 3 * ldc + 16)
+        st(c40, c + 4 * ldc); st(c41, c + 4 * ldc + 16)
+        st(c50, c + 5 * ldc); st(c51, c + 5 * ldc + 16)
+        st(c60, c + 6 * ldc); st(c61, c + 6 * ldc + 16)
+        st(c70, c + 7 * ldc); st(c71, c + 7 * ldc + 16)
+    }
+}
+
+#endif
