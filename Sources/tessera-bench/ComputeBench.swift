@@ -2,7 +2,8 @@
 //
 // Model 34 -> H -> H -> H -> 2 with SiLU and MSE, float32, Adam; for every (B, H) it reports ms per training step
 // (forward + backward + Adam), forward-only ms (inference pass), the GFLOP/s these reach, and the GFLOP/s of the raw
-// cblas_sgemm calls of the same forward pass (same shapes, no bias, no activation).
+// gemm calls of the same forward pass (same shapes, no bias, no activation), both straight to cblas_sgemm (the
+// issue's reference) and through `Float.gemm` (Tessera's own AVX-512 gemm where the CPU has it, Gemm.swift).
 //
 // `ops/bench compute` runs three phases so that Tessera and PyTorch never share the CPU:
 //   1. `tessera-bench compute --export DIR` writes DIR/mlp_B<b>_H<h>.safetensors (weights, x, y, Tessera's forward
@@ -27,6 +28,8 @@ struct ComputeBench: ParsableCommand {
     @Option(help: "Each figure is the best of this many rounds of seconds/rounds.") var rounds: Int = 5
     @Option(help: "Write model/data safetensors for PyTorch into this directory and exit.") var export: String?
     @Option(help: "PyTorch results (JSON from ops/bench_torch.py) to print alongside.") var torchJson: String?
+    @Flag(help: "Also time each gemm of the training step alone (forward, dW, dX per layer shape), Tessera vs cblas.")
+    var perGemm = false
 
     func validate() throws {
         guard threads >= 1 else { throw ValidationError("--threads must be >= 1") }
@@ -60,12 +63,15 @@ struct ComputeBench: ParsableCommand {
             torchInfo = "PyTorch \(parsed.torch_version), torch.get_num_threads() = \(parsed.threads), Adam(foreach=True)"
         }
         print("Tessera compute benchmark: MLP 34 -> H -> H -> H -> 2, SiLU, MSE, Adam, float32")
-        print("OpenBLAS \(BLASRuntime.coreName), threads = \(BLASRuntime.threads); \(torchInfo)")
+        print(
+            "Tessera gemm backend: \(GemmBackend.current.rawValue); OpenBLAS \(BLASRuntime.coreName) (the raw cblas column), "
+                + "threads = \(BLASRuntime.threads); \(torchInfo)")
         print("timing: mean ms per call, best of \(rounds) rounds of \(seconds / Double(rounds)) s each, after warm-up")
         print("")
         let header = [
             "B", "H", "Tessera ms/step", "PyTorch ms/step", "PyTorch 1-thr ms/step", "speed-up", "Tessera fwd ms",
-            "PyTorch fwd ms", "step GFLOP/s", "fwd GFLOP/s", "raw sgemm GFLOP/s", "fwd/raw", "max|Δ fwd|",
+            "PyTorch fwd ms", "step GFLOP/s", "fwd GFLOP/s", "raw cblas_sgemm GFLOP/s", "fwd/raw cblas",
+            "raw Tessera gemm GFLOP/s", "fwd/raw Tessera", "max|Δ fwd|",
         ]
         var rows: [[String]] = []
         for h in hs {
@@ -82,12 +88,62 @@ struct ComputeBench: ParsableCommand {
                     torchStep.map { String(format: "%.2fx", $0 / m.stepMs) } ?? "-",
                     fmt(m.forwardMs), torchFwd.map(fmt) ?? "-",
                     String(format: "%.1f", m.stepGflops), String(format: "%.1f", m.forwardGflops),
+                    String(format: "%.1f", m.rawCblasGflops),
+                    String(format: "%.0f%%", 100 * m.forwardGflops / m.rawCblasGflops),
                     String(format: "%.1f", m.rawGflops), String(format: "%.0f%%", 100 * m.forwardGflops / m.rawGflops),
                     t.map { String(format: "%.1e", $0.max_abs_forward_diff) } ?? "-",
                 ])
             }
         }
         printTable(header: header, rows: rows)
+        if perGemm { try printPerGemm(bs: bs, hs: hs) }
+    }
+
+    /// The three gemm kinds of a training step at the hidden layer's shape, each timed alone.
+    func printPerGemm(bs: [Int], hs: [Int]) throws {
+        print("")
+        print("Each gemm of a hidden layer alone (GFLOP/s; Tessera = `Float.gemm` as the MLP calls it, backend \(GemmBackend.current.rawValue)):")
+        print("")
+        var rows: [[String]] = []
+        for h in hs {
+            for b in bs {
+                // (label, transA, transB, m, n, k): forward Z = X W^T, dW = G^T X, dX = G W.
+                let kinds: [(String, Bool, Bool, Int, Int, Int)] = [
+                    ("fwd X·Wᵀ", false, true, b, h, h), ("dW Gᵀ·X", true, false, h, h, b), ("dX G·W", false, false, b, h, h),
+                ]
+                for (label, tA, tB, m, n, k) in kinds {
+                    let a = [Float](repeating: 0.25, count: m * k), bb = [Float](repeating: 0.5, count: k * n)
+                    var c = [Float](repeating: 0, count: m * n)
+                    let (lda, ldb) = (tA ? m : k, tB ? k : n)
+                    let flops = 2 * Double(m * n * k)
+                    func run(_ ours: Bool) -> Double {
+                        BenchCase.time(seconds: seconds / 4, rounds: rounds) {
+                            a.withUnsafeBufferPointer { ap in
+                                bb.withUnsafeBufferPointer { bp in
+                                    c.withUnsafeMutableBufferPointer { cp in
+                                        if ours {
+                                            Float.gemm(
+                                                transA: tA, transB: tB, m: m, n: n, k: k, alpha: 1, a: ap.baseAddress!, lda: lda,
+                                                b: bp.baseAddress!, ldb: ldb, beta: 0, c: cp.baseAddress!, ldc: n)
+                                        } else {
+                                            OpenBLAS.sgemm(
+                                                transA: tA, transB: tB, m: m, n: n, k: k, alpha: 1, a: ap.baseAddress!, lda: lda,
+                                                b: bp.baseAddress!, ldb: ldb, beta: 0, c: cp.baseAddress!, ldc: n)
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    let (ours, theirs) = (run(true), run(false))
+                    rows.append([
+                        "\(b)", "\(h)", label, "\(m)x\(n)x\(k)", String(format: "%.1f", flops / ours / 1e9),
+                        String(format: "%.1f", flops / theirs / 1e9), String(format: "%.2fx", theirs / ours),
+                    ])
+                }
+            }
+        }
+        printTable(header: ["B", "H", "gemm", "m x n x k", "Tessera GFLOP/s", "cblas GFLOP/s", "Tessera/cblas"], rows: rows)
     }
 
     func fmt(_ ms: Double) -> String { ms < 10 ? String(format: "%.3f", ms) : String(format: "%.2f", ms) }
@@ -120,7 +176,10 @@ struct Measurement {
     var forwardMs: Double
     var stepGflops: Double
     var forwardGflops: Double
+    /// The forward pass's gemms through `Float.gemm` (Tessera's backend).
     var rawGflops: Double
+    /// The same gemms through cblas_sgemm.
+    var rawCblasGflops: Double
 }
 
 /// One (B, H) configuration with its model, data, workspace and optimizer, all allocated up front.
@@ -174,17 +233,24 @@ struct BenchCase {
         try model.forward(x, workspace: &workspace, training: false)
     }
 
-    /// The sgemm calls of one forward pass, nothing else, on buffers of the same shapes.
-    static func rawForward(batch: Int, sizes: [Int], bufs: inout [[Float]], weights: [[Float]]) {
+    /// The sgemm calls of one forward pass, nothing else, on buffers of the same shapes: through `Float.gemm`
+    /// (Tessera's backend) or straight to cblas_sgemm.
+    static func rawForward(batch: Int, sizes: [Int], bufs: inout [[Float]], weights: [[Float]], cblas: Bool) {
         for l in 0..<(sizes.count - 1) {
             let (k, n) = (sizes[l], sizes[l + 1])
             let src = bufs[l]
             src.withUnsafeBufferPointer { a in
                 weights[l].withUnsafeBufferPointer { w in
                     bufs[l + 1].withUnsafeMutableBufferPointer { c in
-                        Float.gemm(
-                            transA: false, transB: true, m: batch, n: n, k: k, alpha: 1, a: a.baseAddress!, lda: k,
-                            b: w.baseAddress!, ldb: k, beta: 0, c: c.baseAddress!, ldc: n)
+                        if cblas {
+                            OpenBLAS.sgemm(
+                                transA: false, transB: true, m: batch, n: n, k: k, alpha: 1, a: a.baseAddress!,
+                                lda: k, b: w.baseAddress!, ldb: k, beta: 0, c: c.baseAddress!, ldc: n)
+                        } else {
+                            Float.gemm(
+                                transA: false, transB: true, m: batch, n: n, k: k, alpha: 1, a: a.baseAddress!,
+                                lda: k, b: w.baseAddress!, ldb: k, beta: 0, c: c.baseAddress!, ldc: n)
+                        }
                     }
                 }
             }
@@ -217,10 +283,16 @@ struct BenchCase {
         var bufs = sizes.map { [Float](repeating: 0.5, count: batch * $0) }
         let weights = (0..<(sizes.count - 1)).map { model.weight($0).scalars }
         let b = batch
-        let raw = Self.time(seconds: seconds, rounds: rounds) { Self.rawForward(batch: b, sizes: sizes, bufs: &bufs, weights: weights) }
+        let raw = Self.time(seconds: seconds, rounds: rounds) {
+            Self.rawForward(batch: b, sizes: sizes, bufs: &bufs, weights: weights, cblas: false)
+        }
+        let rawCblas = Self.time(seconds: seconds, rounds: rounds) {
+            Self.rawForward(batch: b, sizes: sizes, bufs: &bufs, weights: weights, cblas: true)
+        }
         return Measurement(
             stepMs: step * 1e3, forwardMs: fwd * 1e3, stepGflops: stepFlops / step / 1e9,
-            forwardGflops: forwardFlops / fwd / 1e9, rawGflops: forwardFlops / raw / 1e9)
+            forwardGflops: forwardFlops / fwd / 1e9, rawGflops: forwardFlops / raw / 1e9,
+            rawCblasGflops: forwardFlops / rawCblas / 1e9)
     }
 
     /// Weights (state-dict names), inputs, targets and Tessera's forward output, for the PyTorch side.
