@@ -11,9 +11,9 @@
 // tiling of the same chain. OpenBLAS promises nothing of the sort: its results change with its kernel family.
 //
 // Blocking (Goto style): K in blocks of `kc`; the rows of C in blocks of `mc`, each block of A packed into panels of
-// `mr` rows (k-major, `mr` floats per k); an untransposed B read in place, `nr` columns at a time (a ragged last
-// panel is copied into padded scratch); a transposed B packed once per call into panels of kc x nr contiguous
-// floats, zero-padded past n. A transposed B is packed panel by panel instead (nr columns x kc rows contiguous). The micro-kernel keeps an 8 x 32 tile of C in 16 zmm registers; between K blocks the partial sums
+// `mr` rows (k-major, `mr` floats per k); B packed once per call into panels of kc x nr contiguous floats,
+// zero-padded past n, 64-byte aligned (reading B in place was up to 2x slower whenever the caller's rows were
+// not 64-byte aligned). A transposed B is packed panel by panel instead (nr columns x kc rows contiguous). The micro-kernel keeps an 8 x 32 tile of C in 16 zmm registers; between K blocks the partial sums
 // go through C itself, which continues the same fma chain.
 
 #if arch(x86_64)
@@ -30,9 +30,9 @@ public enum AVX512Gemm {
     public static let mc = 128
 
     /// Floats of per-thread scratch `gemmRows` needs.
-    public static var scratchCount: Int { mc * kc + kc * nr + mr * nr }
+    public static var scratchCount: Int { mc * kc + mr * nr }
 
-    /// Floats needed to pack a transposed B of logical shape [k, n] (`packTransposed`).
+    /// Floats needed to pack a B of logical shape [k, n] (`packB`).
     public static func packedCount(k: Int, n: Int) -> Int { k * paddedColumns(n) }
 
     public static func paddedColumns(_ n: Int) -> Int { (n + nr - 1) / nr * nr }
@@ -40,13 +40,13 @@ public enum AVX512Gemm {
     /// Column panels of a [k, n] operand.
     public static func panels(_ n: Int) -> Int { (n + nr - 1) / nr }
 
-    /// Packs panels [panelStart, panelEnd) of op(B) = src^T (src row-major [n, k], leading dimension lds) in the
-    /// layout `gemmRows(bPacked: true)` reads: K block pc (kc rows) starts at pc * paddedColumns(n); within it,
-    /// panel p holds kb x nr floats (nr per kk), zero past column n. Reads nr rows of src at a time, so every load
-    /// stays within a few KiB and every store is sequential.
+    /// Packs panels [panelStart, panelEnd) of op(B) in the layout `gemmRows` reads: K block pc (kc rows) starts at
+    /// pc * paddedColumns(n); within it, panel p holds kb x nr floats (nr per kk), zero past column n. op(B) is
+    /// src (row-major [k, n], leading dimension lds) or, with `trans`, src^T (src row-major [n, k]). Packing every
+    /// B, not only a transposed one, makes every vector load of B 64-byte aligned (`dst` must be) and contiguous.
     @inline(never)
-    public static func packTransposed(
-        _ src: UnsafePointer<Float>, lds: Int, k: Int, n: Int, panelStart: Int, panelEnd: Int,
+    public static func packB(
+        trans: Bool, _ src: UnsafePointer<Float>, lds: Int, k: Int, n: Int, panelStart: Int, panelEnd: Int,
         into dst: UnsafeMutablePointer<Float>
     ) {
         let ldp = paddedColumns(n)
@@ -56,7 +56,18 @@ public enum AVX512Gemm {
             for pc in stride(from: 0, to: k, by: kc) {
                 let kb = min(kc, k - pc)
                 let d = dst + pc * ldp + p * nr * kb
-                if live == nr {
+                if !trans {
+                    for kk in 0..<kb {
+                        let s = src + (pc + kk) * lds + j0
+                        let o = d + kk * nr
+                        if live == nr {
+                            o.update(from: s, count: nr)
+                        } else {
+                            o.update(from: s, count: live)
+                            (o + live).update(repeating: 0, count: nr - live)
+                        }
+                    }
+                } else if live == nr {
                     // Four k at a time: 4 x 32 loads from 32 rows, four sequential 32-float stores.
                     var kk = 0
                     while kk + 4 <= kb {
@@ -84,13 +95,12 @@ public enum AVX512Gemm {
         }
     }
 
-    /// Rows [rowStart, rowEnd) of C = alpha op(A) B + beta C. B is either row-major [k, n] with leading dimension
-    /// ldb, or (`bPacked`) a `packTransposed` buffer, whose ldb is ignored. `scratch` holds `scratchCount` floats
-    /// owned by the calling thread.
+    /// Rows [rowStart, rowEnd) of C = alpha op(A) op(B) + beta C, with op(B) already packed by `packB` (all its
+    /// panels). `scratch` holds `scratchCount` floats owned by the calling thread, 64-byte aligned.
     @inline(never)
     public static func gemmRows(
         rowStart: Int, rowEnd: Int, transA: Bool, n: Int, k: Int, alpha: Float,
-        a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int, bPacked: Bool,
+        a: UnsafePointer<Float>, lda: Int, packedB b: UnsafePointer<Float>,
         beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int, scratch: UnsafeMutablePointer<Float>
     ) {
         guard rowEnd > rowStart, n > 0 else { return }
@@ -108,8 +118,7 @@ public enum AVX512Gemm {
             return
         }
         let packedA = scratch
-        let bEdge = scratch + mc * kc
-        let tile = bEdge + kc * nr
+        let tile = scratch + mc * kc
         let fullPanels = n / nr
         let edgeCols = n - fullPanels * nr
         let panels = fullPanels + (edgeCols > 0 ? 1 : 0)
@@ -117,42 +126,45 @@ public enum AVX512Gemm {
         for pc in stride(from: 0, to: k, by: kc) {
             let kb = min(kc, k - pc)
             let startFromC = pc > 0 || beta != 0
-            if edgeCols > 0 && !bPacked {
-                // The ragged last column panel of B, zero-padded to nr columns.
-                for kk in 0..<kb {
-                    let s = b + (pc + kk) * ldb + fullPanels * nr
-                    let d = bEdge + kk * nr
-                    for j in 0..<edgeCols { d[j] = s[j] }
-                    for j in edgeCols..<nr { d[j] = 0 }
-                }
-            }
             for ic in stride(from: rowStart, to: rowEnd, by: mc) {
                 let mb = min(mc, rowEnd - ic)
-                packA(transA: transA, a: a, lda: lda, row0: ic, rows: mb, k0: pc, kb: kb, alpha: alpha, into: packedA)
                 let rowPanels = (mb + mr - 1) / mr
+                // With alpha = 1, whole 8-row panels of A are read where they are (only broadcasts, so alignment
+                // does not matter, and packing would cost as much as a third of the multiply at H = 128); a ragged
+                // last panel, or any panel when alpha scales A, is packed.
+                let inPlace = alpha == 1
+                let packedRows = inPlace ? mb % mr : mb
+                let firstPacked = inPlace ? mb / mr : 0
+                if packedRows > 0 {
+                    packA(
+                        transA: transA, a: a, lda: lda, row0: ic + firstPacked * mr, rows: packedRows, k0: pc, kb: kb,
+                        alpha: alpha, into: packedA)
+                }
                 for jr in 0..<panels {
-                    let isEdgeColumn = jr == fullPanels
-                    let bp: UnsafePointer<Float>
-                    if bPacked {
-                        bp = b + pc * paddedColumns(n) + jr * nr * kb
-                    } else {
-                        bp = isEdgeColumn ? UnsafePointer(bEdge) : b + pc * ldb + jr * nr
-                    }
-                    let bStride = bPacked || isEdgeColumn ? nr : ldb
-                    let cols = isEdgeColumn ? edgeCols : nr
+                    let bp = b + pc * paddedColumns(n) + jr * nr * kb
+                    let cols = jr == fullPanels ? edgeCols : nr
                     for ir in 0..<rowPanels {
                         let rows = min(mr, mb - ir * mr)
-                        let ap = UnsafePointer(packedA + ir * mr * kb)
+                        let ap: UnsafePointer<Float>
+                        let (rs, ks): (Int, Int)
+                        if ir < firstPacked {
+                            let row = ic + ir * mr
+                            ap = transA ? a + pc * lda + row : a + row * lda + pc
+                            (rs, ks) = transA ? (1, lda) : (lda, 1)
+                        } else {
+                            ap = UnsafePointer(packedA + (ir - firstPacked) * mr * kb)
+                            (rs, ks) = (1, mr)
+                        }
                         let cp = c + (ic + ir * mr) * ldc + jr * nr
                         if rows == mr && cols == nr {
-                            micro(kb, ap, bp, bStride, cp, ldc, startFromC)
+                            micro(kb, ap, rs, ks, bp, cp, ldc, startFromC)
                         } else {
                             if startFromC {
                                 for r in 0..<rows {
                                     (tile + r * nr).update(from: cp + r * ldc, count: cols)
                                 }
                             }
-                            micro(kb, ap, bp, bStride, tile, nr, startFromC)
+                            micro(kb, ap, rs, ks, bp, tile, nr, startFromC)
                             for r in 0..<rows {
                                 (cp + r * ldc).update(from: tile + r * nr, count: cols)
                             }
@@ -200,11 +212,11 @@ public enum AVX512Gemm {
         }
     }
 
-    /// The 8 x 32 tile: c[r, 0..<32] = chain over kk of fma(a[kk*8 + r], b[kk*ldb + 0..<32], .), starting from c's
-    /// current values when `load`, else from zero.
+    /// The 8 x 32 tile: c[r, 0..<32] = chain over kk of fma(a[r*rs + kk*ks], b[kk*32 + 0..<32], .), starting from
+    /// c's current values when `load`, else from zero. (rs, ks) = (1, 8) for a packed panel.
     @inline(__always)
     static func micro(
-        _ kb: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ ldb: Int,
+        _ kb: Int, _ a: UnsafePointer<Float>, _ rs: Int, _ ks: Int, _ b: UnsafePointer<Float>,
         _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ load: Bool
     ) {
         @inline(__always) func ld(_ p: UnsafePointer<Float>) -> V { UnsafeRawPointer(p).loadUnaligned(as: V.self) }
@@ -225,26 +237,27 @@ public enum AVX512Gemm {
             c70 = ld(cc + 7 * ldc); c71 = ld(cc + 7 * ldc + 16)
         }
         var pa = a, pb = b
+        let (r1, r2, r3, r4, r5, r6, r7) = (rs, 2 * rs, 3 * rs, 4 * rs, 5 * rs, 6 * rs, 7 * rs)
         for _ in 0..<kb {
             let b0 = ld(pb), b1 = ld(pb + 16)
             var x = V(repeating: pa[0])
             c00.addProduct(x, b0); c01.addProduct(x, b1)
-            x = V(repeating: pa[1])
+            x = V(repeating: pa[r1])
             c10.addProduct(x, b0); c11.addProduct(x, b1)
-            x = V(repeating: pa[2])
+            x = V(repeating: pa[r2])
             c20.addProduct(x, b0); c21.addProduct(x, b1)
-            x = V(repeating: pa[3])
+            x = V(repeating: pa[r3])
             c30.addProduct(x, b0); c31.addProduct(x, b1)
-            x = V(repeating: pa[4])
+            x = V(repeating: pa[r4])
             c40.addProduct(x, b0); c41.addProduct(x, b1)
-            x = V(repeating: pa[5])
+            x = V(repeating: pa[r5])
             c50.addProduct(x, b0); c51.addProduct(x, b1)
-            x = V(repeating: pa[6])
+            x = V(repeating: pa[r6])
             c60.addProduct(x, b0); c61.addProduct(x, b1)
-            x = V(repeating: pa[7])
+            x = V(repeating: pa[r7])
             c70.addProduct(x, b0); c71.addProduct(x, b1)
-            pa += 8
-            pb += ldb
+            pa += ks
+            pb += 32
         }
         st(c00, c); st(c01, c + 16)
         st(c10, c + ldc); st(c11, c + ldc + 16)

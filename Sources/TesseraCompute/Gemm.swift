@@ -91,26 +91,26 @@ enum GemmScratch {
     }
 }
 
-/// A thread's two buffers: its own packing space, and a transposed B it shares with the helper during one call.
+/// A thread's two buffers: its own packing space for A, and the packed B it shares with the helper during one call.
 final class GemmScratchPair {
     let packing = GemmScratchBuffer()
     let operand = GemmScratchBuffer()
 }
 
-/// One growable Float buffer.
+/// One growable Float buffer, 64-byte aligned (a cache line, and one zmm register).
 final class GemmScratchBuffer {
-    private var buffer: UnsafeMutablePointer<Float>?
+    private var buffer: UnsafeMutableRawPointer?
     private var capacity = 0
 
     deinit { buffer?.deallocate() }
 
     func reserve(_ count: Int) -> UnsafeMutablePointer<Float> {
-        if let buffer, count <= capacity { return buffer }
+        if let buffer, count <= capacity { return buffer.assumingMemoryBound(to: Float.self) }
         buffer?.deallocate()
-        capacity = max(count, capacity * 2, 1)
-        let fresh = UnsafeMutablePointer<Float>.allocate(capacity: capacity)
+        capacity = max(count, capacity * 2, 16)
+        let fresh = UnsafeMutableRawPointer.allocate(byteCount: capacity * MemoryLayout<Float>.stride, alignment: 64)
         buffer = fresh
-        return fresh
+        return fresh.bindMemory(to: Float.self, capacity: capacity)
     }
 }
 
@@ -130,27 +130,23 @@ enum TesseraGemm {
         let scratch = GemmScratch.forCurrentThread()
         let mr = AVX512Gemm.mr
         let parallel = split ?? (m >= 2 * mr && m * n * k >= parallelThreshold && BLASRuntime.threads >= 2)
-        var bp = b
-        if transB && k > 0 {
-            // op(B)[kk, j] = b[j * ldb + kk]: packed once into nr-column panels, shared by both row ranges.
-            let packed = scratch.operand.reserve(AVX512Gemm.packedCount(k: k, n: n))
-            let panels = AVX512Gemm.panels(n)
-            func pack(_ lo: Int, _ hi: Int) {
-                AVX512Gemm.packTransposed(b, lds: ldb, k: k, n: n, panelStart: lo, panelEnd: hi, into: packed)
-            }
-            if parallel && panels >= 2 {
-                ForkJoinHelper.shared.run({ pack(0, panels / 2) }, { pack(panels / 2, panels) })
-            } else {
-                pack(0, panels)
-            }
-            bp = UnsafePointer(packed)
+        // op(B) packed once into 32-column panels (aligned, contiguous), shared by both row ranges.
+        let packed = scratch.operand.reserve(AVX512Gemm.packedCount(k: k, n: n))
+        let panels = AVX512Gemm.panels(n)
+        func pack(_ lo: Int, _ hi: Int) {
+            AVX512Gemm.packB(trans: transB, b, lds: ldb, k: k, n: n, panelStart: lo, panelEnd: hi, into: packed)
         }
-        let sharedB = bp
+        if parallel && panels >= 2 {
+            ForkJoinHelper.shared.run({ pack(0, panels / 2) }, { pack(panels / 2, panels) })
+        } else {
+            pack(0, panels)
+        }
+        let sharedB = UnsafePointer(packed)
         func rows(_ lo: Int, _ hi: Int, _ pair: GemmScratchPair) {
             let s = pair.packing.reserve(AVX512Gemm.scratchCount)
             AVX512Gemm.gemmRows(
-                rowStart: lo, rowEnd: hi, transA: transA, n: n, k: k, alpha: alpha, a: a, lda: lda, b: sharedB,
-                ldb: ldb, bPacked: transB, beta: beta, c: c, ldc: ldc, scratch: s)
+                rowStart: lo, rowEnd: hi, transA: transA, n: n, k: k, alpha: alpha, a: a, lda: lda, packedB: sharedB,
+                beta: beta, c: c, ldc: ldc, scratch: s)
         }
         if parallel, m >= 2 {
             // Cut at a multiple of mr so both halves run whole tiles where possible.
