@@ -27,3 +27,16 @@ public enum AVX512Elementwise {
     }
 }
 #endif
+
+#if arch(x86_64)
+extension AVX512Elementwise {
+    /// One Adam/AdamW update (TesseraKernels/AdamKernel.swift) with hardware fma.
+    @inline(never)
+    public static func adam(
+        params: UnsafeMutablePointer<Float>, grads: UnsafePointer<Float>, expAvg: UnsafeMutablePointer<Float>,
+        expAvgSq: UnsafeMutablePointer<Float>, count: Int, coefficients: AdamKernel.Coefficients
+    ) {
+        AdamKernel.update(params: params, grads: grads, expAvg: expAvg, expAvgSq: expAvgSq, count: count, c: coefficients)
+    }
+}
+#endif

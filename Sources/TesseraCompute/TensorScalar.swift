@@ -317,6 +317,20 @@ extension Float: TensorScalar {
         params: UnsafeMutablePointer<Float>, grads: UnsafePointer<Float>, expAvg: UnsafeMutablePointer<Float>,
         expAvgSq: UnsafeMutablePointer<Float>, count: Int, coefficients: AdamCoefficients
     ) {
+        #if arch(x86_64)
+        if GemmBackend.avx512Available {
+            // The same operations in the same order as KernelImpl.adam, 16 lanes at a time (AdamKernelTests).
+            let c = coefficients
+            AVX512Elementwise.adam(
+                params: params, grads: grads, expAvg: expAvg, expAvgSq: expAvgSq, count: count,
+                coefficients: AdamKernel.Coefficients(
+                    lerpWeight: Float(c.lerpWeight), beta2: Float(c.beta2), oneMinusBeta2: Float(c.oneMinusBeta2),
+                    biasCorrection2Sqrt: Float(c.biasCorrection2Sqrt), eps: Float(c.eps), stepSize: Float(c.stepSize),
+                    smallWeight: abs(c.lerpWeight) < 0.5, decoupledDecayFactor: c.decoupledDecayFactor.map { Float($0) },
+                    l2WeightDecay: c.l2WeightDecay.map { Float($0) }))
+            return
+        }
+        #endif
         KernelImpl.adam(
             params: params, grads: grads, expAvg: expAvg, expAvgSq: expAvgSq, count: count, c: coefficients)
     }
