@@ -33,6 +33,17 @@ public enum GemmBackend: String, Sendable, CaseIterable {
     public static let current: GemmBackend = select(
         environment: ProcessInfo.processInfo.environment["TESSERA_GEMM"], cpuFlags: CPUFeatures.flags)
 
+    /// What is wrong with `TESSERA_GEMM`, if anything (a worker logs it at start): it takes `auto` (the default) or
+    /// `openblas`; any other value is ignored.
+    public static var environmentWarning: String? {
+        warning(environment: ProcessInfo.processInfo.environment["TESSERA_GEMM"])
+    }
+
+    static func warning(environment: String?) -> String? {
+        guard let value = environment, !["", "auto", "openblas"].contains(value.lowercased()) else { return nil }
+        return "TESSERA_GEMM=\(value) is not one of auto, openblas; using auto (\(current.rawValue) on this CPU)"
+    }
+
     /// Whether this CPU runs the TesseraAVX512 module at all (the activation passes use it whatever the gemm
     /// backend: their results are the same bits as the baseline passes).
     public static let avx512Available: Bool = select(environment: nil, cpuFlags: CPUFeatures.flags) == .avx512

@@ -89,6 +89,7 @@ public final class WorkerDaemon: @unchecked Sendable {
                 "gemm": "\(GemmBackend.current.rawValue)", "openblas": "\(BLASRuntime.coreName)",
                 "blas_threads": "\(config.blasThreads)",
             ])
+        if let warning = GemmBackend.environmentWarning { logger.warning("\(warning)") }
         let context = try ZMQContext(ioThreads: 1)
         defer { context.terminate() }
         var delay = config.reconnectDelay

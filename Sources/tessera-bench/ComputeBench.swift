@@ -63,6 +63,7 @@ struct ComputeBench: ParsableCommand {
             torchInfo = "PyTorch \(parsed.torch_version), torch.get_num_threads() = \(parsed.threads), Adam(foreach=True)"
         }
         print("Tessera compute benchmark: MLP 34 -> H -> H -> H -> 2, SiLU, MSE, Adam, float32")
+        if let warning = GemmBackend.environmentWarning { print("warning: \(warning)") }
         print(
             "Tessera gemm backend: \(GemmBackend.current.rawValue); OpenBLAS \(BLASRuntime.coreName) (the raw cblas column), "
                 + "threads = \(BLASRuntime.threads); \(torchInfo)")

@@ -179,5 +179,9 @@ import Testing
         #expect(GemmBackend.select(environment: nil, cpuFlags: all) == .openblas)
         #endif
         #expect(GemmBackend.select(environment: nil, cpuFlags: []) == .openblas)
+        #expect(GemmBackend.warning(environment: nil) == nil)
+        #expect(GemmBackend.warning(environment: "auto") == nil)
+        #expect(GemmBackend.warning(environment: "OPENBLAS") == nil)
+        #expect(GemmBackend.warning(environment: "openblass")?.contains("not one of auto, openblas") == true)
     }
 }
