@@ -19,7 +19,7 @@ import Synchronization
 
 final class ForkJoinHelper: @unchecked Sendable {
     // Hand-off: the caller stores `job`, then bumps `posted` (sequentially consistent); the helper runs the job and
-    // stores its generation in `finished`. Between jobs the helper spins on `posted` for `spinLimit` checks (a
+    // stores its generation in `finished`. Between jobs the helper spins on `posted` (a
     // training step posts one job per gemm and per activation pass, tens of microseconds apart, and a futex wake-up
     // costs about as much as a small gemm) for `spinSeconds`, then sleeps on `wake`. `sleeping` tells a caller it must signal.
     // `job` is written only by the caller holding `owner`, before `posted` is bumped, and read by the helper after it
@@ -35,10 +35,14 @@ final class ForkJoinHelper: @unchecked Sendable {
     static let shared = ForkJoinHelper()
 
     /// Passes smaller than this many elements run on the caller alone.
-    static let minimumElements = 1 << 15
+    /// With OpenBLAS doing the gemms the helper sleeps between jobs (below), so a pass pays a futex wake-up and
+    /// must be larger to gain from the split.
+    static let minimumElements = GemmBackend.current == .avx512 ? 1 << 15 : 1 << 17
 
     /// How long the helper spins for the next job before it sleeps.
-    static let spinSeconds = 200e-6
+    /// Only with Tessera's own gemm: OpenBLAS's pool threads spin (with sched_yield) after each cblas call too,
+    /// and on a 2-core machine two spinning helpers slowed the cblas step by 15% and its forward pass by 70%.
+    static let spinSeconds = GemmBackend.current == .avx512 ? 200e-6 : 0
     /// Checks of `finished` before a waiting caller starts yielding its core.
     static let spinLimit = 100_000
 
