@@ -22,7 +22,8 @@ import Foundation
 import TesseraAVX512
 #endif
 
-/// The Float gemm implementation in use.
+/// The Float gemm implementation in use (and with it, whether the activation passes and Adam run their AVX-512
+/// builds).
 public enum GemmBackend: String, Sendable, CaseIterable {
     /// Tessera's AVX-512 kernel: one fma chain per element, bitwise independent of threads and blocking.
     case avx512
@@ -44,9 +45,10 @@ public enum GemmBackend: String, Sendable, CaseIterable {
         return "TESSERA_GEMM=\(value) is not one of auto, openblas; using auto (\(current.rawValue) on this CPU)"
     }
 
-    /// Whether this CPU runs the TesseraAVX512 module at all (the activation passes use it whatever the gemm
-    /// backend: their results are the same bits as the baseline passes).
-    public static let avx512Available: Bool = select(environment: nil, cpuFlags: CPUFeatures.flags) == .avx512
+    /// Whether this CPU can run the TesseraAVX512 module. With the `avx512` backend the activation passes and Adam
+    /// use it too (the same bits as their baseline builds); `TESSERA_GEMM=openblas` runs none of it, which is what a
+    /// CPU without AVX-512 runs.
+    public static let cpuHasAVX512: Bool = select(environment: nil, cpuFlags: CPUFeatures.flags) == .avx512
 
     /// The x86 feature flags the TesseraAVX512 module is compiled for (`-target-cpu skylake-avx512`).
     static let requiredFlags: Set<String> = [

@@ -250,7 +250,7 @@ extension Float: TensorScalar {
             let (z, out) = (z + lo * cols, out + lo * cols)
             if activation == .silu {
                 #if arch(x86_64)
-                if GemmBackend.avx512Available {
+                if GemmBackend.current == .avx512 {
                     AVX512Elementwise.biasSiLU(z: z, bias: bias, out: out, rows: hi - lo, cols: cols)
                     return
                 }
@@ -270,7 +270,7 @@ extension Float: TensorScalar {
             let end = hi == count / 8 ? count : hi * 8
             if activation == .silu {
                 #if arch(x86_64)
-                if GemmBackend.avx512Available {
+                if GemmBackend.current == .avx512 {
                     AVX512Elementwise.siluBackward(z: z + lo * 8, grad: grad + lo * 8, count: end - lo * 8)
                     return
                 }
@@ -287,7 +287,7 @@ extension Float: TensorScalar {
     ) {
         if activation == .silu {
             #if arch(x86_64)
-            if GemmBackend.avx512Available {
+            if GemmBackend.current == .avx512 {
                 AVX512Elementwise.silu(x: x, out: out, count: count)
                 return
             }
@@ -318,7 +318,7 @@ extension Float: TensorScalar {
         expAvgSq: UnsafeMutablePointer<Float>, count: Int, coefficients: AdamCoefficients
     ) {
         #if arch(x86_64)
-        if GemmBackend.avx512Available {
+        if GemmBackend.current == .avx512 {
             // The same operations in the same order as KernelImpl.adam, 16 lanes at a time (AdamKernelTests).
             let c = coefficients
             AVX512Elementwise.adam(
