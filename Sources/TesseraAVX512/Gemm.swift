@@ -10,10 +10,11 @@
 // A scalar loop with `Float.addingProduct` gives the same bits (GemmTests checks exactly that); so does any other
 // tiling of the same chain. OpenBLAS promises nothing of the sort: its results change with its kernel family.
 //
-// Blocking (Goto style): K in blocks of `kc`; the rows of C in blocks of `mc`, each block of A packed into panels of
-// `mr` rows (k-major, `mr` floats per k); B packed once per call into panels of kc x nr contiguous floats,
-// zero-padded past n, 64-byte aligned (reading B in place was up to 2x slower whenever the caller's rows were
-// not 64-byte aligned). A transposed B is packed panel by panel instead (nr columns x kc rows contiguous). The micro-kernel keeps an 8 x 32 tile of C in 16 zmm registers; between K blocks the partial sums
+// Blocking (Goto style): K in blocks of `kc`, the rows of C in blocks of `mc`. op(B) is packed once per call
+// (`packB`) into panels of kc x nr contiguous floats, zero-padded past n, 64-byte aligned: reading B in place was up
+// to 2x slower whenever the caller's rows were not 64-byte aligned. A is only broadcast, so whole mr-row panels are
+// read in place (strided); a ragged last panel, or every panel when alpha != 1, is packed (`packA`, k-major, mr
+// floats per k). The micro-kernel keeps an 8 x 32 tile of C in 16 zmm registers; between K blocks the partial sums
 // go through C itself, which continues the same fma chain.
 
 #if arch(x86_64)
@@ -26,7 +27,7 @@ public enum AVX512Gemm {
     public static let nr = 32
     /// K block: a 256 x 32 panel of B is 32 KiB and stays in L1 across the A panels of a row block.
     public static let kc = 256
-    /// Row block: 128 x 256 floats of packed A (128 KiB) stay in L2.
+    /// Row block: 128 rows x 256 k of A (128 KiB) stay in L2 while the B panels pass.
     public static let mc = 128
 
     /// Floats of per-thread scratch `gemmRows` needs.
