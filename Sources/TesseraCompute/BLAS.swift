@@ -8,11 +8,13 @@ internal import COpenBLAS
 
 /// Process-wide OpenBLAS settings.
 public enum BLASRuntime {
-    /// Sets the number of OpenBLAS threads (`openblas_set_num_threads`). Call once per process before compute
-    /// starts; with several compute slots per machine, give each slot's share (usually 1).
-    public static func configure(threads: Int) {
+    /// Sets the number of OpenBLAS threads (`openblas_set_num_threads`), which also decides whether Tessera's own
+    /// kernels split work in two (2+), and the Float gemm backend (docs/compute.md, "Gemm"). Call once per process
+    /// before compute starts; with several compute slots per machine, give each slot's share (usually 1).
+    public static func configure(threads: Int, gemm: GemmChoice = .auto) {
         precondition(threads >= 1, "BLASRuntime.configure: threads must be >= 1")
         openblas_set_num_threads(Int32(threads))
+        GemmBackend.configure(gemm)
     }
 
     /// The thread count OpenBLAS will use.

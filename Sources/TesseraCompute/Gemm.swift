@@ -3,7 +3,7 @@
 // On a CPU with AVX-512 (F, CD, BW, DQ, VL) every Float gemm goes to `AVX512Gemm` (module TesseraAVX512): each
 // element of C is one fused multiply-add chain in k order, so the bits do not depend on the blocking, the thread
 // count or the OpenBLAS kernel family the host happens to pick. Elsewhere, and always for Double, gemm is cblas.
-// `TESSERA_GEMM=openblas` forces cblas for Float too (for comparisons, or if a host misbehaves).
+// `BLASRuntime.configure(threads:gemm: .openblas)` forces cblas for Float too, and the portable SIMD build.
 //
 // Threads: with `BLASRuntime.threads >= 2` a large gemm is cut into two row ranges, one on the caller and one on the
 // module's helper thread (Parallel.swift); the cut does not change any result. Scratch is per thread and grows
@@ -17,10 +17,20 @@ import Musl
 import Darwin
 #endif
 import Foundation
+import Synchronization
 
 #if arch(x86_64)
 import TesseraAVX512
 #endif
+
+/// What a process asks for (`BLASRuntime.configure(threads:gemm:)`); executables take it from a flag or
+/// `TESSERA_GEMM`, the library never reads the environment.
+public enum GemmChoice: String, Sendable, CaseIterable {
+    /// Tessera's AVX-512 kernels when the CPU has AVX-512, else OpenBLAS.
+    case auto
+    /// OpenBLAS and the portable SIMD build whatever the CPU: what a CPU without AVX-512 runs.
+    case openblas
+}
 
 /// The Float gemm implementation in use (and with it, whether the activation passes and Adam run their AVX-512
 /// builds).
@@ -30,25 +40,28 @@ public enum GemmBackend: String, Sendable, CaseIterable {
     /// cblas_sgemm from OpenBLAS.
     case openblas
 
-    /// Chosen once per process: AVX-512 when the CPU has it, unless `TESSERA_GEMM=openblas`.
-    public static let current: GemmBackend = select(
-        environment: ProcessInfo.processInfo.environment["TESSERA_GEMM"], cpuFlags: CPUFeatures.flags)
+    /// The backend for `choice` on this CPU. Set the choice once, before compute starts: switching while networks
+    /// train changes their bits.
+    public static var current: GemmBackend { choice.load(ordering: .relaxed) == 1 ? .openblas : automatic }
 
-    /// What is wrong with `TESSERA_GEMM`, if anything (a worker logs it at start): it takes `auto` (the default) or
-    /// `openblas`; any other value is ignored.
-    public static var environmentWarning: String? {
-        warning(environment: ProcessInfo.processInfo.environment["TESSERA_GEMM"])
-    }
+    /// 0 = auto, 1 = openblas.
+    static let choice = Atomic<UInt8>(0)
 
-    static func warning(environment: String?) -> String? {
-        guard let value = environment, !["", "auto", "openblas"].contains(value.lowercased()) else { return nil }
-        return "TESSERA_GEMM=\(value) is not one of auto, openblas; using auto (\(current.rawValue) on this CPU)"
-    }
+    static func configure(_ c: GemmChoice) { choice.store(c == .openblas ? 1 : 0, ordering: .relaxed) }
+
+    /// What `auto` picks on this CPU. A build with `-DTESSERA_PORTABLE_KERNELS` picks OpenBLAS everywhere: ops/test
+    /// builds the tests that way a second time, to run what a CPU without AVX-512 runs.
+    static let automatic: GemmBackend = {
+        #if TESSERA_PORTABLE_KERNELS
+        return .openblas
+        #else
+        return select(choice: .auto, cpuFlags: CPUFeatures.flags)
+        #endif
+    }()
 
     /// Whether this CPU can run the TesseraAVX512 module. With the `avx512` backend the activation passes and Adam
-    /// use it too (the same bits as their baseline builds); `TESSERA_GEMM=openblas` runs none of it, which is what a
-    /// CPU without AVX-512 runs.
-    public static let cpuHasAVX512: Bool = select(environment: nil, cpuFlags: CPUFeatures.flags) == .avx512
+    /// use it too (the same bits as their baseline builds); the `openblas` choice runs none of it.
+    public static let cpuHasAVX512: Bool = select(choice: .auto, cpuFlags: CPUFeatures.flags) == .avx512
 
     /// The x86 feature flags the TesseraAVX512 module is compiled for (`-target-cpu skylake-avx512`).
     static let requiredFlags: Set<String> = [
@@ -56,8 +69,8 @@ public enum GemmBackend: String, Sendable, CaseIterable {
         "avx512dq", "avx512vl",
     ]
 
-    static func select(environment: String?, cpuFlags: Set<String>) -> GemmBackend {
-        if let forced = environment?.lowercased(), forced == "openblas" { return .openblas }
+    static func select(choice: GemmChoice, cpuFlags: Set<String>) -> GemmBackend {
+        if choice == .openblas { return .openblas }
         #if arch(x86_64)
         return requiredFlags.isSubset(of: cpuFlags) ? .avx512 : .openblas
         #else

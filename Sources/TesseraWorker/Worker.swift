@@ -25,6 +25,8 @@ public struct WorkerConfiguration: Sendable {
     public var host: String
     /// OpenBLAS threads per compute slot (`openblas_set_num_threads`).
     public var blasThreads: Int = 1
+    /// Float gemm backend (docs/compute.md, "Gemm"): `.auto` uses Tessera's AVX-512 kernels where the CPU has them.
+    public var gemm: GemmChoice = .auto
     public var heartbeatInterval: Double = 1.0
     /// Heartbeats from the coordinator that may be missed before reconnecting.
     public var liveness: Int = 3
@@ -81,7 +83,7 @@ public final class WorkerDaemon: @unchecked Sendable {
     // MARK: Loop
 
     public func run() throws {
-        BLASRuntime.configure(threads: config.blasThreads)
+        BLASRuntime.configure(threads: config.blasThreads, gemm: config.gemm)
         // Which Float gemm this host runs decides the bits of every trained network (docs/compute.md, "Gemm").
         logger.info(
             "compute runtime",
@@ -89,7 +91,6 @@ public final class WorkerDaemon: @unchecked Sendable {
                 "gemm": "\(GemmBackend.current.rawValue)", "openblas": "\(BLASRuntime.coreName)",
                 "blas_threads": "\(config.blasThreads)",
             ])
-        if let warning = GemmBackend.environmentWarning { logger.warning("\(warning)") }
         let context = try ZMQContext(ioThreads: 1)
         defer { context.terminate() }
         var delay = config.reconnectDelay

@@ -24,6 +24,8 @@ struct ComputeBench: ParsableCommand {
     @Option(help: "Batch sizes, comma separated.") var batches: String = "256,1024,4096"
     @Option(help: "Hidden widths, comma separated.") var widths: String = "128,256,512"
     @Option(help: "OpenBLAS threads.") var threads: Int = 2
+    @Option(help: "Float gemm: auto (Tessera's AVX-512 kernels where the CPU has them) or openblas (default: $TESSERA_GEMM or auto).")
+    var gemm: String?
     @Option(help: "Seconds of timing per measurement.") var seconds: Double = 2
     @Option(help: "Each figure is the best of this many rounds of seconds/rounds.") var rounds: Int = 5
     @Option(help: "Write model/data safetensors for PyTorch into this directory and exit.") var export: String?
@@ -34,9 +36,18 @@ struct ComputeBench: ParsableCommand {
     func validate() throws {
         guard threads >= 1 else { throw ValidationError("--threads must be >= 1") }
         guard seconds > 0, rounds >= 1 else { throw ValidationError("--seconds and --rounds must be positive") }
+        _ = try gemmChoice()
         guard parse(batches) != nil, parse(widths) != nil else {
             throw ValidationError("--batches and --widths take comma-separated positive integers")
         }
+    }
+
+    func gemmChoice() throws -> GemmChoice {
+        let value = gemm ?? ProcessInfo.processInfo.environment["TESSERA_GEMM"] ?? "auto"
+        guard let choice = GemmChoice(rawValue: value.lowercased()) else {
+            throw ValidationError("--gemm / TESSERA_GEMM must be auto or openblas, not '\(value)'")
+        }
+        return choice
     }
 
     func parse(_ s: String) -> [Int]? {
@@ -45,7 +56,7 @@ struct ComputeBench: ParsableCommand {
     }
 
     func run() throws {
-        BLASRuntime.configure(threads: threads)
+        BLASRuntime.configure(threads: threads, gemm: try gemmChoice())
         let bs = parse(batches)!, hs = parse(widths)!
         if let export {
             for h in hs {
@@ -63,7 +74,6 @@ struct ComputeBench: ParsableCommand {
             torchInfo = "PyTorch \(parsed.torch_version), torch.get_num_threads() = \(parsed.threads), Adam(foreach=True)"
         }
         print("Tessera compute benchmark: MLP 34 -> H -> H -> H -> 2, SiLU, MSE, Adam, float32")
-        if let warning = GemmBackend.environmentWarning { print("warning: \(warning)") }
         print(
             "Tessera gemm backend: \(GemmBackend.current.rawValue); OpenBLAS \(BLASRuntime.coreName) (the raw cblas column), "
                 + "threads = \(BLASRuntime.threads); \(torchInfo)")

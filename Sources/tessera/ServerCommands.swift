@@ -5,6 +5,7 @@ import Dispatch
 import Foundation
 import LibPQ
 import Logging
+import TesseraCompute
 import TesseraCoordinator
 import TesseraCore
 import TesseraStore
@@ -157,6 +158,11 @@ struct WorkerCommand: ParsableCommand {
     @Option(help: "Worker name (default: HOST-PID).") var name: String?
     @Option(help: "CURVE keys directory (default: $TESSERA_KEYS_DIR).") var keysDir: String?
     @Option(help: "OpenBLAS threads per slot.") var blasThreads: Int = 1
+    @Option(
+        help: ArgumentHelp(
+            "Float gemm: auto or openblas (default: $TESSERA_GEMM or auto).",
+            discussion: "auto runs Tessera's own AVX-512 kernels on CPUs that have AVX-512 (same bits on every such host), OpenBLAS elsewhere; openblas forces OpenBLAS and the portable kernels. Workers of one job should agree (docs/operations.md)."))
+    var gemm: String?
     @Option(help: "Seconds running shards may take to finish on SIGTERM.") var drainTimeout: Double = 30
     @Option(help: "Heartbeat interval in seconds.") var heartbeat: Double = 1.0
     @OptionGroup var log: LogOptions
@@ -164,6 +170,16 @@ struct WorkerCommand: ParsableCommand {
     func validate() throws {
         guard (1...256).contains(slots) else { throw ValidationError("--slots must be between 1 and 256") }
         guard (1...64).contains(blasThreads) else { throw ValidationError("--blas-threads must be between 1 and 64") }
+        _ = try gemmChoice()
+    }
+
+    /// --gemm, else TESSERA_GEMM, else auto; anything else is an error naming where it came from.
+    func gemmChoice() throws -> GemmChoice {
+        let (value, source) = gemm.map { ($0, "--gemm") } ?? Env.get("TESSERA_GEMM").map { ($0, "TESSERA_GEMM") } ?? ("auto", "")
+        guard let choice = GemmChoice(rawValue: value.lowercased()) else {
+            throw ValidationError("\(source) must be auto or openblas, not '\(value)'")
+        }
+        return choice
     }
 
     func run() throws {
@@ -178,6 +194,7 @@ struct WorkerCommand: ParsableCommand {
                 name: name ?? "\(host)-\(getpid())", host: host
             )
             config.blasThreads = blasThreads
+            config.gemm = try gemmChoice()
             config.drainTimeout = drainTimeout
             config.heartbeatInterval = heartbeat
             let worker = WorkerDaemon(config: config, catalogue: Workloads.catalogue, logger: logger)

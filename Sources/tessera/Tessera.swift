@@ -15,7 +15,7 @@ struct Tessera: ParsableCommand {
             and dispatches them over ZeroMQ to worker daemons. Try it on one machine with `tessera dev`.
 
             Environment fallbacks: TESSERA_COORDINATOR, TESSERA_DATABASE_URL, TESSERA_HTTP, TESSERA_DATA_DIR,
-            TESSERA_KEYS_DIR.
+            TESSERA_KEYS_DIR, TESSERA_GEMM.
             """,
         version: "0.1.0",
         subcommands: [

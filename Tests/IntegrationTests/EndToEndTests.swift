@@ -110,6 +110,13 @@ struct EndToEndTests {
         #expect(jobs.int(0, "n") == 0)
     }
 
+    @Test func workerRejectsAnUnknownGemmBackend() throws {
+        // A typo must not silently fall back to the default backend: the bits of trained networks depend on it.
+        let r = try tessera(["worker", "--gemm", "openblass"])
+        #expect(r.status == 64, "\(r.stderr)")
+        #expect(r.stderr.contains("--gemm must be auto or openblas, not 'openblass'"), "\(r.stderr)")
+    }
+
     @Test func waitExitCodes() throws {
         // No workers yet: the job cannot finish, so wait times out (2); cancelled gives 1; succeeded gives 0.
         let c = try Cluster(workers: 0)

@@ -170,18 +170,15 @@ import Testing
 
     @Test func backendSelection() {
         let all = GemmBackend.requiredFlags
-        #expect(GemmBackend.select(environment: "openblas", cpuFlags: all) == .openblas)
-        #expect(GemmBackend.select(environment: "OpenBLAS", cpuFlags: all) == .openblas)
+        #expect(GemmBackend.select(choice: .openblas, cpuFlags: all) == .openblas)
         #if arch(x86_64)
-        #expect(GemmBackend.select(environment: nil, cpuFlags: all) == .avx512)
-        #expect(GemmBackend.select(environment: nil, cpuFlags: all.subtracting(["avx512bw"])) == .openblas)
+        #expect(GemmBackend.select(choice: .auto, cpuFlags: all) == .avx512)
+        #expect(GemmBackend.select(choice: .auto, cpuFlags: all.subtracting(["avx512bw"])) == .openblas)
         #else
-        #expect(GemmBackend.select(environment: nil, cpuFlags: all) == .openblas)
+        #expect(GemmBackend.select(choice: .auto, cpuFlags: all) == .openblas)
         #endif
-        #expect(GemmBackend.select(environment: nil, cpuFlags: []) == .openblas)
-        #expect(GemmBackend.warning(environment: nil) == nil)
-        #expect(GemmBackend.warning(environment: "auto") == nil)
-        #expect(GemmBackend.warning(environment: "OPENBLAS") == nil)
-        #expect(GemmBackend.warning(environment: "openblass")?.contains("not one of auto, openblas") == true)
+        #expect(GemmBackend.select(choice: .auto, cpuFlags: []) == .openblas)
+        #expect(GemmChoice(rawValue: "openblass") == nil)
     }
+
 }
