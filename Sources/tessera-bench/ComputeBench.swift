@@ -146,7 +146,9 @@ struct ComputeBench: ParsableCommand {
                             }
                         }
                     }
-                    let (ours, theirs) = (run(true), run(false))
+                    let ours = run(true)
+                    let theirs = run(false)
+                    Thread.sleep(forTimeInterval: 0.3)  // let OpenBLAS's spinning pool threads park (see measure)
                     rows.append([
                         "\(b)", "\(h)", label, "\(m)x\(n)x\(k)", String(format: "%.1f", flops / ours / 1e9),
                         String(format: "%.1f", flops / theirs / 1e9), String(format: "%.2fx", theirs / ours),
@@ -300,6 +302,9 @@ struct BenchCase {
         let rawCblas = Self.time(seconds: seconds, rounds: rounds) {
             Self.rawForward(batch: b, sizes: sizes, bufs: &bufs, weights: weights, cblas: true)
         }
+        // OpenBLAS's pool threads spin (sched_yield) for a while after the last cblas call (2^28 cycles by default,
+        // ~0.1 s): let them park before the next case times Tessera, which uses no OpenBLAS at all.
+        Thread.sleep(forTimeInterval: 0.3)
         return Measurement(
             stepMs: step * 1e3, forwardMs: fwd * 1e3, stepGflops: stepFlops / step / 1e9,
             forwardGflops: forwardFlops / fwd / 1e9, rawGflops: forwardFlops / raw / 1e9,
