@@ -30,7 +30,8 @@ public enum AVX512Elementwise {
 
 #if arch(x86_64)
 extension AVX512Elementwise {
-    /// One Adam/AdamW update (TesseraKernels/AdamKernel.swift) with hardware fma.
+    /// One Adam/AdamW update (TesseraKernels/AdamKernel.swift) with hardware fma, of the first count / 16 * 16
+    /// elements.
     @inline(never)
     public static func adam(
         params: UnsafeMutablePointer<Float>, grads: UnsafePointer<Float>, expAvg: UnsafeMutablePointer<Float>,

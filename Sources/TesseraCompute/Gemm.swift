@@ -49,19 +49,19 @@ public enum GemmBackend: String, Sendable, CaseIterable {
 
     static func configure(_ c: GemmChoice) { choice.store(c == .openblas ? 1 : 0, ordering: .relaxed) }
 
-    /// What `auto` picks on this CPU. A build with `-DTESSERA_PORTABLE_KERNELS` picks OpenBLAS everywhere: ops/test
-    /// builds the tests that way a second time, to run what a CPU without AVX-512 runs.
-    static let automatic: GemmBackend = {
-        #if TESSERA_PORTABLE_KERNELS
-        return .openblas
-        #else
-        return select(choice: .auto, cpuFlags: CPUFeatures.flags)
-        #endif
-    }()
-
     /// Whether this CPU can run the TesseraAVX512 module. With the `avx512` backend the activation passes and Adam
     /// use it too (the same bits as their baseline builds); the `openblas` choice runs none of it.
     public static let cpuHasAVX512: Bool = select(choice: .auto, cpuFlags: CPUFeatures.flags) == .avx512
+
+    /// What `auto` picks on this CPU. A build with `-DTESSERA_PORTABLE_KERNELS` picks OpenBLAS everywhere: ops/test
+    /// builds the tests that way a second time, to run what a CPU without AVX-512 runs.
+    static var automatic: GemmBackend {
+        #if TESSERA_PORTABLE_KERNELS
+        return .openblas
+        #else
+        return cpuHasAVX512 ? .avx512 : .openblas
+        #endif
+    }
 
     /// The x86 feature flags the TesseraAVX512 module is compiled for (`-target-cpu skylake-avx512`).
     static let requiredFlags: Set<String> = [

@@ -321,13 +321,17 @@ extension Float: TensorScalar {
         if GemmBackend.current == .avx512 {
             // The same operations in the same order as KernelImpl.adam, 16 lanes at a time (AdamKernelTests).
             let c = coefficients
+            let vectors = count / 16 * 16
             AVX512Elementwise.adam(
-                params: params, grads: grads, expAvg: expAvg, expAvgSq: expAvgSq, count: count,
+                params: params, grads: grads, expAvg: expAvg, expAvgSq: expAvgSq, count: vectors,
                 coefficients: AdamKernel.Coefficients(
                     lerpWeight: Float(c.lerpWeight), beta2: Float(c.beta2), oneMinusBeta2: Float(c.oneMinusBeta2),
                     biasCorrection2Sqrt: Float(c.biasCorrection2Sqrt), eps: Float(c.eps), stepSize: Float(c.stepSize),
                     smallWeight: abs(c.lerpWeight) < 0.5, decoupledDecayFactor: c.decoupledDecayFactor.map { Float($0) },
                     l2WeightDecay: c.l2WeightDecay.map { Float($0) }))
+            KernelImpl.adam(
+                params: params + vectors, grads: grads + vectors, expAvg: expAvg + vectors, expAvgSq: expAvgSq + vectors,
+                count: count - vectors, c: coefficients)
             return
         }
         #endif

@@ -33,6 +33,7 @@ public enum AdamKernel {
         }
     }
 
+    /// Updates the first `count / 16 * 16` elements; the caller runs the scalar update on the rest.
     @inlinable @inline(__always)
     public static func update(
         params: UnsafeMutablePointer<Float>, grads: UnsafePointer<Float>, expAvg: UnsafeMutablePointer<Float>,
@@ -62,21 +63,6 @@ public enum AdamKernel {
             st(v, expAvgSq + i)
             st(p, params + i)
             i += 16
-        }
-        while i < count {
-            var p = params[i]
-            var g = grads[i]
-            if let decay = c.decoupledDecayFactor { p = p * decay }
-            if let l2 = c.l2WeightDecay { g = g + l2 * p }
-            let m0 = expAvg[i]
-            let m = c.smallWeight ? m0.addingProduct(c.lerpWeight, g - m0) : g.addingProduct(c.lerpWeight - 1, g - m0)
-            let v = expAvgSq[i] * c.beta2 + c.oneMinusBeta2 * g * g
-            let denom = v.squareRoot() / c.biasCorrection2Sqrt + c.eps
-            p = p + c.stepSize * m / denom
-            expAvg[i] = m
-            expAvgSq[i] = v
-            params[i] = p
-            i += 1
         }
     }
 }

@@ -132,15 +132,9 @@ struct ComputeBench: ParsableCommand {
                             a.withUnsafeBufferPointer { ap in
                                 bb.withUnsafeBufferPointer { bp in
                                     c.withUnsafeMutableBufferPointer { cp in
-                                        if ours {
-                                            Float.gemm(
-                                                transA: tA, transB: tB, m: m, n: n, k: k, alpha: 1, a: ap.baseAddress!, lda: lda,
-                                                b: bp.baseAddress!, ldb: ldb, beta: 0, c: cp.baseAddress!, ldc: n)
-                                        } else {
-                                            OpenBLAS.sgemm(
-                                                transA: tA, transB: tB, m: m, n: n, k: k, alpha: 1, a: ap.baseAddress!, lda: lda,
-                                                b: bp.baseAddress!, ldb: ldb, beta: 0, c: cp.baseAddress!, ldc: n)
-                                        }
+                                        BenchCase.sgemm(
+                                            cblas: !ours, transA: tA, transB: tB, m: m, n: n, k: k, a: ap.baseAddress!,
+                                            lda: lda, b: bp.baseAddress!, ldb: ldb, c: cp.baseAddress!, ldc: n)
                                     }
                                 }
                             }
@@ -246,6 +240,15 @@ struct BenchCase {
         try model.forward(x, workspace: &workspace, training: false)
     }
 
+    /// C = op(A) op(B) straight to cblas_sgemm, or through `Float.gemm` (Tessera's backend).
+    static func sgemm(
+        cblas: Bool, transA: Bool, transB: Bool, m: Int, n: Int, k: Int, a: UnsafePointer<Float>, lda: Int,
+        b: UnsafePointer<Float>, ldb: Int, c: UnsafeMutablePointer<Float>, ldc: Int
+    ) {
+        let gemm = cblas ? OpenBLAS.sgemm : Float.gemm
+        gemm(transA, transB, m, n, k, 1, a, lda, b, ldb, 0, c, ldc)
+    }
+
     /// The sgemm calls of one forward pass, nothing else, on buffers of the same shapes: through `Float.gemm`
     /// (Tessera's backend) or straight to cblas_sgemm.
     static func rawForward(batch: Int, sizes: [Int], bufs: inout [[Float]], weights: [[Float]], cblas: Bool) {
@@ -255,15 +258,9 @@ struct BenchCase {
             src.withUnsafeBufferPointer { a in
                 weights[l].withUnsafeBufferPointer { w in
                     bufs[l + 1].withUnsafeMutableBufferPointer { c in
-                        if cblas {
-                            OpenBLAS.sgemm(
-                                transA: false, transB: true, m: batch, n: n, k: k, alpha: 1, a: a.baseAddress!,
-                                lda: k, b: w.baseAddress!, ldb: k, beta: 0, c: c.baseAddress!, ldc: n)
-                        } else {
-                            Float.gemm(
-                                transA: false, transB: true, m: batch, n: n, k: k, alpha: 1, a: a.baseAddress!,
-                                lda: k, b: w.baseAddress!, ldb: k, beta: 0, c: c.baseAddress!, ldc: n)
-                        }
+                        sgemm(
+                            cblas: cblas, transA: false, transB: true, m: batch, n: n, k: k, a: a.baseAddress!,
+                            lda: k, b: w.baseAddress!, ldb: k, c: c.baseAddress!, ldc: n)
                     }
                 }
             }

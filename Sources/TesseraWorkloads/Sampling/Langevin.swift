@@ -194,45 +194,26 @@ struct MixtureFieldKernel: Sendable {
         let top = buffer + K * C
         let total = top + C
         let logTwoPi = 0.5 * Double(d) * log(2 * Double.pi)
-        mixture.shiftedMeans.withUnsafeBufferPointer { muBuffer in
-            mixture.logNormalizers.withUnsafeBufferPointer { lnBuffer in
-                mixture.halfPrecisions.withUnsafeBufferPointer { hpBuffer in
-                    mixture.precisions.withUnsafeBufferPointer { pBuffer in
-                        let mu = muBuffer.baseAddress!
-                        let ln = lnBuffer.baseAddress!
-                        let hp = hpBuffer.baseAddress!
-                        let precision = pBuffer.baseAddress!
-                        var start = 0
-                        while start < count {
-                            let m = min(C, count - start)
-                            let xs = x + start * d
-                            mixtureChunkResponsibilities(
-                                xs, count: m, dimension: d, components: K, means: mu, logNormalizers: ln,
-                                halfPrecisions: hp, precisions: precision, weights: weights, stride: C, top: top,
-                                total: total)
-                            if let score {
-                                let out = score + start * d
-                                for i in 0..<(m * d) { out[i] = 0 }
-                                for k in 0..<K {
-                                    let row = weights + k * C
-                                    let centre = mu + k * d
-                                    for j in 0..<m {
-                                        let gk = row[j]
-                                        for c in 0..<d { out[j * d + c] -= gk * (xs[j * d + c] - centre[c]) }
-                                    }
-                                }
-                                for j in 0..<m {
-                                    let inv = 1 / total[j]
-                                    for c in 0..<d { out[j * d + c] *= inv }
-                                }
-                            }
-                            if let logDensity {
-                                for j in 0..<m { logDensity[start + j] = top[j] + log(total[j]) - logTwoPi }
-                            }
-                            start += m
-                        }
+        mixture.forEachChunk(x, count: count, chunk: C, weights: weights, top: top, total: total) { start, m, mu in
+            let xs = x + start * d
+            if let score {
+                let out = score + start * d
+                for i in 0..<(m * d) { out[i] = 0 }
+                for k in 0..<K {
+                    let row = weights + k * C
+                    let centre = mu + k * d
+                    for j in 0..<m {
+                        let gk = row[j]
+                        for c in 0..<d { out[j * d + c] -= gk * (xs[j * d + c] - centre[c]) }
                     }
                 }
+                for j in 0..<m {
+                    let inv = 1 / total[j]
+                    for c in 0..<d { out[j * d + c] *= inv }
+                }
+            }
+            if let logDensity {
+                for j in 0..<m { logDensity[start + j] = top[j] + log(total[j]) - logTwoPi }
             }
         }
     }

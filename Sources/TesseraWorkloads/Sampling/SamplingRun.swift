@@ -143,54 +143,34 @@ struct SamplerEngine: Sendable {
         let top = buffer + K * C  // [C]
         let total = top + C  // [C]
         let eps = total + C  // [C, d]
-        mixture.shiftedMeans.withUnsafeBufferPointer { muBuffer in
-            mixture.logNormalizers.withUnsafeBufferPointer { lnBuffer in
-                mixture.halfPrecisions.withUnsafeBufferPointer { hpBuffer in
-                    mixture.precisions.withUnsafeBufferPointer { pBuffer in
-                        let mu = muBuffer.baseAddress!
-                        let ln = lnBuffer.baseAddress!
-                        let hp = hpBuffer.baseAddress!
-                        let precision = pBuffer.baseAddress!
-                        var start = 0
-                        while start < count {
-                            let m = min(C, count - start)
-                            let xs = x + start * d
-                            mixtureChunkResponsibilities(
-                                xs, count: m, dimension: d, components: K, means: mu, logNormalizers: ln,
-                                halfPrecisions: hp, precisions: precision, weights: weights, stride: C, top: top,
-                                total: total)
-                            for i in 0..<(m * d) { eps[i] = 0 }
-                            for k in 0..<K {
-                                let row = weights + k * C
-                                let centre = mu + k * d
-                                for j in 0..<m {
-                                    let gk = row[j]
-                                    for c in 0..<d { eps[j * d + c] += gk * (xs[j * d + c] - centre[c]) }
-                                }
-                            }
-                            let root = step.sqrtOneMinusAlphaBar
-                            if let w = guidanceScale {
-                                for j in 0..<m {
-                                    let scale = root / total[j]
-                                    for c in 0..<d {
-                                        let i = j * d + c
-                                        let unconditional = eps[i] * scale
-                                        let conditional = root * (xs[i] - guideMean[c]) * guidePrecision
-                                        xs[i] = step.apply(
-                                            x: xs[i], eps: unconditional + w * (conditional - unconditional))
-                                    }
-                                }
-                            } else {
-                                for j in 0..<m {
-                                    let scale = root / total[j]
-                                    for c in 0..<d {
-                                        let i = j * d + c
-                                        xs[i] = step.apply(x: xs[i], eps: eps[i] * scale)
-                                    }
-                                }
-                            }
-                            start += m
-                        }
+        mixture.forEachChunk(x, count: count, chunk: C, weights: weights, top: top, total: total) { start, m, mu in
+            let xs = x + start * d
+            for i in 0..<(m * d) { eps[i] = 0 }
+            for k in 0..<K {
+                let row = weights + k * C
+                let centre = mu + k * d
+                for j in 0..<m {
+                    let gk = row[j]
+                    for c in 0..<d { eps[j * d + c] += gk * (xs[j * d + c] - centre[c]) }
+                }
+            }
+            let root = step.sqrtOneMinusAlphaBar
+            if let w = guidanceScale {
+                for j in 0..<m {
+                    let scale = root / total[j]
+                    for c in 0..<d {
+                        let i = j * d + c
+                        let unconditional = eps[i] * scale
+                        let conditional = root * (xs[i] - guideMean[c]) * guidePrecision
+                        xs[i] = step.apply(x: xs[i], eps: unconditional + w * (conditional - unconditional))
+                    }
+                }
+            } else {
+                for j in 0..<m {
+                    let scale = root / total[j]
+                    for c in 0..<d {
+                        let i = j * d + c
+                        xs[i] = step.apply(x: xs[i], eps: eps[i] * scale)
                     }
                 }
             }
@@ -362,4 +342,37 @@ func summarizeSamplingShard(setup config: SamplingStatisticsSetup, range: Range<
         }
     }
     return (sampled, exact)
+}
+
+extension NoisedMixture {
+    /// The chunk loop of both mixture-field kernels (the sampler step above, the Langevin score): the `count` points
+    /// of `x` ([count, d]) in chunks of `chunk`; for each chunk `mixtureChunkResponsibilities` fills `weights`
+    /// ([K, chunk]), `top` and `total` ([chunk]), then `body(start, m, means)` finishes points start ..< start + m
+    /// (`means` = sqrt(a) mu_k, row-major [K, d]).
+    @inline(__always)
+    func forEachChunk(
+        _ x: UnsafePointer<Double>, count: Int, chunk: Int, weights: UnsafeMutablePointer<Double>,
+        top: UnsafeMutablePointer<Double>, total: UnsafeMutablePointer<Double>,
+        _ body: (_ start: Int, _ m: Int, _ means: UnsafePointer<Double>) -> Void
+    ) {
+        shiftedMeans.withUnsafeBufferPointer { mu in
+            logNormalizers.withUnsafeBufferPointer { ln in
+                halfPrecisions.withUnsafeBufferPointer { hp in
+                    precisions.withUnsafeBufferPointer { precision in
+                        var start = 0
+                        while start < count {
+                            let m = min(chunk, count - start)
+                            mixtureChunkResponsibilities(
+                                x + start * dimension, count: m, dimension: dimension, components: componentCount,
+                                means: mu.baseAddress!, logNormalizers: ln.baseAddress!,
+                                halfPrecisions: hp.baseAddress!, precisions: precision.baseAddress!,
+                                weights: weights, stride: chunk, top: top, total: total)
+                            body(start, m, mu.baseAddress!)
+                            start += m
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
