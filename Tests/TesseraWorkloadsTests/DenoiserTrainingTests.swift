@@ -50,13 +50,14 @@ struct DenoiserTrainingTests {
         let alphaBar = config.schedule.alphaBar
         // The evaluation set, by the documented recipe: sample j at Philox step 0: x0 = component by inverse CDF on
         // stream 2 word 0, then mu_k + s_k z; t = floor(u T) from stream 4; e from stream 1.
-        var excess = 0.0, lossModel = 0.0, lossExact = 0.0, lossWrong = 0.0
-        var cross: [Double] = [], crossWrong: [Double] = []
-        for j in 0..<config.evalSamples {
+        let count = config.evalSamples
+        var xs: [[Double]] = [], es: [[Double]] = [], exacts: [[Double]] = [], wrongs: [[Double]] = []
+        var ts: [Int] = []
+        for j in 0..<count {
             var data = PhiloxStream(seed: 3, index: UInt32(j), step: 0, stream: .dataDraw)
             let u = data.nextUniform()
             var k = 0, cum = 0.0
-            while k < 3 {
+            while k < Self.w.count - 1 {
                 cum += Self.w[k]
                 if u < cum { break }
                 k += 1
@@ -69,13 +70,36 @@ struct DenoiserTrainingTests {
             let e = noise.normals(2)
             let a = alphaBar[t]
             let x = [a.squareRoot() * x0[0] + (1 - a).squareRoot() * e[0], a.squareRoot() * x0[1] + (1 - a).squareRoot() * e[1]]
-            let exact = referenceEps(x, a: a, w: Self.w, mu: Self.mu, s: Self.s)
+            xs.append(x)
+            es.append(e)
+            ts.append(t)
+            exacts.append(referenceEps(x, a: a, w: Self.w, mu: Self.mu, s: Self.s))
             // A plausible but wrong "exact" predictor: the eps* of the schedule 100 steps later.
-            let wrong = referenceEps(x, a: alphaBar[min(999, t + 100)], w: Self.w, mu: Self.mu, s: Self.s)
-            var f = [0.0, 0.0]
-            x.withUnsafeBufferPointer { xp in
-                f.withUnsafeMutableBufferPointer { model.predictNoise(xp.baseAddress!, count: 1, t: t, into: $0.baseAddress!) }
+            wrongs.append(referenceEps(x, a: alphaBar[min(999, t + 100)], w: Self.w, mu: Self.mu, s: Self.s))
+        }
+        // f, the network's prediction, asked for in the batches the evaluation uses (each run of consecutive equal
+        // timesteps in one call): through cblas (the portable kernels) a row's float32 result may depend on how many
+        // rows the gemm has — one ulp of f moves the summed excess by ~1e-11 relative — while the identities below
+        // are checked in double. Data, eps* and every sum are recomputed here.
+        var fs = [[Double]](repeating: [0, 0], count: count)
+        var start = 0
+        while start < count {
+            var end = start + 1
+            while end < count && ts[end] == ts[start] { end += 1 }
+            let flatX = xs[start..<end].flatMap { $0 }
+            var flatF = [Double](repeating: 0, count: flatX.count)
+            flatX.withUnsafeBufferPointer { xp in
+                flatF.withUnsafeMutableBufferPointer {
+                    model.predictNoise(xp.baseAddress!, count: end - start, t: ts[start], into: $0.baseAddress!)
+                }
             }
+            for j in start..<end { fs[j] = [flatF[2 * (j - start)], flatF[2 * (j - start) + 1]] }
+            start = end
+        }
+        var excess = 0.0, lossModel = 0.0, lossExact = 0.0, lossWrong = 0.0
+        var cross: [Double] = [], crossWrong: [Double] = []
+        for j in 0..<count {
+            let (f, e, exact, wrong) = (fs[j], es[j], exacts[j], wrongs[j])
             var ex = 0.0, lm = 0.0, le = 0.0, lw = 0.0, c = 0.0, cw = 0.0
             for i in 0..<2 {
                 ex += (f[i] - exact[i]) * (f[i] - exact[i])
