@@ -55,7 +55,7 @@ public final class Coordinator: @unchecked Sendable {
     // @unchecked: all mutable state below is touched only by the thread running `run()`; `stopRequested` and
     // `boundEndpoint` are the cross-thread parts and are atomics / set before `ready` is signalled.
 
-    public static let schemaVersion = 1
+    public static let schemaVersion = 2
 
     let config: CoordinatorConfiguration
     let catalogue: AlgorithmCatalogue
@@ -68,7 +68,7 @@ public final class Coordinator: @unchecked Sendable {
     private var blobs: BlobStore!
     private var router: ZMQSocket!
     private var sessions: [[UInt8]: WorkerSession] = [:]
-    private var pendingMetrics: [(identity: [UInt8], key: ShardKey, sequence: UInt64, rows: [MetricRow])] = []
+    private var pendingMetrics: [(identity: [UInt8], workerID: Int64, key: ShardKey, sequence: UInt64, rows: [MetricRow])] = []
     private var transfers: [TransferKey: IncomingTransfer] = [:]
     private var dispatchNeeded = true
     private(set) var counters = CoordinatorCounters()
@@ -194,13 +194,13 @@ public final class Coordinator: @unchecked Sendable {
             guard let s = sessions[identity] else { return unknownWorker(identity) }
             try onHeartbeat(h, session: s)
         case .metrics(let b):
-            guard sessions[identity] != nil else { return unknownWorker(identity) }
+            guard let s = sessions[identity] else { return unknownWorker(identity) }
             pendingMetrics.append(
-                (identity, b.ref.key, b.sequence, b.points.map { MetricRow(name: $0.name, step: $0.step, value: $0.value) })
+                (identity, s.id, b.ref.key, b.sequence, b.points.map { MetricRow(name: $0.name, step: $0.step, value: $0.value) })
             )
         case .chunk(let c):
-            guard sessions[identity] != nil else { return unknownWorker(identity) }
-            try onChunk(c, from: identity)
+            guard let s = sessions[identity] else { return unknownWorker(identity) }
+            try onChunk(c, from: identity, workerID: s.id)
         case .shardDone(let d):
             guard let s = sessions[identity] else { return unknownWorker(identity) }
             try onShardDone(d, session: s)
@@ -295,7 +295,7 @@ public final class Coordinator: @unchecked Sendable {
         dispatchNeeded = true
         let summary = (try? JSONValue.parse(d.summary)) ?? .object([:])
         let complete = try store.completeShard(
-            key, summary: summary.render(), resultSHA256: d.resultSHA256.isEmpty ? nil : d.resultSHA256
+            key, workerID: s.id, summary: summary.render(), resultSHA256: d.resultSHA256.isEmpty ? nil : d.resultSHA256
         )
         send(s.identity, .ack(Ack(ref: d.ref, kind: .done, accepted: complete != nil)))
         guard let complete else {
@@ -312,7 +312,7 @@ public final class Coordinator: @unchecked Sendable {
         // heartbeat to say how many slots it has, rather than dispatching straight back to it.
         if s.inflight.removeValue(forKey: key) != nil, !f.retryable { s.credits += 1 }
         dispatchNeeded = true
-        let (outcome, toCancel) = try store.failShard(key, reason: f.reason, retryable: f.retryable)
+        let (outcome, toCancel) = try store.failShard(key, workerID: s.id, reason: f.reason, retryable: f.retryable)
         send(s.identity, .ack(Ack(ref: f.ref, kind: .failed, accepted: outcome != .rejected)))
         if outcome == .rejected { counters.staleDropped += 1 }
         cancelShards(toCancel, reason: "job failed")
@@ -327,7 +327,7 @@ public final class Coordinator: @unchecked Sendable {
         guard !pendingMetrics.isEmpty else { return }
         let batch = pendingMetrics
         pendingMetrics.removeAll(keepingCapacity: true)
-        let accepted = try store.ingestMetrics(batch.map { ($0.key, $0.rows) })
+        let accepted = try store.ingestMetrics(batch.map { ($0.key, $0.workerID, $0.rows) })
         counters.metricCommits += 1
         for (item, ok) in zip(batch, accepted) {
             if ok { counters.metricPoints += item.rows.count } else { counters.staleDropped += 1 }
@@ -355,7 +355,7 @@ public final class Coordinator: @unchecked Sendable {
         }
     }
 
-    private func onChunk(_ c: BlobChunk, from identity: [UInt8]) throws {
+    private func onChunk(_ c: BlobChunk, from identity: [UInt8], workerID: Int64) throws {
         let tk = TransferKey(identity: identity, id: c.transferID)
         let key = c.ref.key
         if c.offset == 0, transfers[tk] == nil || transfers[tk]!.transfer.received > 0 {
@@ -391,7 +391,7 @@ public final class Coordinator: @unchecked Sendable {
         do {
             let path = try blobs.finish(t.transfer, expectedSHA256: c.sha256)
             accepted = try store.registerBlob(
-                key, kind: Self.kindName(t.kind), step: t.step, sha256: c.sha256, size: Int64(t.transfer.totalSize), path: path
+                key, workerID: workerID, kind: Self.kindName(t.kind), step: t.step, sha256: c.sha256, size: Int64(t.transfer.totalSize), path: path
             )
             if !accepted { counters.staleDropped += 1 }
         } catch let e as BlobStoreError {

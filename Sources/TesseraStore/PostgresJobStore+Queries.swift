@@ -20,7 +20,7 @@ extension PostgresJobStore {
             """
             SELECT coalesce(json_agg(x ORDER BY x.id DESC), '[]'::json)::text AS jobs FROM (
                 SELECT j.id, j.name, j.kind, j.algorithm, j.state, j.priority, j.shard_count AS shards,
-                       (SELECT count(*) FROM tessera_shards s WHERE s.job_id = j.id AND s.state = 'succeeded') AS shards_succeeded,
+                       j.shards_succeeded,
                        (SELECT count(*) FROM tessera_shards s WHERE s.job_id = j.id AND s.state = 'leased') AS shards_running,
                        j.created_at, j.started_at, j.finished_at,
                        extract(epoch FROM (coalesce(j.finished_at, now()) - j.created_at)) AS elapsed_seconds,

@@ -276,40 +276,45 @@ public final class PostgresJobStore: @unchecked Sendable {
         }
     }
 
-    /// Whether `key` is the shard's live attempt.
-    public func isCurrent(_ key: ShardKey) throws -> Bool {
+    /// Whether `key` is the shard's live attempt, leased to `workerID`.
+    public func isCurrent(_ key: ShardKey, workerID: Int64) throws -> Bool {
         let r = try db.execute(
-            "SELECT 1 FROM tessera_shards WHERE job_id = $1 AND idx = $2 AND attempt = $3 AND state = 'leased'",
-            [.int(key.jobID), .int(Int64(key.index)), .int(Int64(key.attempt))]
+            """
+            SELECT 1 FROM tessera_shards
+            WHERE job_id = $1 AND idx = $2 AND attempt = $3 AND state = 'leased' AND worker_id = $4
+            """,
+            [.int(key.jobID), .int(Int64(key.index)), .int(Int64(key.attempt)), .int(workerID)]
         )
         return r.rowCount == 1
     }
 
     // MARK: Metrics (group commit)
 
-    /// Writes many metric batches in one transaction. Batches from stale attempts are dropped; the result says,
-    /// per batch, whether it was accepted. Re-sent steps overwrite with the same values (idempotent replay).
-    public func ingestMetrics(_ batches: [(ShardKey, [MetricRow])]) throws -> [Bool] {
+    /// Writes many metric batches in one transaction. Batches from stale attempts, or from anyone but the shard's
+    /// leaseholder (`workerID` is the sender's), are dropped; the result says, per batch, whether it was accepted.
+    /// Re-sent steps overwrite with the same values (idempotent replay).
+    public func ingestMetrics(_ batches: [(key: ShardKey, workerID: Int64, rows: [MetricRow])]) throws -> [Bool] {
         guard !batches.isEmpty else { return [] }
         return try db.transaction {
-            let keys = Array(Set(batches.map(\.0)))
+            struct Sender: Hashable { var key: ShardKey; var workerID: Int64 }
+            let senders = Array(Set(batches.map { Sender(key: $0.key, workerID: $0.workerID) }))
             let live = try db.execute(
                 """
-                SELECT s.job_id, s.idx, s.attempt FROM tessera_shards s
-                JOIN unnest($1::bigint[], $2::int[], $3::int[]) AS k(job_id, idx, attempt)
-                  ON s.job_id = k.job_id AND s.idx = k.idx AND s.attempt = k.attempt
+                SELECT s.job_id, s.idx, s.attempt, s.worker_id FROM tessera_shards s
+                JOIN unnest($1::bigint[], $2::int[], $3::int[], $4::bigint[]) AS k(job_id, idx, attempt, worker_id)
+                  ON s.job_id = k.job_id AND s.idx = k.idx AND s.attempt = k.attempt AND s.worker_id = k.worker_id
                 WHERE s.state = 'leased'
                 """,
                 [
-                    .text(PGArray.ints(keys.map(\.jobID))), .text(PGArray.ints(keys.map { Int64($0.index) })),
-                    .text(PGArray.ints(keys.map { Int64($0.attempt) })),
+                    .text(PGArray.ints(senders.map(\.key.jobID))),
+                    .text(PGArray.ints(senders.map { Int64($0.key.index) })),
+                    .text(PGArray.ints(senders.map { Int64($0.key.attempt) })),
+                    .text(PGArray.ints(senders.map(\.workerID))),
                 ]
             )
-            var current = Set<ShardKey>()
+            var current = Set<Sender>()
             for i in 0..<live.rowCount {
-                current.insert(
-                    ShardKey(live, i)
-                )
+                current.insert(Sender(key: ShardKey(live, i), workerID: live.int(i, "worker_id")!))
             }
             var jobIDs: [Int64] = [], idxs: [Int64] = [], attempts: [Int64] = [], names: [String] = []
             var steps: [Int64] = [], values: [Double] = []
@@ -317,7 +322,7 @@ public final class PostgresJobStore: @unchecked Sendable {
             var latest: [ShardKey: [String: (Int64, Double)]] = [:]
             // Deduplicate (shard, name, step) within one statement: ON CONFLICT cannot touch a row twice.
             var seen = Set<String>()
-            for (key, rows) in batches where current.contains(key) {
+            for (key, workerID, rows) in batches where current.contains(Sender(key: key, workerID: workerID)) {
                 for m in rows {
                     let id = "\(key.jobID)/\(key.index)/\(m.step)/\(m.name)"
                     if !seen.insert(id).inserted { continue }
@@ -359,7 +364,7 @@ public final class PostgresJobStore: @unchecked Sendable {
                     )
                 }
             }
-            return batches.map { current.contains($0.0) }
+            return batches.map { current.contains(Sender(key: $0.key, workerID: $0.workerID)) }
         }
     }
 
@@ -367,9 +372,11 @@ public final class PostgresJobStore: @unchecked Sendable {
 
     /// Registers a blob already written durably to the content-addressed store. Fenced on the attempt.
     /// A checkpoint becomes the shard's resume point when its step is the newest.
-    public func registerBlob(_ key: ShardKey, kind: String, step: Int64, sha256: String, size: Int64, path: String) throws -> Bool {
+    public func registerBlob(
+        _ key: ShardKey, workerID: Int64, kind: String, step: Int64, sha256: String, size: Int64, path: String
+    ) throws -> Bool {
         try db.transaction {
-            guard try isCurrent(key) else { return false }
+            guard try isCurrent(key, workerID: workerID) else { return false }
             try db.execute(
                 """
                 INSERT INTO tessera_checkpoints (job_id, shard_idx, kind, step, attempt, sha256, size, path)
@@ -425,44 +432,51 @@ public final class PostgresJobStore: @unchecked Sendable {
 
     // MARK: Shard outcomes
 
-    /// Marks the shard succeeded (fenced). Returns nil for a stale attempt, else whether every shard of the job
-    /// has now succeeded (time to merge).
-    public func completeShard(_ key: ShardKey, summary: String, resultSHA256: String?) throws -> Bool? {
+    /// Marks the shard succeeded, fenced on the attempt and on the sender: only the leaseholder `workerID` may
+    /// complete it. Returns nil when the message is fenced, else whether every shard of the job has now succeeded
+    /// (time to merge). The job's counter is updated in the same transaction, so the check does not grow with the job.
+    public func completeShard(_ key: ShardKey, workerID: Int64, summary: String, resultSHA256: String?) throws -> Bool? {
         try db.transaction {
             let r = try db.execute(
                 """
                 UPDATE tessera_shards
                 SET state = 'succeeded', summary = $4::jsonb, result_sha256 = $5, step = total_steps,
                     worker_id = NULL, lease_expires_at = NULL, error = NULL, updated_at = now()
-                WHERE job_id = $1 AND idx = $2 AND attempt = $3 AND state = 'leased'
+                WHERE job_id = $1 AND idx = $2 AND attempt = $3 AND state = 'leased' AND worker_id = $6
                 """,
                 [
                     .int(key.jobID), .int(Int64(key.index)), .int(Int64(key.attempt)), .text(summary),
-                    resultSHA256.map { .text($0) } ?? .null,
+                    resultSHA256.map { .text($0) } ?? .null, .int(workerID),
                 ]
             )
             guard r.affectedRows == 1 else { return nil }
-            try event(job: key.jobID, shard: key.index, actor: "coordinator", kind: "shard.succeeded",
+            try event(job: key.jobID, shard: key.index, worker: workerID, actor: "coordinator", kind: "shard.succeeded",
                       detail: ["attempt": .int(Int(key.attempt))])
-            let left = try db.execute(
-                "SELECT count(*) AS n FROM tessera_shards WHERE job_id = $1 AND state <> 'succeeded'",
+            let job = try db.execute(
+                """
+                UPDATE tessera_jobs SET shards_succeeded = shards_succeeded + 1 WHERE id = $1
+                RETURNING shards_succeeded = shard_count AS complete
+                """,
                 [.int(key.jobID)]
             )
-            return left.int(0, "n") == 0
+            return job.bool(0, "complete") == true
         }
     }
 
     /// Records a shard failure (fenced). Infrastructure failures requeue without consuming an attempt; the shard's
     /// own errors consume one, and the last one fails the job (its other shards are cancelled).
-    public func failShard(_ key: ShardKey, reason: String, retryable: Bool) throws -> (ShardFailureOutcome, [(ShardKey, Int64)]) {
+    /// Fenced like `completeShard`: only the leaseholder `workerID` may report its attempt failed.
+    public func failShard(
+        _ key: ShardKey, workerID: Int64, reason: String, retryable: Bool
+    ) throws -> (ShardFailureOutcome, [(ShardKey, Int64)]) {
         try db.transaction {
             let r = try db.execute(
                 """
                 SELECT s.failures, j.max_attempts FROM tessera_shards s JOIN tessera_jobs j ON j.id = s.job_id
-                WHERE s.job_id = $1 AND s.idx = $2 AND s.attempt = $3 AND s.state = 'leased'
+                WHERE s.job_id = $1 AND s.idx = $2 AND s.attempt = $3 AND s.state = 'leased' AND s.worker_id = $4
                 FOR UPDATE OF s
                 """,
-                [.int(key.jobID), .int(Int64(key.index)), .int(Int64(key.attempt))]
+                [.int(key.jobID), .int(Int64(key.index)), .int(Int64(key.attempt)), .int(workerID)]
             )
             guard r.rowCount == 1 else { return (.rejected, []) }
             let failures = Int(r.int(0, "failures")!) + (retryable ? 0 : 1)
@@ -569,8 +583,7 @@ public final class PostgresJobStore: @unchecked Sendable {
         let r = try db.execute(
             """
             SELECT j.id FROM tessera_jobs j
-            WHERE j.state IN ('queued', 'running')
-              AND NOT EXISTS (SELECT 1 FROM tessera_shards s WHERE s.job_id = j.id AND s.state <> 'succeeded')
+            WHERE j.state IN ('queued', 'running') AND j.shards_succeeded = j.shard_count
             ORDER BY j.id
             """
         )
