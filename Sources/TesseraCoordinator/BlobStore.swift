@@ -48,7 +48,8 @@ public final class BlobStore: @unchecked Sendable {
         guard let fh = FileHandle(forReadingAtPath: path) else { throw BlobStoreError("no blob \(sha256)") }
         defer { try? fh.close() }
         let size = try fh.seekToEnd()
-        guard offset <= size else { throw BlobStoreError("offset \(offset) is past the end (\(size) bytes)") }
+        // At or past the end: no bytes and the total, which is how a reader learns it is done (SPEC §6.7).
+        guard offset < size else { return ([], size) }
         try fh.seek(toOffset: offset)
         let data = try fh.read(upToCount: length) ?? Data()
         return ([UInt8](data), size)

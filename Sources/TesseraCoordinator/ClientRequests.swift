@@ -74,6 +74,8 @@ extension Coordinator {
                 "malformed_frames": .int(c.malformedFrames), "stale_dropped": .int(c.staleDropped),
                 "metric_points": .int(c.metricPoints), "metric_commits": .int(c.metricCommits),
                 "dispatched": .int(c.dispatched), "workers_lost": .int(c.workersLost),
+                "errors_received": .int(c.errorsReceived), "errors_suppressed": .int(c.errorsSuppressed),
+                "replies_too_large": .int(c.repliesTooLarge),
             ]
             replyRaw(identity, r, json: "{\"workers\":\(json),\"coordinator\":\(JSONValue.object(stats).render())}")
 

@@ -49,6 +49,12 @@ public struct CoordinatorCounters: Sendable {
     public var metricCommits = 0
     public var dispatched = 0
     public var workersLost = 0
+    /// ERROR messages peers sent us (never answered).
+    public var errorsReceived = 0
+    /// ERRORs not sent because the peer already had its 10 this second.
+    public var errorsSuppressed = 0
+    /// Replies replaced by `tooLarge` because they would have exceeded the frame limits.
+    public var repliesTooLarge = 0
 }
 
 public final class Coordinator: @unchecked Sendable {
@@ -71,6 +77,7 @@ public final class Coordinator: @unchecked Sendable {
     private var pendingMetrics: [(identity: [UInt8], workerID: Int64, key: ShardKey, sequence: UInt64, rows: [MetricRow])] = []
     private var transfers: [TransferKey: IncomingTransfer] = [:]
     private var dispatchNeeded = true
+    private var errorLimit = ErrorRateLimit(perSecond: 10)
     private(set) var counters = CoordinatorCounters()
 
     public init(config: CoordinatorConfiguration, catalogue: AlgorithmCatalogue, logger: Logger) {
@@ -169,11 +176,19 @@ public final class Coordinator: @unchecked Sendable {
             } catch {
                 counters.malformedFrames += 1
                 logger.debug("malformed frame", metadata: ["error": "\(error)"])
-                send(identity, .error(ErrorMessage(code: error.code.wireCode, message: error.description)))
+                // SPEC §6.1.7: never answer an ERROR with an ERROR (a peer's ERROR we cannot decode included).
+                if WireCodec.typeCodeIfPresent(split.frames) != MessageType.error.rawValue {
+                    sendError(identity, code: error.code.wireCode, error.description)
+                }
                 return
             }
         } catch {
+            // No empty delimiter after the identity: the peer is not speaking this protocol's envelope. ROUTER always
+            // gives us the identity, so it can be told (§8 badEnvelope).
             counters.malformedFrames += 1
+            if let identity = frames.first, !identity.isEmpty {
+                sendError(identity, code: error.code.wireCode, error.description)
+            }
             return
         }
         do {
@@ -217,22 +232,36 @@ public final class Coordinator: @unchecked Sendable {
             }
         case .fetch(let f): onFetch(f, from: identity)
         case .request(let r): try onRequest(r, from: identity)
-        case .dispatch, .ack, .cancel, .fetchReply, .reply, .error:
-            send(identity, .error(ErrorMessage(code: WireStatus.unexpectedMessage, message: "unexpected message for a coordinator")))
+        case .error(let e):
+            // Counted and logged, never answered (SPEC §6.1.7).
+            counters.errorsReceived += 1
+            logger.debug("peer sent ERROR", metadata: ["code": "\(e.code)", "reason": "\(e.message)"])
+        case .dispatch, .ack, .cancel, .fetchReply, .reply:
+            sendError(identity, code: WireStatus.unexpectedMessage, "unexpected message for a coordinator")
         }
     }
 
     /// A worker we do not know (this coordinator restarted, or declared it lost): SPEC §6.1.5, ERROR notReady;
     /// the worker sends READY again with its running shards.
     private func unknownWorker(_ identity: [UInt8]) {
-        send(identity, .error(ErrorMessage(code: WireStatus.notReady, message: "unknown worker: send READY")))
+        sendError(identity, code: WireStatus.notReady, "unknown worker: send READY")
+    }
+
+    /// Sends an ERROR unless this peer already got `errorLimit.perSecond` of them in the current second
+    /// (SPEC §6.1.7: at most 10 per second to one peer); suppressed ones are counted.
+    private func sendError(_ identity: [UInt8], code: UInt16, _ reason: String) {
+        guard errorLimit.allow(identity, now: ContinuousClock.now) else {
+            counters.errorsSuppressed += 1
+            return
+        }
+        send(identity, .error(ErrorMessage(code: code, message: reason)))
     }
 
     private func onReady(_ r: Ready, from identity: [UInt8]) throws {
         guard r.protocolVersion == WireCodec.version else {
-            send(identity, .error(ErrorMessage(
-                code: ProtocolError.Code.unsupportedVersion.wireCode,
-                message: "protocol version \(r.protocolVersion) not supported; this coordinator speaks \(WireCodec.version)")))
+            sendError(
+                identity, code: ProtocolError.Code.unsupportedVersion.wireCode,
+                "protocol version \(r.protocolVersion) not supported; this coordinator speaks \(WireCodec.version)")
             return
         }
         // A READY replaces any registration of the same worker (same identity, or same name on an older
@@ -430,6 +459,7 @@ public final class Coordinator: @unchecked Sendable {
 
     private func onTick() throws {
         let now = ContinuousClock.now
+        errorLimit.prune(now: now)
         let deadline = Duration.milliseconds(Int64(config.heartbeatInterval * 1000 * Double(config.liveness)))
         for (identity, s) in sessions {
             if now - s.lastSeen > deadline {
@@ -508,6 +538,19 @@ public final class Coordinator: @unchecked Sendable {
     func send(_ identity: [UInt8], _ message: Message) -> Bool {
         do {
             return try router.send(WireCodec.encodeForRouter(identity: identity, message), dontWait: true)
+        } catch let e as ProtocolError where e.code == .oversize {
+            // A reply too big for one message (e.g. `metrics` without a limit on a long run): the client is told to
+            // narrow the request instead of getting a frame it must reject.
+            guard case .reply(let r) = message, r.status != WireStatus.tooLarge else {
+                logger.error("message over the protocol limits not sent", metadata: ["error": "\(e)"])
+                return false
+            }
+            counters.repliesTooLarge += 1
+            let body: JSONObject = [
+                "error": .string("the reply would exceed the protocol limits (\(e.message)); narrow the request (--limit, --shard, --name)")
+            ]
+            return send(identity, .reply(ClientReply(
+                requestID: r.requestID, status: WireStatus.tooLarge, body: JSONValue.object(body).utf8Bytes)))
         } catch let e as ZMQError where e.isHostUnreachable {
             if let s = sessions[identity] {
                 logger.info("worker unreachable", metadata: ["worker.id": "\(s.id)"])
@@ -580,5 +623,28 @@ extension Duration {
     var milliseconds: Int {
         let (s, a) = components
         return Int(s) * 1000 + Int(a / 1_000_000_000_000_000)
+    }
+}
+
+/// At most `perSecond` ERRORs to one peer per one-second window (SPEC §6.1.7). Memory is bounded by the peers that
+/// got an ERROR in the last second: `prune` drops the rest.
+struct ErrorRateLimit {
+    let perSecond: Int
+    private var windows: [[UInt8]: (start: ContinuousClock.Instant, sent: Int)] = [:]
+
+    init(perSecond: Int) { self.perSecond = perSecond }
+
+    mutating func allow(_ peer: [UInt8], now: ContinuousClock.Instant) -> Bool {
+        if let w = windows[peer], now - w.start < .seconds(1) {
+            guard w.sent < perSecond else { return false }
+            windows[peer] = (w.start, w.sent + 1)
+            return true
+        }
+        windows[peer] = (now, 1)
+        return true
+    }
+
+    mutating func prune(now: ContinuousClock.Instant) {
+        windows = windows.filter { now - $0.value.start < .seconds(1) }
     }
 }

@@ -128,14 +128,31 @@ public enum WireCodec {
         [magic.0, magic.1, UInt8(truncatingIfNeeded: version), UInt8(truncatingIfNeeded: version >> 8), type.rawValue, 0, 0, 0]
     }
 
-    /// Frames to send on a DEALER socket: [empty, header, body, blob?].
-    public static func encodeForDealer(_ message: Message) -> [[UInt8]] {
-        [[]] + encode(message)
+    /// Frames to send on a DEALER socket: [empty, header, body, blob?]. Throws `oversize` instead of producing a
+    /// message the receiver must reject (§3 Limits).
+    public static func encodeForDealer(_ message: Message) throws(ProtocolError) -> [[UInt8]] {
+        [[]] + (try encodeWithinLimits(message))
     }
 
-    /// Frames to send on the ROUTER socket to `identity`: [identity, empty, header, body, blob?].
-    public static func encodeForRouter(identity: [UInt8], _ message: Message) -> [[UInt8]] {
-        [identity, []] + encode(message)
+    /// Frames to send on the ROUTER socket to `identity`: [identity, empty, header, body, blob?]. Throws
+    /// `oversize` instead of producing a message the receiver must reject (§3 Limits).
+    public static func encodeForRouter(identity: [UInt8], _ message: Message) throws(ProtocolError) -> [[UInt8]] {
+        [identity, []] + (try encodeWithinLimits(message))
+    }
+
+    /// `encode`, checked against the frame limits: the body frame (which holds every string and array) at most
+    /// `maxBodyBytes`, the blob frame at most `maxBlobBytes`.
+    public static func encodeWithinLimits(_ message: Message) throws(ProtocolError) -> [[UInt8]] {
+        let frames = encode(message)
+        if frames.count > 1, frames[1].count > limits.maxBodyBytes {
+            throw ProtocolError(
+                code: .oversize, message: "body of \(frames[1].count) bytes exceeds the limit of \(limits.maxBodyBytes)")
+        }
+        if frames.count > 2, frames[2].count > limits.maxBlobBytes {
+            throw ProtocolError(
+                code: .oversize, message: "blob of \(frames[2].count) bytes exceeds the limit of \(limits.maxBlobBytes)")
+        }
+        return frames
     }
 
     // MARK: Decoding
@@ -157,6 +174,13 @@ public enum WireCodec {
             throw ProtocolError(code: .truncated, message: "header: \(frame.count) bytes, expected 8")
         }
         return WireHeader(version: version, typeCode: frame[4])
+    }
+
+    /// The type byte of a header frame that at least starts like one (magic, 5+ bytes), even when the message
+    /// cannot be decoded: a receiver uses it to avoid answering a broken ERROR with an ERROR (§6.1.7).
+    public static func typeCodeIfPresent(_ frames: [[UInt8]]) -> UInt8? {
+        guard let h = frames.first, h.count >= 5, h[0] == magic.0, h[1] == magic.1 else { return nil }
+        return h[4]
     }
 
     /// Decodes frames after the envelope: [header, body] or [header, body, blob] (see `encode`).

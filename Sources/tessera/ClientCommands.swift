@@ -157,12 +157,17 @@ struct Metrics: ParsableCommand {
     @Argument(help: "The job id.") var job: Int
     @Option(help: "Only this shard.") var shard: Int?
     @Option(help: "Only this metric name.") var name: String?
+    @Option(help: ArgumentHelp(
+        "At most N points, the first in (shard, name, step) order.",
+        discussion: "A reply is capped at 16 MiB; a longer series is refused with a hint to narrow it.",
+        valueName: "N")) var limit: Int?
     @Flag(help: "One JSON document on stdout.") var json = false
     @Flag(help: "CSV with a header: shard,name,step,value.") var csv = false
     @OptionGroup var client: ClientOptions
 
     func validate() throws {
         if json && csv { throw ValidationError("--json and --csv exclude each other") }
+        if let limit, limit < 1 { throw ValidationError("--limit must be at least 1 (got \(limit))") }
     }
 
     func run() throws {
@@ -170,6 +175,7 @@ struct Metrics: ParsableCommand {
             var body: JSONObject = ["job": .int(job)]
             if let shard { body["shard"] = .int(shard) }
             if let name { body["name"] = .string(name) }
+            if let limit { body["limit"] = .int(limit) }
             let (reply, _) = try client.client().call("metrics", body, timeout: max(client.requestTimeout, 60))
             let rows = reply["metrics"]?.arrayValue ?? []
             if json { return printOut(reply.render()) }

@@ -227,14 +227,29 @@ struct MessageGenerator {
 
     @Test func envelopes() throws {
         let message = Message.disconnect(Disconnect(reason: "bye"))
-        let routed = WireCodec.encodeForRouter(identity: [1, 2], message)
+        let routed = try WireCodec.encodeForRouter(identity: [1, 2], message)
         let (identity, frames) = try WireCodec.splitRouterEnvelope(routed)
         #expect(identity == [1, 2])
         #expect(try WireCodec.decode(frames) == message)
-        let dealt = WireCodec.encodeForDealer(message)
+        let dealt = try WireCodec.encodeForDealer(message)
         #expect(try WireCodec.decode(try WireCodec.splitDealerEnvelope(dealt)) == message)
         #expect(throws: ProtocolError.self) { try WireCodec.splitDealerEnvelope(frames) }
         #expect(throws: ProtocolError.self) { try WireCodec.splitRouterEnvelope([[1]]) }
+    }
+
+    @Test("A message over the frame limits is refused when encoded for sending, not sent for the peer to reject")
+    func encodingChecksLimits() throws {
+        let limits = WireCodec.limits
+        let bigBody = Message.reply(ClientReply(requestID: 1, status: 0, body: [UInt8](repeating: 0x20, count: limits.maxBodyBytes + 1), blob: []))
+        let e1 = #expect(throws: ProtocolError.self) { try WireCodec.encodeForRouter(identity: [1], bigBody) }
+        #expect(e1?.code == .oversize)
+        let bigBlob = Message.reply(ClientReply(requestID: 1, status: 0, body: [], blob: [UInt8](repeating: 0, count: limits.maxBlobBytes + 1)))
+        let e2 = #expect(throws: ProtocolError.self) { try WireCodec.encodeForDealer(bigBlob) }
+        #expect(e2?.code == .oversize)
+        // At the limit exactly, it is encoded and decodes back.
+        let atLimit = Message.reply(ClientReply(requestID: 2, status: 0, body: [UInt8](repeating: 0x20, count: limits.maxBodyBytes - 64), blob: []))
+        let frames = try WireCodec.splitDealerEnvelope(try WireCodec.encodeForDealer(atLimit))
+        #expect(try WireCodec.decode(frames) == atLimit)
     }
 
     @Test func metricPointEqualityIsBitwise() {

@@ -1,0 +1,33 @@
+// SPEC §3 and §8: a reply that would exceed the 16 MiB body limit is answered with status 205 `tooLarge` and a hint
+// to narrow the request, instead of a frame the client must reject; a narrowed request is then answered.
+
+import Foundation
+import LibPQ
+import Testing
+
+@Suite(.serialized, .enabled(if: IntegrationEnv.ready, "needs TESSERA_TEST_DATABASE_URL and a built tessera (run ops/test)"))
+struct ReplyLimitTests {
+    @Test func oversizeMetricsReplyIsTooLargeAndALimitedOneIsServed() throws {
+        let c = try Cluster(workers: 1)
+        defer { c.shutdown() }
+        let job = try c.submit(text: ringSpec(shards: 1, samples: 4096, keep: false))
+        #expect(try c.cli(["wait", String(job), "--timeout", "120"]).status == 0)
+        // 400,000 points (~25 MiB of JSON): more than one reply may carry.
+        _ = try c.query(
+            """
+            INSERT INTO tessera_metrics (job_id, shard_idx, attempt, name, step, value)
+            SELECT $1, 0, 1, 'flood', g, g * 0.5 FROM generate_series(1, 400000) AS g
+            """, [.int(Int64(job))])
+        let big = try c.cli(["metrics", String(job), "--json"])
+        #expect(big.status != 0)
+        #expect(big.stderr.contains("narrow the request"), "stderr: \(big.stderr)")
+        let small = try c.cli(["metrics", String(job), "--name", "flood", "--limit", "1000", "--json"])
+        #expect(small.status == 0, "stderr: \(small.stderr)")
+        let parsed = try JSONSerialization.jsonObject(with: Data(small.stdout.utf8)) as? [String: Any]
+        #expect((parsed?["metrics"] as? [Any])?.count == 1000)
+        // The coordinator is still serving and counted the refusal.
+        let w = try #require(try c.json(["workers"]) as? [String: Any])
+        let counters = try #require(w["coordinator"] as? [String: Any])
+        #expect(counters["replies_too_large"] as? Int == 1)
+    }
+}
