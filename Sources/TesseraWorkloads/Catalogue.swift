@@ -15,5 +15,9 @@ public enum Workloads {
         RLOO(),
         // kind: preference (Preference/)
         DPO(),
+        // Every kind: the benchmark / test shard (Noop.swift).
+        Noop(kind: .sampling),
+        Noop(kind: .rl),
+        Noop(kind: .preference),
     ])
 }
