@@ -10,14 +10,18 @@ import TesseraStore
 import TesseraWorkloads
 
 /// A socket-only PostgreSQL cluster in a directory (initdb + pg_ctl). As root, the server runs as `postgres`.
+/// Without `durable`, fsync, synchronous_commit and full_page_writes are off: fast for trying things out, and a
+/// machine crash can lose committed work. With it, the server runs at PostgreSQL's default durability.
 final class EmbeddedPostgres {
     let dir: String
     let bin: String
     let port = 5432
+    let durable: Bool
     private(set) var started = false
 
-    init(dir: String) throws {
+    init(dir: String, durable: Bool) throws {
         self.dir = dir
+        self.durable = durable
         guard let bin = EmbeddedPostgres.findBinDir() else {
             throw CLIError("PostgreSQL server binaries (initdb, pg_ctl) not found: run ops/setup or `apt-get install postgresql`")
         }
@@ -86,7 +90,8 @@ final class EmbeddedPostgres {
         try run(
             [
                 "\(bin)/pg_ctl", "-D", "\(dir)/data", "-l", "\(dir)/server.log", "-w", "-t", "30", "-o",
-                "-p \(port) -k \(dir) -c listen_addresses='' -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+                "-p \(port) -k \(dir) -c listen_addresses=''"
+                    + (durable ? "" : " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"),
                 "start",
             ],
             log: "\(dir)/pg_ctl.log"
@@ -115,6 +120,10 @@ struct Dev: ParsableCommand {
     @Option(help: "Directory for the database and checkpoints (default: a temporary directory, deleted on exit).")
     var dataDir: String?
     @Option(help: "Coordinator endpoint to bind.") var bind: String = "tcp://127.0.0.1:5555"
+    @Flag(help: ArgumentHelp(
+        "Run PostgreSQL at its default durability (fsync and synchronous_commit on).",
+        discussion: "Without it the embedded cluster runs with fsync=off, synchronous_commit=off and full_page_writes=off: quick to try things, but not what production pays per commit. Benchmark figures are taken with --durable."))
+    var durable = false
     @OptionGroup var log: LogOptions
 
     func validate() throws {
@@ -137,7 +146,7 @@ struct Dev: ParsableCommand {
                 base = String(cString: p)
             }
             chmod(base, 0o755)
-            let pg = try EmbeddedPostgres(dir: "\(base)/pg")
+            let pg = try EmbeddedPostgres(dir: "\(base)/pg", durable: durable)
             defer {
                 pg.stop()
                 if temporary { try? FileManager.default.removeItem(atPath: base) }
@@ -183,6 +192,10 @@ struct Dev: ParsableCommand {
                 children.append(p)
             }
             printOut("tessera dev: coordinator at \(endpoint), \(workers) worker(s) × \(slots) slot(s), database \(pg.url)")
+            printOut(
+                durable
+                    ? "  postgres: durable (fsync=on, synchronous_commit=on: PostgreSQL's defaults)"
+                    : "  postgres: NOT durable (fsync=off, synchronous_commit=off; --durable for PostgreSQL's defaults)")
             printOut("  try: tessera submit examples/sampling-ddim-ring.yaml --coordinator \(endpoint)")
             printOut("  stop: Ctrl-C")
 
