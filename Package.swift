@@ -57,14 +57,16 @@ let package = Package(
             dependencies: [.product(name: "Yams", package: "Yams")],
             swiftSettings: swiftSettings
         ),
+        // The shared vocabulary (ShardRef, MetricPoint, BlobKind): a leaf every other layer may import.
+        .target(name: "TesseraModel", swiftSettings: swiftSettings),
         // Wire protocol v1 (protocol/SPEC.md): messages and codec. Pure Swift.
-        .target(name: "TesseraProtocol", swiftSettings: swiftSettings),
+        .target(name: "TesseraProtocol", dependencies: ["TesseraModel"], swiftSettings: swiftSettings),
         // The algorithm catalogue: plan / run / merge for every job kind.
         .target(name: "TesseraWorkloads", dependencies: ["TesseraCore", "TesseraCompute"], swiftSettings: swiftSettings),
         // PostgreSQL job store and migrator.
         .target(
             name: "TesseraStore",
-            dependencies: ["TesseraCore", "LibPQ", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["TesseraCore", "TesseraModel", "LibPQ", .product(name: "Logging", package: "swift-log")],
             swiftSettings: swiftSettings
         ),
         .target(
@@ -118,7 +120,7 @@ let package = Package(
         .testTarget(name: "LibPQTests", dependencies: ["LibPQ", "TesseraTesting"], swiftSettings: swiftSettings),
         .testTarget(
             name: "TesseraStoreTests",
-            dependencies: ["TesseraStore", "TesseraTesting", "TesseraCore"],
+            dependencies: ["TesseraStore", "TesseraTesting", "TesseraCore", "TesseraModel"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -74,7 +74,7 @@ public final class Coordinator: @unchecked Sendable {
     private var blobs: BlobStore!
     private var router: ZMQSocket!
     private var sessions: [[UInt8]: WorkerSession] = [:]
-    private var pendingMetrics: [(identity: [UInt8], workerID: Int64, key: ShardKey, sequence: UInt64, rows: [MetricRow])] = []
+    private var pendingMetrics: [(identity: [UInt8], workerID: Int64, key: ShardRef, sequence: UInt64, rows: [MetricPoint])] = []
     private var transfers: [TransferKey: IncomingTransfer] = [:]
     private var dispatchNeeded = true
     private var errorLimit = ErrorRateLimit(perSecond: 10)
@@ -211,7 +211,7 @@ public final class Coordinator: @unchecked Sendable {
         case .metrics(let b):
             guard let s = sessions[identity] else { return unknownWorker(identity) }
             pendingMetrics.append(
-                (identity, s.id, b.ref.key, b.sequence, b.points.map { MetricRow(name: $0.name, step: $0.step, value: $0.value) })
+                (identity, s.id, b.ref, b.sequence, b.points)
             )
         case .chunk(let c):
             guard let s = sessions[identity] else { return unknownWorker(identity) }
@@ -279,10 +279,10 @@ public final class Coordinator: @unchecked Sendable {
         sessions[identity] = session
         // Shards the worker still runs from before (coordinator restart, reconnect): keep those whose attempt is
         // still the live one, stop the others.
-        let adopted = Set(try store.adoptShards(workerID: id, keys: r.running.map(\.key)))
+        let adopted = Set(try store.adoptShards(workerID: id, keys: r.running))
         for ref in r.running {
-            if adopted.contains(ref.key) {
-                session.inflight[ref.key] = ContinuousClock.now
+            if adopted.contains(ref) {
+                session.inflight[ref] = ContinuousClock.now
             } else {
                 send(identity, .cancel(Cancel(ref: ref, reason: "superseded: the shard was re-leased")))
             }
@@ -302,13 +302,13 @@ public final class Coordinator: @unchecked Sendable {
 
     private func onHeartbeat(_ h: Heartbeat, session s: WorkerSession) throws {
         s.credits = Int(h.credits)
-        let stale = try store.renewLeases(workerID: s.id, progress: h.progress.map { ($0.ref.key, $0.step) })
+        let stale = try store.renewLeases(workerID: s.id, progress: h.progress.map { ($0.ref, $0.step) })
         for key in stale {
             counters.staleDropped += 1
-            send(s.identity, .cancel(Cancel(ref: key.ref, reason: "lease lost: the shard was re-leased or cancelled")))
+            send(s.identity, .cancel(Cancel(ref: key, reason: "lease lost: the shard was re-leased or cancelled")))
         }
         // Reconcile in-flight accounting: a shard dispatched a while ago that the worker no longer reports is gone.
-        let reported = Set(h.progress.map(\.ref.key))
+        let reported = Set(h.progress.map(\.ref))
         let grace = Duration.milliseconds(Int64(config.heartbeatInterval * 2000))
         for (key, since) in s.inflight where !reported.contains(key) && ContinuousClock.now - since > grace {
             s.inflight[key] = nil
@@ -319,7 +319,7 @@ public final class Coordinator: @unchecked Sendable {
 
     private func onShardDone(_ d: ShardDone, session s: WorkerSession) throws {
         try flushMetrics()  // metrics sent before DONE are committed before the shard is
-        let key = d.ref.key
+        let key = d.ref
         if s.inflight.removeValue(forKey: key) != nil { s.credits += 1 }
         dispatchNeeded = true
         let summary = (try? JSONValue.parse(d.summary)) ?? .object([:])
@@ -336,7 +336,7 @@ public final class Coordinator: @unchecked Sendable {
 
     private func onShardFailed(_ f: ShardFailed, session s: WorkerSession) throws {
         try flushMetrics()
-        let key = f.ref.key
+        let key = f.ref
         // A retryable failure is often the worker handing work back (draining, no free slot): wait for its next
         // heartbeat to say how many slots it has, rather than dispatching straight back to it.
         if s.inflight.removeValue(forKey: key) != nil, !f.retryable { s.credits += 1 }
@@ -360,7 +360,7 @@ public final class Coordinator: @unchecked Sendable {
         counters.metricCommits += 1
         for (item, ok) in zip(batch, accepted) {
             if ok { counters.metricPoints += item.rows.count } else { counters.staleDropped += 1 }
-            send(item.identity, .ack(Ack(ref: item.key.ref, kind: .metrics, sequence: item.sequence, accepted: ok)))
+            send(item.identity, .ack(Ack(ref: item.key, kind: .metrics, sequence: item.sequence, accepted: ok)))
         }
     }
 
@@ -373,10 +373,10 @@ public final class Coordinator: @unchecked Sendable {
 
     private final class IncomingTransfer {
         let transfer: BlobStore.Transfer
-        let key: ShardKey
+        let key: ShardRef
         let kind: BlobKind
         let step: Int64
-        init(transfer: BlobStore.Transfer, key: ShardKey, kind: BlobKind, step: Int64) {
+        init(transfer: BlobStore.Transfer, key: ShardRef, kind: BlobKind, step: Int64) {
             self.transfer = transfer
             self.key = key
             self.kind = kind
@@ -386,7 +386,7 @@ public final class Coordinator: @unchecked Sendable {
 
     private func onChunk(_ c: BlobChunk, from identity: [UInt8], workerID: Int64) throws {
         let tk = TransferKey(identity: identity, id: c.transferID)
-        let key = c.ref.key
+        let key = c.ref
         if c.offset == 0, transfers[tk] == nil || transfers[tk]!.transfer.received > 0 {
             if let old = transfers.removeValue(forKey: tk) { blobs.abort(old.transfer) }
             guard c.totalSize <= WireCodec.limits.maxBlobBytes else {
@@ -420,21 +420,13 @@ public final class Coordinator: @unchecked Sendable {
         do {
             let path = try blobs.finish(t.transfer, expectedSHA256: c.sha256)
             accepted = try store.registerBlob(
-                key, workerID: workerID, kind: Self.kindName(t.kind), step: t.step, sha256: c.sha256, size: Int64(t.transfer.totalSize), path: path
+                key, workerID: workerID, kind: t.kind.name, step: t.step, sha256: c.sha256, size: Int64(t.transfer.totalSize), path: path
             )
             if !accepted { counters.staleDropped += 1 }
         } catch let e as BlobStoreError {
             logger.info("blob transfer rejected", metadata: ["error": "\(e)"])
         }
         send(identity, .ack(Ack(ref: c.ref, kind: .chunk, sequence: c.transferID, offset: t.transfer.received, accepted: accepted)))
-    }
-
-    static func kindName(_ k: BlobKind) -> String {
-        switch k {
-        case .checkpoint: return "checkpoint"
-        case .samples: return "samples"
-        case .result: return "result"
-        }
     }
 
     private func dropTransfers(of identity: [UInt8]) {
@@ -483,7 +475,7 @@ public final class Coordinator: @unchecked Sendable {
             let claimed = try store.claimShards(workerID: s.id, limit: s.freeSlots, capabilities: s.capabilities)
             for c in claimed {
                 let d = Dispatch(
-                    ref: c.key.ref, kind: c.kind, algorithm: c.algorithm, seed: c.seed, spec: Array(c.spec.utf8),
+                    ref: c.key, kind: c.kind, algorithm: c.algorithm, seed: c.seed, spec: Array(c.spec.utf8),
                     slice: Array(c.slice.utf8),
                     resume: c.checkpoint.map { CheckpointInfo(step: $0.step, sha256: $0.sha256, size: UInt64($0.size)) },
                     totalSteps: c.totalSteps
@@ -499,10 +491,10 @@ public final class Coordinator: @unchecked Sendable {
         }
     }
 
-    private func cancelShards(_ shards: [(ShardKey, Int64)], reason: String) {
+    private func cancelShards(_ shards: [(ShardRef, Int64)], reason: String) {
         for (key, workerID) in shards {
             if let s = sessions.values.first(where: { $0.id == workerID }) {
-                send(s.identity, .cancel(Cancel(ref: key.ref, reason: reason)))
+                send(s.identity, .cancel(Cancel(ref: key, reason: reason)))
             }
         }
     }
@@ -575,7 +567,7 @@ public final class Coordinator: @unchecked Sendable {
     var storeForRequests: PostgresJobStore { store }
     var blobsForRequests: BlobStore { blobs }
     func markDispatchNeeded() { dispatchNeeded = true }
-    func cancelForRequests(_ shards: [(ShardKey, Int64)]) { cancelShards(shards, reason: "job cancelled") }
+    func cancelForRequests(_ shards: [(ShardRef, Int64)]) { cancelShards(shards, reason: "job cancelled") }
     var liveWorkers: [WorkerSession] { Array(sessions.values) }
 }
 
@@ -587,7 +579,7 @@ final class WorkerSession {
     let slots: Int
     let capabilities: [String]
     var lastSeen = ContinuousClock.now
-    var inflight: [ShardKey: ContinuousClock.Instant] = [:]
+    var inflight: [ShardRef: ContinuousClock.Instant] = [:]
     /// Free slots as the worker last advertised them (heartbeat), minus dispatches since, plus completions since.
     /// A draining worker advertises 0.
     var credits: Int
@@ -611,13 +603,6 @@ public struct CoordinatorError: Error, Sendable, CustomStringConvertible {
     public var description: String { message }
 }
 
-extension ShardRef {
-    var key: ShardKey { ShardKey(jobID: jobID, index: shardIndex, attempt: attempt) }
-}
-
-extension ShardKey {
-    var ref: ShardRef { ShardRef(jobID: jobID, shardIndex: index, attempt: attempt) }
-}
 
 extension Duration {
     var milliseconds: Int {

@@ -1,17 +1,7 @@
 // Protocol v1 message values (protocol/SPEC.md §5). Plain Sendable values; WireCodec turns them into frames.
+// ShardRef, MetricPoint and BlobKind are the shared domain types of TesseraModel, re-exported here.
 
-/// Identifies one attempt of one shard. Every message about a shard carries it; the coordinator fences on
-/// `(jobID, shardIndex, attempt)` and drops messages for any attempt other than the current lease.
-public struct ShardRef: Sendable, Hashable, Codable {
-    public var jobID: Int64
-    public var shardIndex: Int32
-    public var attempt: Int32
-    public init(jobID: Int64, shardIndex: Int32, attempt: Int32) {
-        self.jobID = jobID
-        self.shardIndex = shardIndex
-        self.attempt = attempt
-    }
-}
+@_exported import TesseraModel
 
 /// Progress of one running shard, reported in worker heartbeats.
 public struct ShardProgress: Sendable, Hashable {
@@ -27,31 +17,6 @@ public struct ShardProgress: Sendable, Hashable {
 
 /// One metric sample. `value` travels as its IEEE-754 bit pattern, so NaN payloads, infinities and -0.0
 /// survive the wire bit-exactly; equality and hashing are bitwise for the same reason (NaN == NaN here).
-public struct MetricPoint: Sendable, Hashable {
-    public var name: String
-    public var step: Int64
-    public var value: Double
-    public init(name: String, step: Int64, value: Double) {
-        self.name = name
-        self.step = step
-        self.value = value
-    }
-    public static func == (a: MetricPoint, b: MetricPoint) -> Bool {
-        a.name == b.name && a.step == b.step && a.value.bitPattern == b.value.bitPattern
-    }
-    public func hash(into hasher: inout Hasher) {
-        hasher.combine(name)
-        hasher.combine(step)
-        hasher.combine(value.bitPattern)
-    }
-}
-
-/// What a blob transfer carries.
-public enum BlobKind: UInt8, Sendable {
-    case checkpoint = 1
-    case samples = 2
-    case result = 3
-}
 
 /// worker -> coordinator, first message after every (re)connect.
 public struct Ready: Sendable, Hashable {

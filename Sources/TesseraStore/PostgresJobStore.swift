@@ -10,28 +10,18 @@
 import Foundation
 import LibPQ
 import TesseraCore
+import TesseraModel
 
-/// (job, shard, attempt): the fencing token carried by every message about a shard.
-public struct ShardKey: Sendable, Hashable, CustomStringConvertible {
-    public var jobID: Int64
-    public var index: Int32
-    public var attempt: Int32
-    public init(jobID: Int64, index: Int32, attempt: Int32) {
-        self.jobID = jobID
-        self.index = index
-        self.attempt = attempt
-    }
-    public var description: String { "job \(jobID) shard \(index) attempt \(attempt)" }
-
+extension ShardRef {
     /// From a result row with columns job_id, idx, attempt.
     init(_ r: PGResult, _ row: Int) {
-        self.init(jobID: r.int(row, "job_id")!, index: Int32(r.int(row, "idx")!), attempt: Int32(r.int(row, "attempt")!))
+        self.init(jobID: r.int(row, "job_id")!, shardIndex: Int32(r.int(row, "idx")!), attempt: Int32(r.int(row, "attempt")!))
     }
 }
 
 /// A shard leased to a worker, with everything needed to dispatch it.
 public struct ClaimedShard: Sendable {
-    public var key: ShardKey
+    public var key: ShardRef
     public var kind: String
     public var algorithm: String
     public var seed: UInt64
@@ -39,17 +29,6 @@ public struct ClaimedShard: Sendable {
     public var slice: String
     public var totalSteps: Int64
     public var checkpoint: (step: Int64, sha256: String, size: Int64)?
-}
-
-public struct MetricRow: Sendable, Hashable {
-    public var name: String
-    public var step: Int64
-    public var value: Double
-    public init(name: String, step: Int64, value: Double) {
-        self.name = name
-        self.step = step
-        self.value = value
-    }
 }
 
 public struct StoredBlob: Sendable, Hashable {
@@ -119,7 +98,7 @@ public final class PostgresJobStore: @unchecked Sendable {
 
     /// Cancels a job that is not finished. Returns the shards that were leased (to tell their workers), or nil
     /// when the job does not exist.
-    public func cancelJob(_ id: Int64) throws -> (state: JobState, leased: [(ShardKey, Int64)])? {
+    public func cancelJob(_ id: Int64) throws -> (state: JobState, leased: [(ShardRef, Int64)])? {
         try db.transaction {
             let j = try db.execute("SELECT state::text FROM tessera_jobs WHERE id = $1 FOR UPDATE", [.int(id)])
             guard j.rowCount == 1, let s = j[0, "state"], let state = JobState(rawValue: s) else { return nil }
@@ -178,7 +157,7 @@ public final class PostgresJobStore: @unchecked Sendable {
             var out: [ClaimedShard] = []
             var started = Set<Int64>()
             for i in 0..<r.rowCount {
-                let key = ShardKey(r, i)
+                let key = ShardRef(r, i)
                 var checkpoint: (Int64, String, Int64)?
                 if let step = r.int(i, "checkpoint_step"), let sha = r[i, "checkpoint_sha256"] {
                     checkpoint = (step, sha, r.int(i, "checkpoint_size") ?? 0)
@@ -192,7 +171,7 @@ public final class PostgresJobStore: @unchecked Sendable {
                 )
                 started.insert(key.jobID)
                 try event(
-                    job: key.jobID, shard: key.index, worker: workerID, actor: "coordinator", kind: "shard.leased",
+                    job: key.jobID, shard: key.shardIndex, worker: workerID, actor: "coordinator", kind: "shard.leased",
                     detail: ["attempt": .int(Int(key.attempt))]
                 )
             }
@@ -211,7 +190,7 @@ public final class PostgresJobStore: @unchecked Sendable {
 
     /// Extends the leases a worker still holds and records progress. Returns the keys that are no longer the
     /// worker's current attempt (the worker must stop them).
-    public func renewLeases(workerID: Int64, progress: [(ShardKey, step: Int64)]) throws -> [ShardKey] {
+    public func renewLeases(workerID: Int64, progress: [(ShardRef, step: Int64)]) throws -> [ShardRef] {
         try db.execute(
             "UPDATE tessera_workers SET last_heartbeat = now(), state = 'alive' WHERE id = $1",
             [.int(workerID)]
@@ -228,15 +207,15 @@ public final class PostgresJobStore: @unchecked Sendable {
             """,
             [
                 .text(PGArray.ints(progress.map { $0.0.jobID })),
-                .text(PGArray.ints(progress.map { Int64($0.0.index) })),
+                .text(PGArray.ints(progress.map { Int64($0.0.shardIndex) })),
                 .text(PGArray.ints(progress.map { Int64($0.0.attempt) })),
                 .text(PGArray.ints(progress.map(\.step))), .double(leaseSeconds), .int(workerID),
             ]
         )
-        var live = Set<ShardKey>()
+        var live = Set<ShardRef>()
         for i in 0..<r.rowCount {
             live.insert(
-                ShardKey(r, i)
+                ShardRef(r, i)
             )
         }
         return progress.map(\.0).filter { !live.contains($0) }
@@ -244,16 +223,16 @@ public final class PostgresJobStore: @unchecked Sendable {
 
     /// Puts back in the queue every shard whose lease expired (a lost worker, a partition). Infrastructure loss:
     /// no attempt is consumed. Returns the released keys.
-    public func requeueExpiredLeases() throws -> [ShardKey] {
+    public func requeueExpiredLeases() throws -> [ShardRef] {
         try requeue(where: "state = 'leased' AND lease_expires_at < now()", params: [], reason: "lease expired")
     }
 
     /// Puts back in the queue the shards leased to a worker that is gone (or that handed them back on drain).
-    public func requeueShards(ofWorker workerID: Int64, reason: String) throws -> [ShardKey] {
+    public func requeueShards(ofWorker workerID: Int64, reason: String) throws -> [ShardRef] {
         try requeue(where: "state = 'leased' AND worker_id = $1", params: [.int(workerID)], reason: reason)
     }
 
-    private func requeue(where condition: String, params: [PGValue], reason: String) throws -> [ShardKey] {
+    private func requeue(where condition: String, params: [PGValue], reason: String) throws -> [ShardRef] {
         try db.transaction {
             let r = try db.execute(
                 """
@@ -263,12 +242,12 @@ public final class PostgresJobStore: @unchecked Sendable {
                 """,
                 params
             )
-            var out: [ShardKey] = []
+            var out: [ShardRef] = []
             for i in 0..<r.rowCount {
-                let k = ShardKey(r, i)
+                let k = ShardRef(r, i)
                 out.append(k)
                 try event(
-                    job: k.jobID, shard: k.index, actor: "coordinator", kind: "shard.requeued",
+                    job: k.jobID, shard: k.shardIndex, actor: "coordinator", kind: "shard.requeued",
                     detail: ["attempt": .int(Int(k.attempt)), "reason": .string(reason)]
                 )
             }
@@ -277,13 +256,13 @@ public final class PostgresJobStore: @unchecked Sendable {
     }
 
     /// Whether `key` is the shard's live attempt, leased to `workerID`.
-    public func isCurrent(_ key: ShardKey, workerID: Int64) throws -> Bool {
+    public func isCurrent(_ key: ShardRef, workerID: Int64) throws -> Bool {
         let r = try db.execute(
             """
             SELECT 1 FROM tessera_shards
             WHERE job_id = $1 AND idx = $2 AND attempt = $3 AND state = 'leased' AND worker_id = $4
             """,
-            [.int(key.jobID), .int(Int64(key.index)), .int(Int64(key.attempt)), .int(workerID)]
+            [.int(key.jobID), .int(Int64(key.shardIndex)), .int(Int64(key.attempt)), .int(workerID)]
         )
         return r.rowCount == 1
     }
@@ -293,10 +272,10 @@ public final class PostgresJobStore: @unchecked Sendable {
     /// Writes many metric batches in one transaction. Batches from stale attempts, or from anyone but the shard's
     /// leaseholder (`workerID` is the sender's), are dropped; the result says, per batch, whether it was accepted.
     /// Re-sent steps overwrite with the same values (idempotent replay).
-    public func ingestMetrics(_ batches: [(key: ShardKey, workerID: Int64, rows: [MetricRow])]) throws -> [Bool] {
+    public func ingestMetrics(_ batches: [(key: ShardRef, workerID: Int64, rows: [MetricPoint])]) throws -> [Bool] {
         guard !batches.isEmpty else { return [] }
         return try db.transaction {
-            struct Sender: Hashable { var key: ShardKey; var workerID: Int64 }
+            struct Sender: Hashable { var key: ShardRef; var workerID: Int64 }
             let senders = Array(Set(batches.map { Sender(key: $0.key, workerID: $0.workerID) }))
             let live = try db.execute(
                 """
@@ -307,27 +286,27 @@ public final class PostgresJobStore: @unchecked Sendable {
                 """,
                 [
                     .text(PGArray.ints(senders.map(\.key.jobID))),
-                    .text(PGArray.ints(senders.map { Int64($0.key.index) })),
+                    .text(PGArray.ints(senders.map { Int64($0.key.shardIndex) })),
                     .text(PGArray.ints(senders.map { Int64($0.key.attempt) })),
                     .text(PGArray.ints(senders.map(\.workerID))),
                 ]
             )
             var current = Set<Sender>()
             for i in 0..<live.rowCount {
-                current.insert(Sender(key: ShardKey(live, i), workerID: live.int(i, "worker_id")!))
+                current.insert(Sender(key: ShardRef(live, i), workerID: live.int(i, "worker_id")!))
             }
             var jobIDs: [Int64] = [], idxs: [Int64] = [], attempts: [Int64] = [], names: [String] = []
             var steps: [Int64] = [], values: [Double] = []
             // Latest value per (shard, name): the highest step in this group commit.
-            var latest: [ShardKey: [String: (Int64, Double)]] = [:]
+            var latest: [ShardRef: [String: (Int64, Double)]] = [:]
             // Deduplicate (shard, name, step) within one statement: ON CONFLICT cannot touch a row twice.
             var seen = Set<String>()
             for (key, workerID, rows) in batches where current.contains(Sender(key: key, workerID: workerID)) {
                 for m in rows {
-                    let id = "\(key.jobID)/\(key.index)/\(m.step)/\(m.name)"
+                    let id = "\(key.jobID)/\(key.shardIndex)/\(m.step)/\(m.name)"
                     if !seen.insert(id).inserted { continue }
                     jobIDs.append(key.jobID)
-                    idxs.append(Int64(key.index))
+                    idxs.append(Int64(key.shardIndex))
                     attempts.append(Int64(key.attempt))
                     names.append(m.name)
                     steps.append(m.step)
@@ -360,7 +339,7 @@ public final class PostgresJobStore: @unchecked Sendable {
                         UPDATE tessera_shards SET last_metrics = last_metrics || $4::jsonb, updated_at = now()
                         WHERE job_id = $1 AND idx = $2 AND attempt = $3
                         """,
-                        [.int(key.jobID), .int(Int64(key.index)), .int(Int64(key.attempt)), .text(JSONValue.object(o).render())]
+                        [.int(key.jobID), .int(Int64(key.shardIndex)), .int(Int64(key.attempt)), .text(JSONValue.object(o).render())]
                     )
                 }
             }
@@ -373,7 +352,7 @@ public final class PostgresJobStore: @unchecked Sendable {
     /// Registers a blob already written durably to the content-addressed store. Fenced on the attempt.
     /// A checkpoint becomes the shard's resume point when its step is the newest.
     public func registerBlob(
-        _ key: ShardKey, workerID: Int64, kind: String, step: Int64, sha256: String, size: Int64, path: String
+        _ key: ShardRef, workerID: Int64, kind: String, step: Int64, sha256: String, size: Int64, path: String
     ) throws -> Bool {
         try db.transaction {
             guard try isCurrent(key, workerID: workerID) else { return false }
@@ -386,7 +365,7 @@ public final class PostgresJobStore: @unchecked Sendable {
                               path = EXCLUDED.path, created_at = now()
                 """,
                 [
-                    .int(key.jobID), .int(Int64(key.index)), .text(kind), .int(step), .int(Int64(key.attempt)),
+                    .int(key.jobID), .int(Int64(key.shardIndex)), .text(kind), .int(step), .int(Int64(key.attempt)),
                     .text(sha256), .int(size), .text(path),
                 ]
             )
@@ -396,7 +375,7 @@ public final class PostgresJobStore: @unchecked Sendable {
                     UPDATE tessera_shards SET checkpoint_step = $3, checkpoint_sha256 = $4, updated_at = now()
                     WHERE job_id = $1 AND idx = $2 AND (checkpoint_step IS NULL OR checkpoint_step <= $3)
                     """,
-                    [.int(key.jobID), .int(Int64(key.index)), .int(step), .text(sha256)]
+                    [.int(key.jobID), .int(Int64(key.shardIndex)), .int(step), .text(sha256)]
                 )
             }
             return true
@@ -435,7 +414,7 @@ public final class PostgresJobStore: @unchecked Sendable {
     /// Marks the shard succeeded, fenced on the attempt and on the sender: only the leaseholder `workerID` may
     /// complete it. Returns nil when the message is fenced, else whether every shard of the job has now succeeded
     /// (time to merge). The job's counter is updated in the same transaction, so the check does not grow with the job.
-    public func completeShard(_ key: ShardKey, workerID: Int64, summary: String, resultSHA256: String?) throws -> Bool? {
+    public func completeShard(_ key: ShardRef, workerID: Int64, summary: String, resultSHA256: String?) throws -> Bool? {
         try db.transaction {
             let r = try db.execute(
                 """
@@ -445,12 +424,12 @@ public final class PostgresJobStore: @unchecked Sendable {
                 WHERE job_id = $1 AND idx = $2 AND attempt = $3 AND state = 'leased' AND worker_id = $6
                 """,
                 [
-                    .int(key.jobID), .int(Int64(key.index)), .int(Int64(key.attempt)), .text(summary),
+                    .int(key.jobID), .int(Int64(key.shardIndex)), .int(Int64(key.attempt)), .text(summary),
                     resultSHA256.map { .text($0) } ?? .null, .int(workerID),
                 ]
             )
             guard r.affectedRows == 1 else { return nil }
-            try event(job: key.jobID, shard: key.index, worker: workerID, actor: "coordinator", kind: "shard.succeeded",
+            try event(job: key.jobID, shard: key.shardIndex, worker: workerID, actor: "coordinator", kind: "shard.succeeded",
                       detail: ["attempt": .int(Int(key.attempt))])
             let job = try db.execute(
                 """
@@ -467,8 +446,8 @@ public final class PostgresJobStore: @unchecked Sendable {
     /// own errors consume one, and the last one fails the job (its other shards are cancelled).
     /// Fenced like `completeShard`: only the leaseholder `workerID` may report its attempt failed.
     public func failShard(
-        _ key: ShardKey, workerID: Int64, reason: String, retryable: Bool
-    ) throws -> (ShardFailureOutcome, [(ShardKey, Int64)]) {
+        _ key: ShardRef, workerID: Int64, reason: String, retryable: Bool
+    ) throws -> (ShardFailureOutcome, [(ShardRef, Int64)]) {
         try db.transaction {
             let r = try db.execute(
                 """
@@ -476,7 +455,7 @@ public final class PostgresJobStore: @unchecked Sendable {
                 WHERE s.job_id = $1 AND s.idx = $2 AND s.attempt = $3 AND s.state = 'leased' AND s.worker_id = $4
                 FOR UPDATE OF s
                 """,
-                [.int(key.jobID), .int(Int64(key.index)), .int(Int64(key.attempt)), .int(workerID)]
+                [.int(key.jobID), .int(Int64(key.shardIndex)), .int(Int64(key.attempt)), .int(workerID)]
             )
             guard r.rowCount == 1 else { return (.rejected, []) }
             let failures = Int(r.int(0, "failures")!) + (retryable ? 0 : 1)
@@ -488,9 +467,9 @@ public final class PostgresJobStore: @unchecked Sendable {
                            lease_expires_at = NULL, updated_at = now()
                     WHERE job_id = $1 AND idx = $2 AND attempt = $3
                     """,
-                    [.int(key.jobID), .int(Int64(key.index)), .int(Int64(key.attempt)), .int(Int64(failures)), .text(reason)]
+                    [.int(key.jobID), .int(Int64(key.shardIndex)), .int(Int64(key.attempt)), .int(Int64(failures)), .text(reason)]
                 )
-                try event(job: key.jobID, shard: key.index, actor: "coordinator", kind: "shard.retry",
+                try event(job: key.jobID, shard: key.shardIndex, actor: "coordinator", kind: "shard.retry",
                           detail: ["attempt": .int(Int(key.attempt)), "reason": .string(reason), "retryable": .bool(retryable)])
                 return (.requeued, [])
             }
@@ -500,19 +479,19 @@ public final class PostgresJobStore: @unchecked Sendable {
                        lease_expires_at = NULL, updated_at = now()
                 WHERE job_id = $1 AND idx = $2 AND attempt = $3
                 """,
-                [.int(key.jobID), .int(Int64(key.index)), .int(Int64(key.attempt)), .int(Int64(failures)), .text(reason)]
+                [.int(key.jobID), .int(Int64(key.shardIndex)), .int(Int64(key.attempt)), .int(Int64(failures)), .text(reason)]
             )
-            let others = try failJobLocked(key.jobID, error: "shard \(key.index) failed after \(failures) attempts: \(reason)")
+            let others = try failJobLocked(key.jobID, error: "shard \(key.shardIndex) failed after \(failures) attempts: \(reason)")
             return (.jobFailed, others)
         }
     }
 
     /// Fails a job (e.g. its merge failed), cancelling shards still open. Returns leased shards to stop.
-    public func failJob(_ id: Int64, error: String) throws -> [(ShardKey, Int64)] {
+    public func failJob(_ id: Int64, error: String) throws -> [(ShardRef, Int64)] {
         try db.transaction { try failJobLocked(id, error: error) }
     }
 
-    private func failJobLocked(_ id: Int64, error: String) throws -> [(ShardKey, Int64)] {
+    private func failJobLocked(_ id: Int64, error: String) throws -> [(ShardRef, Int64)] {
         let leased = try closeOpenShards(ofJob: id)
         try db.execute(
             """
@@ -526,7 +505,7 @@ public final class PostgresJobStore: @unchecked Sendable {
     }
 
     /// Cancels a job's queued and leased shards; returns the leased ones with their workers (to tell them to stop).
-    private func closeOpenShards(ofJob id: Int64) throws -> [(ShardKey, Int64)] {
+    private func closeOpenShards(ofJob id: Int64) throws -> [(ShardRef, Int64)] {
         let r = try db.execute(
             """
             UPDATE tessera_shards s SET state = 'cancelled', worker_id = NULL, lease_expires_at = NULL, updated_at = now()
@@ -536,8 +515,8 @@ public final class PostgresJobStore: @unchecked Sendable {
             """,
             [.int(id)]
         )
-        return (0..<r.rowCount).filter { r[$0, "was"] == "leased" }.map { (ShardKey(r, $0), r.int($0, "worker_id")!) }
-            .sorted { $0.0.index < $1.0.index }
+        return (0..<r.rowCount).filter { r[$0, "was"] == "leased" }.map { (ShardRef(r, $0), r.int($0, "worker_id")!) }
+            .sorted { $0.0.shardIndex < $1.0.shardIndex }
     }
 
     /// Everything `merge` needs: the stored spec and each shard's summary and result blob, in shard order.
@@ -606,7 +585,7 @@ public final class PostgresJobStore: @unchecked Sendable {
     }
 
     /// Re-adopts shards a reconnecting worker still runs, when their attempt is still the live one.
-    public func adoptShards(workerID: Int64, keys: [ShardKey]) throws -> [ShardKey] {
+    public func adoptShards(workerID: Int64, keys: [ShardRef]) throws -> [ShardRef] {
         guard !keys.isEmpty else { return [] }
         let r = try db.execute(
             """
@@ -619,12 +598,12 @@ public final class PostgresJobStore: @unchecked Sendable {
             RETURNING s.job_id, s.idx, s.attempt
             """,
             [
-                .text(PGArray.ints(keys.map(\.jobID))), .text(PGArray.ints(keys.map { Int64($0.index) })),
+                .text(PGArray.ints(keys.map(\.jobID))), .text(PGArray.ints(keys.map { Int64($0.shardIndex) })),
                 .text(PGArray.ints(keys.map { Int64($0.attempt) })), .int(workerID), .double(leaseSeconds),
             ]
         )
         return (0..<r.rowCount).map {
-            ShardKey(r, $0)
+            ShardRef(r, $0)
         }
     }
 

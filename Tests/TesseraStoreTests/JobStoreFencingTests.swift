@@ -5,6 +5,7 @@
 
 import LibPQ
 import TesseraCore
+import TesseraModel
 import TesseraStore
 import TesseraTesting
 import Testing
@@ -20,7 +21,7 @@ struct JobStoreFencingTests {
         let job: Int64
         let holder: Int64
         let other: Int64
-        let leased: [ShardKey]
+        let leased: [ShardRef]
 
         func close() {
             db.close()
@@ -50,7 +51,7 @@ struct JobStoreFencingTests {
         #expect(try b.store.completeShard(key, workerID: b.other, summary: "{}", resultSHA256: nil) == nil)
         let state = try b.db.execute(
             "SELECT state::text AS s, worker_id FROM tessera_shards WHERE job_id = $1 AND idx = $2",
-            [.int(key.jobID), .int(Int64(key.index))])
+            [.int(key.jobID), .int(Int64(key.shardIndex))])
         #expect(state[0, "s"] == "leased")
         #expect(state.int(0, "worker_id") == b.holder)
         #expect(try b.store.completeShard(key, workerID: b.holder, summary: "{}", resultSHA256: nil) == false)
@@ -70,7 +71,7 @@ struct JobStoreFencingTests {
         #expect(cancelled.isEmpty)
         let row = try b.db.execute(
             "SELECT state::text AS s, failures FROM tessera_shards WHERE job_id = $1 AND idx = $2",
-            [.int(key.jobID), .int(Int64(key.index))])
+            [.int(key.jobID), .int(Int64(key.shardIndex))])
         #expect(row[0, "s"] == "leased")
         #expect(row.int(0, "failures") == 0)
         #expect(try b.store.failShard(key, workerID: b.holder, reason: "boom", retryable: false).0 == .requeued)
@@ -82,13 +83,13 @@ struct JobStoreFencingTests {
         defer { b.close() }
         let key = b.leased[0]
         let accepted = try b.store.ingestMetrics([
-            (key: key, workerID: b.other, rows: [MetricRow(name: "loss", step: 1, value: 99)]),
-            (key: key, workerID: b.holder, rows: [MetricRow(name: "loss", step: 2, value: 0.5)]),
+            (key: key, workerID: b.other, rows: [MetricPoint(name: "loss", step: 1, value: 99)]),
+            (key: key, workerID: b.holder, rows: [MetricPoint(name: "loss", step: 2, value: 0.5)]),
         ])
         #expect(accepted == [false, true])
         let rows = try b.db.execute(
             "SELECT step, value FROM tessera_metrics WHERE job_id = $1 AND shard_idx = $2 ORDER BY step",
-            [.int(key.jobID), .int(Int64(key.index))])
+            [.int(key.jobID), .int(Int64(key.shardIndex))])
         #expect(rows.rowCount == 1)
         #expect(rows.int(0, "step") == 2)
     }
@@ -105,7 +106,7 @@ struct JobStoreFencingTests {
             key, workerID: b.holder, kind: "checkpoint", step: 5, sha256: sha, size: 1, path: "ab/x"))
         let row = try b.db.execute(
             "SELECT checkpoint_step FROM tessera_shards WHERE job_id = $1 AND idx = $2",
-            [.int(key.jobID), .int(Int64(key.index))])
+            [.int(key.jobID), .int(Int64(key.shardIndex))])
         #expect(row.int(0, "checkpoint_step") == 5)
     }
 

@@ -1,0 +1,62 @@
+// The vocabulary every layer shares (store, protocol, coordinator, worker): one type per domain notion, so data is
+// not translated from one near-identical struct to another at every hop. Pure Swift, no dependencies.
+
+/// (job, shard, attempt): names one attempt of one shard. The attempt is the fencing token: every message about a
+/// shard carries it, and only the current attempt's leaseholder may change anything (protocol/SPEC.md §6.3).
+public struct ShardRef: Sendable, Hashable, Codable, CustomStringConvertible {
+    public var jobID: Int64
+    public var shardIndex: Int32
+    public var attempt: Int32
+    public init(jobID: Int64, shardIndex: Int32, attempt: Int32) {
+        self.jobID = jobID
+        self.shardIndex = shardIndex
+        self.attempt = attempt
+    }
+    public var description: String { "job \(jobID) shard \(shardIndex) attempt \(attempt)" }
+}
+
+/// One metric value: `name` at `step`. Equality and hashing are bitwise on the value, so NaN equals NaN and a
+/// replayed batch is recognised as the same.
+public struct MetricPoint: Sendable, Hashable {
+    public var name: String
+    public var step: Int64
+    public var value: Double
+    public init(name: String, step: Int64, value: Double) {
+        self.name = name
+        self.step = step
+        self.value = value
+    }
+    public static func == (a: MetricPoint, b: MetricPoint) -> Bool {
+        a.name == b.name && a.step == b.step && a.value.bitPattern == b.value.bitPattern
+    }
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(name)
+        hasher.combine(step)
+        hasher.combine(value.bitPattern)
+    }
+}
+
+/// What a blob transfer carries.
+public enum BlobKind: UInt8, Sendable {
+    case checkpoint = 1
+    case samples = 2
+    case result = 3
+
+    /// The name stored in PostgreSQL (`tessera_checkpoints.kind`) and used in client requests.
+    public var name: String {
+        switch self {
+        case .checkpoint: "checkpoint"
+        case .samples: "samples"
+        case .result: "result"
+        }
+    }
+
+    public init?(name: String) {
+        switch name {
+        case "checkpoint": self = .checkpoint
+        case "samples": self = .samples
+        case "result": self = .result
+        default: return nil
+        }
+    }
+}
