@@ -16,6 +16,14 @@ import Synchronization
 public final class PGConnection: @unchecked Sendable {
     private var conn: OpaquePointer?
     private var savepointDepth = 0
+    /// Server-side prepared statements by (SQL text, parameter type OIDs): each statement is parsed and planned once
+    /// per connection, not on every call. The set is bounded by the statements the program contains.
+    private var prepared: [PreparedKey: String] = [:]
+
+    private struct PreparedKey: Hashable {
+        var sql: String
+        var types: [Oid]
+    }
     /// Set while a libpq call sequence runs; catches use from two threads at once (a programmer error).
     private let busy = Atomic<Bool>(false)
 
@@ -127,17 +135,33 @@ public final class PGConnection: @unchecked Sendable {
             cParams.append(PGConnection.makeCString(text))
         }
         let types = params.map { Oid($0.typeOID) }
-        let result: OpaquePointer? = sql.withCString { cSQL in
-            types.withUnsafeBufferPointer { typesBuf in
-                cParams.withUnsafeBufferPointer { valuesBuf in
-                    valuesBuf.withMemoryRebound(to: UnsafePointer<CChar>?.self) { values in
-                        PQexecParams(
-                            h, cSQL, Int32(params.count), typesBuf.baseAddress, values.baseAddress, nil, nil, 0)
-                    }
+        if params.isEmpty {
+            return try consume(sql.withCString { PQexecParams(h, $0, 0, nil, nil, nil, nil, 0) }, query: sql, on: h)
+        }
+        let name = try preparedName(sql, types: types, on: h)
+        let result: OpaquePointer? = name.withCString { cName in
+            cParams.withUnsafeBufferPointer { valuesBuf in
+                valuesBuf.withMemoryRebound(to: UnsafePointer<CChar>?.self) { values in
+                    PQexecPrepared(h, cName, Int32(params.count), values.baseAddress, nil, nil, 0)
                 }
             }
         }
         return try consume(result, query: sql, on: h)
+    }
+
+    /// The name of `sql` prepared with these parameter types on this connection, preparing it on first use.
+    private func preparedName(_ sql: String, types: [Oid], on h: OpaquePointer) throws -> String {
+        let key = PreparedKey(sql: sql, types: types)
+        if let name = prepared[key] { return name }
+        let name = "tessera_ps_\(prepared.count + 1)"
+        let result: OpaquePointer? = name.withCString { cName in
+            sql.withCString { cSQL in
+                types.withUnsafeBufferPointer { PQprepare(h, cName, cSQL, Int32(types.count), $0.baseAddress) }
+            }
+        }
+        _ = try consume(result, query: sql, on: h)
+        prepared[key] = name
+        return name
     }
 
     /// Runs a script of one or more `;`-separated statements without parameters (`PQexec`), e.g. a migration file.

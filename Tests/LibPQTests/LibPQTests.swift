@@ -60,6 +60,19 @@ private func expectPGError(
 
 @Suite(.enabled(if: PostgresTestDatabase.isAvailable, "set TESSERA_TEST_DATABASE_URL (ops/pg start DIR)"))
 struct PGConnectionTests {
+    /// A statement with parameters is parsed and planned once per connection: later calls run the prepared one.
+    @Test func parameterisedStatementsArePreparedOnce() throws {
+        try withDB { db, _ in
+            for i in 0..<3 { #expect(try db.execute("SELECT $1::bigint + 1 AS n", [.int(Int64(i))]).int(0, "n") == Int64(i) + 1) }
+            _ = try db.execute("SELECT $1::bigint + 1 AS n", [.null])  // other parameter types: a second statement
+            let r = try db.execute("SELECT count(*) AS n FROM pg_prepared_statements WHERE statement = 'SELECT $1::bigint + 1 AS n'")
+            #expect(r.int(0, "n") == 2)
+            // A failed statement inside a transaction does not poison the cache for the next one.
+            #expect(throws: PGError.self) { try db.transaction { _ = try db.execute("SELECT 1 / $1::int", [.int(0)]) } }
+            #expect(try db.execute("SELECT 1 / $1::int AS q", [.int(1)]).int(0, "q") == 1)
+        }
+    }
+
     @Test func everyTypeRoundTrips() throws {
         try withDB { db, _ in
             let text = "héllo 🌍 日本語 tab\t nl\n cr\r bs\\ q' dq\" \u{7f} end"
