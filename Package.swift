@@ -69,6 +69,8 @@ let package = Package(
             dependencies: ["TesseraCore", "TesseraModel", "LibPQ", .product(name: "Logging", package: "swift-log")],
             swiftSettings: swiftSettings
         ),
+        // The coordinator's decisions as a pure state machine (no sockets, no database, no clock reads).
+        .target(name: "TesseraCoordinatorCore", dependencies: ["TesseraModel", "TesseraProtocol"], swiftSettings: swiftSettings),
         .target(
             name: "TesseraCoordinator",
             dependencies: [
@@ -116,6 +118,9 @@ let package = Package(
         ),
         .testTarget(name: "TesseraCoreTests", dependencies: ["TesseraCore", "TesseraWorkloads"], swiftSettings: swiftSettings),
         .testTarget(name: "TesseraProtocolTests", dependencies: ["TesseraProtocol"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "TesseraCoordinatorCoreTests", dependencies: ["TesseraCoordinatorCore", "TesseraModel", "TesseraProtocol"],
+            swiftSettings: swiftSettings),
         .testTarget(name: "ZeroMQTests", dependencies: ["ZeroMQ"], swiftSettings: swiftSettings),
         .testTarget(name: "LibPQTests", dependencies: ["LibPQ", "TesseraTesting"], swiftSettings: swiftSettings),
         .testTarget(

@@ -60,3 +60,61 @@ public enum BlobKind: UInt8, Sendable {
         }
     }
 }
+
+/// A shard attempt leased to a worker (by the worker's database id).
+public struct Lease: Sendable, Hashable {
+    public var ref: ShardRef
+    public var workerID: Int64
+    public init(ref: ShardRef, workerID: Int64) {
+        self.ref = ref
+        self.workerID = workerID
+    }
+}
+
+/// A checkpoint a shard resumes from.
+public struct ResumePoint: Sendable, Hashable {
+    public var step: Int64
+    public var sha256: String
+    public var size: Int64
+    public init(step: Int64, sha256: String, size: Int64) {
+        self.step = step
+        self.sha256 = sha256
+        self.size = size
+    }
+}
+
+/// A shard just leased to a worker, with everything needed to dispatch it.
+public struct ClaimedShard: Sendable, Hashable {
+    public var ref: ShardRef
+    public var kind: String
+    public var algorithm: String
+    public var seed: UInt64
+    /// The job's canonical spec and the shard's slice, as stored (JSON text).
+    public var spec: String
+    public var slice: String
+    public var totalSteps: Int64
+    public var resume: ResumePoint?
+    public init(
+        ref: ShardRef, kind: String, algorithm: String, seed: UInt64, spec: String, slice: String, totalSteps: Int64,
+        resume: ResumePoint?
+    ) {
+        self.ref = ref
+        self.kind = kind
+        self.algorithm = algorithm
+        self.seed = seed
+        self.spec = spec
+        self.slice = slice
+        self.totalSteps = totalSteps
+        self.resume = resume
+    }
+}
+
+/// What a reported shard failure did.
+public enum ShardFailureOutcome: Sendable, Equatable {
+    /// Stale attempt or not the leaseholder: nothing changed.
+    case rejected
+    /// Back in the queue (infrastructure loss, or an own error with attempts left).
+    case requeued
+    /// Out of attempts: the shard and its job failed (its other leases are returned to stop).
+    case jobFailed
+}

@@ -1,0 +1,515 @@
+// The coordinator's decisions, as a pure state machine (events in, actions out), in the manner of postgres-nio's
+// ConnectionStateMachine: no sockets, no database, no clock reads. The transport feeds it decoded frames and ticks,
+// the writer feeds it commit outcomes; it answers with messages to send, a batch of store commands to commit, and
+// merges to run. Every rule of protocol/SPEC.md §6 that the coordinator enforces lives here and is unit-tested
+// step by step (Tests/TesseraCoordinatorCoreTests).
+//
+// Group commit: commands accumulate while one batch is being committed; when its outcomes arrive, everything that
+// accumulated goes out as the next batch (the busier the coordinator, the bigger the batch). Replies that promise
+// durability (ACKs) are sent only from outcomes, i.e. after COMMIT.
+
+import TesseraModel
+import TesseraProtocol
+
+public struct CoordinatorStateMachine: Sendable {
+    public typealias Peer = [UInt8]
+    public typealias Instant = ContinuousClock.Instant
+
+    public struct Configuration: Sendable {
+        /// HEARTBEAT period (SPEC §6 defaults).
+        public var heartbeatInterval: Duration = .seconds(1)
+        /// Intervals of silence after which a worker is lost.
+        public var liveness = 3
+        /// ERRORs one peer may get per second (SPEC §6.1.7).
+        public var errorsPerSecond = 10
+        public init() {}
+        var deadline: Duration { heartbeatInterval * liveness }
+    }
+
+    public enum Event: Sendable {
+        /// A decoded message from a peer.
+        case received(Peer, Message)
+        /// Frames that did not decode; `headerType` is the type byte if the header looked like one.
+        case malformed(Peer, ProtocolError, headerType: UInt8?)
+        /// The heartbeat timer fired.
+        case tick
+        /// The batch from the last `.commit` action committed; outcomes in command order.
+        case committed([StoreOutcome])
+        /// A CHUNK transfer's last chunk is durable in the blob store (verified, fsynced, renamed).
+        case blobStored(Peer, ref: ShardRef, transferID: UInt64, kind: BlobKind, step: Int64, sha256: String, size: Int64, path: String)
+        /// The blob service refused a chunk (gap, size, checksum) or acknowledges a non-final one.
+        case chunkAnswered(Peer, ref: ShardRef, transferID: UInt64, offset: UInt64, accepted: Bool)
+        /// Leases ended outside the writer (a client cancelled the job, or its merge failed): tell their holders.
+        case leasesEnded([Lease], reason: String)
+        /// A client submitted a job or something else may have made shards claimable.
+        case queueChanged
+    }
+
+    public enum Action: Sendable, Equatable {
+        case send(Peer, Message)
+        /// Run these commands in one transaction and answer with `.committed` (retrying on database failure).
+        case commit([StoreCommand])
+        /// Every shard of the job succeeded: merge it (off the hot path).
+        case merge(jobID: Int64)
+        /// A fenced-in CHUNK for the blob service to write.
+        case writeChunk(Peer, BlobChunk)
+        /// A client request or a FETCH: served by the read pool, which answers the peer directly.
+        case serve(Peer, Message)
+        /// The transfers of this peer are void (it is gone): the blob service drops their temp files.
+        case dropTransfers(Peer)
+    }
+
+    public struct Counters: Sendable, Equatable {
+        public var messagesIn = 0
+        public var malformedFrames = 0
+        /// Messages fenced: a superseded attempt, or a sender that does not hold the lease.
+        public var staleDropped = 0
+        public var metricPoints = 0
+        public var metricCommits = 0
+        public var commits = 0
+        public var dispatched = 0
+        public var workersLost = 0
+        public var errorsReceived = 0
+        public var errorsSuppressed = 0
+    }
+
+    // MARK: State
+
+    struct Session {
+        enum Phase { case registering, ready }
+        let peer: Peer
+        let name: String
+        let slots: Int
+        let capabilities: [String]
+        var phase: Phase = .registering
+        /// Which READY this session is: an outcome for an older one is not this session's.
+        let registration: UInt64
+        var workerID: Int64 = 0
+        var lastSeen: Instant
+        /// Free slots as last advertised, minus dispatches since, plus completions since.
+        var credits: Int
+        /// Attempts dispatched or adopted and not yet finished, with when they were handed out.
+        var inFlight: [ShardRef: Instant] = [:]
+        /// Shards being claimed for this worker in the batch being committed.
+        var claiming = 0
+        /// Latest heartbeat progress, renewed in the next batch.
+        var progress: [ShardProgressStep]?
+        /// Messages that arrived while READY was being committed, processed once it is.
+        var held: [Message] = []
+
+        var freeSlots: Int { max(0, min(slots - inFlight.count - claiming, credits - claiming)) }
+    }
+
+    /// What the outcome of one command in the batch being committed means.
+    enum Pending {
+        case register(Peer, registration: UInt64, running: [ShardRef])
+        case gone
+        case renew([Int64: Peer])
+        case metrics(Peer, ref: ShardRef, sequence: UInt64, points: Int)
+        case complete(Peer, ref: ShardRef)
+        case fail(Peer, ref: ShardRef)
+        case blob(Peer, ref: ShardRef, transferID: UInt64, offset: UInt64)
+        case claim(Peer, limit: Int)
+        case rescue
+    }
+
+    /// (job, shard) → the attempt and peer this coordinator knows holds the lease.
+    struct ShardSlot: Hashable {
+        var jobID: Int64
+        var shardIndex: Int32
+        init(_ r: ShardRef) {
+            jobID = r.jobID
+            shardIndex = r.shardIndex
+        }
+    }
+
+    public let configuration: Configuration
+    private(set) var sessions: [Peer: Session] = [:]
+    private var leases: [ShardSlot: (attempt: Int32, peer: Peer)] = [:]
+    private var queued: [(StoreCommand, Pending)] = []
+    private var committing: [Pending]?
+    /// False once a claim came back short: nothing more to claim until something changes.
+    private var claimable = true
+    private var lastTick: Instant?
+    private var nextRegistration: UInt64 = 1
+    private var errorWindows: [Peer: (start: Instant, sent: Int)] = [:]
+    public private(set) var counters = Counters()
+
+    public init(configuration: Configuration = Configuration()) {
+        self.configuration = configuration
+    }
+
+    /// Connected workers (registered or registering).
+    public var sessionCount: Int { sessions.count }
+    /// Whether a batch is being committed.
+    public var isCommitting: Bool { committing != nil }
+
+    // MARK: Events
+
+    public mutating func handle(_ event: Event, now: Instant) -> [Action] {
+        var out: [Action] = []
+        switch event {
+        case .received(let peer, let message):
+            counters.messagesIn += 1
+            receive(message, from: peer, now: now, into: &out)
+        case .malformed(let peer, let error, let headerType):
+            counters.messagesIn += 1
+            counters.malformedFrames += 1
+            // Never answer an ERROR with an ERROR, not even a broken one (SPEC §6.1.7).
+            if headerType != MessageType.error.rawValue {
+                sendError(peer, code: error.code.wireCode, error.description, now: now, into: &out)
+            }
+        case .tick:
+            tick(now: now, into: &out)
+        case .committed(let outcomes):
+            committed(outcomes, now: now, into: &out)
+        case .blobStored(let peer, let ref, let transferID, let kind, let step, let sha256, let size, let path):
+            if let s = sessions[peer], s.phase == .ready, holds(peer, ref) {
+                enqueue(
+                    .registerBlob(workerID: s.workerID, ref: ref, kind: kind, step: step, sha256: sha256, size: size, path: path),
+                    .blob(peer, ref: ref, transferID: transferID, offset: UInt64(size)))
+            } else {
+                counters.staleDropped += 1
+                out.append(.send(peer, .ack(Ack(ref: ref, kind: .chunk, sequence: transferID, offset: 0, accepted: false))))
+            }
+        case .chunkAnswered(let peer, let ref, let transferID, let offset, let accepted):
+            out.append(.send(peer, .ack(Ack(ref: ref, kind: .chunk, sequence: transferID, offset: offset, accepted: accepted))))
+        case .leasesEnded(let ended, let reason):
+            for lease in ended { stop(lease, reason: reason, into: &out) }
+            claimable = true
+        case .queueChanged:
+            claimable = true
+        }
+        flush(now: now, into: &out)
+        return out
+    }
+
+    // MARK: Messages
+
+    private mutating func receive(_ message: Message, from peer: Peer, now: Instant, into out: inout [Action]) {
+        sessions[peer]?.lastSeen = now
+        switch message {
+        case .ready(let r):
+            ready(r, from: peer, now: now, into: &out)
+        case .heartbeat, .metrics, .chunk, .shardDone, .shardFailed:
+            guard let s = sessions[peer] else {
+                // Unknown worker (this coordinator restarted, or declared it lost): it must READY again (§6.1.5).
+                return sendError(peer, code: WireStatus.notReady, "unknown worker: send READY", now: now, into: &out)
+            }
+            if s.phase == .registering {
+                sessions[peer]!.held.append(message)
+                return
+            }
+            workerMessage(message, session: s, now: now, into: &out)
+        case .disconnect(let d):
+            guard let s = sessions.removeValue(forKey: peer) else { return }
+            end(s, lost: false, reason: "worker disconnected: \(d.reason)", into: &out)
+        case .fetch, .request:
+            out.append(.serve(peer, message))
+        case .error:
+            counters.errorsReceived += 1
+        case .dispatch, .ack, .cancel, .fetchReply, .reply:
+            sendError(peer, code: WireStatus.unexpectedMessage, "unexpected message for a coordinator", now: now, into: &out)
+        }
+    }
+
+    private mutating func ready(_ r: Ready, from peer: Peer, now: Instant, into out: inout [Action]) {
+        guard r.protocolVersion == WireCodec.version else {
+            return sendError(
+                peer, code: ProtocolError.Code.unsupportedVersion.wireCode,
+                "protocol version \(r.protocolVersion) not supported; this coordinator speaks \(WireCodec.version)",
+                now: now, into: &out)
+        }
+        // A READY replaces any registration of the same connection or the same worker name (SPEC §6.1.4). The
+        // new registration is committed first, so its adoption of the running shards precedes the old one's requeue.
+        let replaced = sessions.values.filter { $0.peer == peer || $0.name == r.workerName }
+        for old in replaced { sessions[old.peer] = nil }
+        let registration = nextRegistration
+        nextRegistration += 1
+        sessions[peer] = Session(
+            peer: peer, name: r.workerName, slots: Int(r.slots), capabilities: r.capabilities, registration: registration,
+            lastSeen: now, credits: Int(r.slots))
+        enqueue(
+            .registerWorker(name: r.workerName, host: r.host, slots: Int(r.slots), capabilities: r.capabilities, running: r.running),
+            .register(peer, registration: registration, running: r.running))
+        for old in replaced { end(old, lost: false, reason: "worker re-registered", into: &out) }
+    }
+
+    private mutating func workerMessage(_ message: Message, session s: Session, now: Instant, into out: inout [Action]) {
+        let peer = s.peer
+        switch message {
+        case .heartbeat(let h):
+            sessions[peer]!.credits = Int(h.credits)
+            sessions[peer]!.progress = h.progress.map { ShardProgressStep(ref: $0.ref, step: $0.step) }
+            // A shard dispatched a while ago that the worker no longer reports is gone (lost DISPATCH, or its final
+            // message raced the heartbeat): stop counting it against the worker's slots.
+            let reported = Set(h.progress.map(\.ref))
+            for (ref, since) in s.inFlight where !reported.contains(ref) && now - since > configuration.heartbeatInterval * 2 {
+                sessions[peer]!.inFlight[ref] = nil
+            }
+        case .metrics(let b):
+            guard holds(peer, b.ref) else {
+                counters.staleDropped += 1
+                return out.append(.send(peer, .ack(Ack(ref: b.ref, kind: .metrics, sequence: b.sequence, accepted: false))))
+            }
+            enqueue(
+                .ingestMetrics(workerID: s.workerID, ref: b.ref, points: b.points),
+                .metrics(peer, ref: b.ref, sequence: b.sequence, points: b.points.count))
+        case .chunk(let c):
+            guard holds(peer, c.ref) else {
+                counters.staleDropped += 1
+                return out.append(.send(peer, .ack(Ack(ref: c.ref, kind: .chunk, sequence: c.transferID, offset: 0, accepted: false))))
+            }
+            out.append(.writeChunk(peer, c))
+        case .shardDone(let d):
+            if sessions[peer]!.inFlight.removeValue(forKey: d.ref) != nil { sessions[peer]!.credits += 1 }
+            guard holds(peer, d.ref) else {
+                counters.staleDropped += 1
+                return out.append(.send(peer, .ack(Ack(ref: d.ref, kind: .done, accepted: false))))
+            }
+            enqueue(
+                .completeShard(
+                    workerID: s.workerID, ref: d.ref, summary: String(decoding: d.summary, as: UTF8.self),
+                    resultSHA256: d.resultSHA256.isEmpty ? nil : d.resultSHA256),
+                .complete(peer, ref: d.ref))
+        case .shardFailed(let f):
+            // A retryable failure is often the worker handing work back (draining, no free slot): its next heartbeat
+            // says how many slots it has, rather than dispatching straight back to it.
+            if sessions[peer]!.inFlight.removeValue(forKey: f.ref) != nil, !f.retryable { sessions[peer]!.credits += 1 }
+            guard holds(peer, f.ref) else {
+                counters.staleDropped += 1
+                return out.append(.send(peer, .ack(Ack(ref: f.ref, kind: .failed, accepted: false))))
+            }
+            enqueue(
+                .failShard(workerID: s.workerID, ref: f.ref, reason: f.reason, retryable: f.retryable),
+                .fail(peer, ref: f.ref))
+        default:
+            break
+        }
+    }
+
+    /// Only the leaseholder's session may speak for a lease, and only about its current attempt (SPEC §6.3).
+    private func holds(_ peer: Peer, _ ref: ShardRef) -> Bool {
+        guard let lease = leases[ShardSlot(ref)] else { return false }
+        return lease.attempt == ref.attempt && lease.peer == peer
+    }
+
+    // MARK: Time
+
+    private mutating func tick(now: Instant, into out: inout [Action]) {
+        lastTick = now
+        errorWindows = errorWindows.filter { now - $0.value.start < .seconds(1) }
+        var renewals: [LeaseRenewal] = []
+        var peers: [Int64: Peer] = [:]
+        for (peer, s) in sessions.sorted(by: { $0.value.name < $1.value.name }) {
+            if now - s.lastSeen > configuration.deadline {
+                sessions[peer] = nil
+                counters.workersLost += 1
+                end(s, lost: true, reason: "worker \(s.name) lost (no heartbeat for \(configuration.deadline))", into: &out)
+                continue
+            }
+            out.append(.send(peer, .heartbeat(Heartbeat())))
+            guard s.phase == .ready else { continue }
+            renewals.append(LeaseRenewal(workerID: s.workerID, progress: s.progress ?? []))
+            peers[s.workerID] = peer
+            sessions[peer]!.progress = nil
+        }
+        if !renewals.isEmpty { enqueue(.renewLeases(renewals), .renew(peers)) }
+        enqueue(.requeueExpiredLeases, .rescue)
+        claimable = true
+    }
+
+    // MARK: Outcomes
+
+    private mutating func committed(_ outcomes: [StoreOutcome], now: Instant, into out: inout [Action]) {
+        guard let pending = committing else { return }
+        committing = nil
+        counters.commits += 1
+        precondition(pending.count == outcomes.count, "a batch of \(pending.count) commands got \(outcomes.count) outcomes")
+        var metricBatches = 0
+        for (p, o) in zip(pending, outcomes) {
+            switch (p, o) {
+            case (.register(let peer, let registration, let running), .workerRegistered(let workerID, let adopted)):
+                registered(peer, registration: registration, running: running, workerID: workerID, adopted: adopted, now: now, into: &out)
+            case (.gone, _):
+                claimable = true
+            case (.renew(let peers), .leasesRenewed(let stale)):
+                // The database says these are not the reporting worker's current lease (re-leased by a rescue, or
+                // cancelled): the worker must stop them (SPEC §6.3).
+                for lease in stale {
+                    counters.staleDropped += 1
+                    release(lease.ref)
+                    guard let peer = peers[lease.workerID] else { continue }
+                    out.append(.send(peer, .cancel(Cancel(ref: lease.ref, reason: "lease lost: the shard was re-leased or cancelled"))))
+                }
+            case (.metrics(let peer, let ref, let sequence, let points), .metricsIngested(let accepted)):
+                metricBatches += 1
+                if accepted { counters.metricPoints += points } else { counters.staleDropped += 1 }
+                out.append(.send(peer, .ack(Ack(ref: ref, kind: .metrics, sequence: sequence, accepted: accepted))))
+            case (.complete(let peer, let ref), .shardCompleted(let accepted, let jobComplete)):
+                if accepted { release(ref) } else { counters.staleDropped += 1 }
+                out.append(.send(peer, .ack(Ack(ref: ref, kind: .done, accepted: accepted))))
+                if jobComplete {
+                    out.append(.merge(jobID: ref.jobID))
+                    claimable = true  // jobs depending on it may now run
+                }
+            case (.fail(let peer, let ref), .shardFailed(let outcome, let stopList)):
+                if outcome == .rejected { counters.staleDropped += 1 } else { release(ref) }
+                out.append(.send(peer, .ack(Ack(ref: ref, kind: .failed, accepted: outcome != .rejected))))
+                for lease in stopList { stop(lease, reason: "job failed", into: &out) }
+                claimable = true
+            case (.blob(let peer, let ref, let transferID, let offset), .blobRegistered(let accepted)):
+                if !accepted { counters.staleDropped += 1 }
+                out.append(.send(peer, .ack(Ack(ref: ref, kind: .chunk, sequence: transferID, offset: offset, accepted: accepted))))
+            case (.claim(let peer, let limit), .shardsClaimed(let claimed)):
+                dispatch(claimed, to: peer, now: now, into: &out)
+                // A full claim means there may be more; a short one that the queue is empty for now.
+                if claimed.count == limit { claimable = true }
+            case (.rescue, .expiredLeasesRequeued(let n)):
+                if n > 0 { claimable = true }
+            case (_, .rejected):
+                rejected(p, into: &out)
+            default:
+                preconditionFailure("outcome \(o) does not answer \(p)")
+            }
+        }
+        if metricBatches > 0 { counters.metricCommits += 1 }
+    }
+
+    private mutating func registered(
+        _ peer: Peer, registration: UInt64, running: [ShardRef], workerID: Int64, adopted: [ShardRef], now: Instant,
+        into out: inout [Action]
+    ) {
+        guard var s = sessions[peer], s.registration == registration else {
+            // The connection went away (or READY again) while the registration committed: that row is gone.
+            enqueue(.workerGone(workerID: workerID, lost: false, reason: "connection replaced during registration"), .gone)
+            return
+        }
+        s.phase = .ready
+        s.workerID = workerID
+        for ref in adopted {
+            s.inFlight[ref] = now
+            leases[ShardSlot(ref)] = (ref.attempt, peer)
+        }
+        s.credits = max(0, s.slots - s.inFlight.count)
+        let held = s.held
+        s.held = []
+        sessions[peer] = s
+        // Re-adoption (SPEC §6.1.4): what the worker still runs but is no longer its lease is stopped.
+        let kept = Set(adopted)
+        for ref in running where !kept.contains(ref) {
+            out.append(.send(peer, .cancel(Cancel(ref: ref, reason: "superseded: the shard was re-leased"))))
+        }
+        out.append(.send(peer, .heartbeat(Heartbeat())))
+        claimable = true
+        for message in held {
+            guard let current = sessions[peer] else { break }
+            workerMessage(message, session: current, now: now, into: &out)
+        }
+    }
+
+    private mutating func dispatch(_ claimed: [ClaimedShard], to peer: Peer, now: Instant, into out: inout [Action]) {
+        guard sessions[peer] != nil else {
+            // The worker vanished while its shards were being claimed: its workerGone requeues them.
+            for c in claimed { leases[ShardSlot(c.ref)] = nil }
+            return
+        }
+        sessions[peer]!.claiming = 0
+        for c in claimed {
+            sessions[peer]!.inFlight[c.ref] = now
+            sessions[peer]!.credits -= 1
+            leases[ShardSlot(c.ref)] = (c.ref.attempt, peer)
+            counters.dispatched += 1
+            out.append(.send(peer, .dispatch(Dispatch(
+                ref: c.ref, kind: c.kind, algorithm: c.algorithm, seed: c.seed, spec: Array(c.spec.utf8),
+                slice: Array(c.slice.utf8),
+                resume: c.resume.map { CheckpointInfo(step: $0.step, sha256: $0.sha256, size: UInt64($0.size)) },
+                totalSteps: c.totalSteps))))
+        }
+    }
+
+    private mutating func rejected(_ p: Pending, into out: inout [Action]) {
+        switch p {
+        case .metrics(let peer, let ref, let sequence, _):
+            counters.staleDropped += 1
+            out.append(.send(peer, .ack(Ack(ref: ref, kind: .metrics, sequence: sequence, accepted: false))))
+        case .complete(let peer, let ref):
+            out.append(.send(peer, .ack(Ack(ref: ref, kind: .done, accepted: false))))
+        case .fail(let peer, let ref):
+            out.append(.send(peer, .ack(Ack(ref: ref, kind: .failed, accepted: false))))
+        case .blob(let peer, let ref, let transferID, _):
+            out.append(.send(peer, .ack(Ack(ref: ref, kind: .chunk, sequence: transferID, offset: 0, accepted: false))))
+        case .claim(let peer, _):
+            sessions[peer]?.claiming = 0
+        case .register(let peer, let registration, _):
+            // Without a registration the worker cannot be served: drop the session; it will READY again.
+            guard sessions[peer]?.registration == registration else { return }
+            sessions[peer] = nil
+            out.append(.send(peer, .error(ErrorMessage(code: WireStatus.notReady, message: "registration failed: send READY"))))
+        case .gone, .renew, .rescue:
+            break
+        }
+    }
+
+    // MARK: Helpers
+
+    /// Ends a session: its leases go back to the queue in the next batch, its transfers are void.
+    private mutating func end(_ s: Session, lost: Bool, reason: String, into out: inout [Action]) {
+        for (slot, lease) in leases where lease.peer == s.peer { leases[slot] = nil }
+        out.append(.dropTransfers(s.peer))
+        if s.phase == .ready { enqueue(.workerGone(workerID: s.workerID, lost: lost, reason: reason), .gone) }
+        // A registering session's row is ended when its registration outcome finds the session gone.
+    }
+
+    private mutating func release(_ ref: ShardRef) {
+        if let lease = leases[ShardSlot(ref)], lease.attempt == ref.attempt { leases[ShardSlot(ref)] = nil }
+    }
+
+    /// A lease ended elsewhere (cancel, job failed): tell its holder to stop and forget it.
+    private mutating func stop(_ lease: Lease, reason: String, into out: inout [Action]) {
+        guard let held = leases[ShardSlot(lease.ref)], held.attempt == lease.ref.attempt else { return }
+        leases[ShardSlot(lease.ref)] = nil
+        out.append(.send(held.peer, .cancel(Cancel(ref: lease.ref, reason: reason))))
+    }
+
+    private mutating func enqueue(_ command: StoreCommand, _ pending: Pending) {
+        // One lease-expiry sweep per batch is enough.
+        if case .requeueExpiredLeases = command, queued.contains(where: { if case .rescue = $0.1 { true } else { false } }) {
+            return
+        }
+        queued.append((command, pending))
+    }
+
+    /// Claims for every worker with free slots, then the next batch if the writer is idle.
+    private mutating func flush(now: Instant, into out: inout [Action]) {
+        guard committing == nil else { return }
+        if claimable {
+            for (peer, s) in sessions.sorted(by: { $0.value.workerID < $1.value.workerID }) where s.phase == .ready {
+                let n = s.freeSlots
+                guard n > 0 else { continue }
+                sessions[peer]!.claiming = n
+                queued.append((.claimShards(workerID: s.workerID, limit: n, capabilities: s.capabilities), .claim(peer, limit: n)))
+                // Until its outcome says whether the queue had enough, do not ask again.
+                claimable = false
+            }
+        }
+        guard !queued.isEmpty else { return }
+        committing = queued.map(\.1)
+        out.append(.commit(queued.map(\.0)))
+        queued.removeAll(keepingCapacity: true)
+    }
+
+    /// Sends an ERROR unless the peer already had `errorsPerSecond` of them this second; those are counted.
+    private mutating func sendError(_ peer: Peer, code: UInt16, _ reason: String, now: Instant, into out: inout [Action]) {
+        if let w = errorWindows[peer], now - w.start < .seconds(1) {
+            guard w.sent < configuration.errorsPerSecond else {
+                counters.errorsSuppressed += 1
+                return
+            }
+            errorWindows[peer] = (w.start, w.sent + 1)
+        } else {
+            errorWindows[peer] = (now, 1)
+        }
+        out.append(.send(peer, .error(ErrorMessage(code: code, message: reason))))
+    }
+}

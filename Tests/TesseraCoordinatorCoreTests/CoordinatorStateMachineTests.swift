@@ -1,0 +1,332 @@
+// The coordinator's rules (protocol/SPEC.md §6), step by step on the pure state machine: no sockets, no database,
+// time moved by hand. Each test feeds events and checks the exact actions, as postgres-nio tests its
+// ConnectionStateMachine.
+
+import TesseraCoordinatorCore
+import TesseraModel
+import TesseraProtocol
+import Testing
+
+/// A state machine with a hand-moved clock and helpers to pick actions apart.
+struct Harness {
+    var machine: CoordinatorStateMachine
+    var now = ContinuousClock.now
+
+    init(configure: (inout CoordinatorStateMachine.Configuration) -> Void = { _ in }) {
+        var c = CoordinatorStateMachine.Configuration()
+        configure(&c)
+        machine = CoordinatorStateMachine(configuration: c)
+    }
+
+    mutating func feed(_ event: CoordinatorStateMachine.Event) -> [CoordinatorStateMachine.Action] {
+        machine.handle(event, now: now)
+    }
+
+    mutating func receive(_ peer: [UInt8], _ m: Message) -> [CoordinatorStateMachine.Action] { feed(.received(peer, m)) }
+
+    mutating func advance(_ d: Duration) { now += d }
+
+    /// Registers a worker: READY, then the registration's commit with `adopted`; returns the actions of that commit.
+    mutating func register(
+        _ peer: [UInt8], name: String, slots: UInt16, workerID: Int64, running: [ShardRef] = [], adopted: [ShardRef] = [],
+        capabilities: [String] = ["rl/noop"]
+    ) -> [CoordinatorStateMachine.Action] {
+        let a = receive(peer, .ready(Ready(workerName: name, host: "h", slots: slots, capabilities: capabilities, running: running)))
+        let batch = commits(a)
+        precondition(batch.count == 1, "READY must commit: \(a)")
+        var outcomes: [StoreOutcome] = []
+        for c in batch[0] {
+            switch c {
+            case .registerWorker: outcomes.append(.workerRegistered(workerID: workerID, adopted: adopted))
+            case .workerGone: outcomes.append(.workerGone(requeued: 0))
+            default: preconditionFailure("unexpected command in a READY batch: \(c)")
+            }
+        }
+        return feed(.committed(outcomes))
+    }
+}
+
+func commits(_ actions: [CoordinatorStateMachine.Action]) -> [[StoreCommand]] {
+    actions.compactMap { if case .commit(let c) = $0 { c } else { nil } }
+}
+
+func sends(_ actions: [CoordinatorStateMachine.Action], to peer: [UInt8]? = nil) -> [Message] {
+    actions.compactMap {
+        if case .send(let p, let m) = $0, peer == nil || p == peer { m } else { nil }
+    }
+}
+
+func acks(_ actions: [CoordinatorStateMachine.Action]) -> [Ack] {
+    sends(actions).compactMap { if case .ack(let a) = $0 { a } else { nil } }
+}
+
+func claimed(_ refs: [ShardRef]) -> StoreOutcome {
+    .shardsClaimed(refs.map {
+        ClaimedShard(ref: $0, kind: "rl", algorithm: "noop", seed: 1, spec: "{}", slice: "{}", totalSteps: 1, resume: nil)
+    })
+}
+
+let w1: [UInt8] = [1]
+let w2: [UInt8] = [2]
+
+func ref(_ shard: Int32, attempt: Int32 = 1, job: Int64 = 7) -> ShardRef {
+    ShardRef(jobID: job, shardIndex: shard, attempt: attempt)
+}
+
+@Suite("Coordinator state machine (SPEC §6)")
+struct CoordinatorStateMachineTests {
+    /// w1 (2 slots) registered and holding shards 0 and 1 of job 7 at attempt 1.
+    static func withTwoLeases() -> Harness {
+        var h = Harness()
+        let a = h.register(w1, name: "w1", slots: 2, workerID: 11)
+        let claim = commits(a)
+        #expect(claim == [[.claimShards(workerID: 11, limit: 2, capabilities: ["rl/noop"])]])
+        let d = h.feed(.committed([claimed([ref(0), ref(1)])]))
+        #expect(sends(d, to: w1).filter { if case .dispatch = $0 { true } else { false } }.count == 2)
+        return h
+    }
+
+    @Test("READY: registered in the store first; messages meanwhile are held, then processed; HEARTBEAT confirms")
+    func readyRegistersBeforeAnythingElse() {
+        var h = Harness()
+        let a = h.receive(w1, .ready(Ready(workerName: "w1", host: "h", slots: 1, capabilities: ["rl/noop"], running: [ref(3)])))
+        #expect(commits(a) == [[.registerWorker(name: "w1", host: "h", slots: 1, capabilities: ["rl/noop"], running: [ref(3)])]])
+        #expect(sends(a).isEmpty)
+        // A replayed METRICS batch for the shard it still runs arrives before the registration commits: held.
+        let held = h.receive(w1, .metrics(MetricsBatch(ref: ref(3), sequence: 4, points: [MetricPoint(name: "x", step: 1, value: 2)])))
+        #expect(held.isEmpty)
+        let r = h.feed(.committed([.workerRegistered(workerID: 5, adopted: [ref(3)])]))
+        #expect(sends(r, to: w1) == [.heartbeat(Heartbeat())])
+        // The held batch is now fenced in (the adopted lease is w1's) and committed with the next batch; the slot is
+        // taken by the adopted shard, so nothing is claimed.
+        #expect(commits(r) == [[.ingestMetrics(workerID: 5, ref: ref(3), points: [MetricPoint(name: "x", step: 1, value: 2)])]])
+    }
+
+    @Test("Re-adoption: running shards whose attempt is not current are cancelled; adopted ones take slots")
+    func reAdoption() {
+        var h = Harness()
+        let a = h.register(w1, name: "w1", slots: 3, workerID: 5, running: [ref(0), ref(1, attempt: 2)], adopted: [ref(0)])
+        #expect(sends(a, to: w1).contains(.cancel(Cancel(ref: ref(1, attempt: 2), reason: "superseded: the shard was re-leased"))))
+        #expect(commits(a) == [[.claimShards(workerID: 5, limit: 2, capabilities: ["rl/noop"])]])
+    }
+
+    @Test("Credits: never more shards in flight than slots or advertised credits")
+    func creditsNeverExceeded() {
+        var h = Self.withTwoLeases()
+        // All slots busy: a heartbeat advertising credits does not make room that the slots do not have.
+        h.advance(.milliseconds(100))
+        #expect(commits(h.receive(w1, .heartbeat(Heartbeat(credits: 2, progress: [])))).isEmpty)
+        // The worker says it has no free slot (draining): a DONE frees one slot locally, but credits say 0 → 1.
+        _ = h.receive(w1, .heartbeat(Heartbeat(credits: 0, progress: [ShardProgress(ref: ref(0), step: 0, total: 1), ShardProgress(ref: ref(1), step: 0, total: 1)])))
+        let done = h.receive(w1, .shardDone(ShardDone(ref: ref(0), summary: Array("{}".utf8))))
+        #expect(commits(done) == [[
+            .completeShard(workerID: 11, ref: ref(0), summary: "{}", resultSHA256: nil),
+            .claimShards(workerID: 11, limit: 1, capabilities: ["rl/noop"]),
+        ]])
+        // A claim that comes back short means the queue is empty: no claim until something changes.
+        let after = h.feed(.committed([.shardCompleted(accepted: true, jobComplete: false), claimed([])]))
+        #expect(acks(after) == [Ack(ref: ref(0), kind: .done, accepted: true)])
+        #expect(commits(after).isEmpty)
+        let submitted = h.feed(.queueChanged)
+        #expect(commits(submitted) == [[.claimShards(workerID: 11, limit: 1, capabilities: ["rl/noop"])]])
+    }
+
+    @Test("ACKs only after COMMIT; commands arriving during a commit go out as the next batch")
+    func groupCommit() {
+        var h = Self.withTwoLeases()
+        let m1 = h.receive(w1, .metrics(MetricsBatch(ref: ref(0), sequence: 1, points: [])))
+        #expect(acks(m1).isEmpty)
+        #expect(commits(m1).count == 1)
+        #expect(h.machine.isCommitting)
+        // While batch 1 commits, two more batches accumulate: no second commit yet.
+        #expect(commits(h.receive(w1, .metrics(MetricsBatch(ref: ref(0), sequence: 2, points: [])))).isEmpty)
+        #expect(commits(h.receive(w1, .metrics(MetricsBatch(ref: ref(1), sequence: 1, points: [])))).isEmpty)
+        let c1 = h.feed(.committed([.metricsIngested(accepted: true)]))
+        #expect(acks(c1) == [Ack(ref: ref(0), kind: .metrics, sequence: 1)])
+        #expect(commits(c1) == [[
+            .ingestMetrics(workerID: 11, ref: ref(0), points: []), .ingestMetrics(workerID: 11, ref: ref(1), points: []),
+        ]])
+        let c2 = h.feed(.committed([.metricsIngested(accepted: true), .metricsIngested(accepted: false)]))
+        #expect(acks(c2) == [Ack(ref: ref(0), kind: .metrics, sequence: 2), Ack(ref: ref(1), kind: .metrics, sequence: 1, accepted: false)])
+        #expect(h.machine.counters.staleDropped == 1)
+        #expect(!h.machine.isCommitting)
+    }
+
+    @Test("Fencing: a stale attempt is refused at once, without a database round trip", arguments: [
+        Message.metrics(MetricsBatch(ref: ref(0, attempt: 0), sequence: 9, points: [])),
+        Message.shardDone(ShardDone(ref: ref(0, attempt: 0), summary: [])),
+        Message.shardFailed(ShardFailed(ref: ref(0, attempt: 0), reason: "x", retryable: false)),
+        Message.chunk(BlobChunk(ref: ref(0, attempt: 0), transferID: 3, kind: .checkpoint, step: 1, offset: 0, totalSize: 0, isLast: true, sha256: String(repeating: "0", count: 64), data: [])),
+    ])
+    func staleAttemptFenced(message: Message) {
+        var h = Self.withTwoLeases()
+        let a = h.receive(w1, message)
+        #expect(commits(a).isEmpty)
+        let ack = acks(a)
+        #expect(ack.count == 1 && ack[0].accepted == false && ack[0].ref == ref(0, attempt: 0))
+        #expect(h.machine.counters.staleDropped == 1)
+    }
+
+    @Test("Fencing by sender: another registered worker cannot speak for w1's current attempt")
+    func foreignSenderFenced() {
+        var h = Self.withTwoLeases()
+        _ = h.register(w2, name: "w2", slots: 1, workerID: 12)
+        _ = h.feed(.committed([claimed([])]))
+        for m: Message in [
+            .metrics(MetricsBatch(ref: ref(0), sequence: 1, points: [])), .shardDone(ShardDone(ref: ref(0), summary: [])),
+            .shardFailed(ShardFailed(ref: ref(0), reason: "x", retryable: false)),
+        ] {
+            let a = h.receive(w2, m)
+            #expect(commits(a).isEmpty, "\(m)")
+            #expect(acks(a).map(\.accepted) == [false])
+        }
+        // The holder's DONE is still accepted and goes to the store.
+        let done = h.receive(w1, .shardDone(ShardDone(ref: ref(0), summary: Array("{}".utf8))))
+        #expect(commits(done).first?.first == .completeShard(workerID: 11, ref: ref(0), summary: "{}", resultSHA256: nil))
+    }
+
+    @Test("A worker silent for liveness × interval is lost: its shards are requeued at no cost, it must READY again")
+    func lostWorker() {
+        var h = Self.withTwoLeases()
+        h.advance(.milliseconds(3100))
+        let t = h.feed(.tick)
+        #expect(commits(t) == [[.workerGone(workerID: 11, lost: true, reason: "worker w1 lost (no heartbeat for 3.0 seconds)"), .requeueExpiredLeases]])
+        #expect(t.contains(.dropTransfers(w1)))
+        #expect(h.machine.counters.workersLost == 1)
+        _ = h.feed(.committed([.workerGone(requeued: 2), .expiredLeasesRequeued(count: 0)]))
+        // Its late DONE is not taken: unknown peer → notReady.
+        let late = h.receive(w1, .shardDone(ShardDone(ref: ref(0), summary: [])))
+        #expect(sends(late, to: w1) == [.error(ErrorMessage(code: WireStatus.notReady, message: "unknown worker: send READY"))])
+        #expect(commits(late).isEmpty)
+    }
+
+    @Test("Ticks: HEARTBEAT to every worker, every worker's progress renewed in one command, one lease sweep")
+    func tickRenewsAllWorkersInOneCommand() {
+        var h = Self.withTwoLeases()
+        _ = h.register(w2, name: "w2", slots: 1, workerID: 12)
+        _ = h.feed(.committed([claimed([])]))
+        _ = h.receive(w1, .heartbeat(Heartbeat(credits: 0, progress: [ShardProgress(ref: ref(0), step: 4, total: 9)])))
+        h.advance(.seconds(1))
+        let t = h.feed(.tick)
+        #expect(sends(t, to: w1) == [.heartbeat(Heartbeat())])
+        #expect(sends(t, to: w2) == [.heartbeat(Heartbeat())])
+        #expect(commits(t) == [[
+            .renewLeases([
+                LeaseRenewal(workerID: 11, progress: [ShardProgressStep(ref: ref(0), step: 4)]),
+                LeaseRenewal(workerID: 12, progress: []),
+            ]),
+            .requeueExpiredLeases,
+            // A tick also retries the claim for w2's idle slot (queued work may have appeared: leases rescued).
+            .claimShards(workerID: 12, limit: 1, capabilities: ["rl/noop"]),
+        ]])
+        // The store says w1's shard 0 is no longer its lease: w1 is told to stop it.
+        let c = h.feed(.committed([
+            .leasesRenewed(stale: [Lease(ref: ref(0), workerID: 11)]), .expiredLeasesRequeued(count: 0), claimed([]),
+        ]))
+        #expect(sends(c, to: w1).contains(.cancel(Cancel(ref: ref(0), reason: "lease lost: the shard was re-leased or cancelled"))))
+        // ...and its messages about it are fenced from now on.
+        #expect(acks(h.receive(w1, .shardDone(ShardDone(ref: ref(0), summary: [])))).map(\.accepted) == [false])
+    }
+
+    @Test("Drain: a retryable SHARD_FAILED hands the shard back without returning the slot's credit")
+    func drainHandsBackFree() {
+        var h = Self.withTwoLeases()
+        let a = h.receive(w1, .shardFailed(ShardFailed(ref: ref(1), reason: "worker drained", retryable: true)))
+        #expect(commits(a) == [[.failShard(workerID: 11, ref: ref(1), reason: "worker drained", retryable: true)]])
+        let c = h.feed(.committed([.shardFailed(.requeued, stop: [])]))
+        #expect(acks(c) == [Ack(ref: ref(1), kind: .failed, accepted: true)])
+        // No claim back to the draining worker until its heartbeat advertises a credit.
+        #expect(commits(c).isEmpty)
+    }
+
+    @Test("A failure that fails the job stops the job's other leases")
+    func jobFailureStopsOthers() {
+        var h = Self.withTwoLeases()
+        // A shard's own error returns its slot's credit, so a claim rides along.
+        let a = h.receive(w1, .shardFailed(ShardFailed(ref: ref(1), reason: "nan", retryable: false)))
+        #expect(commits(a) == [[
+            .failShard(workerID: 11, ref: ref(1), reason: "nan", retryable: false),
+            .claimShards(workerID: 11, limit: 1, capabilities: ["rl/noop"]),
+        ]])
+        let c = h.feed(.committed([.shardFailed(.jobFailed, stop: [Lease(ref: ref(0), workerID: 11)]), claimed([])]))
+        #expect(sends(c, to: w1).contains(.cancel(Cancel(ref: ref(0), reason: "job failed"))))
+    }
+
+    @Test("The last shard's commit starts the merge")
+    func mergeAfterLastShard() {
+        var h = Self.withTwoLeases()
+        _ = h.receive(w1, .shardDone(ShardDone(ref: ref(0), summary: [])))
+        let c = h.feed(.committed([.shardCompleted(accepted: true, jobComplete: true), claimed([])]))
+        #expect(c.contains(.merge(jobID: 7)))
+    }
+
+    @Test("A READY under a registered name replaces the old session after the new registration")
+    func readyReplacesSameName() {
+        var h = Self.withTwoLeases()
+        let a = h.receive(w2, .ready(Ready(workerName: "w1", host: "h", slots: 2, capabilities: ["rl/noop"], running: [ref(0)])))
+        #expect(commits(a) == [[
+            .registerWorker(name: "w1", host: "h", slots: 2, capabilities: ["rl/noop"], running: [ref(0)]),
+            .workerGone(workerID: 11, lost: false, reason: "worker re-registered"),
+        ]])
+        #expect(a.contains(.dropTransfers(w1)))
+        // The old connection is no longer a worker.
+        #expect(sends(h.receive(w1, .heartbeat(Heartbeat()))).first == .error(ErrorMessage(code: WireStatus.notReady, message: "unknown worker: send READY")))
+    }
+
+    @Test("A registration outcome for a READY that was superseded meanwhile does not take over the new session")
+    func staleRegistrationOutcome() {
+        var h = Harness()
+        _ = h.receive(w1, .ready(Ready(workerName: "w1", host: "h", slots: 1, capabilities: [], running: [])))
+        // READY again on the same connection while the first registration commits.
+        #expect(commits(h.receive(w1, .ready(Ready(workerName: "w1", host: "h", slots: 1, capabilities: [], running: [])))).isEmpty)
+        let first = h.feed(.committed([.workerRegistered(workerID: 1, adopted: [])]))
+        // The first row is ended; the second READY is registered next.
+        #expect(commits(first) == [[
+            .registerWorker(name: "w1", host: "h", slots: 1, capabilities: [], running: []),
+            .workerGone(workerID: 1, lost: false, reason: "connection replaced during registration"),
+        ]])
+        #expect(sends(first).isEmpty)
+        let second = h.feed(.committed([.workerRegistered(workerID: 2, adopted: []), .workerGone(requeued: 0)]))
+        #expect(sends(second, to: w1) == [.heartbeat(Heartbeat())])
+        #expect(commits(second) == [[.claimShards(workerID: 2, limit: 1, capabilities: [])]])
+    }
+
+    @Test("ERRORs: at most 10 per second to one peer, never one for an ERROR")
+    func errorRateAndNoErrorForError() {
+        var h = Harness()
+        let bad = ProtocolError(code: .badMagic, message: "bad magic")
+        var sent = 0
+        for _ in 0..<25 { sent += sends(h.feed(.malformed([9], bad, headerType: nil))).count }
+        #expect(sent == 10)
+        #expect(h.machine.counters.errorsSuppressed == 15)
+        h.advance(.milliseconds(1001))
+        #expect(sends(h.feed(.malformed([9], bad, headerType: nil))).count == 1)
+        // An ERROR, decodable or not, is never answered.
+        #expect(h.receive([8], .error(ErrorMessage(code: 6, message: "x"))).isEmpty)
+        #expect(h.feed(.malformed([8], bad, headerType: MessageType.error.rawValue)).isEmpty)
+        #expect(h.machine.counters.errorsReceived == 1)
+    }
+
+    @Test("A lease cancelled by a client is stopped on its holder; later messages about it are fenced")
+    func clientCancel() {
+        var h = Self.withTwoLeases()
+        let c = h.feed(.leasesEnded([Lease(ref: ref(0), workerID: 11)], reason: "job cancelled"))
+        #expect(sends(c, to: w1) == [.cancel(Cancel(ref: ref(0), reason: "job cancelled"))])
+        #expect(acks(h.receive(w1, .metrics(MetricsBatch(ref: ref(0), sequence: 1, points: [])))).map(\.accepted) == [false])
+    }
+
+    @Test("A blob registers only for the holder, and its final ACK waits for the commit")
+    func blobRegistration() {
+        var h = Self.withTwoLeases()
+        let sha = String(repeating: "a", count: 64)
+        let a = h.feed(.blobStored(w1, ref: ref(0), transferID: 4, kind: .checkpoint, step: 5, sha256: sha, size: 10, path: "aa/x"))
+        #expect(acks(a).isEmpty)
+        #expect(commits(a) == [[.registerBlob(workerID: 11, ref: ref(0), kind: .checkpoint, step: 5, sha256: sha, size: 10, path: "aa/x")]])
+        let c = h.feed(.committed([.blobRegistered(accepted: true)]))
+        #expect(acks(c) == [Ack(ref: ref(0), kind: .chunk, sequence: 4, offset: 10, accepted: true)])
+        // From a peer that does not hold the lease: refused at once.
+        let f = h.feed(.blobStored(w2, ref: ref(0), transferID: 1, kind: .checkpoint, step: 5, sha256: sha, size: 10, path: "aa/x"))
+        #expect(acks(f).map(\.accepted) == [false])
+        #expect(commits(f).isEmpty)
+    }
+}
