@@ -5,7 +5,7 @@
 // params (all optional):
 //   sleep_ms      0     milliseconds the shard waits before finishing (checking for cancellation every 10 ms)
 //   metrics       0     metric points the shard emits: `noop/value` at steps 1...metrics, value = step + index/1e6
-//   result_bytes  0     size of the shard's result blob: byte k of shard i is (k + 31 i) mod 251, verified by merge
+//   result_bytes  0     size of the shard's result blob (at most 64 MiB, the blob limit): byte k of shard i is (k + 31 i) mod 251, verified by merge
 // Slice: {"index": i}. Summary: {"index": i, "metrics": n, "result_bytes": b}. Merged result:
 // {"shards": S, "metric_points": total, "result_bytes": total, "results_verified": S}.
 
@@ -34,7 +34,9 @@ public struct Noop: Algorithm {
             try p.rejectUnknown(["sleep_ms", "metrics", "result_bytes"])
             sleepMilliseconds = try p.int("sleep_ms", default: 0, range: 0...3_600_000)
             metrics = try p.int("metrics", default: 0, range: 0...10_000_000)
-            resultBytes = try p.int("result_bytes", default: 0, range: 0...(1 << 30))
+            // A result travels as one blob, and blobs are capped at 64 MiB (protocol/SPEC.md §3): a larger one could
+            // never be stored, and the shard would be handed back forever.
+            resultBytes = try p.int("result_bytes", default: 0, range: 0...(64 << 20))
         }
     }
 

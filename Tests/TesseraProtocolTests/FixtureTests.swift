@@ -8,21 +8,31 @@ private let ref = ShardRef(jobID: 42, shardIndex: 3, attempt: 2)
 private let blob: [UInt8] = Array(0..<20)
 private let blobSHA = "e7aebf577f60412f0312d442c70a1fa6148c090bf5bab404caec29482ae779e8"  // sha256(bytes 0..<20)
 private let checkpointSHA = "47320987f9a49d5b00119b960f247a956773f57543982b8bfcb6da5bb3afd9ef"  // sha256("checkpoint")
-private let specJSON = #"{"name":"ddim-ring","kind":"sampling","algorithm":"ddim","seed":7,"shards":4}"#
+/// The stored spec as the coordinator dispatches it: PostgreSQL's jsonb text (SPEC.md §11.2).
+private let specJSON =
+    #"{"kind": "sampling", "name": "ddim-ring", "seed": 7, "params": {"target": {"stds": [0.2, 0.2, 0.2, 0.2], "#
+    + #""means": [[2, 0], [0, 2], [-2, 0], [0, -2]]}, "samples": 25000, "sampling_steps": 50}, "shards": 4, "#
+    + #""priority": 0, "algorithm": "ddim", "max_attempts": 3}"#
+/// This build's capabilities (SPEC.md §11.1).
+private let capabilities = [
+    "sampling/ddpm", "sampling/ddim", "sampling/ddpm-train", "sampling/langevin", "sampling/smc", "rl/rloo",
+    "preference/dpo", "sampling/noop", "rl/noop", "preference/noop",
+]
 
 private let valid: [(String, Message)] = [
     ("ready", .ready(Ready(protocolVersion: 1, workerName: "worker-a", host: "node-01", slots: 2,
-        capabilities: ["sampling", "ddim", "ddpm"], running: []))),
+        capabilities: capabilities, running: []))),
     ("ready_reconnect", .ready(Ready(protocolVersion: 1, workerName: "wörker-π", host: "", slots: 1,
-        capabilities: [], running: [ref]))),
+        capabilities: ["rl/rloo", "preference/dpo"], running: [ref]))),
     ("heartbeat_worker", .heartbeat(Heartbeat(credits: 1, progress: [ShardProgress(ref: ref, step: 500, total: 1000)]))),
     ("heartbeat_coordinator", .heartbeat(Heartbeat(credits: 0, progress: []))),
     ("disconnect", .disconnect(Disconnect(reason: "shutdown"))),
     ("dispatch", .dispatch(Dispatch(ref: ShardRef(jobID: 42, shardIndex: 0, attempt: 1), kind: "sampling",
-        algorithm: "ddim", seed: 7, spec: Array(specJSON.utf8), slice: Array(#"{"start":0,"count":25000}"#.utf8),
+        algorithm: "ddim", seed: 7, spec: Array(specJSON.utf8), slice: Array(#"{"end": 8192, "start": 0}"#.utf8),
         resume: nil, totalSteps: 50))),
-    ("dispatch_resume", .dispatch(Dispatch(ref: ShardRef(jobID: .max, shardIndex: .max, attempt: -1), kind: "training",
-        algorithm: "dsm", seed: .max, spec: Array("{}".utf8), slice: [],
+    ("dispatch_resume", .dispatch(Dispatch(ref: ShardRef(jobID: .max, shardIndex: .max, attempt: -1), kind: "rl",
+        algorithm: "rloo", seed: .max, spec: Array("{}".utf8),
+        slice: Array(#"{"beta": 0.05, "seed": "18446744073709551615", "point": 2147483647}"#.utf8),
         resume: CheckpointInfo(step: 25, sha256: checkpointSHA, size: 1234), totalSteps: .min))),
     ("cancel", .cancel(Cancel(ref: ref, reason: "job cancelled"))),
     ("metrics", .metrics(MetricsBatch(ref: ref, sequence: 7, points: [
