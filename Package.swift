@@ -28,6 +28,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
         .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         // C system libraries: one-line shims, imported only by their wrappers.
@@ -74,8 +75,10 @@ let package = Package(
         .target(
             name: "TesseraCoordinator",
             dependencies: [
-                "TesseraCore", "TesseraProtocol", "TesseraStore", "TesseraWorkloads", "ZeroMQ",
+                "TesseraCore", "TesseraProtocol", "TesseraStore", "TesseraWorkloads", "ZeroMQ", "TesseraCoordinatorCore",
+                "TesseraModel", "LibPQ",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: swiftSettings
@@ -93,8 +96,9 @@ let package = Package(
             name: "tessera",
             dependencies: [
                 "TesseraCore", "TesseraProtocol", "TesseraStore", "TesseraWorkloads", "TesseraCoordinator",
-                "TesseraWorker", "TesseraCompute", "ZeroMQ",
+                "TesseraWorker", "TesseraCompute", "ZeroMQ", "LibPQ",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings

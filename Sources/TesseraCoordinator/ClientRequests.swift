@@ -1,15 +1,115 @@
-// Client requests (protocol/SPEC.md §Client requests): the CLI's methods, each answered from PostgreSQL or the
-// blob store on the coordinator's loop thread. Bodies are JSON objects; replies carry a status and a JSON body
-// (and, for blob reads, a blob frame).
+// Client requests (protocol/SPEC.md §7) and FETCH, served by a small pool of threads with their own PostgreSQL
+// connections, so `status` of a big job or a long `metrics` read never delays heartbeats, dispatch or the writer.
+// Each reply is capped at the frame limits by the transport (205 tooLarge otherwise); every list is paged.
 
 import Foundation
+import LibPQ
 import Logging
+import Synchronization
 import TesseraCore
+import TesseraCoordinatorCore
 import TesseraProtocol
 import TesseraStore
 
-extension Coordinator {
-    func onRequest(_ r: ClientRequest, from identity: [UInt8]) throws {
+/// What the transport publishes for `workers --json`.
+struct CoordinatorStatus: Sendable {
+    var counters = CoordinatorStateMachine.Counters()
+    var connectedWorkers = 0
+    var repliesTooLarge = 0
+}
+
+final class SharedStatus: Sendable {
+    let value = Mutex(CoordinatorStatus())
+}
+
+final class ReadPool: @unchecked Sendable {
+    // @unchecked: each thread owns its own store; shared state is the queue, the inbox and the status Mutex.
+    private let queue = WorkQueue<([UInt8], Message)>()
+    private let connect: @Sendable () throws -> PostgresJobStore
+    private let blobs: BlobStore
+    private let catalogue: AlgorithmCatalogue
+    private let inbox: Inbox
+    private let status: SharedStatus
+    private let logger: Logger
+    private let maxReadChunk: Int
+    private var threads: [ServiceThread] = []
+
+    init(
+        connect: @escaping @Sendable () throws -> PostgresJobStore, blobs: BlobStore, catalogue: AlgorithmCatalogue,
+        inbox: Inbox, status: SharedStatus, maxReadChunk: Int, logger: Logger
+    ) {
+        self.connect = connect
+        self.blobs = blobs
+        self.catalogue = catalogue
+        self.inbox = inbox
+        self.status = status
+        self.maxReadChunk = maxReadChunk
+        self.logger = logger
+    }
+
+    func start(threads count: Int) {
+        for i in 0..<count {
+            threads.append(ServiceThread(name: "tessera-reader-\(i)") { [self] in
+                var store: PostgresJobStore?
+                while let (peer, message) = queue.pop() {
+                    do {
+                        if store == nil { store = try connect() }
+                        serve(message, from: peer, store: store!)
+                    } catch {
+                        // No connection: say so (503), and try a fresh one for the next request.
+                        if case .request(let r) = message {
+                            reply(peer, r, status: WireStatus.unavailable, ["error": .string("database unavailable: \(error)")])
+                        }
+                    }
+                    if let s = store, !s.db.isOpen {
+                        s.db.close()
+                        store = nil
+                    }
+                }
+                store?.db.close()
+            })
+        }
+    }
+
+    func submit(_ peer: [UInt8], _ message: Message) { queue.push((peer, message)) }
+
+    func stop() {
+        queue.close()
+        for t in threads { t.join() }
+    }
+
+    private func serve(_ message: Message, from peer: [UInt8], store: PostgresJobStore) {
+        switch message {
+        case .request(let r):
+            do {
+                try request(r, from: peer, store: store)
+            } catch {
+                logger.error("request failed", metadata: ["method": "\(r.method)", "error": "\(error)"])
+                reply(peer, r, status: WireStatus.internalError, ["error": .string("\(error)")])
+            }
+        case .fetch(let f):
+            do {
+                let (data, total) = try blobs.read(sha256: f.sha256, offset: f.offset, length: min(Int(f.length), maxReadChunk))
+                inbox.post(.send(peer, .fetchReply(FetchReply(
+                    requestID: f.requestID, sha256: f.sha256, offset: f.offset, totalSize: total, data: data, error: ""))))
+            } catch {
+                inbox.post(.send(peer, .fetchReply(FetchReply(
+                    requestID: f.requestID, sha256: f.sha256, offset: f.offset, totalSize: 0, data: [], error: "\(error)"))))
+            }
+        default:
+            break
+        }
+    }
+
+    private func reply(_ peer: [UInt8], _ r: ClientRequest, status: UInt16 = 0, _ body: JSONObject, blob: [UInt8] = []) {
+        inbox.post(.send(peer, .reply(ClientReply(requestID: r.requestID, status: status, body: JSONValue.object(body).utf8Bytes, blob: blob))))
+    }
+
+    private func replyRaw(_ peer: [UInt8], _ r: ClientRequest, json: String) {
+        inbox.post(.send(peer, .reply(ClientReply(requestID: r.requestID, status: 0, body: Array(json.utf8)))))
+    }
+
+    private func request(_ r: ClientRequest, from identity: [UInt8], store: PostgresJobStore) throws {
         let body: JSONObject
         do {
             body = try JSONValue.parse(r.body).objectValue ?? [:]
@@ -37,45 +137,45 @@ extension Coordinator {
             } catch {
                 return reply(identity, r, status: WireStatus.invalidSpec, ["error": .string("\(error)")])
             }
-            for dep in spec.dependsOn where try storeForRequests.resultJSON(jobID: dep) == nil {
+            for dep in spec.dependsOn where try store.resultJSON(jobID: dep) == nil {
                 return bad("depends_on: job \(dep) does not exist")
             }
-            let id = try storeForRequests.submitJob(
+            let id = try store.submitJob(
                 spec: spec, sourceText: body["source"]?.stringValue ?? spec.json.render(pretty: true), slices: slices
             )
-            markDispatchNeeded()
+            inbox.post(.event(.queueChanged))
             logger.info("job submitted", metadata: ["job.id": "\(id)", "job.kind": "\(spec.kind.rawValue)", "shards": "\(slices.count)"])
             reply(identity, r, ["job_id": .number(Double(id)), "shards": .int(slices.count)])
 
         case "status":
             if body["job"] != nil {
                 guard let id = jobID() else { return bad("'job' must be a positive job id") }
-                guard let json = try storeForRequests.jobStatusJSON(id, events: body["events"]?.boolValue ?? false) else {
+                guard let json = try store.jobStatusJSON(id, events: body["events"]?.boolValue ?? false) else {
                     return notFound("no job \(id)")
                 }
                 replyRaw(identity, r, json: "{\"job\":\(json)}")
             } else {
                 let limit = min(max(body["limit"]?.intValue ?? 50, 1), 10_000)
-                let json = try storeForRequests.jobListJSON(limit: limit, state: body["state"]?.stringValue)
+                let json = try store.jobListJSON(limit: limit, state: body["state"]?.stringValue)
                 replyRaw(identity, r, json: "{\"jobs\":\(json)}")
             }
 
         case "cancel":
             guard let id = jobID() else { return bad("'job' must be a positive job id") }
-            guard let (state, leased) = try storeForRequests.cancelJob(id) else { return notFound("no job \(id)") }
-            cancelForRequests(leased)
+            guard let (state, leased) = try store.cancelJob(id) else { return notFound("no job \(id)") }
+            inbox.post(.event(.leasesEnded(leased, reason: "job cancelled")))
             reply(identity, r, ["job_id": .number(Double(id)), "state": .string(state.rawValue), "stopped_shards": .int(leased.count)])
 
         case "workers":
-            let json = try storeForRequests.workersJSON()
-            let c = counters
+            let json = try store.workersJSON()
+            let (c, connected, tooLarge) = status.value.withLock { ($0.counters, $0.connectedWorkers, $0.repliesTooLarge) }
             let stats: JSONObject = [
-                "connected_workers": .int(liveWorkers.count), "messages_in": .int(c.messagesIn),
+                "connected_workers": .int(connected), "messages_in": .int(c.messagesIn),
                 "malformed_frames": .int(c.malformedFrames), "stale_dropped": .int(c.staleDropped),
                 "metric_points": .int(c.metricPoints), "metric_commits": .int(c.metricCommits),
                 "dispatched": .int(c.dispatched), "workers_lost": .int(c.workersLost),
                 "errors_received": .int(c.errorsReceived), "errors_suppressed": .int(c.errorsSuppressed),
-                "replies_too_large": .int(c.repliesTooLarge),
+                "replies_too_large": .int(tooLarge), "commits": .int(c.commits),
             ]
             replyRaw(identity, r, json: "{\"workers\":\(json),\"coordinator\":\(JSONValue.object(stats).render())}")
 
@@ -83,14 +183,14 @@ extension Coordinator {
             guard let id = jobID() else { return bad("'job' must be a positive job id") }
             let shard = body["shard"]?.intValue.map { Int32($0) }
             let limit = min(max(body["limit"]?.intValue ?? 1_000_000, 1), 10_000_000)
-            guard let json = try storeForRequests.metricsJSON(jobID: id, shard: shard, name: body["name"]?.stringValue, limit: limit) else {
+            guard let json = try store.metricsJSON(jobID: id, shard: shard, name: body["name"]?.stringValue, limit: limit) else {
                 return notFound("no job \(id)")
             }
             replyRaw(identity, r, json: "{\"metrics\":\(json)}")
 
         case "result":
             guard let id = jobID() else { return bad("'job' must be a positive job id") }
-            guard let res = try storeForRequests.resultJSON(jobID: id) else { return notFound("no job \(id)") }
+            guard let res = try store.resultJSON(jobID: id) else { return notFound("no job \(id)") }
             var o: JSONObject = ["job_id": .number(Double(id)), "state": .string(res.state)]
             if let e = res.error { o["error"] = .string(e) }
             if let text = res.result { o["result"] = try JSONValue.parse(text) }
@@ -101,16 +201,16 @@ extension Coordinator {
             let shard = Int32(body["shard"]?.intValue ?? 0)
             let step = body["step"]?.intValue.map { Int64($0) }
             let kinds = body["kind"]?.stringValue.map { [$0] } ?? ["checkpoint", "samples"]
-            guard try storeForRequests.resultJSON(jobID: id) != nil else { return notFound("no job \(id)") }
+            guard try store.resultJSON(jobID: id) != nil else { return notFound("no job \(id)") }
             for kind in kinds {
-                if let b = try storeForRequests.blob(jobID: id, shard: shard, kind: kind, step: step) {
+                if let b = try store.blob(jobID: id, shard: shard, kind: kind, step: step) {
                     return reply(identity, r, [
                         "sha256": .string(b.sha256), "size": .number(Double(b.size)), "step": .number(Double(b.step)),
                         "kind": .string(b.kind),
                     ])
                 }
             }
-            let have = try storeForRequests.blobsJSON(jobID: id, shard: shard)
+            let have = try store.blobsJSON(jobID: id, shard: shard)
             reply(identity, r, status: WireStatus.notFound, [
                 "error": .string(
                     "job \(id) shard \(shard) has no \(kinds.joined(separator: " or "))\(step.map { " at step \($0)" } ?? "")"),
@@ -120,9 +220,9 @@ extension Coordinator {
         case "blob.read":
             guard let sha = body["sha256"]?.stringValue else { return bad("blob.read needs 'sha256'") }
             let offset = UInt64(max(body["offset"]?.intValue ?? 0, 0))
-            let length = min(max(body["length"]?.intValue ?? config.maxReadChunk, 1), config.maxReadChunk)
+            let length = min(max(body["length"]?.intValue ?? maxReadChunk, 1), maxReadChunk)
             do {
-                let (data, total) = try blobsForRequests.read(sha256: sha, offset: offset, length: length)
+                let (data, total) = try blobs.read(sha256: sha, offset: offset, length: length)
                 reply(identity, r, ["total_size": .number(Double(total)), "offset": .number(Double(offset))], blob: data)
             } catch {
                 notFound("\(error)")

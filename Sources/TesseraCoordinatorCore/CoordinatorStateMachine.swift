@@ -71,6 +71,7 @@ public struct CoordinatorStateMachine: Sendable {
         public var workersLost = 0
         public var errorsReceived = 0
         public var errorsSuppressed = 0
+        public init() {}
     }
 
     // MARK: State
@@ -141,6 +142,8 @@ public struct CoordinatorStateMachine: Sendable {
 
     /// Connected workers (registered or registering).
     public var sessionCount: Int { sessions.count }
+    /// Their connections (to say DISCONNECT to at shutdown).
+    public var peers: [Peer] { Array(sessions.keys) }
     /// Whether a batch is being committed.
     public var isCommitting: Bool { committing != nil }
 

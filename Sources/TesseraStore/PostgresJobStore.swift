@@ -19,18 +19,6 @@ extension ShardRef {
     }
 }
 
-/// A shard leased to a worker, with everything needed to dispatch it.
-public struct ClaimedShard: Sendable {
-    public var key: ShardRef
-    public var kind: String
-    public var algorithm: String
-    public var seed: UInt64
-    public var spec: String
-    public var slice: String
-    public var totalSteps: Int64
-    public var checkpoint: (step: Int64, sha256: String, size: Int64)?
-}
-
 public struct StoredBlob: Sendable, Hashable {
     public var jobID: Int64
     public var shardIndex: Int32
@@ -41,14 +29,6 @@ public struct StoredBlob: Sendable, Hashable {
     public var path: String
 }
 
-public enum ShardFailureOutcome: Sendable, Equatable {
-    /// Stale attempt: nothing changed.
-    case rejected
-    /// Back in the queue (infrastructure loss, or an own error with attempts left).
-    case requeued
-    /// Out of attempts: the shard and its job failed.
-    case jobFailed
-}
 
 public final class PostgresJobStore: @unchecked Sendable {
     // @unchecked: owns one PGConnection and is used from one thread at a time (the coordinator loop).
@@ -60,11 +40,17 @@ public final class PostgresJobStore: @unchecked Sendable {
         self.leaseSeconds = leaseSeconds
     }
 
+    /// Runs `body` in a transaction, or inside the caller's when one is open (the writer's group commit runs a
+    /// whole batch in one; nesting would cost a SAVEPOINT round trip per call).
+    func atomically<T>(_ body: () throws -> T) throws -> T {
+        db.inTransaction ? try body() : try db.transaction(body)
+    }
+
     // MARK: Jobs
 
     /// Stores a validated job and its planned shards in one transaction; returns the job id.
     public func submitJob(spec: JobSpec, sourceText: String, slices: [ShardSlice]) throws -> Int64 {
-        try db.transaction {
+        try atomically {
             let r = try db.execute(
                 """
                 INSERT INTO tessera_jobs (name, kind, algorithm, spec, source_text, seed, priority, max_attempts,
@@ -98,8 +84,8 @@ public final class PostgresJobStore: @unchecked Sendable {
 
     /// Cancels a job that is not finished. Returns the shards that were leased (to tell their workers), or nil
     /// when the job does not exist.
-    public func cancelJob(_ id: Int64) throws -> (state: JobState, leased: [(ShardRef, Int64)])? {
-        try db.transaction {
+    public func cancelJob(_ id: Int64) throws -> (state: JobState, leased: [Lease])? {
+        try atomically {
             let j = try db.execute("SELECT state::text FROM tessera_jobs WHERE id = $1 FOR UPDATE", [.int(id)])
             guard j.rowCount == 1, let s = j[0, "state"], let state = JobState(rawValue: s) else { return nil }
             if state.isTerminal { return (state, []) }
@@ -115,110 +101,90 @@ public final class PostgresJobStore: @unchecked Sendable {
 
     /// Leases up to `limit` queued shards to a worker: highest priority first, then oldest job, then shard order,
     /// skipping rows other coordinators hold (`FOR UPDATE SKIP LOCKED`). Only algorithms the worker can run, and
-    /// only jobs whose dependencies have succeeded. Each lease starts a new attempt.
+    /// only jobs whose dependencies have succeeded. Each lease starts a new attempt. One statement: the leases,
+    /// their `shard.leased` events and the jobs' move to `running`.
     public func claimShards(workerID: Int64, limit: Int, capabilities: [String]) throws -> [ClaimedShard] {
         guard limit > 0 else { return [] }
-        return try db.transaction {
-            let r = try db.execute(
-                """
-                WITH picked AS (
-                    SELECT s.job_id, s.idx
-                    FROM tessera_shards s
-                    JOIN tessera_jobs j ON j.id = s.job_id
-                    WHERE s.state = 'queued'
-                      AND j.state IN ('queued', 'running')
-                      AND (j.kind::text || '/' || j.algorithm) = ANY($3::text[])
-                      AND NOT EXISTS (
-                          SELECT 1 FROM unnest(j.depends_on) AS d(id)
-                          LEFT JOIN tessera_jobs dj ON dj.id = d.id
-                          WHERE dj.state IS DISTINCT FROM 'succeeded')
-                    ORDER BY s.priority DESC, s.job_id, s.idx
-                    LIMIT $2
-                    FOR UPDATE OF s SKIP LOCKED
-                ), leased AS (
-                    UPDATE tessera_shards s
-                    SET state = 'leased', attempt = s.attempt + 1, worker_id = $1,
-                        lease_expires_at = now() + make_interval(secs => $4), updated_at = now()
-                    FROM picked
-                    WHERE s.job_id = picked.job_id AND s.idx = picked.idx
-                    RETURNING s.job_id, s.idx, s.attempt, s.slice, s.total_steps, s.checkpoint_step, s.checkpoint_sha256
-                )
-                SELECT l.job_id, l.idx, l.attempt, l.slice::text AS slice, l.total_steps, l.checkpoint_step,
-                       l.checkpoint_sha256, c.size AS checkpoint_size,
-                       j.kind::text AS kind, j.algorithm, j.seed::text AS seed, j.spec::text AS spec
-                FROM leased l
-                JOIN tessera_jobs j ON j.id = l.job_id
-                LEFT JOIN tessera_checkpoints c
-                  ON c.job_id = l.job_id AND c.shard_idx = l.idx AND c.kind = 'checkpoint' AND c.step = l.checkpoint_step
-                ORDER BY j.priority DESC, l.job_id, l.idx
-                """,
-                [.int(workerID), .int(Int64(limit)), .text(PGArray.texts(capabilities)), .double(leaseSeconds)]
+        let r = try db.execute(
+            """
+            WITH picked AS (
+                SELECT s.job_id, s.idx
+                FROM tessera_shards s
+                JOIN tessera_jobs j ON j.id = s.job_id
+                WHERE s.state = 'queued'
+                  AND j.state IN ('queued', 'running')
+                  AND (j.kind::text || '/' || j.algorithm) = ANY($3::text[])
+                  AND NOT EXISTS (
+                      SELECT 1 FROM unnest(j.depends_on) AS d(id)
+                      LEFT JOIN tessera_jobs dj ON dj.id = d.id
+                      WHERE dj.state IS DISTINCT FROM 'succeeded')
+                ORDER BY s.priority DESC, s.job_id, s.idx
+                LIMIT $2
+                FOR UPDATE OF s SKIP LOCKED
+            ), leased AS (
+                UPDATE tessera_shards s
+                SET state = 'leased', attempt = s.attempt + 1, worker_id = $1,
+                    lease_expires_at = now() + make_interval(secs => $4), updated_at = now()
+                FROM picked
+                WHERE s.job_id = picked.job_id AND s.idx = picked.idx
+                RETURNING s.job_id, s.idx, s.attempt, s.slice, s.total_steps, s.checkpoint_step, s.checkpoint_sha256
+            ), events AS (
+                INSERT INTO tessera_events (job_id, shard_idx, worker_id, actor, kind, detail)
+                SELECT job_id, idx, $1, 'coordinator', 'shard.leased', jsonb_build_object('attempt', attempt) FROM leased
+            ), started AS (
+                UPDATE tessera_jobs SET state = 'running', started_at = coalesce(started_at, now())
+                WHERE id IN (SELECT DISTINCT job_id FROM leased) AND state = 'queued'
             )
-            var out: [ClaimedShard] = []
-            var started = Set<Int64>()
-            for i in 0..<r.rowCount {
-                let key = ShardRef(r, i)
-                var checkpoint: (Int64, String, Int64)?
-                if let step = r.int(i, "checkpoint_step"), let sha = r[i, "checkpoint_sha256"] {
-                    checkpoint = (step, sha, r.int(i, "checkpoint_size") ?? 0)
-                }
-                out.append(
-                    ClaimedShard(
-                        key: key, kind: r[i, "kind"]!, algorithm: r[i, "algorithm"]!, seed: UInt64(r[i, "seed"]!) ?? 0,
-                        spec: r[i, "spec"]!, slice: r[i, "slice"]!, totalSteps: r.int(i, "total_steps")!,
-                        checkpoint: checkpoint
-                    )
-                )
-                started.insert(key.jobID)
-                try event(
-                    job: key.jobID, shard: key.shardIndex, worker: workerID, actor: "coordinator", kind: "shard.leased",
-                    detail: ["attempt": .int(Int(key.attempt))]
-                )
+            SELECT l.job_id, l.idx, l.attempt, l.slice::text AS slice, l.total_steps, l.checkpoint_step,
+                   l.checkpoint_sha256, c.size AS checkpoint_size,
+                   j.kind::text AS kind, j.algorithm, j.seed::text AS seed, j.spec::text AS spec
+            FROM leased l
+            JOIN tessera_jobs j ON j.id = l.job_id
+            LEFT JOIN tessera_checkpoints c
+              ON c.job_id = l.job_id AND c.shard_idx = l.idx AND c.kind = 'checkpoint' AND c.step = l.checkpoint_step
+            ORDER BY j.priority DESC, l.job_id, l.idx
+            """,
+            [.int(workerID), .int(Int64(limit)), .text(PGArray.texts(capabilities)), .double(leaseSeconds)]
+        )
+        return (0..<r.rowCount).map { i in
+            var resume: ResumePoint?
+            if let step = r.int(i, "checkpoint_step"), let sha = r[i, "checkpoint_sha256"] {
+                resume = ResumePoint(step: step, sha256: sha, size: r.int(i, "checkpoint_size") ?? 0)
             }
-            if !started.isEmpty {
-                try db.execute(
-                    """
-                    UPDATE tessera_jobs SET state = 'running', started_at = coalesce(started_at, now())
-                    WHERE id = ANY($1::bigint[]) AND state = 'queued'
-                    """,
-                    [.text(PGArray.ints(Array(started)))]
-                )
-            }
-            return out
+            return ClaimedShard(
+                ref: ShardRef(r, i), kind: r[i, "kind"]!, algorithm: r[i, "algorithm"]!, seed: UInt64(r[i, "seed"]!) ?? 0,
+                spec: r[i, "spec"]!, slice: r[i, "slice"]!, totalSteps: r.int(i, "total_steps")!, resume: resume)
         }
     }
 
-    /// Extends the leases a worker still holds and records progress. Returns the keys that are no longer the
-    /// worker's current attempt (the worker must stop them).
-    public func renewLeases(workerID: Int64, progress: [(ShardRef, step: Int64)]) throws -> [ShardRef] {
+    /// Heartbeats of many workers in two statements: their liveness, and the leases they report (extended, with
+    /// progress). Returns the reported leases that are no longer that worker's current attempt (to stop).
+    public func renewLeases(_ renewals: [(workerID: Int64, progress: [(ref: ShardRef, step: Int64)])]) throws -> [Lease] {
+        guard !renewals.isEmpty else { return [] }
         try db.execute(
-            "UPDATE tessera_workers SET last_heartbeat = now(), state = 'alive' WHERE id = $1",
-            [.int(workerID)]
-        )
-        guard !progress.isEmpty else { return [] }
+            "UPDATE tessera_workers SET last_heartbeat = now(), state = 'alive' WHERE id = ANY($1::bigint[])",
+            [.text(PGArray.ints(renewals.map(\.workerID)))])
+        let reported = renewals.flatMap { r in r.progress.map { (lease: Lease(ref: $0.ref, workerID: r.workerID), step: $0.step) } }
+        guard !reported.isEmpty else { return [] }
         let r = try db.execute(
             """
             UPDATE tessera_shards s
-            SET lease_expires_at = now() + make_interval(secs => $5), step = greatest(s.step, p.step), updated_at = now()
-            FROM unnest($1::bigint[], $2::int[], $3::int[], $4::bigint[]) AS p(job_id, idx, attempt, step)
+            SET lease_expires_at = now() + make_interval(secs => $6), step = greatest(s.step, p.step), updated_at = now()
+            FROM unnest($1::bigint[], $2::int[], $3::int[], $4::bigint[], $5::bigint[]) AS p(job_id, idx, attempt, step, worker_id)
             WHERE s.job_id = p.job_id AND s.idx = p.idx AND s.attempt = p.attempt AND s.state = 'leased'
-              AND s.worker_id = $6
-            RETURNING s.job_id, s.idx, s.attempt
+              AND s.worker_id = p.worker_id
+            RETURNING s.job_id, s.idx, s.attempt, s.worker_id
             """,
             [
-                .text(PGArray.ints(progress.map { $0.0.jobID })),
-                .text(PGArray.ints(progress.map { Int64($0.0.shardIndex) })),
-                .text(PGArray.ints(progress.map { Int64($0.0.attempt) })),
-                .text(PGArray.ints(progress.map(\.step))), .double(leaseSeconds), .int(workerID),
+                .text(PGArray.ints(reported.map(\.lease.ref.jobID))),
+                .text(PGArray.ints(reported.map { Int64($0.lease.ref.shardIndex) })),
+                .text(PGArray.ints(reported.map { Int64($0.lease.ref.attempt) })),
+                .text(PGArray.ints(reported.map(\.step))), .text(PGArray.ints(reported.map(\.lease.workerID))),
+                .double(leaseSeconds),
             ]
         )
-        var live = Set<ShardRef>()
-        for i in 0..<r.rowCount {
-            live.insert(
-                ShardRef(r, i)
-            )
-        }
-        return progress.map(\.0).filter { !live.contains($0) }
+        let live = Set((0..<r.rowCount).map { Lease(ref: ShardRef(r, $0), workerID: r.int($0, "worker_id")!) })
+        return reported.map(\.lease).filter { !live.contains($0) }
     }
 
     /// Puts back in the queue every shard whose lease expired (a lost worker, a partition). Infrastructure loss:
@@ -233,26 +199,24 @@ public final class PostgresJobStore: @unchecked Sendable {
     }
 
     private func requeue(where condition: String, params: [PGValue], reason: String) throws -> [ShardRef] {
-        try db.transaction {
-            let r = try db.execute(
-                """
+        let reasonParam = params.count + 1
+        let r = try db.execute(
+            """
+            WITH requeued AS (
                 UPDATE tessera_shards SET state = 'queued', worker_id = NULL, lease_expires_at = NULL, updated_at = now()
                 WHERE \(condition)
                 RETURNING job_id, idx, attempt
-                """,
-                params
+            ), events AS (
+                INSERT INTO tessera_events (job_id, shard_idx, actor, kind, detail)
+                SELECT job_id, idx, 'coordinator', 'shard.requeued',
+                       jsonb_build_object('attempt', attempt, 'reason', $\(reasonParam)::text)
+                FROM requeued
             )
-            var out: [ShardRef] = []
-            for i in 0..<r.rowCount {
-                let k = ShardRef(r, i)
-                out.append(k)
-                try event(
-                    job: k.jobID, shard: k.shardIndex, actor: "coordinator", kind: "shard.requeued",
-                    detail: ["attempt": .int(Int(k.attempt)), "reason": .string(reason)]
-                )
-            }
-            return out
-        }
+            SELECT job_id, idx, attempt FROM requeued
+            """,
+            params + [.text(reason)]
+        )
+        return (0..<r.rowCount).map { ShardRef(r, $0) }
     }
 
     /// Whether `key` is the shard's live attempt, leased to `workerID`.
@@ -274,7 +238,7 @@ public final class PostgresJobStore: @unchecked Sendable {
     /// Re-sent steps overwrite with the same values (idempotent replay).
     public func ingestMetrics(_ batches: [(key: ShardRef, workerID: Int64, rows: [MetricPoint])]) throws -> [Bool] {
         guard !batches.isEmpty else { return [] }
-        return try db.transaction {
+        return try atomically {
             struct Sender: Hashable { var key: ShardRef; var workerID: Int64 }
             let senders = Array(Set(batches.map { Sender(key: $0.key, workerID: $0.workerID) }))
             let live = try db.execute(
@@ -328,20 +292,32 @@ public final class PostgresJobStore: @unchecked Sendable {
                         .text(PGArray.texts(names)), .text(PGArray.ints(steps)), .text(PGArray.doubles(values)),
                     ]
                 )
+                // The latest value per (shard, name) of this commit, merged into each shard's last_metrics in one
+                // statement. Non-finite values are kept as strings ("nan", "inf"), JSON having no spelling for them.
+                var lj: [Int64] = [], li: [Int64] = [], la: [Int64] = [], ln: [String] = [], lv: [String] = []
                 for (key, byName) in latest {
-                    var o = JSONObject()
-                    for name in byName.keys.sorted() {
-                        let (step, value) = byName[name]!
-                        o[name] = .object(["step": .number(Double(step)), "value": value.isFinite ? .number(value) : .string("\(value)")])
+                    for (name, (step, value)) in byName {
+                        lj.append(key.jobID)
+                        li.append(Int64(key.shardIndex))
+                        la.append(Int64(key.attempt))
+                        ln.append(name)
+                        let v: JSONValue = value.isFinite ? .number(value) : .string("\(value)")
+                        lv.append(JSONValue.object(["step": .number(Double(step)), "value": v]).render())
                     }
-                    try db.execute(
-                        """
-                        UPDATE tessera_shards SET last_metrics = last_metrics || $4::jsonb, updated_at = now()
-                        WHERE job_id = $1 AND idx = $2 AND attempt = $3
-                        """,
-                        [.int(key.jobID), .int(Int64(key.shardIndex)), .int(Int64(key.attempt)), .text(JSONValue.object(o).render())]
-                    )
                 }
+                try db.execute(
+                    """
+                    UPDATE tessera_shards s SET last_metrics = s.last_metrics || u.latest, updated_at = now()
+                    FROM (SELECT job_id, idx, attempt, jsonb_object_agg(name, v::jsonb) AS latest
+                          FROM unnest($1::bigint[], $2::int[], $3::int[], $4::text[], $5::text[]) AS m(job_id, idx, attempt, name, v)
+                          GROUP BY job_id, idx, attempt) u
+                    WHERE s.job_id = u.job_id AND s.idx = u.idx AND s.attempt = u.attempt
+                    """,
+                    [
+                        .text(PGArray.ints(lj)), .text(PGArray.ints(li)), .text(PGArray.ints(la)), .text(PGArray.texts(ln)),
+                        .text(PGArray.texts(lv)),
+                    ]
+                )
             }
             return batches.map { current.contains(Sender(key: $0.key, workerID: $0.workerID)) }
         }
@@ -354,7 +330,7 @@ public final class PostgresJobStore: @unchecked Sendable {
     public func registerBlob(
         _ key: ShardRef, workerID: Int64, kind: String, step: Int64, sha256: String, size: Int64, path: String
     ) throws -> Bool {
-        try db.transaction {
+        try atomically {
             guard try isCurrent(key, workerID: workerID) else { return false }
             try db.execute(
                 """
@@ -413,42 +389,61 @@ public final class PostgresJobStore: @unchecked Sendable {
 
     /// Marks the shard succeeded, fenced on the attempt and on the sender: only the leaseholder `workerID` may
     /// complete it. Returns nil when the message is fenced, else whether every shard of the job has now succeeded
-    /// (time to merge). The job's counter is updated in the same transaction, so the check does not grow with the job.
+    /// (time to merge).
     public func completeShard(_ key: ShardRef, workerID: Int64, summary: String, resultSHA256: String?) throws -> Bool? {
-        try db.transaction {
-            let r = try db.execute(
-                """
-                UPDATE tessera_shards
-                SET state = 'succeeded', summary = $4::jsonb, result_sha256 = $5, step = total_steps,
-                    worker_id = NULL, lease_expires_at = NULL, error = NULL, updated_at = now()
-                WHERE job_id = $1 AND idx = $2 AND attempt = $3 AND state = 'leased' AND worker_id = $6
-                """,
-                [
-                    .int(key.jobID), .int(Int64(key.shardIndex)), .int(Int64(key.attempt)), .text(summary),
-                    resultSHA256.map { .text($0) } ?? .null, .int(workerID),
-                ]
+        let r = try completeShards([(key, workerID, summary, resultSHA256)])[0]
+        return r.accepted ? r.jobComplete : nil
+    }
+
+    /// Many SHARD_DONEs in one statement: each shard succeeded (fenced on attempt and sender), its event, and the
+    /// jobs' succeeded counters, which say when a job is complete without counting its shards. Per item, in order:
+    /// whether it was accepted and whether its job is now complete. A repeated item is accepted once.
+    public func completeShards(
+        _ items: [(ref: ShardRef, workerID: Int64, summary: String, resultSHA256: String?)]
+    ) throws -> [(accepted: Bool, jobComplete: Bool)] {
+        guard !items.isEmpty else { return [] }
+        let r = try db.execute(
+            """
+            WITH done AS (
+                UPDATE tessera_shards s
+                SET state = 'succeeded', summary = d.summary::jsonb, result_sha256 = nullif(d.sha, ''),
+                    step = s.total_steps, worker_id = NULL, lease_expires_at = NULL, error = NULL, updated_at = now()
+                FROM unnest($1::bigint[], $2::int[], $3::int[], $4::bigint[], $5::text[], $6::text[])
+                     AS d(job_id, idx, attempt, worker_id, summary, sha)
+                WHERE s.job_id = d.job_id AND s.idx = d.idx AND s.attempt = d.attempt AND s.state = 'leased'
+                  AND s.worker_id = d.worker_id
+                RETURNING s.job_id, s.idx, s.attempt, d.worker_id
+            ), events AS (
+                INSERT INTO tessera_events (job_id, shard_idx, worker_id, actor, kind, detail)
+                SELECT job_id, idx, worker_id, 'coordinator', 'shard.succeeded', jsonb_build_object('attempt', attempt)
+                FROM done
+            ), counted AS (
+                UPDATE tessera_jobs j SET shards_succeeded = j.shards_succeeded + c.n
+                FROM (SELECT job_id, count(*) AS n FROM done GROUP BY job_id) c
+                WHERE j.id = c.job_id
+                RETURNING j.id, j.shards_succeeded = j.shard_count AS complete
             )
-            guard r.affectedRows == 1 else { return nil }
-            try event(job: key.jobID, shard: key.shardIndex, worker: workerID, actor: "coordinator", kind: "shard.succeeded",
-                      detail: ["attempt": .int(Int(key.attempt))])
-            let job = try db.execute(
-                """
-                UPDATE tessera_jobs SET shards_succeeded = shards_succeeded + 1 WHERE id = $1
-                RETURNING shards_succeeded = shard_count AS complete
-                """,
-                [.int(key.jobID)]
-            )
-            return job.bool(0, "complete") == true
+            SELECT d.job_id, d.idx, d.attempt, c.complete FROM done d JOIN counted c ON c.id = d.job_id
+            """,
+            [
+                .text(PGArray.ints(items.map(\.ref.jobID))), .text(PGArray.ints(items.map { Int64($0.ref.shardIndex) })),
+                .text(PGArray.ints(items.map { Int64($0.ref.attempt) })), .text(PGArray.ints(items.map(\.workerID))),
+                .text(PGArray.texts(items.map(\.summary))), .text(PGArray.texts(items.map { $0.resultSHA256 ?? "" })),
+            ]
+        )
+        var done: [ShardRef: Bool] = [:]
+        for i in 0..<r.rowCount { done[ShardRef(r, i)] = r.bool(i, "complete") == true }
+        return items.map { item in
+            guard let complete = done.removeValue(forKey: item.ref) else { return (false, false) }
+            return (true, complete)
         }
     }
 
-    /// Records a shard failure (fenced). Infrastructure failures requeue without consuming an attempt; the shard's
-    /// own errors consume one, and the last one fails the job (its other shards are cancelled).
     /// Fenced like `completeShard`: only the leaseholder `workerID` may report its attempt failed.
     public func failShard(
         _ key: ShardRef, workerID: Int64, reason: String, retryable: Bool
-    ) throws -> (ShardFailureOutcome, [(ShardRef, Int64)]) {
-        try db.transaction {
+    ) throws -> (ShardFailureOutcome, [Lease]) {
+        try atomically {
             let r = try db.execute(
                 """
                 SELECT s.failures, j.max_attempts FROM tessera_shards s JOIN tessera_jobs j ON j.id = s.job_id
@@ -487,11 +482,11 @@ public final class PostgresJobStore: @unchecked Sendable {
     }
 
     /// Fails a job (e.g. its merge failed), cancelling shards still open. Returns leased shards to stop.
-    public func failJob(_ id: Int64, error: String) throws -> [(ShardRef, Int64)] {
-        try db.transaction { try failJobLocked(id, error: error) }
+    public func failJob(_ id: Int64, error: String) throws -> [Lease] {
+        try atomically { try failJobLocked(id, error: error) }
     }
 
-    private func failJobLocked(_ id: Int64, error: String) throws -> [(ShardRef, Int64)] {
+    private func failJobLocked(_ id: Int64, error: String) throws -> [Lease] {
         let leased = try closeOpenShards(ofJob: id)
         try db.execute(
             """
@@ -505,7 +500,7 @@ public final class PostgresJobStore: @unchecked Sendable {
     }
 
     /// Cancels a job's queued and leased shards; returns the leased ones with their workers (to tell them to stop).
-    private func closeOpenShards(ofJob id: Int64) throws -> [(ShardRef, Int64)] {
+    private func closeOpenShards(ofJob id: Int64) throws -> [Lease] {
         let r = try db.execute(
             """
             UPDATE tessera_shards s SET state = 'cancelled', worker_id = NULL, lease_expires_at = NULL, updated_at = now()
@@ -515,8 +510,8 @@ public final class PostgresJobStore: @unchecked Sendable {
             """,
             [.int(id)]
         )
-        return (0..<r.rowCount).filter { r[$0, "was"] == "leased" }.map { (ShardRef(r, $0), r.int($0, "worker_id")!) }
-            .sorted { $0.0.shardIndex < $1.0.shardIndex }
+        return (0..<r.rowCount).filter { r[$0, "was"] == "leased" }.map { Lease(ref: ShardRef(r, $0), workerID: r.int($0, "worker_id")!) }
+            .sorted { $0.ref.shardIndex < $1.ref.shardIndex }
     }
 
     /// Everything `merge` needs: the stored spec and each shard's summary and result blob, in shard order.
@@ -545,7 +540,7 @@ public final class PostgresJobStore: @unchecked Sendable {
 
     /// Stores the merged result and marks the job succeeded.
     public func finishJob(_ id: Int64, result: String) throws {
-        try db.transaction {
+        try atomically {
             try db.execute(
                 """
                 UPDATE tessera_jobs SET state = 'succeeded', result = $2::jsonb, finished_at = now()

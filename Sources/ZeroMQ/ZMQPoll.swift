@@ -6,14 +6,67 @@ import Darwin
 #endif
 
 public struct ZMQPollItem {
-    public let socket: ZMQSocket
+    /// A ZeroMQ socket, or nil for a plain file descriptor (`fd`).
+    public let socket: ZMQSocket?
+    public let fd: Int32
     public let readable: Bool
     public let writable: Bool
 
     public init(socket: ZMQSocket, readable: Bool = true, writable: Bool = false) {
         self.socket = socket
+        self.fd = 0
         self.readable = readable
         self.writable = writable
+    }
+
+    /// Waits for a `Wakeup` to be signalled (readable).
+    public init(wakeup: Wakeup) {
+        self.socket = nil
+        self.fd = wakeup.fd
+        self.readable = true
+        self.writable = false
+    }
+}
+
+/// Wakes a thread blocked in `ZMQ.poll` from any other thread (a non-blocking self-pipe): `signal()` is safe from
+/// any thread, the polling thread calls `reset()` after it wakes. Signals coalesce (a full pipe is already a
+/// signal). This is how results of other threads reach the thread that owns a socket, without fixed-interval
+/// polling.
+public final class Wakeup: @unchecked Sendable {
+    // @unchecked: the descriptors are immutable after init; pipe read/write are thread-safe.
+    let fd: Int32
+    private let writeFD: Int32
+
+    public init() throws {
+        var fds: [Int32] = [0, 0]
+        guard pipe(&fds) == 0 else { throw ZMQError(errno: errno, operation: "pipe") }
+        for f in fds {
+            _ = fcntl(f, F_SETFL, fcntl(f, F_GETFL) | O_NONBLOCK)
+            _ = fcntl(f, F_SETFD, FD_CLOEXEC)
+        }
+        fd = fds[0]
+        writeFD = fds[1]
+    }
+
+    deinit {
+        close(fd)
+        close(writeFD)
+    }
+
+    public func signal() {
+        var one: UInt8 = 1
+        while write(writeFD, &one, 1) < 0 && errno == EINTR {}
+    }
+
+    /// Clears pending signals (call after a poll reported this item readable).
+    public func reset() {
+        var buffer = [UInt8](repeating: 0, count: 64)
+        while true {
+            let n = read(fd, &buffer, buffer.count)
+            if n > 0 { continue }
+            if n < 0 && errno == EINTR { continue }
+            break
+        }
     }
 }
 
@@ -40,7 +93,7 @@ public enum ZMQ {
             var events: Int16 = 0
             if item.readable { events |= Int16(ZMQ_POLLIN) }
             if item.writable { events |= Int16(ZMQ_POLLOUT) }
-            return zmq_pollitem_t(socket: item.socket.pollHandle, fd: 0, events: events, revents: 0)
+            return zmq_pollitem_t(socket: item.socket?.pollHandle, fd: item.fd, events: events, revents: 0)
         }
         let deadline = timeoutMilliseconds < 0 ? nil : monotonicMilliseconds() + Int64(timeoutMilliseconds)
         while true {

@@ -168,7 +168,7 @@ struct Dev: ParsableCommand {
             let failure = Mutex<String?>(nil)
             let done = DispatchSemaphore(value: 0)
             let thread = Thread {
-                do { try coordinator.run() } catch { failure.withLock { $0 = "\(error)" } }
+                do { try coordinator.runBlocking() } catch { failure.withLock { $0 = "\(error)" } }
                 done.signal()
             }
             thread.name = "tessera-coordinator"

@@ -3,6 +3,8 @@
 import ArgumentParser
 import Dispatch
 import Foundation
+import ServiceLifecycle
+import UnixSignals
 import LibPQ
 import Logging
 import TesseraCompute
@@ -107,7 +109,7 @@ final class SignalRelay: @unchecked Sendable {
     }
 }
 
-struct CoordinatorCommand: ParsableCommand {
+struct CoordinatorCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "coordinator",
         abstract: "Run the coordinator: scheduler, ZeroMQ ROUTER, PostgreSQL writes, checkpoint store.",
@@ -124,8 +126,8 @@ struct CoordinatorCommand: ParsableCommand {
     var endpointFile: String?
     @OptionGroup var log: LogOptions
 
-    func run() throws {
-        try runCLI {
+    func run() async throws {
+        try await runCLI {
             let logger = log.bootstrap(label: "tessera.coordinator")
             let endpoint = bind ?? Env.get("TESSERA_COORDINATOR") ?? "tcp://127.0.0.1:5555"
             try checkBindIsSafe(endpoint, keysDir: keysDir ?? Env.get("TESSERA_KEYS_DIR"))
@@ -140,9 +142,11 @@ struct CoordinatorCommand: ParsableCommand {
             config.liveness = liveness
             config.endpointFile = endpointFile
             let coordinator = Coordinator(config: config, catalogue: Workloads.catalogue, logger: logger)
-            let relay = SignalRelay(graceful: { coordinator.requestStop() }, force: { Foundation.exit(1) })
-            try coordinator.run()
-            _ = relay
+            // SIGTERM / SIGINT: graceful shutdown through the ServiceGroup (finish the batch being committed, tell
+            // the workers, exit 0).
+            let group = ServiceGroup(configuration: ServiceGroupConfiguration(
+                services: [.init(service: coordinator)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            try await group.run()
         }
     }
 }

@@ -40,7 +40,7 @@ struct JobStoreFencingTests {
         let holder = try store.registerWorker(name: "holder", host: "h", slots: 4, capabilities: ["sampling/ddim"])
         let other = try store.registerWorker(name: "other", host: "h", slots: 4, capabilities: ["sampling/ddim"])
         let claimed = try store.claimShards(workerID: holder, limit: shards, capabilities: ["sampling/ddim"])
-        return Bundle(tdb: tdb, db: db, store: store, job: job, holder: holder, other: other, leased: claimed.map(\.key))
+        return Bundle(tdb: tdb, db: db, store: store, job: job, holder: holder, other: other, leased: claimed.map(\.ref))
     }
 
     @Test("SHARD_DONE from anyone but the leaseholder changes nothing; the holder's DONE is then accepted")
