@@ -88,6 +88,7 @@ let package = Package(
             dependencies: [
                 "TesseraCore", "TesseraProtocol", "TesseraWorkloads", "TesseraCompute", "ZeroMQ",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: swiftSettings
@@ -106,7 +107,7 @@ let package = Package(
         .executableTarget(
             name: "tessera-bench",
             dependencies: [
-                "TesseraCompute", "TesseraWorkloads", "TesseraCore",
+                "TesseraCompute", "TesseraWorkloads", "TesseraCore", "TesseraProtocol", "ZeroMQ",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings

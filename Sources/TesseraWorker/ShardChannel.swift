@@ -2,7 +2,9 @@
 //
 // The compute thread calls the `ShardSink` methods (metric, progress, blob, fetchBlob, shouldStop); they only
 // touch a mutex-protected outbox, so compute never blocks on the network. The loop thread drains the outbox on
-// every iteration. Back-pressure: when the outbox holds too much (the coordinator is away), producers wait.
+// every iteration; anything a compute thread puts in an empty outbox wakes the loop through `wakeup`, so a shard's
+// output leaves at once instead of at the next poll. Back-pressure: when the outbox holds too much (the coordinator
+// is away), producers wait.
 
 import Crypto
 import Foundation
@@ -10,6 +12,7 @@ import Logging
 import Synchronization
 import TesseraCore
 import TesseraProtocol
+import ZeroMQ
 
 final class ShardChannel: ShardSink, @unchecked Sendable {
     // @unchecked: every mutable field is inside `state` (a Mutex) or guarded by `condition`.
@@ -47,13 +50,25 @@ final class ShardChannel: ShardSink, @unchecked Sendable {
     private let state = Mutex(State())
     private let condition = NSCondition()
     let totalSteps: Int64
+    private let wakeup: Wakeup
 
     /// Outbox limits before producers wait.
     static let maxPendingPoints = 200_000
     static let maxPendingBytes = 512 << 20
 
-    init(totalSteps: Int64) {
+    init(totalSteps: Int64, wakeup: Wakeup) {
         self.totalSteps = totalSteps
+        self.wakeup = wakeup
+    }
+
+    /// Runs `change` on the outbox and wakes the loop if the outbox was empty (it has been drained since).
+    private func post(_ change: (inout State) -> Void) {
+        let wasEmpty = state.withLock { s -> Bool in
+            let empty = s.out.points.isEmpty && s.out.blobs.isEmpty && s.out.fetch == nil && s.out.request == nil && s.out.outcome == nil
+            change(&s)
+            return empty
+        }
+        if wasEmpty { wakeup.signal() }
     }
 
     // MARK: Loop side
@@ -102,7 +117,7 @@ final class ShardChannel: ShardSink, @unchecked Sendable {
 
     func metric(_ name: String, step: Int64, value: Double) {
         waitForRoom { $0.out.points.count < Self.maxPendingPoints }
-        state.withLock { $0.out.points.append(MetricPoint(name: name, step: step, value: value)) }
+        post { $0.out.points.append(MetricPoint(name: name, step: step, value: value)) }
     }
 
     func progress(step: Int64) {
@@ -116,7 +131,7 @@ final class ShardChannel: ShardSink, @unchecked Sendable {
     func enqueueBlob(_ kind: BlobKind, step: Int64, bytes: [UInt8]) throws {
         waitForRoom { $0.pendingBytes < Self.maxPendingBytes }
         if shouldStop { throw ShardStopped() }
-        state.withLock {
+        post {
             $0.out.blobs.append((kind, step, bytes))
             $0.pendingBytes += bytes.count
         }
@@ -126,7 +141,7 @@ final class ShardChannel: ShardSink, @unchecked Sendable {
         var bytes: [UInt8] = []
         var total: UInt64?
         while total == nil || UInt64(bytes.count) < total! {
-            state.withLock {
+            post {
                 $0.fetchReply = nil
                 $0.out.fetch = FetchRequest(sha256: sha256, offset: UInt64(bytes.count), length: 1 << 20)
             }
@@ -154,7 +169,7 @@ final class ShardChannel: ShardSink, @unchecked Sendable {
     func fetchJobBlob(jobID: Int64, shard: Int, kind: ShardBlobKind, step: Int64?) throws -> (step: Int64, sha256: String, bytes: [UInt8]) {
         var body: JSONObject = ["job": .number(Double(jobID)), "shard": .int(shard), "kind": .string(kind.rawValue)]
         if let step { body["step"] = .number(Double(step)) }
-        state.withLock {
+        post {
             $0.reply = nil
             $0.out.request = ("blob.info", JSONValue.object(body).utf8Bytes)
         }
@@ -186,7 +201,7 @@ final class ShardChannel: ShardSink, @unchecked Sendable {
     }
 
     private func finish(_ o: Outcome) {
-        state.withLock { $0.out.outcome = o }
+        post { $0.out.outcome = o }
     }
 
     // MARK: Running the shard (compute thread)

@@ -12,6 +12,7 @@
 
 import Foundation
 import Logging
+import ServiceLifecycle
 import Synchronization
 import TesseraCompute
 import TesseraCore
@@ -50,7 +51,7 @@ public struct WorkerConfiguration: Sendable {
     }
 }
 
-public final class WorkerDaemon: @unchecked Sendable {
+public final class WorkerDaemon: Service, @unchecked Sendable {
     // @unchecked: loop state is touched only by the thread in `run()`; cross-thread state is atomics and the
     // mutex-protected `ShardChannel`s.
     let config: WorkerConfiguration
@@ -68,21 +69,56 @@ public final class WorkerDaemon: @unchecked Sendable {
     private var lastHeard = ContinuousClock.now
     private var lastHeartbeatSent = ContinuousClock.now
     private var connected = false
+    /// Compute threads wake the loop through this when they have output (ShardChannel); a drain request does too.
+    private let wakeup: Wakeup
 
-    public init(config: WorkerConfiguration, catalogue: AlgorithmCatalogue, logger: Logger) {
+    public init(config: WorkerConfiguration, catalogue: AlgorithmCatalogue, logger: Logger) throws {
         self.config = config
         self.catalogue = catalogue
         self.logger = logger
+        self.wakeup = try Wakeup()
     }
 
     /// SIGTERM: take no new shards, let running ones finish (up to `drainTimeout`), hand back the rest, exit.
-    public func requestDrain() { drainRequested.store(true, ordering: .relaxed) }
+    public func requestDrain() {
+        drainRequested.store(true, ordering: .relaxed)
+        wakeup.signal()
+    }
     /// A second signal: stop at once (leases will be rescued by the coordinator).
-    public func requestStop() { stopNow.store(true, ordering: .relaxed) }
+    public func requestStop() {
+        stopNow.store(true, ordering: .relaxed)
+        wakeup.signal()
+    }
+
+    /// The `Service` entry point: graceful shutdown (SIGTERM/SIGINT in a `ServiceGroup`) drains; cancellation (the
+    /// group's shutdown deadline passed) stops at once.
+    public func run() async throws {
+        try await withTaskCancellationHandler {
+            try await withGracefulShutdownHandler {
+                try await withCheckedThrowingContinuation { (done: CheckedContinuation<Void, any Error>) in
+                    let thread = Thread { [self] in
+                        do {
+                            try runBlocking()
+                            done.resume()
+                        } catch {
+                            done.resume(throwing: error)
+                        }
+                    }
+                    thread.name = "tessera-worker-loop"
+                    thread.start()
+                }
+            } onGracefulShutdown: { [self] in
+                requestDrain()
+            }
+        } onCancel: { [self] in
+            requestStop()
+        }
+    }
 
     // MARK: Loop
 
-    public func run() throws {
+    /// Runs the worker on the calling thread until it has drained or `requestStop()`.
+    public func runBlocking() throws {
         BLASRuntime.configure(threads: config.blasThreads, gemm: config.gemm)
         // Which Float gemm this host runs decides the bits of every trained network (docs/compute.md, "Gemm").
         logger.info(
@@ -113,7 +149,13 @@ public final class WorkerDaemon: @unchecked Sendable {
                 }
             }
             guard let socket else { break }
-            if try ZMQ.poll([ZMQPollItem(socket: socket)], timeoutMilliseconds: 10)[0] {
+            // Sleep until a frame arrives, a compute thread has output, or the next heartbeat is due (and at most
+            // 100 ms, which bounds how late a drain deadline or a metric flush can be noticed).
+            let untilHeartbeat = lastHeartbeatSent + .seconds(config.heartbeatInterval) - ContinuousClock.now
+            let wait = max(0, min(100, untilHeartbeat.wholeMilliseconds))
+            let ready = try ZMQ.poll([ZMQPollItem(socket: socket), ZMQPollItem(wakeup: wakeup)], timeoutMilliseconds: wait)
+            if ready[1] { wakeup.reset() }
+            if ready[0] {
                 while let frames = try socket.receive(dontWait: true) {
                     lastHeard = ContinuousClock.now
                     delay = config.reconnectDelay
@@ -240,7 +282,7 @@ public final class WorkerDaemon: @unchecked Sendable {
             send(.shardFailed(ShardFailed(ref: d.ref, reason: drainRequested.load(ordering: .relaxed) ? "worker draining" : "no free slot", retryable: true)))
             return
         }
-        let shard = LoopShard(ref: d.ref, totalSteps: d.totalSteps, channel: ShardChannel(totalSteps: d.totalSteps))
+        let shard = LoopShard(ref: d.ref, totalSteps: d.totalSteps, channel: ShardChannel(totalSteps: d.totalSteps, wakeup: wakeup))
         shards[d.ref] = shard
         let catalogue = self.catalogue
         let logger = self.logger
@@ -427,5 +469,12 @@ final class OutgoingTransfer {
         self.step = step
         self.bytes = bytes
         self.sha256 = sha256
+    }
+}
+
+extension Duration {
+    var wholeMilliseconds: Int {
+        let (s, a) = components
+        return Int(s) * 1000 + Int(a / 1_000_000_000_000_000)
     }
 }

@@ -151,11 +151,11 @@ struct CoordinatorCommand: AsyncParsableCommand {
     }
 }
 
-struct WorkerCommand: ParsableCommand {
+struct WorkerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "worker",
         abstract: "Run a worker daemon with N compute slots.",
-        discussion: "SIGTERM or Ctrl-C: drain (take no new shards, let running ones finish for --drain-timeout seconds, hand back the rest), exit 0. A second signal exits at once."
+        discussion: "SIGTERM or Ctrl-C: drain (take no new shards, let running ones finish for --drain-timeout seconds, hand back the rest), exit 0."
     )
     @Option(help: "Coordinator endpoint (default: $TESSERA_COORDINATOR or tcp://127.0.0.1:5555).") var coordinator: String?
     @Option(help: "Compute slots (shards run at once).") var slots: Int = 1
@@ -186,8 +186,8 @@ struct WorkerCommand: ParsableCommand {
         return choice
     }
 
-    func run() throws {
-        try runCLI {
+    func run() async throws {
+        try await runCLI {
             let logger = log.bootstrap(label: "tessera.worker")
             if keysDir ?? Env.get("TESSERA_KEYS_DIR") != nil {
                 throw CLIError("CURVE authentication is not built into this version yet; connect over loopback without --keys-dir")
@@ -201,10 +201,13 @@ struct WorkerCommand: ParsableCommand {
             config.gemm = try gemmChoice()
             config.drainTimeout = drainTimeout
             config.heartbeatInterval = heartbeat
-            let worker = WorkerDaemon(config: config, catalogue: Workloads.catalogue, logger: logger)
-            let relay = SignalRelay(graceful: { worker.requestDrain() }, force: { worker.requestStop() })
-            try worker.run()
-            _ = relay
+            let worker = try WorkerDaemon(config: config, catalogue: Workloads.catalogue, logger: logger)
+            // SIGTERM / SIGINT: drain (graceful shutdown); if that outlasts the drain timeout plus the time to send
+            // the last messages, the group cancels and the worker stops at once.
+            let group = ServiceGroup(configuration: ServiceGroupConfiguration(
+                services: [.init(service: worker)], gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger).withMaximumShutdown(seconds: drainTimeout + 15))
+            try await group.run()
         }
     }
 }
@@ -219,5 +222,13 @@ struct Keygen: ParsableCommand {
         try runCLI {
             throw CLIError("CURVE keys are not supported by this version yet; run coordinator and workers over loopback or a private network")
         }
+    }
+}
+
+extension ServiceGroupConfiguration {
+    func withMaximumShutdown(seconds: Double) -> ServiceGroupConfiguration {
+        var c = self
+        c.maximumGracefulShutdownDuration = .milliseconds(Int64(seconds * 1000))
+        return c
     }
 }
