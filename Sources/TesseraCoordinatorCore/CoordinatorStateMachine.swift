@@ -22,6 +22,9 @@ public struct CoordinatorStateMachine: Sendable {
         public var liveness = 3
         /// ERRORs one peer may get per second (SPEC §6.1.7).
         public var errorsPerSecond = 10
+        /// Shards leased ahead for each worker beyond its slots (at most `slots` of them): they are dispatched the
+        /// moment a slot frees, without waiting for a commit. Never more than credits are *sent* (SPEC §6.2).
+        public var prefetch = 64
         public init() {}
         var deadline: Duration { heartbeatInterval * liveness }
     }
@@ -93,12 +96,22 @@ public struct CoordinatorStateMachine: Sendable {
         var inFlight: [ShardRef: Instant] = [:]
         /// Shards being claimed for this worker in the batch being committed.
         var claiming = 0
+        /// Shards leased to this worker and not yet sent (prefetch): sent as credits allow.
+        var leasedAhead: [ClaimedShard] = []
+        /// It advertised no credit with slots idle: it is draining and takes nothing new.
+        var draining = false
         /// Latest heartbeat progress, renewed in the next batch.
         var progress: [ShardProgressStep]?
         /// Messages that arrived while READY was being committed, processed once it is.
         var held: [Message] = []
 
-        var freeSlots: Int { max(0, min(slots - inFlight.count - claiming, credits - claiming)) }
+        /// Shards that may be sent now (SPEC §6.2: in flight < slots and credits > 0).
+        var freeSlots: Int { max(0, min(slots - inFlight.count, credits)) }
+
+        /// Shards to claim: enough to fill the free slots and keep `prefetch` (at most `slots`) leased ahead.
+        func wanted(prefetch: Int) -> Int {
+            max(0, freeSlots + min(prefetch, slots) - leasedAhead.count - claiming)
+        }
     }
 
     /// What the outcome of one command in the batch being committed means.
@@ -112,6 +125,8 @@ public struct CoordinatorStateMachine: Sendable {
         case blob(Peer, ref: ShardRef, transferID: UInt64, offset: UInt64)
         case claim(Peer, limit: Int)
         case rescue
+        /// A leased-ahead shard given back unsent (its worker is draining).
+        case handBack
     }
 
     /// (job, shard) → the attempt and peer this coordinator knows holds the lease.
@@ -244,6 +259,17 @@ public struct CoordinatorStateMachine: Sendable {
         case .heartbeat(let h):
             sessions[peer]!.credits = Int(h.credits)
             sessions[peer]!.progress = h.progress.map { ShardProgressStep(ref: $0.ref, step: $0.step) }
+            // No credit while fewer shards run than it has slots: the worker is draining (SPEC §6.6). What was
+            // leased ahead for it goes back to the queue unsent, at no cost.
+            let draining = h.credits == 0 && h.progress.count < s.slots
+            sessions[peer]!.draining = draining
+            if draining {
+                for c in sessions[peer]!.leasedAhead {
+                    leases[ShardSlot(c.ref)] = nil
+                    enqueue(.failShard(workerID: s.workerID, ref: c.ref, reason: "handed back unsent: worker draining", retryable: true), .handBack)
+                }
+                sessions[peer]!.leasedAhead = []
+            }
             // A shard dispatched a while ago that the worker no longer reports is gone (lost DISPATCH, or its final
             // message raced the heartbeat): stop counting it against the worker's slots.
             let reported = Set(h.progress.map(\.ref))
@@ -289,6 +315,7 @@ public struct CoordinatorStateMachine: Sendable {
         default:
             break
         }
+        sendLeased(peer, now: now, into: &out)
     }
 
     /// Only the leaseholder's session may speak for a lease, and only about its current attempt (SPEC §6.3).
@@ -313,7 +340,9 @@ public struct CoordinatorStateMachine: Sendable {
             }
             out.append(.send(peer, .heartbeat(Heartbeat())))
             guard s.phase == .ready else { continue }
-            renewals.append(LeaseRenewal(workerID: s.workerID, progress: s.progress ?? []))
+            // Leased-ahead shards are renewed with the running ones: the worker does not report them.
+            let ahead = s.leasedAhead.map { ShardProgressStep(ref: $0.ref, step: 0) }
+            renewals.append(LeaseRenewal(workerID: s.workerID, progress: (s.progress ?? []) + ahead))
             peers[s.workerID] = peer
             sessions[peer]!.progress = nil
         }
@@ -334,7 +363,7 @@ public struct CoordinatorStateMachine: Sendable {
             switch (p, o) {
             case (.register(let peer, let registration, let running), .workerRegistered(let workerID, let adopted)):
                 registered(peer, registration: registration, running: running, workerID: workerID, adopted: adopted, now: now, into: &out)
-            case (.gone, _):
+            case (.gone, _), (.handBack, _):
                 claimable = true
             case (.renew(let peers), .leasesRenewed(let stale)):
                 // The database says these are not the reporting worker's current lease (re-leased by a rescue, or
@@ -343,6 +372,10 @@ public struct CoordinatorStateMachine: Sendable {
                     counters.staleDropped += 1
                     release(lease.ref)
                     guard let peer = peers[lease.workerID] else { continue }
+                    if let i = sessions[peer]?.leasedAhead.firstIndex(where: { $0.ref == lease.ref }) {
+                        sessions[peer]!.leasedAhead.remove(at: i)
+                        continue
+                    }
                     out.append(.send(peer, .cancel(Cancel(ref: lease.ref, reason: "lease lost: the shard was re-leased or cancelled"))))
                 }
             case (.metrics(let peer, let ref, let sequence, let points), .metricsIngested(let accepted)):
@@ -418,10 +451,20 @@ public struct CoordinatorStateMachine: Sendable {
             return
         }
         sessions[peer]!.claiming = 0
-        for c in claimed {
-            sessions[peer]!.inFlight[c.ref] = now
-            sessions[peer]!.credits -= 1
-            leases[ShardSlot(c.ref)] = (c.ref.attempt, peer)
+        for c in claimed { leases[ShardSlot(c.ref)] = (c.ref.attempt, peer) }
+        sessions[peer]!.leasedAhead.append(contentsOf: claimed)
+        sendLeased(peer, now: now, into: &out)
+    }
+
+    /// Sends leased-ahead shards while the worker has free slots and credits.
+    private mutating func sendLeased(_ peer: Peer, now: Instant, into out: inout [Action]) {
+        guard var s = sessions[peer], s.phase == .ready else { return }
+        var sent = 0
+        while s.freeSlots > 0, sent < s.leasedAhead.count {
+            let c = s.leasedAhead[sent]
+            sent += 1
+            s.inFlight[c.ref] = now
+            s.credits -= 1
             counters.dispatched += 1
             out.append(.send(peer, .dispatch(Dispatch(
                 ref: c.ref, kind: c.kind, algorithm: c.algorithm, seed: c.seed, spec: Array(c.spec.utf8),
@@ -429,6 +472,8 @@ public struct CoordinatorStateMachine: Sendable {
                 resume: c.resume.map { CheckpointInfo(step: $0.step, sha256: $0.sha256, size: UInt64($0.size)) },
                 totalSteps: c.totalSteps))))
         }
+        s.leasedAhead.removeFirst(sent)
+        sessions[peer] = s
     }
 
     private mutating func rejected(_ p: Pending, into out: inout [Action]) {
@@ -449,7 +494,7 @@ public struct CoordinatorStateMachine: Sendable {
             guard sessions[peer]?.registration == registration else { return }
             sessions[peer] = nil
             out.append(.send(peer, .error(ErrorMessage(code: WireStatus.notReady, message: "registration failed: send READY"))))
-        case .gone, .renew, .rescue:
+        case .gone, .renew, .rescue, .handBack:
             break
         }
     }
@@ -472,6 +517,10 @@ public struct CoordinatorStateMachine: Sendable {
     private mutating func stop(_ lease: Lease, reason: String, into out: inout [Action]) {
         guard let held = leases[ShardSlot(lease.ref)], held.attempt == lease.ref.attempt else { return }
         leases[ShardSlot(lease.ref)] = nil
+        if let i = sessions[held.peer]?.leasedAhead.firstIndex(where: { $0.ref == lease.ref }) {
+            sessions[held.peer]!.leasedAhead.remove(at: i)  // never sent: nothing to stop
+            return
+        }
         out.append(.send(held.peer, .cancel(Cancel(ref: lease.ref, reason: reason))))
     }
 
@@ -487,8 +536,8 @@ public struct CoordinatorStateMachine: Sendable {
     private mutating func flush(now: Instant, into out: inout [Action]) {
         guard committing == nil else { return }
         if claimable {
-            for (peer, s) in sessions.sorted(by: { $0.value.workerID < $1.value.workerID }) where s.phase == .ready {
-                let n = s.freeSlots
+            for (peer, s) in sessions.sorted(by: { $0.value.workerID < $1.value.workerID }) where s.phase == .ready && !s.draining {
+                let n = s.wanted(prefetch: configuration.prefetch)
                 guard n > 0 else { continue }
                 sessions[peer]!.claiming = n
                 queued.append((.claimShards(workerID: s.workerID, limit: n, capabilities: s.capabilities), .claim(peer, limit: n)))

@@ -12,7 +12,8 @@ struct Harness {
     var machine: CoordinatorStateMachine
     var now = ContinuousClock.now
 
-    init(configure: (inout CoordinatorStateMachine.Configuration) -> Void = { _ in }) {
+    /// Without prefetch unless a test asks for it, so claims equal free slots.
+    init(configure: (inout CoordinatorStateMachine.Configuration) -> Void = { $0.prefetch = 0 }) {
         var c = CoordinatorStateMachine.Configuration()
         configure(&c)
         machine = CoordinatorStateMachine(configuration: c)
@@ -328,5 +329,34 @@ struct CoordinatorStateMachineTests {
         let f = h.feed(.blobStored(w2, ref: ref(0), transferID: 1, kind: .checkpoint, step: 5, sha256: sha, size: 10, path: "aa/x"))
         #expect(acks(f).map(\.accepted) == [false])
         #expect(commits(f).isEmpty)
+    }
+
+    @Test("Prefetch: shards leased ahead go out the moment a slot frees, never beyond credits; a draining worker's go back")
+    func prefetch() {
+        var h = Harness { $0.prefetch = 64 }
+        let a = h.register(w1, name: "w1", slots: 2, workerID: 11)
+        // Two slots, and up to two more (prefetch is capped at the slot count) leased ahead.
+        #expect(commits(a) == [[.claimShards(workerID: 11, limit: 4, capabilities: ["rl/noop"])]])
+        let c = h.feed(.committed([claimed([ref(0), ref(1), ref(2), ref(3)])]))
+        let dispatched = sends(c, to: w1).compactMap { if case .dispatch(let d) = $0 { d.ref } else { nil } }
+        #expect(dispatched == [ref(0), ref(1)])
+        // DONE frees a slot: shard 2 goes out in the same step, before any commit.
+        let done = h.receive(w1, .shardDone(ShardDone(ref: ref(0), summary: Array("{}".utf8))))
+        #expect(sends(done, to: w1).compactMap { if case .dispatch(let d) = $0 { d.ref } else { nil } } == [ref(2)])
+        #expect(commits(done) == [[
+            .completeShard(workerID: 11, ref: ref(0), summary: "{}", resultSHA256: nil),
+            .claimShards(workerID: 11, limit: 1, capabilities: ["rl/noop"]),
+        ]])
+        _ = h.feed(.committed([.shardCompleted(accepted: true, jobComplete: false), claimed([])]))
+        // Ticks renew the leased-ahead shard with the running ones.
+        h.advance(.seconds(1))
+        let t = h.feed(.tick)
+        #expect(commits(t).first?.first == .renewLeases([LeaseRenewal(workerID: 11, progress: [ShardProgressStep(ref: ref(3), step: 0)])]))
+        #expect(commits(t).first?.last == .claimShards(workerID: 11, limit: 1, capabilities: ["rl/noop"]))
+        _ = h.feed(.committed([.leasesRenewed(stale: []), .expiredLeasesRequeued(count: 0), claimed([])]))
+        // The worker starts draining: no credit though one slot is idle. Shard 3 was never sent: it goes back.
+        let d = h.receive(w1, .heartbeat(Heartbeat(credits: 0, progress: [ShardProgress(ref: ref(1), step: 0, total: 1)])))
+        #expect(commits(d) == [[.failShard(workerID: 11, ref: ref(3), reason: "handed back unsent: worker draining", retryable: true)]])
+        #expect(sends(d, to: w1).isEmpty)
     }
 }
