@@ -213,10 +213,8 @@ public final class WorkerDaemon: Service, @unchecked Sendable {
         lastHeartbeatSent = ContinuousClock.now
     }
 
-    /// Free compute slots: a shard whose computation has finished no longer takes one, even while its final
-    /// messages wait for their ACKs (they are kept for replay, not recomputed).
     private var credits: Int {
-        drainRequested.load(ordering: .relaxed) ? 0 : max(0, config.slots - shards.values.filter { $0.outcome == nil }.count)
+        drainRequested.load(ordering: .relaxed) ? 0 : max(0, config.slots - shards.count)
     }
 
     private func sendHeartbeat() {

@@ -335,9 +335,13 @@ struct CoordinatorStateMachineTests {
     func prefetch() {
         var h = Harness { $0.prefetch = 64 }
         let a = h.register(w1, name: "w1", slots: 2, workerID: 11)
-        // Two slots, and up to two more (prefetch is capped at the slot count) leased ahead.
-        #expect(commits(a) == [[.claimShards(workerID: 11, limit: 4, capabilities: ["rl/noop"])]])
-        let c = h.feed(.committed([claimed([ref(0), ref(1), ref(2), ref(3)])]))
+        // Two slots, then (a second round, after every worker's free slots) up to two more leased ahead: prefetch is
+        // capped at the slot count.
+        #expect(commits(a) == [[
+            .claimShards(workerID: 11, limit: 2, capabilities: ["rl/noop"]),
+            .claimShards(workerID: 11, limit: 2, capabilities: ["rl/noop"]),
+        ]])
+        let c = h.feed(.committed([claimed([ref(0), ref(1)]), claimed([ref(2), ref(3)])]))
         let dispatched = sends(c, to: w1).compactMap { if case .dispatch(let d) = $0 { d.ref } else { nil } }
         #expect(dispatched == [ref(0), ref(1)])
         // DONE frees a slot: shard 2 goes out in the same step, before any commit.
@@ -358,5 +362,31 @@ struct CoordinatorStateMachineTests {
         let d = h.receive(w1, .heartbeat(Heartbeat(credits: 0, progress: [ShardProgress(ref: ref(1), step: 0, total: 1)])))
         #expect(commits(d) == [[.failShard(workerID: 11, ref: ref(3), reason: "handed back unsent: worker draining", retryable: true)]])
         #expect(sends(d, to: w1).isEmpty)
+    }
+
+    @Test("Prefetch never starves an idle worker: free slots are claimed first, and a dry queue takes back what is leased ahead")
+    func prefetchIsFair() {
+        var h = Harness { $0.prefetch = 64 }
+        _ = h.register(w1, name: "w1", slots: 1, workerID: 11)
+        // w1's free slot and its prefetch are claimed; w2 registers while that commits.
+        _ = h.receive(w2, .ready(Ready(workerName: "w2", host: "h", slots: 1, capabilities: ["rl/noop"], running: [])))
+        let first = h.feed(.committed([claimed([ref(0)]), claimed([ref(1)])]))
+        // w2's registration, then its free slot; w1 already has one leased ahead.
+        #expect(commits(first) == [[.registerWorker(name: "w2", host: "h", slots: 1, capabilities: ["rl/noop"], running: [])]])
+        let reg = h.feed(.committed([.workerRegistered(workerID: 12, adopted: [])]))
+        #expect(commits(reg) == [[
+            .claimShards(workerID: 12, limit: 1, capabilities: ["rl/noop"]),
+            .claimShards(workerID: 12, limit: 1, capabilities: ["rl/noop"]),
+        ]])
+        // The queue is dry: w2 idles while shard 1 waits on w1 behind shard 0. It is handed back for w2 to claim.
+        let dry = h.feed(.committed([claimed([]), claimed([])]))
+        #expect(commits(dry) == [[.failShard(workerID: 11, ref: ref(1), reason: "handed back unsent: rebalanced", retryable: true)]])
+        let back = h.feed(.committed([.shardFailed(.requeued, stop: [])]))
+        // w2's free slot first; only then the shards leased ahead for each.
+        #expect(commits(back) == [[
+            .claimShards(workerID: 12, limit: 1, capabilities: ["rl/noop"]),
+            .claimShards(workerID: 11, limit: 1, capabilities: ["rl/noop"]),
+            .claimShards(workerID: 12, limit: 1, capabilities: ["rl/noop"]),
+        ]])
     }
 }
