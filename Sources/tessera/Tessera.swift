@@ -70,14 +70,8 @@ enum Env {
 func runCLI(_ body: () async throws -> Void) async throws {
     do {
         try await body()
-    } catch let e as CLIError {
-        FileHandle.standardError.write(Data("error: \(e.message)\n".utf8))
-        throw ExitCode(e.exitCode)
-    } catch let e as ExitCode {
-        throw e
     } catch {
-        FileHandle.standardError.write(Data("error: \(error)\n".utf8))
-        throw ExitCode(1)
+        throw exitCode(reporting: error)
     }
 }
 
@@ -85,14 +79,22 @@ func runCLI(_ body: () async throws -> Void) async throws {
 func runCLI(_ body: () throws -> Void) throws {
     do {
         try body()
-    } catch let e as CLIError {
-        FileHandle.standardError.write(Data("error: \(e.message)\n".utf8))
-        throw ExitCode(e.exitCode)
-    } catch let e as ExitCode {
-        throw e
     } catch {
+        throw exitCode(reporting: error)
+    }
+}
+
+/// Prints a failed command's error to stderr (an `ExitCode` is already reported) and gives its exit code.
+private func exitCode(reporting error: any Error) -> ExitCode {
+    switch error {
+    case let e as ExitCode:
+        return e
+    case let e as CLIError:
+        FileHandle.standardError.write(Data("error: \(e.message)\n".utf8))
+        return ExitCode(e.exitCode)
+    default:
         FileHandle.standardError.write(Data("error: \(error)\n".utf8))
-        throw ExitCode(1)
+        return ExitCode(1)
     }
 }
 
