@@ -50,15 +50,6 @@ public enum BlobKind: UInt8, Sendable {
         case .result: "result"
         }
     }
-
-    public init?(name: String) {
-        switch name {
-        case "checkpoint": self = .checkpoint
-        case "samples": self = .samples
-        case "result": self = .result
-        default: return nil
-        }
-    }
 }
 
 /// A shard attempt leased to a worker (by the worker's database id).
