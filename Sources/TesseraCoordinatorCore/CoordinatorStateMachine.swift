@@ -148,7 +148,6 @@ public struct CoordinatorStateMachine: Sendable {
     private var committing: [Pending]?
     /// False once a claim came back short: nothing more to claim until something changes.
     private var claimable = true
-    private var lastTick: Instant?
     private var nextRegistration: UInt64 = 1
     private var errorWindows: [Peer: (start: Instant, sent: Int)] = [:]
     public private(set) var counters = Counters()
@@ -329,7 +328,6 @@ public struct CoordinatorStateMachine: Sendable {
     // MARK: Time
 
     private mutating func tick(now: Instant, into out: inout [Action]) {
-        lastTick = now
         errorWindows = errorWindows.filter { now - $0.value.start < .seconds(1) }
         var renewals: [LeaseRenewal] = []
         var peers: [Int64: Peer] = [:]
