@@ -83,10 +83,12 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The worker's protocol rules as a pure state machine (no sockets, no threads, no clock reads).
+        .target(name: "TesseraWorkerCore", dependencies: ["TesseraModel", "TesseraProtocol"], swiftSettings: swiftSettings),
         .target(
             name: "TesseraWorker",
             dependencies: [
-                "TesseraCore", "TesseraProtocol", "TesseraWorkloads", "TesseraCompute", "ZeroMQ",
+                "TesseraCore", "TesseraProtocol", "TesseraWorkloads", "TesseraCompute", "ZeroMQ", "TesseraWorkerCore",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -114,7 +116,7 @@ let package = Package(
         ),
 
         // Test support: only test targets may depend on it.
-        .target(name: "TesseraTesting", dependencies: ["LibPQ", "TesseraStore"], swiftSettings: swiftSettings),
+        .target(name: "TesseraTesting", dependencies: ["LibPQ", "TesseraStore", "TesseraModel"], swiftSettings: swiftSettings),
 
         .testTarget(
             name: "TesseraComputeTests", dependencies: ["TesseraCompute", "TesseraKernels", "TesseraAVX512"],
@@ -124,13 +126,17 @@ let package = Package(
         .testTarget(name: "TesseraCoreTests", dependencies: ["TesseraCore", "TesseraWorkloads"], swiftSettings: swiftSettings),
         .testTarget(name: "TesseraProtocolTests", dependencies: ["TesseraProtocol"], swiftSettings: swiftSettings),
         .testTarget(
-            name: "TesseraCoordinatorCoreTests", dependencies: ["TesseraCoordinatorCore", "TesseraModel", "TesseraProtocol"],
+            name: "TesseraCoordinatorCoreTests",
+            dependencies: ["TesseraCoordinatorCore", "TesseraModel", "TesseraProtocol", "TesseraWorkerCore", "TesseraTesting"],
+            swiftSettings: swiftSettings),
+        .testTarget(
+            name: "TesseraWorkerCoreTests", dependencies: ["TesseraWorkerCore", "TesseraModel", "TesseraProtocol"],
             swiftSettings: swiftSettings),
         .testTarget(name: "ZeroMQTests", dependencies: ["ZeroMQ"], swiftSettings: swiftSettings),
         .testTarget(name: "LibPQTests", dependencies: ["LibPQ", "TesseraTesting"], swiftSettings: swiftSettings),
         .testTarget(
             name: "TesseraStoreTests",
-            dependencies: ["TesseraStore", "TesseraTesting", "TesseraCore", "TesseraModel"],
+            dependencies: ["TesseraStore", "TesseraTesting", "TesseraCore", "TesseraModel", "TesseraCoordinatorCore"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -12,6 +12,7 @@ import Logging
 import Synchronization
 import TesseraCore
 import TesseraProtocol
+import TesseraWorkerCore
 import ZeroMQ
 
 final class ShardChannel: ShardSink, @unchecked Sendable {
@@ -30,12 +31,27 @@ final class ShardChannel: ShardSink, @unchecked Sendable {
 
     struct Drained {
         var points: [MetricPoint] = []
-        var blobs: [(kind: BlobKind, step: Int64, bytes: [UInt8])] = []
+        var blobs: [WorkerStateMachine.Blob] = []
         var fetch: FetchRequest?
         /// A client request (method, JSON body) to send on the shard's behalf; the reply comes back via
         /// `deliverReply`.
         var request: (method: String, body: [UInt8])?
         var outcome: Outcome?
+
+        var isEmpty: Bool { points.isEmpty && blobs.isEmpty && fetch == nil && request == nil && outcome == nil }
+
+        /// The machine's view of it.
+        func output(step: Int64) -> WorkerStateMachine.ComputeOutput {
+            var o = WorkerStateMachine.ComputeOutput(step: step, points: points, blobs: blobs)
+            if let f = fetch { o.fetch = (f.sha256, f.offset, f.length) }
+            o.request = request
+            switch outcome {
+            case .done(let summary, _): o.outcome = .done(summary: summary)
+            case .failed(let reason, let retryable): o.outcome = .failed(reason: reason, retryable: retryable)
+            case nil: break
+            }
+            return o
+        }
     }
 
     private struct State {
@@ -64,7 +80,7 @@ final class ShardChannel: ShardSink, @unchecked Sendable {
     /// Runs `change` on the outbox and wakes the loop if the outbox was empty (it has been drained since).
     private func post(_ change: (inout State) -> Void) {
         let wasEmpty = state.withLock { s -> Bool in
-            let empty = s.out.points.isEmpty && s.out.blobs.isEmpty && s.out.fetch == nil && s.out.request == nil && s.out.outcome == nil
+            let empty = s.out.isEmpty
             change(&s)
             return empty
         }
@@ -131,8 +147,10 @@ final class ShardChannel: ShardSink, @unchecked Sendable {
     func enqueueBlob(_ kind: BlobKind, step: Int64, bytes: [UInt8]) throws {
         waitForRoom { $0.pendingBytes < Self.maxPendingBytes }
         if shouldStop { throw ShardStopped() }
+        // Hashed here, on the compute thread, so the loop thread never spends time on it.
+        let blob = WorkerStateMachine.Blob(kind: kind, step: step, bytes: bytes, sha256: BlobHash.sha256Hex(bytes))
         post {
-            $0.out.blobs.append((kind, step, bytes))
+            $0.out.blobs.append(blob)
             $0.pendingBytes += bytes.count
         }
     }

@@ -1,0 +1,538 @@
+// The worker's protocol rules (protocol/SPEC.md §6) as a pure state machine: events in, actions out, time injected.
+//
+// It owns everything the worker must remember between frames: the connection's liveness and reconnect backoff
+// (Paranoid Pirate), the shards it holds, each shard's outbox (metric batches and blob transfers kept until the
+// coordinator acknowledges them, then replayed after a reconnect), the chunk windows, fetch and request waiters,
+// fencing and the drain. It never touches a socket, a thread or a clock: the driver (TesseraWorker.WorkerDaemon)
+// feeds it decoded frames, compute output and ticks, and carries out the actions in order. Tested step by step in
+// Tests/TesseraWorkerCoreTests without sockets.
+
+import TesseraModel
+import TesseraProtocol
+
+public struct WorkerStateMachine: Sendable {
+    public struct Configuration: Sendable {
+        public var name: String
+        public var host: String
+        public var slots: Int
+        public var capabilities: [String]
+        public var heartbeatInterval: Duration = .seconds(1)
+        /// Heartbeats from the coordinator that may be missed before reconnecting.
+        public var liveness: Int = 3
+        /// Reconnect backoff: starts here, doubles, caps at `maxReconnectDelay`; reset by any frame received.
+        public var reconnectDelay: Duration = .seconds(1)
+        public var maxReconnectDelay: Duration = .seconds(32)
+        /// After a drain starts: how long running shards may take before they are stopped and handed back; after
+        /// `drainTimeout + drainGrace` the worker exits whatever is still unacknowledged.
+        public var drainTimeout: Duration = .seconds(30)
+        public var drainGrace: Duration = .seconds(10)
+        public var chunkSize: Int = 256 * 1024
+        /// Unacknowledged chunks in flight per transfer.
+        public var chunkWindow: Int = 8
+        /// Metric points per METRICS batch.
+        public var metricsBatchSize: Int = 512
+
+        public init(name: String, host: String, slots: Int, capabilities: [String]) {
+            self.name = name
+            self.host = host
+            self.slots = slots
+            self.capabilities = capabilities
+        }
+    }
+
+    /// A blob a shard produced, with its checksum (computed on the compute thread, off the loop).
+    public struct Blob: Sendable, Hashable {
+        public var kind: BlobKind
+        public var step: Int64
+        public var bytes: [UInt8]
+        public var sha256: String
+        public init(kind: BlobKind, step: Int64, bytes: [UInt8], sha256: String) {
+            self.kind = kind
+            self.step = step
+            self.bytes = bytes
+            self.sha256 = sha256
+        }
+    }
+
+    /// How a shard's computation ended.
+    public enum Outcome: Sendable, Hashable {
+        case done(summary: [UInt8])
+        case failed(reason: String, retryable: Bool)
+    }
+
+    /// What one shard's compute thread handed over since the last time.
+    public struct ComputeOutput: Sendable, Hashable {
+        public var step: Int64
+        public var points: [MetricPoint] = []
+        public var blobs: [Blob] = []
+        /// A blob read (FETCH) the shard waits for.
+        public var fetch: (sha256: String, offset: UInt64, length: UInt32)?
+        /// A request (method, JSON body) the shard waits for the reply to.
+        public var request: (method: String, body: [UInt8])?
+        public var outcome: Outcome?
+
+        public init(step: Int64, points: [MetricPoint] = [], blobs: [Blob] = [], outcome: Outcome? = nil) {
+            self.step = step
+            self.points = points
+            self.blobs = blobs
+            self.outcome = outcome
+        }
+
+        public static func == (a: Self, b: Self) -> Bool {
+            a.step == b.step && a.points == b.points && a.blobs == b.blobs && a.fetch?.sha256 == b.fetch?.sha256
+                && a.fetch?.offset == b.fetch?.offset && a.fetch?.length == b.fetch?.length
+                && a.request?.method == b.request?.method && a.request?.body == b.request?.body && a.outcome == b.outcome
+        }
+        public func hash(into h: inout Hasher) {
+            h.combine(step)
+            h.combine(points)
+            h.combine(outcome)
+        }
+    }
+
+    public enum Event: Sendable {
+        /// The daemon starts: connect and register.
+        case start
+        /// A frame set from the coordinator, decoded.
+        case received(Message)
+        /// A frame set that did not decode.
+        case malformed(String)
+        /// Output of one shard's compute thread.
+        case computed(ShardRef, ComputeOutput)
+        /// Time passed (the driver's poll returned).
+        case tick
+        /// SIGTERM: take no new shards, finish or hand back the running ones, exit.
+        case drainRequested
+        /// A second signal or the service group's deadline: exit now (the coordinator rescues the leases).
+        case stopRequested
+    }
+
+    public enum Action: Sendable, Hashable {
+        /// Close the current socket (if any) and open a new one to the coordinator; later sends go on it.
+        case connect
+        /// Close the socket; nothing is sent until the next `.connect`.
+        case disconnect
+        case send(Message)
+        /// Start computing a shard on its own thread.
+        case startShard(Dispatch)
+        /// Ask a shard's computation to stop (cancelled, fenced, drain deadline).
+        case stopShard(ShardRef, reason: String)
+        case deliverFetch(ShardRef, FetchReply)
+        case deliverReply(ShardRef, ClientReply)
+        /// The shard is finished with (its final message was acknowledged, or it was fenced and has stopped):
+        /// the driver may drop its compute channel.
+        case forget(ShardRef)
+        /// Something worth a log line at info level.
+        case log(String, [String: String])
+        /// The loop ends.
+        case exit
+    }
+
+    struct Transfer: Sendable {
+        let id: UInt64
+        let blob: Blob
+        var sent: UInt64 = 0
+        var acked: UInt64 = 0
+        var finalSent = false
+        var complete = false
+        var size: UInt64 { UInt64(blob.bytes.count) }
+    }
+
+    struct Shard: Sendable {
+        let ref: ShardRef
+        let totalSteps: Int64
+        var step: Int64 = 0
+        var nextSequence: UInt64 = 0
+        var unackedMetrics: [UInt64: MetricsBatch] = [:]
+        var unsentMetrics: [UInt64] = []
+        var transfers: [Transfer] = []
+        var outcome: Outcome?
+        var outcomeSent = false
+        var fenced = false
+        var cancelled = false
+        var transferFailed: String?
+    }
+
+    enum Waiter: Sendable {
+        case fetch(ShardRef, Fetch)
+        case request(ShardRef, ClientRequest)
+    }
+
+    enum Connection: Sendable {
+        case idle
+        case connected
+        case backingOff(until: ContinuousClock.Instant)
+        case exited
+    }
+
+    public let configuration: Configuration
+    private var connection = Connection.idle
+    private var shards: [ShardRef: Shard] = [:]
+    /// Shard refs in the order they were dispatched, so actions come out in a deterministic order.
+    private var order: [ShardRef] = []
+    private var waiters: [UInt64: Waiter] = [:]
+    private var nextTransferID: UInt64 = 1
+    private var nextRequestID: UInt64 = 1
+    private var lastHeard: ContinuousClock.Instant?
+    private var lastHeartbeatSent: ContinuousClock.Instant?
+    private var delay: Duration
+    private var drainStarted: ContinuousClock.Instant?
+    private var drainStopSent = false
+
+    public init(configuration: Configuration) {
+        self.configuration = configuration
+        self.delay = configuration.reconnectDelay
+    }
+
+    // MARK: Queries (for the driver and tests)
+
+    public var isConnected: Bool { if case .connected = connection { true } else { false } }
+    public var hasExited: Bool { if case .exited = connection { true } else { false } }
+    public var isDraining: Bool { drainStarted != nil }
+    public var runningShards: [ShardRef] { order }
+    /// Free slots as advertised to the coordinator (0 while draining).
+    public var credits: Int { drainStarted != nil ? 0 : max(0, configuration.slots - shards.count) }
+    /// The backoff the next reconnect will wait.
+    public var currentReconnectDelay: Duration { delay }
+
+    /// The latest instant the driver should call `.tick` at (a heartbeat, liveness or backoff deadline).
+    public func nextDeadline() -> ContinuousClock.Instant? {
+        var d: [ContinuousClock.Instant] = []
+        switch connection {
+        case .connected:
+            if let s = lastHeartbeatSent { d.append(s + configuration.heartbeatInterval) }
+            if let h = lastHeard { d.append(h + configuration.heartbeatInterval * configuration.liveness) }
+        case .backingOff(let until): d.append(until)
+        case .idle, .exited: break
+        }
+        if let start = drainStarted {
+            d.append(start + configuration.drainTimeout)
+            d.append(start + configuration.drainTimeout + configuration.drainGrace)
+        }
+        return d.min()
+    }
+
+    // MARK: Events
+
+    public mutating func handle(_ event: Event, now: ContinuousClock.Instant) -> [Action] {
+        if case .exited = connection { return [] }
+        var out: [Action] = []
+        switch event {
+        case .start:
+            connect(now: now, into: &out)
+        case .received(let m):
+            lastHeard = now
+            delay = configuration.reconnectDelay
+            receive(m, now: now, into: &out)
+            checkDrain(now: now, into: &out)
+        case .malformed(let why):
+            out.append(.log("malformed frame from coordinator", ["error": why]))
+        case .computed(let ref, let output):
+            computed(ref, output, into: &out)
+            checkDrain(now: now, into: &out)
+        case .tick:
+            tick(now: now, into: &out)
+        case .drainRequested:
+            guard drainStarted == nil else { break }
+            drainStarted = now
+            out.append(.log("draining", ["running": "\(shards.count)"]))
+            if isConnected { sendHeartbeat(now: now, into: &out) }
+            tick(now: now, into: &out)
+        case .stopRequested:
+            exit(into: &out)
+        }
+        return out
+    }
+
+    // MARK: Connection
+
+    private mutating func connect(now: ContinuousClock.Instant, into out: inout [Action]) {
+        connection = .connected
+        lastHeard = now
+        out.append(.connect)
+        register(now: now, into: &out)
+    }
+
+    /// READY on the current connection, then everything not yet acknowledged again.
+    private mutating func register(now: ContinuousClock.Instant, into out: inout [Action]) {
+        out.append(
+            .send(
+                .ready(
+                    Ready(
+                        workerName: configuration.name, host: configuration.host, slots: UInt16(configuration.slots),
+                        capabilities: configuration.capabilities, running: order
+                    )
+                )
+            )
+        )
+        lastHeartbeatSent = now
+        for ref in order {
+            shards[ref]!.resetForReplay()
+        }
+        // Reads the shards still wait for are idempotent: ask again on the new connection.
+        for id in waiters.keys.sorted() {
+            switch waiters[id]! {
+            case .fetch(_, let f): out.append(.send(.fetch(f)))
+            case .request(_, let r): out.append(.send(.request(r)))
+            }
+        }
+        for ref in order { flush(ref, into: &out) }
+    }
+
+    private mutating func loseConnection(now: ContinuousClock.Instant, reason: String, into out: inout [Action]) {
+        out.append(.log(reason, ["delay": "\(delay)"]))
+        out.append(.disconnect)
+        connection = .backingOff(until: now + delay)
+        delay = min(delay * 2, configuration.maxReconnectDelay)
+    }
+
+    private mutating func exit(into out: inout [Action]) {
+        connection = .exited
+        out.append(.exit)
+    }
+
+    /// While draining: stop the running shards at the deadline; exit once none is held (every final message was
+    /// acknowledged) or the grace period after the deadline has passed.
+    private mutating func checkDrain(now: ContinuousClock.Instant, into out: inout [Action]) {
+        guard let start = drainStarted, !hasExited else { return }
+        if now - start >= configuration.drainTimeout && !drainStopSent {
+            drainStopSent = true
+            for ref in order { out.append(.stopShard(ref, reason: "worker drained")) }
+        }
+        if shards.isEmpty || now - start >= configuration.drainTimeout + configuration.drainGrace {
+            if isConnected { out.append(.send(.disconnect(Disconnect(reason: "drained")))) }
+            exit(into: &out)
+        }
+    }
+
+    private mutating func tick(now: ContinuousClock.Instant, into out: inout [Action]) {
+        checkDrain(now: now, into: &out)
+        if hasExited { return }
+        switch connection {
+        case .connected:
+            if let h = lastHeard, now - h > configuration.heartbeatInterval * configuration.liveness {
+                return loseConnection(now: now, reason: "coordinator silent; reconnecting", into: &out)
+            }
+            if let s = lastHeartbeatSent, now - s >= configuration.heartbeatInterval { sendHeartbeat(now: now, into: &out) }
+        case .backingOff(let until):
+            if now >= until { connect(now: now, into: &out) }
+        case .idle, .exited:
+            break
+        }
+    }
+
+    private mutating func sendHeartbeat(now: ContinuousClock.Instant, into out: inout [Action]) {
+        lastHeartbeatSent = now
+        let progress = order.map { ShardProgress(ref: $0, step: shards[$0]!.step, total: shards[$0]!.totalSteps) }
+        out.append(.send(.heartbeat(Heartbeat(credits: UInt16(min(credits, Int(UInt16.max))), progress: progress))))
+    }
+
+    // MARK: Inbound
+
+    private mutating func receive(_ message: Message, now: ContinuousClock.Instant, into out: inout [Action]) {
+        switch message {
+        case .heartbeat:
+            break
+        case .dispatch(let d):
+            dispatch(d, into: &out)
+        case .ack(let a):
+            ack(a, into: &out)
+        case .cancel(let c):
+            if shards[c.ref] != nil {
+                shards[c.ref]!.cancelled = true
+                out.append(.log("shard cancelled by coordinator", ["shard": "\(c.ref)", "reason": c.reason]))
+                out.append(.stopShard(c.ref, reason: c.reason))
+            } else {
+                // SPEC §6.2: always answer, so the coordinator's slot accounting converges.
+                out.append(.send(.shardFailed(ShardFailed(ref: c.ref, reason: "cancelled: \(c.reason)", retryable: true))))
+            }
+        case .fetchReply(let r):
+            if case .fetch(let ref, _)? = waiters.removeValue(forKey: r.requestID) { out.append(.deliverFetch(ref, r)) }
+        case .reply(let r):
+            if case .request(let ref, _)? = waiters.removeValue(forKey: r.requestID) { out.append(.deliverReply(ref, r)) }
+        case .disconnect(let d):
+            // The coordinator does not know us (it restarted): register again on a fresh connection.
+            loseConnection(now: now, reason: "coordinator asked to re-register: \(d.reason)", into: &out)
+        case .error(let e) where e.code == WireStatus.notReady:
+            // The coordinator does not know us (it restarted or declared us lost): READY again, then replay.
+            out.append(.log("coordinator asked to re-register", [:]))
+            register(now: now, into: &out)
+        case .error(let e):
+            out.append(.log("coordinator reported an error", ["code": "\(e.code)", "message": e.message]))
+        case .ready, .metrics, .chunk, .shardDone, .shardFailed, .fetch, .request:
+            out.append(.log("unexpected message from coordinator", ["type": "\(message.type)"]))
+        }
+    }
+
+    private mutating func dispatch(_ d: Dispatch, into out: inout [Action]) {
+        guard shards[d.ref] == nil else { return }  // duplicate delivery
+        guard credits > 0 else {
+            let reason = drainStarted != nil ? "worker draining" : "no free slot"
+            out.append(.send(.shardFailed(ShardFailed(ref: d.ref, reason: reason, retryable: true))))
+            return
+        }
+        shards[d.ref] = Shard(ref: d.ref, totalSteps: d.totalSteps, step: d.resume?.step ?? 0)
+        order.append(d.ref)
+        out.append(.startShard(d))
+    }
+
+    private mutating func ack(_ a: Ack, into out: inout [Action]) {
+        guard var s = shards[a.ref] else { return }
+        switch a.kind {
+        case .metrics:
+            s.unackedMetrics[a.sequence] = nil
+            shards[a.ref] = s
+            if !a.accepted { fence(a.ref, into: &out) }
+        case .chunk:
+            guard let i = s.transfers.firstIndex(where: { $0.id == a.sequence }) else { return }
+            if !a.accepted {
+                if s.fenced || s.cancelled { return }
+                // Rejected (checksum, size): a shard whose output cannot be stored fails, retryably.
+                s.transferFailed = "coordinator rejected blob transfer \(a.sequence)"
+                shards[a.ref] = s
+                return flush(a.ref, into: &out)
+            }
+            var t = s.transfers[i]
+            t.acked = max(t.acked, a.offset)
+            if t.acked < t.sent && a.offset == 0 {  // the coordinator lost the transfer: restart it
+                t.sent = 0
+                t.finalSent = false
+            }
+            if t.acked >= t.size && t.finalSent { t.complete = true }
+            s.transfers[i] = t
+            shards[a.ref] = s
+        case .done, .failed:
+            shards[a.ref] = nil
+            order.removeAll { $0 == a.ref }
+            waiters = waiters.filter { $0.value.ref != a.ref }
+            out.append(.log("shard finished", ["shard": "\(a.ref)", "accepted": "\(a.accepted)"]))
+            out.append(.forget(a.ref))
+            return
+        }
+        flush(a.ref, into: &out)
+    }
+
+    /// The coordinator says this attempt is no longer current: stop computing and forget its output.
+    private mutating func fence(_ ref: ShardRef, into out: inout [Action]) {
+        guard shards[ref] != nil, !shards[ref]!.fenced else { return }
+        shards[ref]!.fenced = true
+        out.append(.stopShard(ref, reason: "fenced: attempt superseded"))
+    }
+
+    // MARK: Outbound
+
+    private mutating func computed(_ ref: ShardRef, _ output: ComputeOutput, into out: inout [Action]) {
+        guard var s = shards[ref] else { return }
+        s.step = max(s.step, output.step)
+        var points = output.points[...]
+        while !points.isEmpty {
+            let batch = MetricsBatch(ref: ref, sequence: s.nextSequence, points: Array(points.prefix(configuration.metricsBatchSize)))
+            points = points.dropFirst(configuration.metricsBatchSize)
+            s.nextSequence += 1
+            s.unackedMetrics[batch.sequence] = batch
+            s.unsentMetrics.append(batch.sequence)
+        }
+        for blob in output.blobs {
+            s.transfers.append(Transfer(id: nextTransferID, blob: blob))
+            nextTransferID += 1
+        }
+        if let o = output.outcome { s.outcome = o }
+        shards[ref] = s
+        if let f = output.fetch {
+            let fetch = Fetch(requestID: nextRequestID, sha256: f.sha256, offset: f.offset, length: f.length)
+            waiters[nextRequestID] = .fetch(ref, fetch)
+            nextRequestID += 1
+            if isConnected { out.append(.send(.fetch(fetch))) }
+        }
+        if let r = output.request {
+            let request = ClientRequest(requestID: nextRequestID, method: r.method, body: r.body)
+            waiters[nextRequestID] = .request(ref, request)
+            nextRequestID += 1
+            if isConnected { out.append(.send(.request(request))) }
+        }
+        flush(ref, into: &out)
+    }
+
+    /// Sends what the shard may send now: new metric batches, chunks within each transfer's window, and its final
+    /// message once everything before it is acknowledged (durable).
+    private mutating func flush(_ ref: ShardRef, into out: inout [Action]) {
+        guard var s = shards[ref] else { return }
+        if s.fenced {
+            // Nothing this attempt produces counts any more; once the computation has stopped, forget it.
+            if s.outcome != nil {
+                shards[ref] = nil
+                order.removeAll { $0 == ref }
+                waiters = waiters.filter { $0.value.ref != ref }
+                out.append(.forget(ref))
+            }
+            return
+        }
+        guard isConnected else { return }
+        for seq in s.unsentMetrics {
+            if let b = s.unackedMetrics[seq] { out.append(.send(.metrics(b))) }
+        }
+        s.unsentMetrics.removeAll()
+        let window = UInt64(configuration.chunkSize * configuration.chunkWindow)
+        for i in s.transfers.indices where !s.transfers[i].complete {
+            var t = s.transfers[i]
+            while !t.finalSent && t.sent - min(t.sent, t.acked) < window {
+                let end = min(t.size, t.sent + UInt64(configuration.chunkSize))
+                let isLast = end == t.size
+                out.append(
+                    .send(
+                        .chunk(
+                            BlobChunk(
+                                ref: ref, transferID: t.id, kind: t.blob.kind, step: t.blob.step, offset: t.sent,
+                                totalSize: t.size, isLast: isLast, sha256: isLast ? t.blob.sha256 : "",
+                                data: Array(t.blob.bytes[Int(t.sent)..<Int(end)])
+                            )
+                        )
+                    )
+                )
+                t.sent = end
+                if isLast { t.finalSent = true }
+            }
+            s.transfers[i] = t
+        }
+        // A checkpoint or samples blob is done with once stored; the result's checksum goes into SHARD_DONE.
+        s.transfers.removeAll { $0.complete && $0.blob.kind != .result }
+        if !s.outcomeSent, let outcome = s.outcome {
+            if let reason = s.transferFailed {
+                out.append(.send(.shardFailed(ShardFailed(ref: ref, reason: reason, retryable: true))))
+                s.outcomeSent = true
+            } else if s.unackedMetrics.isEmpty && s.transfers.allSatisfy(\.complete) {
+                switch outcome {
+                case .done(let summary):
+                    let sha = s.transfers.first(where: { $0.blob.kind == .result })?.blob.sha256 ?? ""
+                    out.append(.send(.shardDone(ShardDone(ref: ref, summary: summary, resultSHA256: sha))))
+                case .failed(let reason, let retryable):
+                    out.append(.send(.shardFailed(ShardFailed(ref: ref, reason: reason, retryable: retryable))))
+                }
+                s.outcomeSent = true
+            }
+        }
+        shards[ref] = s
+    }
+}
+
+extension WorkerStateMachine.Shard {
+    /// After a reconnect: every unacknowledged batch is unsent again, transfers restart from 0 (the coordinator
+    /// keeps no partial transfer across sessions), and the final message goes again once its turn comes.
+    mutating func resetForReplay() {
+        unsentMetrics = unackedMetrics.keys.sorted()
+        for i in transfers.indices where !transfers[i].complete {
+            transfers[i].sent = 0
+            transfers[i].acked = 0
+            transfers[i].finalSent = false
+        }
+        outcomeSent = false
+    }
+}
+
+extension WorkerStateMachine.Waiter {
+    var ref: ShardRef {
+        switch self {
+        case .fetch(let r, _), .request(let r, _): r
+        }
+    }
+}

@@ -1,0 +1,304 @@
+// The worker's rules (protocol/SPEC.md §6), step by step on the pure state machine: no sockets, no threads, time
+// moved by hand. Each test feeds events and checks the exact actions.
+
+import TesseraModel
+import TesseraProtocol
+import TesseraWorkerCore
+import Testing
+
+typealias WSM = WorkerStateMachine
+
+struct WorkerHarness {
+    var machine: WSM
+    var now = ContinuousClock.now
+
+    init(slots: Int = 2, configure: (inout WSM.Configuration) -> Void = { _ in }) {
+        var c = WSM.Configuration(name: "w1", host: "h1", slots: slots, capabilities: ["rl/noop"])
+        c.chunkSize = 4
+        c.chunkWindow = 2
+        c.metricsBatchSize = 3
+        configure(&c)
+        machine = WSM(configuration: c)
+    }
+
+    mutating func feed(_ e: WSM.Event) -> [WSM.Action] { machine.handle(e, now: now) }
+    mutating func receive(_ m: Message) -> [WSM.Action] { feed(.received(m)) }
+    mutating func advance(_ d: Duration) -> [WSM.Action] {
+        now += d
+        return feed(.tick)
+    }
+
+    /// Started, connected, holding `refs` (dispatched in order).
+    static func running(_ refs: [ShardRef], slots: Int = 2, configure: (inout WSM.Configuration) -> Void = { _ in }) -> WorkerHarness {
+        var h = WorkerHarness(slots: slots, configure: configure)
+        _ = h.feed(.start)
+        for r in refs { _ = h.receive(.dispatch(dispatch(r))) }
+        return h
+    }
+}
+
+func dispatch(_ r: ShardRef, steps: Int64 = 10) -> Dispatch {
+    Dispatch(ref: r, kind: "rl", algorithm: "noop", seed: 1, spec: Array("{}".utf8), slice: Array("{}".utf8), totalSteps: steps)
+}
+
+func wref(_ shard: Int32, attempt: Int32 = 1) -> ShardRef { ShardRef(jobID: 3, shardIndex: shard, attempt: attempt) }
+
+func sent(_ actions: [WSM.Action]) -> [Message] {
+    actions.compactMap { if case .send(let m) = $0 { m } else { nil } }
+}
+
+func points(_ n: Int) -> [MetricPoint] { (0..<n).map { MetricPoint(name: "loss", step: Int64($0), value: Double($0)) } }
+
+func metricBatches(_ actions: [WSM.Action]) -> [MetricsBatch] {
+    sent(actions).compactMap { if case .metrics(let b) = $0 { b } else { nil } }
+}
+
+func chunks(_ actions: [WSM.Action]) -> [BlobChunk] {
+    sent(actions).compactMap { if case .chunk(let c) = $0 { c } else { nil } }
+}
+
+func finals(_ actions: [WSM.Action]) -> [Message] {
+    sent(actions).filter {
+        switch $0 {
+        case .shardDone, .shardFailed: true
+        default: false
+        }
+    }
+}
+
+let sha = String(repeating: "ab", count: 32)
+
+@Suite("Worker state machine (SPEC §6)")
+struct WorkerStateMachineTests {
+    @Test("Start: connect, then READY with slots and capabilities")
+    func start() {
+        var h = WorkerHarness(slots: 4)
+        let a = h.feed(.start)
+        #expect(a == [.connect, .send(.ready(Ready(workerName: "w1", host: "h1", slots: 4, capabilities: ["rl/noop"], running: [])))])
+        #expect(h.machine.isConnected && h.machine.credits == 4)
+    }
+
+    @Test("DISPATCH: starts a shard per free slot; over the slots it is refused retryably; a duplicate is ignored")
+    func dispatchAndCredits() {
+        var h = WorkerHarness(slots: 1)
+        _ = h.feed(.start)
+        #expect(h.receive(.dispatch(dispatch(wref(0)))) == [.startShard(dispatch(wref(0)))])
+        #expect(h.machine.credits == 0)
+        #expect(h.receive(.dispatch(dispatch(wref(0)))) == [])
+        #expect(
+            h.receive(.dispatch(dispatch(wref(1))))
+                == [.send(.shardFailed(ShardFailed(ref: wref(1), reason: "no free slot", retryable: true)))])
+    }
+
+    @Test("METRICS: batched by size from sequence 0; DONE only once every batch is acknowledged; ACK done forgets")
+    func metricsThenDone() {
+        var h = WorkerHarness.running([wref(0)])
+        let a = h.feed(.computed(wref(0), WSM.ComputeOutput(step: 7, points: points(7), outcome: .done(summary: Array("{}".utf8)))))
+        let batches = metricBatches(a)
+        #expect(batches.map(\.sequence) == [0, 1, 2])
+        #expect(batches.map(\.points.count) == [3, 3, 1])
+        #expect(batches.flatMap(\.points) == points(7))
+        #expect(finals(a).isEmpty, "DONE must wait for the metric ACKs")
+        #expect(finals(h.receive(.ack(Ack(ref: wref(0), kind: .metrics, sequence: 0)))).isEmpty)
+        #expect(finals(h.receive(.ack(Ack(ref: wref(0), kind: .metrics, sequence: 2)))).isEmpty)
+        let done = h.receive(.ack(Ack(ref: wref(0), kind: .metrics, sequence: 1)))
+        #expect(finals(done) == [.shardDone(ShardDone(ref: wref(0), summary: Array("{}".utf8), resultSHA256: ""))])
+        // Another ACK must not send DONE twice.
+        #expect(finals(h.receive(.ack(Ack(ref: wref(0), kind: .metrics, sequence: 1)))).isEmpty)
+        let forget = h.receive(.ack(Ack(ref: wref(0), kind: .done)))
+        #expect(forget.contains(.forget(wref(0))))
+        #expect(h.machine.runningShards.isEmpty && h.machine.credits == 2)
+    }
+
+    @Test("CHUNK: a window of chunks in flight, more as ACKs come; the result's sha256 goes into DONE")
+    func chunkWindow() {
+        var h = WorkerHarness.running([wref(0)])
+        let bytes: [UInt8] = Array(0..<11)
+        let blob = WSM.Blob(kind: .result, step: 10, bytes: bytes, sha256: sha)
+        let a = h.feed(.computed(wref(0), WSM.ComputeOutput(step: 10, blobs: [blob], outcome: .done(summary: [0x7b, 0x7d]))))
+        // Window: 2 chunks × 4 bytes unacknowledged.
+        #expect(chunks(a).map(\.offset) == [0, 4])
+        #expect(chunks(a).allSatisfy { $0.sha256.isEmpty && !$0.isLast && $0.totalSize == 11 && $0.transferID == 1 })
+        let b = h.receive(.ack(Ack(ref: wref(0), kind: .chunk, sequence: 1, offset: 4)))
+        #expect(chunks(b).map(\.offset) == [8])
+        #expect(chunks(b).first?.isLast == true && chunks(b).first?.sha256 == sha && chunks(b).first?.data == [8, 9, 10])
+        #expect(finals(b).isEmpty)
+        #expect(finals(h.receive(.ack(Ack(ref: wref(0), kind: .chunk, sequence: 1, offset: 8)))).isEmpty)
+        let c = h.receive(.ack(Ack(ref: wref(0), kind: .chunk, sequence: 1, offset: 11)))
+        #expect(finals(c) == [.shardDone(ShardDone(ref: wref(0), summary: [0x7b, 0x7d], resultSHA256: sha))])
+    }
+
+    @Test("CHUNK: an empty blob is one final chunk; an ACK at offset 0 after progress restarts the transfer")
+    func emptyBlobAndRestart() {
+        var h = WorkerHarness.running([wref(0)])
+        let empty = h.feed(.computed(wref(0), WSM.ComputeOutput(step: 1, blobs: [WSM.Blob(kind: .checkpoint, step: 1, bytes: [], sha256: sha)])))
+        #expect(chunks(empty).count == 1 && chunks(empty)[0].isLast && chunks(empty)[0].data.isEmpty)
+        let big = h.feed(.computed(wref(0), WSM.ComputeOutput(step: 2, blobs: [WSM.Blob(kind: .checkpoint, step: 2, bytes: Array(0..<9), sha256: sha)])))
+        #expect(chunks(big).map(\.offset) == [0, 4])
+        // The coordinator lost the transfer (e.g. it restarted): ACK at 0; the worker starts over from 0.
+        let again = h.receive(.ack(Ack(ref: wref(0), kind: .chunk, sequence: 2, offset: 0)))
+        #expect(chunks(again).map(\.offset) == [0, 4])
+    }
+
+    @Test("A rejected transfer fails the shard retryably once its computation ends")
+    func rejectedTransfer() {
+        var h = WorkerHarness.running([wref(0)])
+        _ = h.feed(.computed(wref(0), WSM.ComputeOutput(step: 1, blobs: [WSM.Blob(kind: .checkpoint, step: 1, bytes: [1, 2], sha256: sha)])))
+        #expect(finals(h.receive(.ack(Ack(ref: wref(0), kind: .chunk, sequence: 1, accepted: false)))).isEmpty)
+        let a = h.feed(.computed(wref(0), WSM.ComputeOutput(step: 3, outcome: .done(summary: []))))
+        #expect(finals(a) == [.shardFailed(ShardFailed(ref: wref(0), reason: "coordinator rejected blob transfer 1", retryable: true))])
+    }
+
+    @Test("Fencing: a refused METRICS ACK stops the shard; its output is dropped and nothing final is sent")
+    func fencedByRefusedAck() {
+        var h = WorkerHarness.running([wref(0)])
+        _ = h.feed(.computed(wref(0), WSM.ComputeOutput(step: 1, points: points(2))))
+        let a = h.receive(.ack(Ack(ref: wref(0), kind: .metrics, sequence: 0, accepted: false)))
+        #expect(a == [.stopShard(wref(0), reason: "fenced: attempt superseded")])
+        let more = h.feed(.computed(wref(0), WSM.ComputeOutput(step: 2, points: points(5))))
+        #expect(sent(more).isEmpty)
+        let end = h.feed(.computed(wref(0), WSM.ComputeOutput(step: 2, outcome: .failed(reason: "fenced", retryable: true))))
+        #expect(end == [.forget(wref(0))])
+        #expect(h.machine.runningShards.isEmpty)
+    }
+
+    @Test("CANCEL: a held shard is stopped; an unknown one is answered with a retryable SHARD_FAILED")
+    func cancel() {
+        var h = WorkerHarness.running([wref(0)])
+        let a = h.receive(.cancel(Cancel(ref: wref(0), reason: "job cancelled")))
+        #expect(a.contains(.stopShard(wref(0), reason: "job cancelled")))
+        #expect(
+            h.receive(.cancel(Cancel(ref: wref(5), reason: "superseded")))
+                == [.send(.shardFailed(ShardFailed(ref: wref(5), reason: "cancelled: superseded", retryable: true)))])
+        // A cancelled shard that then fails is reported (the coordinator ACKs it and frees the slot).
+        let f = h.feed(.computed(wref(0), WSM.ComputeOutput(step: 1, outcome: .failed(reason: "job cancelled", retryable: true))))
+        #expect(finals(f) == [.shardFailed(ShardFailed(ref: wref(0), reason: "job cancelled", retryable: true))])
+    }
+
+    @Test("Heartbeats: every interval, with free credits and each shard's progress")
+    func heartbeats() {
+        var h = WorkerHarness.running([wref(0)])
+        _ = h.feed(.computed(wref(0), WSM.ComputeOutput(step: 4)))
+        #expect(sent(h.advance(.milliseconds(999))).isEmpty)
+        _ = h.receive(.heartbeat(Heartbeat()))
+        #expect(
+            sent(h.advance(.milliseconds(1)))
+                == [.heartbeat(Heartbeat(credits: 1, progress: [ShardProgress(ref: wref(0), step: 4, total: 10)]))])
+        #expect(h.machine.nextDeadline() == h.now + .seconds(1))
+    }
+
+    @Test("Paranoid Pirate: silence past liveness disconnects; reconnect after the backoff, which doubles and resets")
+    func reconnectBackoff() {
+        var h = WorkerHarness.running([])
+        #expect(h.advance(.milliseconds(3000)).contains(.connect) == false)
+        let lost = h.advance(.milliseconds(1))
+        #expect(lost.contains(.disconnect) && !h.machine.isConnected)
+        #expect(h.advance(.milliseconds(999)).isEmpty)
+        let back = h.advance(.milliseconds(1))
+        #expect(back.first == .connect)
+        #expect(sent(back).first.map { if case .ready = $0 { true } else { false } } == true)
+        // Silent again: this time the backoff is 2 s.
+        _ = h.advance(.milliseconds(3001))
+        #expect(!h.machine.isConnected && h.machine.currentReconnectDelay == .seconds(4))
+        #expect(h.advance(.milliseconds(1999)).isEmpty)
+        #expect(h.advance(.milliseconds(1)).first == .connect)
+        // A frame resets the backoff.
+        _ = h.receive(.heartbeat(Heartbeat()))
+        #expect(h.machine.currentReconnectDelay == .seconds(1))
+    }
+
+    @Test("Replay: after a reconnect READY lists held shards, unacknowledged batches and transfers go again from 0")
+    func replayAfterReconnect() {
+        var h = WorkerHarness.running([wref(0)])
+        _ = h.feed(.computed(wref(0), WSM.ComputeOutput(step: 3, points: points(4), blobs: [WSM.Blob(kind: .result, step: 10, bytes: Array(0..<6), sha256: sha)])))
+        _ = h.receive(.ack(Ack(ref: wref(0), kind: .metrics, sequence: 0)))
+        _ = h.receive(.ack(Ack(ref: wref(0), kind: .chunk, sequence: 1, offset: 4)))
+        _ = h.advance(.milliseconds(3001))  // lost
+        // Output while disconnected is kept, not sent.
+        let offline = h.feed(.computed(wref(0), WSM.ComputeOutput(step: 5, points: points(1), outcome: .done(summary: []))))
+        #expect(sent(offline).isEmpty)
+        let back = h.advance(.seconds(1))
+        #expect(back.first == .connect)
+        #expect(sent(back).first == .ready(Ready(workerName: "w1", host: "h1", slots: 2, capabilities: ["rl/noop"], running: [wref(0)])))
+        #expect(metricBatches(back).map(\.sequence) == [1, 2], "batch 0 was acknowledged; 1 and 2 are replayed")
+        #expect(chunks(back).map(\.offset) == [0, 4], "the transfer restarts from 0")
+        #expect(finals(back).isEmpty)
+    }
+
+    @Test("ERROR notReady: READY again on the same connection and replay; DISCONNECT: reconnect after the backoff")
+    func reRegister() {
+        var h = WorkerHarness.running([wref(0)])
+        _ = h.feed(.computed(wref(0), WSM.ComputeOutput(step: 1, points: points(1))))
+        let a = h.receive(.error(ErrorMessage(code: WireStatus.notReady, message: "register first")))
+        #expect(!a.contains(.connect))
+        #expect(sent(a).first.map { if case .ready = $0 { true } else { false } } == true)
+        #expect(metricBatches(a).map(\.sequence) == [0])
+        let d = h.receive(.disconnect(Disconnect(reason: "unknown worker")))
+        #expect(d.contains(.disconnect) && !h.machine.isConnected)
+        #expect(h.advance(.seconds(1)).first == .connect)
+    }
+
+    @Test("FETCH and REQUEST: sent with fresh ids, replies delivered to the asking shard, re-asked after a reconnect")
+    func fetchesAndRequests() {
+        var h = WorkerHarness.running([wref(0), wref(1)])
+        var ask = WSM.ComputeOutput(step: 0)
+        ask.fetch = (sha, 0, 1024)
+        let a = h.feed(.computed(wref(1), ask))
+        #expect(sent(a) == [.fetch(Fetch(requestID: 1, sha256: sha, offset: 0, length: 1024))])
+        var req = WSM.ComputeOutput(step: 0)
+        req.request = ("blob.info", [1])
+        #expect(sent(h.feed(.computed(wref(0), req))) == [.request(ClientRequest(requestID: 2, method: "blob.info", body: [1]))])
+        let reply = FetchReply(requestID: 1, sha256: sha, offset: 0, totalSize: 3, data: [1, 2, 3])
+        #expect(h.receive(.fetchReply(reply)) == [.deliverFetch(wref(1), reply)])
+        #expect(h.receive(.fetchReply(reply)) == [], "a reply is delivered once")
+        // The request is still open across a reconnect: it is asked again.
+        _ = h.advance(.milliseconds(3001))
+        let back = h.advance(.seconds(1))
+        #expect(sent(back).contains(.request(ClientRequest(requestID: 2, method: "blob.info", body: [1]))))
+        let r = ClientReply(requestID: 2, status: 0, body: [])
+        #expect(h.receive(.reply(r)) == [.deliverReply(wref(0), r)])
+    }
+
+    @Test("Drain: credits 0 at once, new DISPATCH refused, shards stopped at the deadline, DISCONNECT once all are acknowledged")
+    func drain() {
+        var h = WorkerHarness.running([wref(0)], configure: {
+            $0.drainTimeout = .seconds(5)
+            $0.liveness = 100
+        })
+        let a = h.feed(.drainRequested)
+        #expect(sent(a) == [.heartbeat(Heartbeat(credits: 0, progress: [ShardProgress(ref: wref(0), step: 0, total: 10)]))])
+        #expect(
+            h.receive(.dispatch(dispatch(wref(1))))
+                == [.send(.shardFailed(ShardFailed(ref: wref(1), reason: "worker draining", retryable: true)))])
+        _ = h.receive(.heartbeat(Heartbeat()))
+        let deadline = h.advance(.seconds(5))
+        #expect(deadline.contains(.stopShard(wref(0), reason: "worker drained")))
+        #expect(!h.machine.hasExited)
+        _ = h.feed(.computed(wref(0), WSM.ComputeOutput(step: 2, outcome: .failed(reason: "worker drained", retryable: true))))
+        let end = h.receive(.ack(Ack(ref: wref(0), kind: .failed)))
+        #expect(end.suffix(2) == [.send(.disconnect(Disconnect(reason: "drained"))), .exit])
+        #expect(h.machine.hasExited)
+        #expect(h.feed(.tick).isEmpty, "nothing happens after exit")
+    }
+
+    @Test("Drain: with nothing running the worker exits at once; with a stuck shard it exits after the grace period")
+    func drainBounds() {
+        var idle = WorkerHarness.running([])
+        #expect(idle.feed(.drainRequested).suffix(2) == [.send(.disconnect(Disconnect(reason: "drained"))), .exit])
+        var stuck = WorkerHarness.running([wref(0)], configure: {
+            $0.drainTimeout = .seconds(2)
+            $0.drainGrace = .seconds(3)
+            $0.liveness = 100
+        })
+        _ = stuck.feed(.drainRequested)
+        #expect(!stuck.advance(.milliseconds(4999)).contains(.exit))
+        #expect(stuck.advance(.milliseconds(1)).contains(.exit))
+    }
+
+    @Test("Stop: exits at once")
+    func stop() {
+        var h = WorkerHarness.running([wref(0)])
+        #expect(h.feed(.stopRequested) == [.exit])
+        #expect(h.machine.hasExited)
+    }
+}
