@@ -30,7 +30,7 @@ public struct StoredBlob: Sendable, Hashable {
 }
 
 
-public final class PostgresJobStore: @unchecked Sendable {
+public final class PostgresJobStore: JobStore, @unchecked Sendable {
     // @unchecked: owns one PGConnection and is used from one thread at a time (the coordinator loop).
     public let db: PGConnection
     public var leaseSeconds: Double
@@ -39,6 +39,9 @@ public final class PostgresJobStore: @unchecked Sendable {
         self.db = db
         self.leaseSeconds = leaseSeconds
     }
+
+    /// `JobStore`: a transaction, or a savepoint inside the caller's.
+    public func transaction<T>(_ body: () throws -> T) throws -> T { try db.transaction(body) }
 
     /// Runs `body` in a transaction, or inside the caller's when one is open (the writer's group commit runs a
     /// whole batch in one; nesting would cost a SAVEPOINT round trip per call).
@@ -396,7 +399,8 @@ public final class PostgresJobStore: @unchecked Sendable {
     }
 
     /// Many SHARD_DONEs in one statement: each shard succeeded (fenced on attempt and sender), its event, and the
-    /// jobs' succeeded counters, which say when a job is complete without counting its shards. Per item, in order:
+    /// jobs' succeeded counters, which say when a job is complete without counting its shards. A summary that is not
+    /// JSON is stored as `{}`. Per item, in order:
     /// whether it was accepted and whether its job is now complete. A repeated item is accepted once.
     public func completeShards(
         _ items: [(ref: ShardRef, workerID: Int64, summary: String, resultSHA256: String?)]
@@ -423,20 +427,28 @@ public final class PostgresJobStore: @unchecked Sendable {
                 WHERE j.id = c.job_id
                 RETURNING j.id, j.shards_succeeded = j.shard_count AS complete
             )
-            SELECT d.job_id, d.idx, d.attempt, c.complete FROM done d JOIN counted c ON c.id = d.job_id
+            SELECT d.job_id, d.idx, d.attempt, d.worker_id, c.complete FROM done d JOIN counted c ON c.id = d.job_id
             """,
             [
                 .text(PGArray.ints(items.map(\.ref.jobID))), .text(PGArray.ints(items.map { Int64($0.ref.shardIndex) })),
                 .text(PGArray.ints(items.map { Int64($0.ref.attempt) })), .text(PGArray.ints(items.map(\.workerID))),
-                .text(PGArray.texts(items.map(\.summary))), .text(PGArray.texts(items.map { $0.resultSHA256 ?? "" })),
+                .text(PGArray.texts(items.map { Self.storableSummary($0.summary) })),
+                .text(PGArray.texts(items.map { $0.resultSHA256 ?? "" })),
             ]
         )
-        var done: [ShardRef: Bool] = [:]
-        for i in 0..<r.rowCount { done[ShardRef(r, i)] = r.bool(i, "complete") == true }
+        // Keyed by sender too: of a foreign and the holder's DONE for one attempt, only the holder's was applied.
+        var done: [Lease: Bool] = [:]
+        for i in 0..<r.rowCount { done[Lease(ref: ShardRef(r, i), workerID: r.int(i, "worker_id")!)] = r.bool(i, "complete") == true }
         return items.map { item in
-            guard let complete = done.removeValue(forKey: item.ref) else { return (false, false) }
+            guard let complete = done.removeValue(forKey: Lease(ref: item.ref, workerID: item.workerID)) else { return (false, false) }
             return (true, complete)
         }
+    }
+
+    /// A summary as stored: canonical JSON, or `{}` when it is not JSON (protocol/SPEC.md §12.1; the merge then says
+    /// what is missing).
+    static func storableSummary(_ text: String) -> String {
+        ((try? JSONValue.parse(Array(text.utf8))) ?? .object([:])).render()
     }
 
     /// Fenced like `completeShard`: only the leaseholder `workerID` may report its attempt failed.
