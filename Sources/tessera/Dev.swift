@@ -4,7 +4,8 @@ import ArgumentParser
 import Foundation
 import LibPQ
 import Logging
-import Synchronization
+import ServiceLifecycle
+import UnixSignals
 import TesseraCoordinator
 import TesseraStore
 import TesseraWorkloads
@@ -106,12 +107,12 @@ final class EmbeddedPostgres {
     }
 }
 
-struct Dev: ParsableCommand {
+struct Dev: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "All-in-one: a throwaway PostgreSQL cluster, the coordinator and N workers on this machine.",
         discussion: """
-            Prints the coordinator endpoint, then runs until Ctrl-C (or SIGTERM), which stops the workers, the
-            coordinator and PostgreSQL. Without --data-dir everything lives in a temporary directory that is deleted
+            Prints the coordinator endpoint, then runs until Ctrl-C (or SIGTERM), which drains the workers (up to
+            40 s), then stops the coordinator and PostgreSQL. Without --data-dir everything lives in a temporary directory that is deleted
             on exit; with --data-dir, the database and checkpoints are kept there for the next run.
             """
     )
@@ -131,8 +132,8 @@ struct Dev: ParsableCommand {
         guard (1...64).contains(slots) else { throw ValidationError("--slots must be between 1 and 64") }
     }
 
-    func run() throws {
-        try runCLI {
+    func run() async throws {
+        try await runCLI {
             let logger = log.bootstrap(label: "tessera.dev")
             try checkBindIsSafe(bind, keysDir: nil)
             let temporary = dataDir == nil
@@ -165,58 +166,87 @@ struct Dev: ParsableCommand {
             var config = CoordinatorConfiguration(bind: bind, databaseURL: pg.url, dataDir: "\(base)/data")
             config.heartbeatInterval = 1.0
             let coordinator = Coordinator(config: config, catalogue: Workloads.catalogue, logger: Logger(label: "tessera.coordinator"))
-            let failure = Mutex<String?>(nil)
-            let done = DispatchSemaphore(value: 0)
-            let thread = Thread {
-                do { try coordinator.runBlocking() } catch { failure.withLock { $0 = "\(error)" } }
-                done.signal()
-            }
-            thread.name = "tessera-coordinator"
-            thread.start()
-            while coordinator.boundEndpoint == nil, failure.withLock({ $0 }) == nil {
-                Thread.sleep(forTimeInterval: 0.02)
-            }
-            if let f = failure.withLock({ $0 }) { throw CLIError("coordinator failed: \(f)") }
-            let endpoint = coordinator.boundEndpoint!
-
-            let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
-            var children: [Process] = []
-            for i in 0..<workers {
-                let p = Process()
-                p.executableURL = URL(fileURLWithPath: exe)
-                p.arguments = [
-                    "worker", "--coordinator", endpoint, "--slots", String(slots), "--name", "dev-worker-\(i + 1)",
-                    "--log-level", log.logLevel,
-                ]
-                try p.run()
-                children.append(p)
-            }
-            printOut("tessera dev: coordinator at \(endpoint), \(workers) worker(s) × \(slots) slot(s), database \(pg.url)")
-            printOut(
-                durable
-                    ? "  postgres: durable (fsync=on, synchronous_commit=on: PostgreSQL's defaults)"
-                    : "  postgres: NOT durable (fsync=off, synchronous_commit=off; --durable for PostgreSQL's defaults)")
-            printOut("  try: tessera submit examples/sampling-ddim-ring.yaml --coordinator \(endpoint)")
-            printOut("  stop: Ctrl-C")
-
-            let stopping = Atomic<Bool>(false)
-            let relay = SignalRelay(graceful: { stopping.store(true, ordering: .relaxed) }, force: { Foundation.exit(1) })
-            while !stopping.load(ordering: .relaxed), failure.withLock({ $0 }) == nil {
-                Thread.sleep(forTimeInterval: 0.1)
-                for (i, c) in children.enumerated() where !c.isRunning {
-                    logger.warning("worker exited", metadata: ["worker": "dev-worker-\(i + 1)", "status": "\(c.terminationStatus)"])
-                }
-                children.removeAll { !$0.isRunning }
-            }
-            _ = relay
-            printErr("tessera dev: stopping")
-            for c in children where c.isRunning { kill(c.processIdentifier, SIGTERM) }
-            let deadline = Date().addingTimeInterval(40)
-            while children.contains(where: \.isRunning), Date() < deadline { Thread.sleep(forTimeInterval: 0.05) }
-            for c in children where c.isRunning { kill(c.processIdentifier, SIGKILL) }
-            coordinator.requestStop()
-            done.wait()
-            if let f = failure.withLock({ $0 }) { throw CLIError("coordinator failed: \(f)") }
+            let databaseURL = pg.url
+            let workerProcesses = DevWorkers(
+                coordinator: coordinator, count: workers, slots: slots, logLevel: log.logLevel, logger: logger,
+                banner: { endpoint in
+                    printOut("tessera dev: coordinator at \(endpoint), \(workers) worker(s) × \(slots) slot(s), database \(databaseURL)")
+                    printOut(
+                        durable
+                            ? "  postgres: durable (fsync=on, synchronous_commit=on: PostgreSQL's defaults)"
+                            : "  postgres: NOT durable (fsync=off, synchronous_commit=off; --durable for PostgreSQL's defaults)")
+                    printOut("  try: tessera submit examples/sampling-ddim-ring.yaml --coordinator \(endpoint)")
+                    printOut("  stop: Ctrl-C")
+                })
+            // One ServiceGroup: SIGTERM/SIGINT shut the services down in reverse order, so the workers drain (their
+            // last messages still reach the coordinator) before the coordinator stops; PostgreSQL stops last (defer).
+            let group = ServiceGroup(configuration: ServiceGroupConfiguration(
+                services: [.init(service: coordinator), .init(service: workerProcesses)],
+                gracefulShutdownSignals: [.sigterm, .sigint], cancellationSignals: [], logger: logger
+            ).withMaximumShutdown(seconds: 60))
+            try await group.run()
         }
+    }
+}
+
+/// The dev cluster's worker processes as a service: started once the coordinator listens, watched while they run,
+/// drained (SIGTERM, then SIGKILL after 40 s) on graceful shutdown.
+final class DevWorkers: Service, @unchecked Sendable {
+    // @unchecked: `children` is touched only by `run()`.
+    let coordinator: Coordinator
+    let count: Int
+    let slots: Int
+    let logLevel: String
+    let logger: Logger
+    let banner: @Sendable (String) -> Void
+    private var children: [Process] = []
+
+    init(
+        coordinator: Coordinator, count: Int, slots: Int, logLevel: String, logger: Logger,
+        banner: @escaping @Sendable (String) -> Void
+    ) {
+        self.coordinator = coordinator
+        self.count = count
+        self.slots = slots
+        self.logLevel = logLevel
+        self.logger = logger
+        self.banner = banner
+    }
+
+    func run() async throws {
+        var endpoint: String?
+        while endpoint == nil {
+            if Task.isShuttingDownGracefully { return }
+            try await Task.sleep(for: .milliseconds(20))
+            endpoint = coordinator.boundEndpoint
+        }
+        let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
+        for i in 0..<count {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: exe)
+            p.arguments = [
+                "worker", "--coordinator", endpoint!, "--slots", String(slots), "--name", "dev-worker-\(i + 1)",
+                "--log-level", logLevel,
+            ]
+            try p.run()
+            children.append(p)
+        }
+        banner(endpoint!)
+        defer { stopChildren() }
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            try? await Task.sleep(for: .milliseconds(100))
+            for (i, c) in children.enumerated() where !c.isRunning {
+                logger.warning("worker exited", metadata: ["worker": "dev-worker-\(i + 1)", "status": "\(c.terminationStatus)"])
+            }
+            children.removeAll { !$0.isRunning }
+        }
+        printErr("tessera dev: stopping")
+    }
+
+    private func stopChildren() {
+        for c in children where c.isRunning { kill(c.processIdentifier, SIGTERM) }
+        let deadline = Date().addingTimeInterval(40)
+        while children.contains(where: \.isRunning), Date() < deadline { Thread.sleep(forTimeInterval: 0.05) }
+        for c in children where c.isRunning { kill(c.processIdentifier, SIGKILL) }
     }
 }

@@ -89,26 +89,6 @@ func checkBindIsSafe(_ endpoint: String, keysDir: String?) throws {
     )
 }
 
-/// Forwards SIGTERM/SIGINT to a handler (first signal: graceful; second: `force`).
-final class SignalRelay: @unchecked Sendable {
-    private var sources: [any DispatchSourceSignal] = []
-    private let queue = DispatchQueue(label: "tessera.signals")
-    private var count = 0
-
-    init(graceful: @escaping @Sendable () -> Void, force: @escaping @Sendable () -> Void) {
-        for sig in [SIGTERM, SIGINT] {
-            signal(sig, SIG_IGN)
-            let s = DispatchSource.makeSignalSource(signal: sig, queue: queue)
-            s.setEventHandler { [unowned self] in
-                self.count += 1
-                if self.count == 1 { graceful() } else { force() }
-            }
-            s.resume()
-            sources.append(s)
-        }
-    }
-}
-
 struct CoordinatorCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "coordinator",
