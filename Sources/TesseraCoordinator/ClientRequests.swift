@@ -52,18 +52,28 @@ final class ReadPool: @unchecked Sendable {
             threads.append(ServiceThread(name: "tessera-reader-\(i)") { [self] in
                 var store: PostgresJobStore?
                 while let (peer, message) = queue.pop() {
-                    do {
-                        if store == nil { store = try connect() }
-                        serve(message, from: peer, store: store!)
-                    } catch {
-                        // No connection: say so (503), and try a fresh one for the next request.
-                        if case .request(let r) = message {
-                            reply(peer, r, status: WireStatus.unavailable, ["error": .string("database unavailable: \(error)")])
+                    var retried = false
+                    while true {
+                        do {
+                            if store == nil { store = try connect() }
+                            // A connection that died since the last request (the database restarted) is noticed
+                            // only by this request: a read is tried once more on a fresh connection.
+                            let again = serve(message, from: peer, store: store!, mayRetry: !retried)
+                            if let s = store, !s.db.isOpen {
+                                s.db.close()
+                                store = nil
+                            }
+                            if again {
+                                retried = true
+                                continue
+                            }
+                        } catch {
+                            // No connection: say so (503), and try a fresh one for the next request.
+                            if case .request(let r) = message {
+                                reply(peer, r, status: WireStatus.unavailable, ["error": .string("database unavailable: \(error)")])
+                            }
                         }
-                    }
-                    if let s = store, !s.db.isOpen {
-                        s.db.close()
-                        store = nil
+                        break
                     }
                 }
                 store?.db.close()
@@ -78,11 +88,18 @@ final class ReadPool: @unchecked Sendable {
         for t in threads { t.join() }
     }
 
-    private func serve(_ message: Message, from peer: [UInt8], store: PostgresJobStore) {
+    /// Methods that write: never retried after a lost connection (the COMMIT may have happened).
+    static let writingMethods: Set<String> = ["submit", "cancel"]
+
+    /// Serves one message; true when it should be served again on a fresh connection (nothing was replied).
+    private func serve(_ message: Message, from peer: [UInt8], store: PostgresJobStore, mayRetry: Bool) -> Bool {
         switch message {
         case .request(let r):
             do {
                 try request(r, from: peer, store: store)
+            } catch where mayRetry && !store.db.isOpen && !Self.writingMethods.contains(r.method) {
+                logger.info("database connection lost; retrying the read on a new one", metadata: ["method": "\(r.method)"])
+                return true
             } catch {
                 logger.error("request failed", metadata: ["method": "\(r.method)", "error": "\(error)"])
                 reply(peer, r, status: WireStatus.internalError, ["error": .string("\(error)")])
@@ -99,6 +116,7 @@ final class ReadPool: @unchecked Sendable {
         default:
             break
         }
+        return false
     }
 
     private func reply(_ peer: [UInt8], _ r: ClientRequest, status: UInt16 = 0, _ body: JSONObject, blob: [UInt8] = []) {
