@@ -2,7 +2,9 @@
 // (ops/bench dispatch starts them on a durable PostgreSQL and runs the peers in the same invocation).
 //  - throughput: one noop job of --shards shards, from the submit request to the job observed succeeded;
 //  - latency: --latency-jobs single-shard noop jobs one after another, each from submit to observed succeeded,
-//    with this in-process client polling `result` every 0.1 ms (a poll costs one round trip to a read thread).
+//    with this in-process client polling `result` every 0.1 ms (a poll costs one round trip to a read thread);
+//  - metric streaming: one noop job of --stream-shards shards (one per slot) each emitting --stream-points points as
+//    fast as it can, from submit to succeeded: every point durably committed before its shard's DONE is accepted.
 // Prints a JSON document on stdout.
 
 import ArgumentParser
@@ -19,6 +21,8 @@ struct DispatchBench: ParsableCommand {
     @Option(help: "Shards of the throughput job.") var shards: Int = 20_000
     @Option(help: "Single-shard jobs for the latency figure.") var latencyJobs: Int = 1_000
     @Option(help: "Metric points each throughput shard emits (0: none).") var metrics: Int = 0
+    @Option(help: "Shards of the metric-streaming job (0: skip that phase).") var streamShards: Int = 8
+    @Option(help: "Metric points each streaming shard emits.") var streamPoints: Int = 250_000
     @Option(help: "Give up after this many seconds per phase.") var timeout: Double = 300
 
     func run() throws {
@@ -34,7 +38,12 @@ struct DispatchBench: ParsableCommand {
         func quantile(_ q: Double) -> Double { latencies[min(latencies.count - 1, Int(q * Double(latencies.count)))] }
 
         let seconds = try client.runJob(shards: shards, metrics: metrics, timeout: timeout)
+        var streamSeconds = 0.0
+        if streamShards > 0 { streamSeconds = try client.runJob(shards: streamShards, metrics: streamPoints, timeout: timeout) }
         let out: JSONObject = [
+            "stream_shards": .int(streamShards), "stream_points": .int(streamShards * streamPoints),
+            "stream_seconds": .number(streamSeconds),
+            "stream_points_per_s": .number(streamSeconds > 0 ? Double(streamShards * streamPoints) / streamSeconds : 0),
             "shards": .int(shards), "throughput_seconds": .number(seconds),
             "throughput_shards_per_s": .number(Double(shards) / seconds),
             "metric_points_per_s": .number(Double(shards * metrics) / seconds),
