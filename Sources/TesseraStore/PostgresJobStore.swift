@@ -296,7 +296,8 @@ public final class PostgresJobStore: JobStore, @unchecked Sendable {
                     ]
                 )
                 // The latest value per (shard, name) of this commit, merged into each shard's last_metrics in one
-                // statement. Non-finite values are kept as strings ("nan", "inf"), JSON having no spelling for them.
+                // statement. Non-finite values are kept as strings spelled as PostgreSQL spells a float8 in JSON ("NaN",
+                // "Infinity", "-Infinity"), so `status` and `metrics` agree (JSON has no spelling for them).
                 var lj: [Int64] = [], li: [Int64] = [], la: [Int64] = [], ln: [String] = [], lv: [String] = []
                 for (key, byName) in latest {
                     for (name, (step, value)) in byName {
@@ -304,7 +305,7 @@ public final class PostgresJobStore: JobStore, @unchecked Sendable {
                         li.append(Int64(key.shardIndex))
                         la.append(Int64(key.attempt))
                         ln.append(name)
-                        let v: JSONValue = value.isFinite ? .number(value) : .string("\(value)")
+                        let v: JSONValue = value.isFinite ? .number(value) : .string(Self.nonFiniteSpelling(value))
                         lv.append(JSONValue.object(["step": .number(Double(step)), "value": v]).render())
                     }
                 }
@@ -443,6 +444,12 @@ public final class PostgresJobStore: JobStore, @unchecked Sendable {
             guard let complete = done.removeValue(forKey: Lease(ref: item.ref, workerID: item.workerID)) else { return (false, false) }
             return (true, complete)
         }
+    }
+
+    /// How a non-finite metric value is written in JSON replies, the same as PostgreSQL's `float8` text, which the
+    /// `metrics` reply uses: "NaN" (sign and payload dropped), "Infinity", "-Infinity" (protocol/SPEC.md §7).
+    static func nonFiniteSpelling(_ v: Double) -> String {
+        v.isNaN ? "NaN" : v > 0 ? "Infinity" : "-Infinity"
     }
 
     /// A summary as stored: canonical JSON, or `{}` when it is not JSON (protocol/SPEC.md §12.1; the merge then says
