@@ -160,7 +160,9 @@ final class StoreWriter: @unchecked Sendable {
                 let json = (try? JSONValue.parse(Array(summary.utf8))) ?? .object([:])
                 return (ref, w, json.render(), sha)
             }
-            return try store.completeShards(items).map { .shardCompleted(accepted: $0.accepted, jobComplete: $0.jobComplete) }
+            return try store.completeShards(items).map {
+                .shardCompleted(accepted: $0.accepted, jobComplete: $0.jobComplete, releasedDependents: $0.released > 0)
+            }
         case .renew:
             return try indices.map { i in
                 guard case .renewLeases(let renewals) = batch[i] else { preconditionFailure() }
