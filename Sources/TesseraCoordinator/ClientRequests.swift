@@ -1,4 +1,4 @@
-// Client requests (protocol/SPEC.md §7) and FETCH, served by a small pool of threads with their own PostgreSQL
+// Client requests (protocol/SPEC.md §7; workers send `blob.info` and `shard.inputs` too) and FETCH, served by a small pool of threads with their own PostgreSQL
 // connections, so `status` of a big job or a long `metrics` read never delays heartbeats, dispatch or the writer.
 // Each reply is capped at the frame limits by the transport (205 tooLarge otherwise); every list is paged.
 
@@ -234,6 +234,31 @@ final class ReadPool: @unchecked Sendable {
                     "job \(id) shard \(shard) has no \(kinds.joined(separator: " or "))\(step.map { " at step \($0)" } ?? "")"),
                 "available": try JSONValue.parse(have),
             ])
+
+        case "shard.inputs":
+            // A worker about to run a shard with dependencies (its slice names them, SPEC §11.2) reads their outputs:
+            // summaries here, result blobs by FETCH of the sha256s.
+            guard let id = jobID() else { return bad("'job' must be a positive job id") }
+            guard let shard = body["shard"]?.intValue, shard >= 0, shard <= Int(Int32.max) else {
+                return bad("'shard' must be a shard index")
+            }
+            guard let inputs = try store.shardInputs(jobID: id, shard: Int32(shard)) else {
+                return notFound("job \(id) has no shard \(shard)")
+            }
+            var list: [JSONValue] = []
+            for input in inputs {
+                // The claim leases a shard only once all its dependencies succeeded, and nothing leaves `succeeded`.
+                guard input.state == "succeeded", let summary = input.summary else {
+                    return reply(identity, r, status: WireStatus.conflict, [
+                        "error": .string("shard \(input.shardIndex) of job \(id), which shard \(shard) depends on, is \(input.state), not succeeded")
+                    ])
+                }
+                list.append(.object([
+                    "shard": .int(Int(input.shardIndex)), "summary": try JSONValue.parse(summary),
+                    "result_sha256": .string(input.resultSHA256 ?? ""),
+                ]))
+            }
+            reply(identity, r, ["inputs": .array(list)])
 
         case "blob.read":
             guard let sha = body["sha256"]?.stringValue else { return bad("blob.read needs 'sha256'") }

@@ -53,7 +53,8 @@ public final class Coordinator: Service, @unchecked Sendable {
     // @unchecked: the transport state below is touched only by the thread in `runBlocking()`; `stopRequested` and
     // the endpoint are the cross-thread parts (an atomic and a Mutex).
 
-    public static let schemaVersion = 2
+    /// The migration (migrations/NNNN_*) this build's SQL is written for.
+    public static let schemaVersion = 3
 
     let config: CoordinatorConfiguration
     let catalogue: AlgorithmCatalogue

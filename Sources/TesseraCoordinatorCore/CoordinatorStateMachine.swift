@@ -382,9 +382,11 @@ public struct CoordinatorStateMachine: Sendable {
                 metricBatches += 1
                 if accepted { counters.metricPoints += points } else { counters.staleDropped += 1 }
                 out.append(.send(peer, .ack(Ack(ref: ref, kind: .metrics, sequence: sequence, accepted: accepted))))
-            case (.complete(let peer, let ref), .shardCompleted(let accepted, let jobComplete)):
+            case (.complete(let peer, let ref), .shardCompleted(let accepted, let jobComplete, let releasedDependents)):
                 if accepted { release(ref) } else { counters.staleDropped += 1 }
                 out.append(.send(peer, .ack(Ack(ref: ref, kind: .done, accepted: accepted))))
+                // Shards of the same job that waited on this one can run now: claim at once, not at the next tick.
+                if releasedDependents { claimable = true }
                 if jobComplete {
                     out.append(.merge(jobID: ref.jobID))
                     claimable = true  // jobs depending on it may now run

@@ -50,8 +50,9 @@ public enum StoreOutcome: Sendable, Equatable {
     /// Progress entries that are no longer that worker's current lease (to be told CANCEL).
     case leasesRenewed(stale: [Lease])
     case metricsIngested(accepted: Bool)
-    /// `accepted` false: fenced. `jobComplete`: every shard of the job has now succeeded.
-    case shardCompleted(accepted: Bool, jobComplete: Bool)
+    /// `accepted` false: fenced. `jobComplete`: every shard of the job has now succeeded. `releasedDependents`: a
+    /// shard that waited on this one has nothing left to wait for, so there is something new to claim.
+    case shardCompleted(accepted: Bool, jobComplete: Bool, releasedDependents: Bool = false)
     /// `stop`: the job's other leases, when the failure failed the job.
     case shardFailed(ShardFailureOutcome, stop: [Lease])
     case blobRegistered(accepted: Bool)

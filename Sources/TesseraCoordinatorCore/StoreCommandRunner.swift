@@ -68,7 +68,9 @@ public enum StoreCommandRunner {
                 guard case .completeShard(let w, let ref, let summary, let sha) = batch[i] else { preconditionFailure() }
                 return (ref, w, summary, sha)
             }
-            return try store.completeShards(items).map { .shardCompleted(accepted: $0.accepted, jobComplete: $0.jobComplete) }
+            return try store.completeShards(items).map {
+                .shardCompleted(accepted: $0.accepted, jobComplete: $0.jobComplete, releasedDependents: $0.released > 0)
+            }
         case .renew:
             return try indices.map { i in
                 guard case .renewLeases(let renewals) = batch[i] else { preconditionFailure() }

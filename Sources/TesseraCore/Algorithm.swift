@@ -14,10 +14,80 @@ public struct ShardSlice: Sendable, Hashable {
     public var slice: JSONValue
     /// Progress denominator (sampling steps, training steps, …).
     public var totalSteps: Int64
+    /// Indices of earlier shards of the same job this shard waits on: it is leased only once every one of them has
+    /// succeeded, and its task receives their outputs (`ShardTask.inputs`, in this order). Each index is below the
+    /// shard's own and appears once, so the dependencies of a plan can never form a cycle.
+    public var dependsOn: [Int]
 
-    public init(slice: JSONValue, totalSteps: Int64) {
+    public init(slice: JSONValue, totalSteps: Int64, dependsOn: [Int] = []) {
         self.slice = slice
         self.totalSteps = totalSteps
+        self.dependsOn = dependsOn
+    }
+
+    /// The key of the stored (and dispatched) slice object that carries `dependsOn` (protocol/SPEC.md §11.2). Reserved:
+    /// an algorithm's own slice must not use it.
+    public static let dependsOnKey = "depends_on"
+
+    /// The slice as stored and sent in DISPATCH: the algorithm's slice, plus `"depends_on": [indices]` when the shard
+    /// has dependencies (so the wire layout stays as it is, and shards without dependencies are unchanged).
+    public var stored: JSONValue {
+        guard !dependsOn.isEmpty, case .object(var o) = slice else { return slice }
+        o[Self.dependsOnKey] = .array(dependsOn.map { .int($0) })
+        return .object(o)
+    }
+
+    /// The inverse of `stored`: the algorithm's slice and the dependencies a stored slice names. A `depends_on` that
+    /// is not an array of non-negative integers is an error.
+    public init(stored: JSONValue, totalSteps: Int64) throws {
+        guard case .object(var o) = stored, let deps = o[Self.dependsOnKey] else {
+            self.init(slice: stored, totalSteps: totalSteps)
+            return
+        }
+        o[Self.dependsOnKey] = nil
+        guard let list = deps.arrayValue else { throw ShardError("slice: depends_on is not an array: \(deps.render())") }
+        var indices: [Int] = []
+        for d in list {
+            guard let i = d.intValue, i >= 0 else { throw ShardError("slice: depends_on holds \(d.render()), not a shard index") }
+            indices.append(i)
+        }
+        self.init(slice: .object(o), totalSteps: totalSteps, dependsOn: indices)
+    }
+
+    /// Why shard `index` of a plan cannot be stored, or nil: its dependencies must be earlier shards of the job, each
+    /// named once, and a shard with dependencies needs an object slice without the reserved key.
+    public func planError(index: Int) -> String? {
+        if slice.objectValue?[Self.dependsOnKey] != nil {
+            return "the slice of shard \(index) uses the reserved key '\(Self.dependsOnKey)'"
+        }
+        guard !dependsOn.isEmpty else { return nil }
+        guard slice.objectValue != nil else {
+            return "shard \(index) has dependencies but its slice is not an object: \(slice.render())"
+        }
+        var seen = Set<Int>()
+        for d in dependsOn {
+            guard d >= 0, d < index else {
+                return "shard \(index) depends on shard \(d), which is not an earlier shard of the job (0..<\(index))"
+            }
+            guard seen.insert(d).inserted else { return "shard \(index) depends on shard \(d) twice" }
+        }
+        return nil
+    }
+}
+
+/// The output of a shard this one depends on, as its task receives it.
+public struct ShardInput: Sendable, Hashable {
+    /// The dependency's shard index (one of the slice's `dependsOn`).
+    public var shardIndex: Int
+    /// Its stored summary.
+    public var summary: JSONValue
+    /// Its result blob's bytes, when it has one.
+    public var result: [UInt8]?
+
+    public init(shardIndex: Int, summary: JSONValue, result: [UInt8]?) {
+        self.shardIndex = shardIndex
+        self.summary = summary
+        self.result = result
     }
 }
 
@@ -30,14 +100,21 @@ public struct ShardTask: Sendable {
     public var totalSteps: Int64
     /// The checkpoint to resume from (its bytes), if the shard has one.
     public var resume: (step: Int64, bytes: [UInt8])?
+    /// The outputs of the shards this one depends on (`ShardSlice.dependsOn`), in that order; empty without
+    /// dependencies.
+    public var inputs: [ShardInput]
 
-    public init(spec: JobSpec, shardIndex: Int, attempt: Int, slice: JSONValue, totalSteps: Int64, resume: (step: Int64, bytes: [UInt8])?) {
+    public init(
+        spec: JobSpec, shardIndex: Int, attempt: Int, slice: JSONValue, totalSteps: Int64,
+        resume: (step: Int64, bytes: [UInt8])?, inputs: [ShardInput] = []
+    ) {
         self.spec = spec
         self.shardIndex = shardIndex
         self.attempt = attempt
         self.slice = slice
         self.totalSteps = totalSteps
         self.resume = resume
+        self.inputs = inputs
     }
 }
 
@@ -131,6 +208,11 @@ public struct AlgorithmCatalogue: Sendable {
         let algorithm = try resolve(spec)
         let slices = try algorithm.plan(spec)
         guard !slices.isEmpty else { throw spec.source.error("shards", "the plan produced no shards") }
+        for (i, slice) in slices.enumerated() {
+            if let problem = slice.planError(index: i) {
+                throw spec.source.error("shards", "\(spec.kind.rawValue)/\(spec.algorithm) planned an invalid job: \(problem)")
+            }
+        }
         return (algorithm, slices)
     }
 }

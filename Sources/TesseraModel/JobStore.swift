@@ -14,11 +14,11 @@ public protocol JobStore: AnyObject {
     func markWorker(_ id: Int64, state: String, reason: String) throws
     /// Per batch: accepted (current attempt, sent by its leaseholder) or not. Replayed steps overwrite.
     func ingestMetrics(_ batches: [(key: ShardRef, workerID: Int64, rows: [MetricPoint])]) throws -> [Bool]
-    /// Per item: accepted, and whether its job has now every shard succeeded. A summary that is not JSON is
-    /// stored as `{}`.
+    /// Per item: accepted, whether its job has now every shard succeeded, and how many shards that waited on it
+    /// became claimable. A summary that is not JSON is stored as `{}`.
     func completeShards(
         _ items: [(ref: ShardRef, workerID: Int64, summary: String, resultSHA256: String?)]
-    ) throws -> [(accepted: Bool, jobComplete: Bool)]
+    ) throws -> [(accepted: Bool, jobComplete: Bool, released: Int)]
     func failShard(_ key: ShardRef, workerID: Int64, reason: String, retryable: Bool) throws -> (ShardFailureOutcome, [Lease])
     func registerBlob(
         _ key: ShardRef, workerID: Int64, kind: String, step: Int64, sha256: String, size: Int64, path: String

@@ -1,4 +1,4 @@
-// Every SQL statement the coordinator runs (schema: migrations/0001_init.up.sql).
+// Every SQL statement the coordinator runs (schema: migrations/, 0001_init.up.sql and the changes after it).
 //
 // PostgreSQL is the only source of truth. All writes about a shard are fenced on (job, shard, attempt): a message
 // from a superseded attempt changes nothing and is reported back as not accepted. Values always travel as bind
@@ -29,6 +29,15 @@ public struct StoredBlob: Sendable, Hashable {
     public var path: String
 }
 
+/// One dependency of a shard, as `shardInputs` reads it.
+public struct StoredShardInput: Sendable, Hashable {
+    public var shardIndex: Int32
+    /// The dependency's state; its summary is final only when it is `succeeded`.
+    public var state: String
+    public var summary: String?
+    /// The sha256 of its registered result blob, or nil when it has none.
+    public var resultSHA256: String?
+}
 
 public final class PostgresJobStore: JobStore, @unchecked Sendable {
     // @unchecked: owns one PGConnection and is used from one thread at a time (the coordinator loop).
@@ -69,17 +78,30 @@ public final class PostgresJobStore: JobStore, @unchecked Sendable {
                 ]
             )
             guard let id = r.int(0, "id") else { throw StoreError("insert into tessera_jobs returned no id") }
+            // A shard with dependencies stores them in its slice too (`depends_on`, SPEC §11.2: the worker learns
+            // them from its DISPATCH) and waits on all of them.
             try db.execute(
                 """
-                INSERT INTO tessera_shards (job_id, idx, slice, total_steps, priority)
-                SELECT $1, s.idx - 1, s.slice::jsonb, s.total, $4
-                FROM unnest($2::text[], $3::bigint[]) WITH ORDINALITY AS s(slice, total, idx)
+                INSERT INTO tessera_shards (job_id, idx, slice, total_steps, priority, waiting_on)
+                SELECT $1, s.idx - 1, s.slice::jsonb, s.total, $4, s.waiting
+                FROM unnest($2::text[], $3::bigint[], $5::int[]) WITH ORDINALITY AS s(slice, total, waiting, idx)
                 """,
                 [
-                    .int(id), .text(PGArray.texts(slices.map { $0.slice.render() })),
+                    .int(id), .text(PGArray.texts(slices.map { $0.stored.render() })),
                     .text(PGArray.ints(slices.map(\.totalSteps))), .int(Int64(spec.priority)),
+                    .text(PGArray.ints(slices.map { Int64($0.dependsOn.count) })),
                 ]
             )
+            let edges = slices.enumerated().flatMap { i, s in s.dependsOn.map { (Int64(i), Int64($0)) } }
+            if !edges.isEmpty {
+                try db.execute(
+                    """
+                    INSERT INTO tessera_shard_dependencies (job_id, shard_idx, depends_on)
+                    SELECT $1, e.idx, e.dep FROM unnest($2::int[], $3::int[]) AS e(idx, dep)
+                    """,
+                    [.int(id), .text(PGArray.ints(edges.map(\.0))), .text(PGArray.ints(edges.map(\.1)))]
+                )
+            }
             try event(job: id, actor: "client", kind: "job.submitted", detail: ["shards": .int(slices.count)])
             return id
         }
@@ -103,9 +125,10 @@ public final class PostgresJobStore: JobStore, @unchecked Sendable {
     }
 
     /// Leases up to `limit` queued shards to a worker: highest priority first, then oldest job, then shard order,
-    /// skipping rows other coordinators hold (`FOR UPDATE SKIP LOCKED`). Only algorithms the worker can run, and
-    /// only jobs whose dependencies have succeeded. Each lease starts a new attempt. One statement: the leases,
-    /// their `shard.leased` events and the jobs' move to `running`.
+    /// skipping rows other coordinators hold (`FOR UPDATE SKIP LOCKED`). Only algorithms the worker can run, only
+    /// jobs whose dependencies have succeeded, and only shards waiting on no other shard (`waiting_on = 0`, which
+    /// the queued index requires, so waiting shards cost the claim nothing). Each lease starts a new attempt. One
+    /// statement: the leases, their `shard.leased` events and the jobs' move to `running`.
     public func claimShards(workerID: Int64, limit: Int, capabilities: [String]) throws -> [ClaimedShard] {
         guard limit > 0 else { return [] }
         let r = try db.execute(
@@ -114,7 +137,7 @@ public final class PostgresJobStore: JobStore, @unchecked Sendable {
                 SELECT s.job_id, s.idx
                 FROM tessera_shards s
                 JOIN tessera_jobs j ON j.id = s.job_id
-                WHERE s.state = 'queued'
+                WHERE s.state = 'queued' AND s.waiting_on = 0
                   AND j.state IN ('queued', 'running')
                   AND (j.kind::text || '/' || j.algorithm) = ANY($3::text[])
                   AND NOT EXISTS (
@@ -399,13 +422,14 @@ public final class PostgresJobStore: JobStore, @unchecked Sendable {
         return r.accepted ? r.jobComplete : nil
     }
 
-    /// Many SHARD_DONEs in one statement: each shard succeeded (fenced on attempt and sender), its event, and the
-    /// jobs' succeeded counters, which say when a job is complete without counting its shards. A summary that is not
-    /// JSON is stored as `{}`. Per item, in order:
-    /// whether it was accepted and whether its job is now complete. A repeated item is accepted once.
+    /// Many SHARD_DONEs in one statement: each shard succeeded (fenced on attempt and sender), its event, the
+    /// jobs' succeeded counters, which say when a job is complete without counting its shards, and the waiting counts
+    /// of the shards that depend on them (through the dependency index: the cost is the shard's dependents, not the
+    /// job's size). A summary that is not JSON is stored as `{}`. Per item, in order: whether it was accepted, whether its job is now complete, and how many of
+    /// its dependents this statement left with nothing to wait for (now claimable). A repeated item is accepted once.
     public func completeShards(
         _ items: [(ref: ShardRef, workerID: Int64, summary: String, resultSHA256: String?)]
-    ) throws -> [(accepted: Bool, jobComplete: Bool)] {
+    ) throws -> [(accepted: Bool, jobComplete: Bool, released: Int)] {
         guard !items.isEmpty else { return [] }
         let r = try db.execute(
             """
@@ -427,8 +451,21 @@ public final class PostgresJobStore: JobStore, @unchecked Sendable {
                 FROM (SELECT job_id, count(*) AS n FROM done GROUP BY job_id) c
                 WHERE j.id = c.job_id
                 RETURNING j.id, j.shards_succeeded = j.shard_count AS complete
+            ), released AS (
+                -- A shard in `done` was leased, so it waited on nothing: it is never one of the dependents updated
+                -- here (each row is changed by one part of the statement only).
+                UPDATE tessera_shards s SET waiting_on = s.waiting_on - w.n, updated_at = now()
+                FROM (SELECT dep.job_id, dep.shard_idx, count(*) AS n
+                      FROM done JOIN tessera_shard_dependencies dep ON dep.job_id = done.job_id AND dep.depends_on = done.idx
+                      GROUP BY dep.job_id, dep.shard_idx) w
+                WHERE s.job_id = w.job_id AND s.idx = w.shard_idx
+                RETURNING s.job_id, s.idx, s.waiting_on = 0 AS ready
             )
-            SELECT d.job_id, d.idx, d.attempt, d.worker_id, c.complete FROM done d JOIN counted c ON c.id = d.job_id
+            SELECT d.job_id, d.idx, d.attempt, d.worker_id, c.complete,
+                   (SELECT count(*) FROM released r
+                    JOIN tessera_shard_dependencies dep ON dep.job_id = r.job_id AND dep.shard_idx = r.idx
+                    WHERE r.ready AND r.job_id = d.job_id AND dep.depends_on = d.idx) AS released
+            FROM done d JOIN counted c ON c.id = d.job_id
             """,
             [
                 .text(PGArray.ints(items.map(\.ref.jobID))), .text(PGArray.ints(items.map { Int64($0.ref.shardIndex) })),
@@ -438,11 +475,15 @@ public final class PostgresJobStore: JobStore, @unchecked Sendable {
             ]
         )
         // Keyed by sender too: of a foreign and the holder's DONE for one attempt, only the holder's was applied.
-        var done: [Lease: Bool] = [:]
-        for i in 0..<r.rowCount { done[Lease(ref: ShardRef(r, i), workerID: r.int(i, "worker_id")!)] = r.bool(i, "complete") == true }
+        var done: [Lease: (Bool, Int)] = [:]
+        for i in 0..<r.rowCount {
+            done[Lease(ref: ShardRef(r, i), workerID: r.int(i, "worker_id")!)] = (r.bool(i, "complete") == true, Int(r.int(i, "released") ?? 0))
+        }
         return items.map { item in
-            guard let complete = done.removeValue(forKey: Lease(ref: item.ref, workerID: item.workerID)) else { return (false, false) }
-            return (true, complete)
+            guard let (complete, released) = done.removeValue(forKey: Lease(ref: item.ref, workerID: item.workerID)) else {
+                return (false, false, 0)
+            }
+            return (true, complete, released)
         }
     }
 
@@ -557,6 +598,33 @@ public final class PostgresJobStore: JobStore, @unchecked Sendable {
         return (j[0, "spec"]!, shards)
     }
 
+    /// What shard `shard` of a job receives from the shards it depends on (the `shard.inputs` request), in
+    /// dependency order; nil when the shard does not exist. A dependency's `resultSHA256` is the result blob the
+    /// merge would read: set only when a `result` blob with the stored sha256 is registered for that shard.
+    public func shardInputs(jobID: Int64, shard: Int32) throws -> [StoredShardInput]? {
+        let r = try db.execute(
+            """
+            SELECT d.depends_on, s.state::text AS state, s.summary::text AS summary, c.sha256
+            FROM tessera_shards t
+            LEFT JOIN tessera_shard_dependencies d ON d.job_id = t.job_id AND d.shard_idx = t.idx
+            LEFT JOIN tessera_shards s ON s.job_id = d.job_id AND s.idx = d.depends_on
+            LEFT JOIN LATERAL (
+                SELECT sha256 FROM tessera_checkpoints c
+                WHERE c.job_id = s.job_id AND c.shard_idx = s.idx AND c.kind = 'result' AND c.sha256 = s.result_sha256
+                LIMIT 1) c ON true
+            WHERE t.job_id = $1 AND t.idx = $2
+            ORDER BY d.depends_on
+            """,
+            [.int(jobID), .int(Int64(shard))]
+        )
+        guard r.rowCount > 0 else { return nil }
+        return (0..<r.rowCount).compactMap { i in
+            guard let dep = r.int(i, "depends_on") else { return nil }  // the shard has no dependencies
+            return StoredShardInput(
+                shardIndex: Int32(dep), state: r[i, "state"]!, summary: r[i, "summary"], resultSHA256: r[i, "sha256"])
+        }
+    }
+
     /// Stores the merged result and marks the job succeeded.
     public func finishJob(_ id: Int64, result: String) throws {
         try atomically {
@@ -607,7 +675,7 @@ public final class PostgresJobStore: JobStore, @unchecked Sendable {
             SET state = 'leased', worker_id = $4, lease_expires_at = now() + make_interval(secs => $5), updated_at = now()
             FROM unnest($1::bigint[], $2::int[], $3::int[]) AS k(job_id, idx, attempt)
             WHERE s.job_id = k.job_id AND s.idx = k.idx AND s.attempt = k.attempt
-              AND (s.state = 'leased' OR (s.state = 'queued'))
+              AND (s.state = 'leased' OR (s.state = 'queued' AND s.waiting_on = 0))
               AND EXISTS (SELECT 1 FROM tessera_jobs j WHERE j.id = s.job_id AND j.state IN ('queued', 'running'))
             RETURNING s.job_id, s.idx, s.attempt
             """,

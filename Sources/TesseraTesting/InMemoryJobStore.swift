@@ -2,7 +2,7 @@
 // PostgreSQL store's rules outcome for outcome — fencing on attempt and sender, attempts, retries, claims in
 // priority / job / shard order, requeues that consume no attempt — and Tests/TesseraStoreTests/JobStoreContractTests
 // runs the same scenarios against both to keep it so. Time comes from `now` (a test moves it by hand).
-// Not covered: job-level `depends_on`, events, the metrics' `last_metrics` roll-up and blob files.
+// Not covered: job-level `depends_on`, shard dependencies (every shard is claimable at once; `released` is 0), events, the metrics' `last_metrics` roll-up and blob files.
 
 import TesseraModel
 
@@ -171,7 +171,7 @@ public final class InMemoryJobStore: JobStore, @unchecked Sendable {
 
     public func completeShards(
         _ items: [(ref: ShardRef, workerID: Int64, summary: String, resultSHA256: String?)]
-    ) throws -> [(accepted: Bool, jobComplete: Bool)] {
+    ) throws -> [(accepted: Bool, jobComplete: Bool, released: Int)] {
         var accepted: [Bool] = []
         for item in items {
             guard isCurrent(item.ref, workerID: item.workerID) else {
@@ -191,8 +191,8 @@ public final class InMemoryJobStore: JobStore, @unchecked Sendable {
         }
         // Like the single statement: completeness is read after every item of the call is counted.
         return zip(items, accepted).map { item, ok in
-            guard ok, let j = s.jobs[item.ref.jobID] else { return (false, false) }
-            return (true, j.succeeded == j.shardCount)
+            guard ok, let j = s.jobs[item.ref.jobID] else { return (false, false, 0) }
+            return (true, j.succeeded == j.shardCount, 0)
         }
     }
 

@@ -1,7 +1,8 @@
 // The bridge between one compute thread and the worker's loop thread.
 //
-// The compute thread calls the `ShardSink` methods (metric, progress, blob, fetchBlob, shouldStop); they only
-// touch a mutex-protected outbox, so compute never blocks on the network. The loop thread drains the outbox on
+// The compute thread calls the `ShardSink` methods (metric, progress, blob, fetchBlob, shouldStop) and, before a
+// shard with dependencies runs, `fetchInputs` (ShardInputs.swift); they only touch a mutex-protected outbox, so
+// compute never blocks on the network. The loop thread drains the outbox on
 // every iteration; anything a compute thread puts in an empty outbox wakes the loop through `wakeup`, so a shard's
 // output leaves at once instead of at the next poll. Back-pressure: when the outbox holds too much (the coordinator
 // is away), producers wait.
@@ -184,12 +185,12 @@ final class ShardChannel: ShardSink, @unchecked Sendable {
         return bytes
     }
 
-    func fetchJobBlob(jobID: Int64, shard: Int, kind: ShardBlobKind, step: Int64?) throws -> (step: Int64, sha256: String, bytes: [UInt8]) {
-        var body: JSONObject = ["job": .number(Double(jobID)), "shard": .int(shard), "kind": .string(kind.rawValue)]
-        if let step { body["step"] = .number(Double(step)) }
+    /// Sends a REQUEST on the shard's behalf and waits (up to 120 s, like FETCH) for its REPLY. `what` names the
+    /// request in the timeout error, which is an infrastructure failure (`FetchFailure`: the shard is re-queued).
+    func request(_ method: String, body: JSONObject, what: String) throws -> ClientReply {
         post {
             $0.reply = nil
-            $0.out.request = ("blob.info", JSONValue.object(body).utf8Bytes)
+            $0.out.request = (method, JSONValue.object(body).utf8Bytes)
         }
         let deadline = Date().addingTimeInterval(120)
         var reply: ClientReply?
@@ -201,7 +202,14 @@ final class ShardChannel: ShardSink, @unchecked Sendable {
         }
         condition.unlock()
         if shouldStop { throw ShardStopped() }
-        guard let r = reply else { throw FetchFailure("timed out asking for job \(jobID)'s \(kind.rawValue)") }
+        guard let r = reply else { throw FetchFailure("timed out asking for \(what)") }
+        return r
+    }
+
+    func fetchJobBlob(jobID: Int64, shard: Int, kind: ShardBlobKind, step: Int64?) throws -> (step: Int64, sha256: String, bytes: [UInt8]) {
+        var body: JSONObject = ["job": .number(Double(jobID)), "shard": .int(shard), "kind": .string(kind.rawValue)]
+        if let step { body["step"] = .number(Double(step)) }
+        let r = try request("blob.info", body: body, what: "job \(jobID)'s \(kind.rawValue)")
         let info = (try? JSONValue.parse(r.body)) ?? .null
         guard r.status == 0, let sha = info["sha256"]?.stringValue, let s = info["step"]?.intValue else {
             // Not retryable by waiting: the other job has no such blob.
@@ -235,9 +243,13 @@ final class ShardChannel: ShardSink, @unchecked Sendable {
                 resume = (r.step, try fetchBlob(sha256: r.sha256))
                 progress(step: r.step)
             }
+            // A slice naming dependencies (`depends_on`, SPEC §11.2) gets their outputs; the algorithm sees its own
+            // slice, without the reserved key.
+            let slice = try ShardSlice(stored: try JSONValue.parse(d.slice), totalSteps: d.totalSteps)
             let task = ShardTask(
                 spec: spec, shardIndex: Int(d.ref.shardIndex), attempt: Int(d.ref.attempt),
-                slice: try JSONValue.parse(d.slice), totalSteps: d.totalSteps, resume: resume
+                slice: slice.slice, totalSteps: d.totalSteps, resume: resume,
+                inputs: try fetchInputs(of: d.ref, dependsOn: slice.dependsOn)
             )
             let output = try algorithm.run(task, sink: self)
             if let result = output.result {

@@ -6,8 +6,15 @@
 //   sleep_ms      0     milliseconds the shard waits before finishing (checking for cancellation every 10 ms)
 //   metrics       0     metric points the shard emits: `noop/value` at steps 1...metrics, value = step + index/1e6
 //   result_bytes  0     size of the shard's result blob (at most 64 MiB, the blob limit): byte k of shard i is (k + 31 i) mod 251, verified by merge
+//   rounds        1     R: the S shards form R rounds of W = S / R (R must divide S); every shard of round r > 0 depends on
+//                       every shard of round r − 1 (ShardSlice.dependsOn), so it runs only once they all succeeded
 // Slice: {"index": i}. Summary: {"index": i, "metrics": n, "result_bytes": b}. Merged result:
 // {"shards": S, "metric_points": total, "result_bytes": total, "results_verified": S}.
+// With rounds > 1 each shard also checks its inputs (the shards of the previous round, in order, their result bytes
+// when result_bytes > 0) and its summary adds "round": r and "value": 1 + the sum of its inputs' values (1 in round 0),
+// so every shard of round r has value v(r) = 1 + W·v(r − 1). The merged result adds "rounds": R and "round_values":
+// [v(0), …, v(R − 1)], the value all shards of a round agree on (the merge fails if they do not). With rounds = 1
+// plan, summaries and result are those of a noop without the key.
 
 import TesseraCore
 
@@ -28,22 +35,40 @@ public struct Noop: Algorithm {
         var sleepMilliseconds: Int
         var metrics: Int
         var resultBytes: Int
+        var rounds: Int
+        /// Shards per round.
+        var width: Int
 
         init(_ spec: JobSpec) throws {
             let p = spec.paramsReader
-            try p.rejectUnknown(["sleep_ms", "metrics", "result_bytes"])
+            try p.rejectUnknown(["sleep_ms", "metrics", "result_bytes", "rounds"])
             sleepMilliseconds = try p.int("sleep_ms", default: 0, range: 0...3_600_000)
             metrics = try p.int("metrics", default: 0, range: 0...10_000_000)
             // A result travels as one blob, and blobs are capped at 64 MiB (protocol/SPEC.md §3): a larger one could
             // never be stored, and the shard would be handed back forever.
             resultBytes = try p.int("result_bytes", default: 0, range: 0...(64 << 20))
+            rounds = try p.int("rounds", default: 1, range: 1...max(1, spec.shards))
+            guard spec.shards % rounds == 0 else {
+                throw p.error("rounds", "\(rounds) rounds do not divide the job's \(spec.shards) shards")
+            }
+            width = spec.shards / rounds
+        }
+
+        func round(of index: Int) -> Int { index / width }
+
+        /// The shards shard `index` depends on: every shard of the round before its own.
+        func dependencies(of index: Int) -> [Int] {
+            let r = round(of: index)
+            return r == 0 ? [] : Array((r - 1) * width..<r * width)
         }
     }
 
     public func plan(_ spec: JobSpec) throws -> [ShardSlice] {
         let params = try Params(spec)
         return (0..<spec.shards).map {
-            ShardSlice(slice: .object(["index": .int($0)]), totalSteps: Int64(max(params.metrics, 1)))
+            ShardSlice(
+                slice: .object(["index": .int($0)]), totalSteps: Int64(max(params.metrics, 1)),
+                dependsOn: params.dependencies(of: $0))
         }
     }
 
@@ -53,6 +78,12 @@ public struct Noop: Algorithm {
     public func run(_ task: ShardTask, sink: any ShardSink) throws -> ShardOutput {
         let params = try Params(task.spec)
         let index = task.slice.objectValue?["index"]?.intValue ?? task.shardIndex
+        // The plan's slice has no other key; the worker removes the reserved `depends_on` (SPEC §11.2).
+        if let extra = task.slice.objectValue?.keys.first(where: { $0 != "index" }) {
+            throw ShardError("noop: unknown slice key '\(extra)' in \(task.slice.render())")
+        }
+        // Checked before any work, so a shard given the wrong inputs fails at once.
+        let value = try Self.value(index: index, inputs: task.inputs, params: params)
         for step in 0..<params.metrics {
             if step % 4096 == 0, sink.shouldStop { throw ShardStopped() }
             sink.metric("noop/value", step: Int64(step + 1), value: Double(step + 1) + Double(index) / 1e6)
@@ -67,19 +98,59 @@ public struct Noop: Algorithm {
         sink.progress(step: Int64(max(params.metrics, 1)))
         let result: [UInt8]? =
             params.resultBytes > 0 ? (0..<params.resultBytes).map { Self.resultByte(index: index, at: $0) } : nil
-        return ShardOutput(
-            summary: .object([
-                "index": .int(index), "metrics": .int(params.metrics), "result_bytes": .int(params.resultBytes),
-            ]),
-            result: result)
+        var summary: JSONObject = [
+            "index": .int(index), "metrics": .int(params.metrics), "result_bytes": .int(params.resultBytes),
+        ]
+        if params.rounds > 1 {
+            summary["round"] = .int(params.round(of: index))
+            summary["value"] = .number(value)
+        }
+        return ShardOutput(summary: .object(summary), result: result)
+    }
+
+    /// Shard `index`'s value: 1 + the sum of its inputs' values, in input order, after checking that the inputs are
+    /// exactly the previous round's shards, in order, each with its documented result bytes.
+    static func value(index: Int, inputs: [ShardInput], params: Params) throws -> Double {
+        let expected = params.dependencies(of: index)
+        guard inputs.map(\.shardIndex) == expected else {
+            throw ShardError("noop: shard \(index) got the inputs of shards \(inputs.map(\.shardIndex)), expected \(expected)")
+        }
+        var value = 1.0
+        for input in inputs {
+            let j = input.shardIndex
+            guard input.summary["index"]?.intValue == j, let v = input.summary["value"]?.doubleValue else {
+                throw ShardError("noop: shard \(index)'s input \(j) has no index and value: \(input.summary.render())")
+            }
+            if params.resultBytes > 0 {
+                guard let bytes = input.result, bytes.count == params.resultBytes,
+                    bytes.indices.allSatisfy({ bytes[$0] == resultByte(index: j, at: $0) })
+                else { throw ShardError("noop: shard \(index)'s input \(j) does not carry shard \(j)'s result bytes") }
+            } else if input.result != nil {
+                throw ShardError("noop: shard \(index)'s input \(j) has a result, but result_bytes is 0")
+            }
+            value += v
+        }
+        return value
     }
 
     public func merge(_ spec: JobSpec, outputs: [ShardOutput]) throws -> JSONValue {
         let params = try Params(spec)
         var verified = 0
+        var roundValues: [Double] = []
         for (i, output) in outputs.enumerated() {
             guard output.summary.objectValue?["index"]?.intValue == i else {
                 throw ShardError("noop: shard \(i)'s summary names another index: \(output.summary.render())")
+            }
+            if params.rounds > 1 {
+                let r = params.round(of: i)
+                guard output.summary["round"]?.intValue == r, let v = output.summary["value"]?.doubleValue else {
+                    throw ShardError("noop: shard \(i)'s summary lacks round \(r) and its value: \(output.summary.render())")
+                }
+                if r == roundValues.count {
+                    roundValues.append(v)
+                } else if roundValues[r] != v {
+                    throw ShardError("noop: shard \(i) has value \(v), another shard of round \(r) has \(roundValues[r])")
+                }
             }
             if params.resultBytes > 0 {
                 guard let bytes = output.result, bytes.count == params.resultBytes else {
@@ -91,9 +162,14 @@ public struct Noop: Algorithm {
             }
             verified += 1
         }
-        return .object([
+        var merged: JSONObject = [
             "shards": .int(outputs.count), "metric_points": .int(outputs.count * params.metrics),
             "result_bytes": .int(outputs.count * params.resultBytes), "results_verified": .int(verified),
-        ])
+        ]
+        if params.rounds > 1 {
+            merged["rounds"] = .int(params.rounds)
+            merged["round_values"] = .array(roundValues.map { .number($0) })
+        }
+        return .object(merged)
     }
 }

@@ -132,6 +132,23 @@ struct CoordinatorStateMachineTests {
         #expect(commits(submitted) == [[.claimShards(workerID: 11, limit: 1, capabilities: ["rl/noop"])]])
     }
 
+    @Test("A SHARD_DONE that released shards waiting on it makes them claimable at once, not at the next tick")
+    func releasedDependentsAreClaimedAtOnce() {
+        var h = Self.withTwoLeases()
+        let done = h.receive(w1, .shardDone(ShardDone(ref: ref(0), summary: Array("{}".utf8))))
+        #expect(commits(done) == [[
+            .completeShard(workerID: 11, ref: ref(0), summary: "{}", resultSHA256: nil),
+            .claimShards(workerID: 11, limit: 1, capabilities: ["rl/noop"]),
+        ]])
+        // The claim of that batch came back short (another coordinator took the released shard, say), but the
+        // completion released a dependent: ask again now.
+        let after = h.feed(.committed([.shardCompleted(accepted: true, jobComplete: false, releasedDependents: true), claimed([])]))
+        #expect(commits(after) == [[.claimShards(workerID: 11, limit: 1, capabilities: ["rl/noop"])]])
+        // Without a release the short claim stands (creditsNeverExceeded): nothing until something changes.
+        let d2 = h.feed(.committed([claimed([])]))
+        #expect(commits(d2).isEmpty)
+    }
+
     @Test("ACKs only after COMMIT; commands arriving during a commit go out as the next batch")
     func groupCommit() {
         var h = Self.withTwoLeases()

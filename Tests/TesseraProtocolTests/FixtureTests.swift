@@ -34,6 +34,9 @@ private let valid: [(String, Message)] = [
         algorithm: "rloo", seed: .max, spec: Array("{}".utf8),
         slice: Array(#"{"beta": 0.05, "seed": "18446744073709551615", "point": 2147483647}"#.utf8),
         resume: CheckpointInfo(step: 25, sha256: checkpointSHA, size: 1234), totalSteps: .min))),
+    ("dispatch_depends_on", .dispatch(Dispatch(ref: ShardRef(jobID: 42, shardIndex: 3, attempt: 1), kind: "rl",
+        algorithm: "noop", seed: 1, spec: Array("{}".utf8), slice: Array(#"{"index": 3, "depends_on": [0, 1]}"#.utf8),
+        resume: nil, totalSteps: 1))),
     ("cancel", .cancel(Cancel(ref: ref, reason: "job cancelled"))),
     ("metrics", .metrics(MetricsBatch(ref: ref, sequence: 7, points: [
         MetricPoint(name: "loss", step: 10, value: 1.5),
@@ -62,6 +65,10 @@ private let valid: [(String, Message)] = [
     ("fetch_reply_error", .fetchReply(FetchReply(requestID: 2, sha256: checkpointSHA, offset: 0, totalSize: 0, data: [],
         error: "not found"))),
     ("request", .request(ClientRequest(requestID: 17, method: "status", body: Array(#"{"job":42}"#.utf8)))),
+    ("request_shard_inputs", .request(ClientRequest(requestID: 5, method: "shard.inputs", body: Array(#"{"job":42,"shard":3}"#.utf8)))),
+    ("reply_shard_inputs", .reply(ClientReply(requestID: 5, status: 0, body: Array(
+        (#"{"inputs":[{"shard":0,"summary":{"index":0,"value":1},"result_sha256":""},"#
+            + #"{"shard":1,"summary":{"index":1,"value":1},"result_sha256":""# + blobSHA + #""}]}"#).utf8), blob: []))),
     ("reply", .reply(ClientReply(requestID: 17, status: 0, body: Array(#"{"state":"succeeded"}"#.utf8),
         blob: [0xDE, 0xAD, 0xBE, 0xEF]))),
     ("reply_error", .reply(ClientReply(requestID: 18, status: WireStatus.notFound,
