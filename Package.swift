@@ -55,7 +55,7 @@ let package = Package(
         // Leaf types, JSON, job specs, the algorithm plug-in protocol. Pure Swift.
         .target(
             name: "TesseraCore",
-            dependencies: [.product(name: "Yams", package: "Yams")],
+            dependencies: ["TesseraModel", .product(name: "Yams", package: "Yams")],
             swiftSettings: swiftSettings
         ),
         // The shared vocabulary (ShardRef, MetricPoint, BlobKind): a leaf every other layer may import.

@@ -89,7 +89,7 @@ public enum StoreCommandRunner {
             return .workerRegistered(workerID: id, adopted: try store.adoptShards(workerID: id, keys: running))
         case .workerGone(let workerID, let lost, let reason):
             let requeued = try store.requeueShards(ofWorker: workerID, reason: reason)
-            try store.markWorker(workerID, state: lost ? "lost" : "gone", reason: reason)
+            try store.markWorker(workerID, state: lost ? .lost : .gone, reason: reason)
             return .workerGone(requeued: requeued.count)
         case .failShard(let workerID, let ref, let reason, let retryable):
             let (outcome, stop) = try store.failShard(ref, workerID: workerID, reason: reason, retryable: retryable)

@@ -9,6 +9,9 @@
 // The coordinator and worker never need to know which kind they run.
 
 /// One shard's slice of the work, as planned.
+// The domain vocabulary (JobState, ShardState, ShardRef, …) lives in TesseraModel; every TesseraCore user sees it.
+@_exported import TesseraModel
+
 public struct ShardSlice: Sendable, Hashable {
     /// Algorithm-defined description (sample range, sweep point, …), stored as JSONB and sent with the dispatch.
     public var slice: JSONValue
@@ -217,13 +220,3 @@ public struct AlgorithmCatalogue: Sendable {
     }
 }
 
-/// Job and shard states as stored (migrations/0001).
-public enum JobState: String, Sendable, CaseIterable, Codable {
-    case queued, running, succeeded, failed, cancelled
-    public var isTerminal: Bool { self == .succeeded || self == .failed || self == .cancelled }
-}
-
-public enum ShardState: String, Sendable, CaseIterable, Codable {
-    case queued, leased, succeeded, failed, cancelled
-    public var isTerminal: Bool { self == .succeeded || self == .failed || self == .cancelled }
-}

@@ -11,7 +11,7 @@ public protocol JobStore: AnyObject {
     /// Re-adopts shards a reconnecting worker still runs, when their attempt is still the live one.
     func adoptShards(workerID: Int64, keys: [ShardRef]) throws -> [ShardRef]
     /// Marks a worker `lost` or `gone` (the shards it held are requeued separately).
-    func markWorker(_ id: Int64, state: String, reason: String) throws
+    func markWorker(_ id: Int64, state: WorkerState, reason: String) throws
     /// Per batch: accepted (current attempt, sent by its leaseholder) or not. Replayed steps overwrite.
     func ingestMetrics(_ batches: [(key: ShardRef, workerID: Int64, rows: [MetricPoint])]) throws -> [Bool]
     /// Per item: accepted, whether its job has now every shard succeeded, and how many shards that waited on it

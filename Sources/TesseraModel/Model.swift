@@ -109,3 +109,24 @@ public enum ShardFailureOutcome: Sendable, Equatable {
     /// Out of attempts: the shard and its job failed (its other leases are returned to stop).
     case jobFailed
 }
+
+/// Job, shard and worker states as stored (migrations/0001: the `tessera_*_state` enums) and as replies name them
+/// (protocol/SPEC.md §6.9).
+public enum JobState: String, Sendable, CaseIterable, Codable {
+    case queued, running, succeeded, failed, cancelled
+    public var isTerminal: Bool { self == .succeeded || self == .failed || self == .cancelled }
+}
+
+public enum ShardState: String, Sendable, CaseIterable, Codable {
+    case queued, leased, succeeded, failed, cancelled
+    public var isTerminal: Bool { self == .succeeded || self == .failed || self == .cancelled }
+}
+
+public enum WorkerState: String, Sendable, CaseIterable, Codable {
+    /// Registered and heartbeating.
+    case alive
+    /// Missed its heartbeats (or the coordinator restarted); its leases were requeued.
+    case lost
+    /// Disconnected on its own (drained) or re-registered under the same name.
+    case gone
+}

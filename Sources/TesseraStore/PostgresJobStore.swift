@@ -689,16 +689,16 @@ public final class PostgresJobStore: JobStore, @unchecked Sendable {
         }
     }
 
-    public func markWorker(_ id: Int64, state: String, reason: String) throws {
+    public func markWorker(_ id: Int64, state: WorkerState, reason: String) throws {
         try db.execute(
             """
             UPDATE tessera_workers SET state = $2::tessera_worker_state,
                    disconnected_at = CASE WHEN $2 = 'alive' THEN NULL ELSE now() END
             WHERE id = $1
             """,
-            [.int(id), .text(state)]
+            [.int(id), .text(state.rawValue)]
         )
-        try event(worker: id, actor: "coordinator", kind: "worker.\(state)", detail: ["reason": .string(reason)])
+        try event(worker: id, actor: "coordinator", kind: "worker.\(state.rawValue)", detail: ["reason": .string(reason)])
     }
 
     /// At start-up: workers recorded alive by a previous coordinator are unknown to this one until they say READY.

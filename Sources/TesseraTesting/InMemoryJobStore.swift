@@ -150,8 +150,8 @@ public final class InMemoryJobStore: JobStore, @unchecked Sendable {
         }
     }
 
-    public func markWorker(_ id: Int64, state: String, reason: String) throws {
-        s.workers[id]?.state = state
+    public func markWorker(_ id: Int64, state: WorkerState, reason: String) throws {
+        s.workers[id]?.state = state.rawValue
     }
 
     private func isCurrent(_ ref: ShardRef, workerID: Int64) -> Bool {

@@ -129,7 +129,7 @@ struct JobStoreContractTests {
         defer { f.close() }
         _ = try f.store.claimShards(workerID: f.w1, limit: 2, capabilities: ["sampling/ddim"])
         #expect(Set(try f.store.requeueShards(ofWorker: f.w1, reason: "lost")) == [f.ref(0), f.ref(1)])
-        try f.store.markWorker(f.w1, state: "lost", reason: "lost")
+        try f.store.markWorker(f.w1, state: .lost, reason: "lost")
         #expect(try f.store.claimShards(workerID: f.w2, limit: 1, capabilities: ["sampling/ddim"]).map(\.ref) == [f.ref(0, attempt: 2)])
         // w1 comes back still running both at attempt 1: shard 1 is still at that attempt (queued), shard 0 moved on.
         let again = try f.store.registerWorker(name: "w1", host: "h", slots: 4, capabilities: ["sampling/ddim"])
