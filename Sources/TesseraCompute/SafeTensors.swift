@@ -183,6 +183,24 @@ public struct SafeTensor: Sendable, Equatable {
         try self.init(name: name, dtype: .I64, shape: shape, bytes: SafeTensor.leBytes(int64))
     }
 
+    /// Non-negative integers (counts) in the narrowest dtype that holds the largest: U8, U16, U32, else I64.
+    /// `countValues()` reads them back whatever that dtype is.
+    public init(name: String, counts: [Int64], shape: [Int]) throws {
+        let largest = counts.max() ?? 0
+        guard counts.allSatisfy({ $0 >= 0 }) else {
+            throw SafeTensorsError(.invalidTensor, "tensor \"\(name)\": counts must not be negative")
+        }
+        if largest <= Int64(UInt8.max) {
+            try self.init(name: name, dtype: .U8, shape: shape, bytes: counts.map { UInt8($0) })
+        } else if largest <= Int64(UInt16.max) {
+            try self.init(name: name, dtype: .U16, shape: shape, bytes: SafeTensor.leBytes(counts.map { UInt16($0) }))
+        } else if largest <= Int64(UInt32.max) {
+            try self.init(name: name, dtype: .U32, shape: shape, bytes: SafeTensor.leBytes(counts.map { UInt32($0) }))
+        } else {
+            try self.init(name: name, int64: counts, shape: shape)
+        }
+    }
+
     /// The number of elements (1 for a scalar, shape []).
     public var elementCount: Int { shape.reduce(1, *) }
 
@@ -199,6 +217,19 @@ public struct SafeTensor: Sendable, Equatable {
     public func int64Values() throws -> [Int64] {
         try expect(.I64)
         return SafeTensor.fromLE(bytes, as: Int64.self)
+    }
+
+    /// The values of a U8, U16, U32 or I64 tensor as Int64 (see `init(name:counts:shape:)`).
+    public func countValues() throws -> [Int64] {
+        switch dtype {
+        case .U8: return bytes.map { Int64($0) }
+        case .U16: return SafeTensor.fromLE(bytes, as: UInt16.self).map { Int64($0) }
+        case .U32: return SafeTensor.fromLE(bytes, as: UInt32.self).map { Int64($0) }
+        case .I64: return SafeTensor.fromLE(bytes, as: Int64.self)
+        default:
+            throw SafeTensorsError(
+                .dtypeMismatch, "tensor \"\(name)\" is \(dtype.rawValue), not one of U8, U16, U32, I64")
+        }
     }
 
     private func expect(_ dtype: SafeTensorDType) throws {

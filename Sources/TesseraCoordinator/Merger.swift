@@ -1,6 +1,8 @@
 // Merges off the hot path: when the last shard of a job commits, its job is merged here, on a thread and a
-// PostgreSQL connection of its own, so reading shard results and running `merge` never delays heartbeats, dispatch
-// or commits. A job is merged once even when several completions in one batch report it complete.
+// PostgreSQL connection of its own, so reading shard results and reducing them never delays heartbeats, dispatch
+// or commits. A job is merged once even when several completions in one batch report it complete. Shards are read
+// in index order, a page of summaries at a time, and each result blob is read, added to the algorithm's reducer and
+// dropped, so a merge holds one blob plus the reducer's state whatever the shard count.
 
 import Foundation
 import LibPQ
@@ -19,6 +21,8 @@ final class Merger: @unchecked Sendable {
     private let stopping = Atomic<Bool>(false)
     private let blobs: BlobStore
     private let catalogue: AlgorithmCatalogue
+    /// Shard summaries read per query.
+    static let pageSize = 256
     private let inbox: Inbox
     private let logger: Logger
     private var thread: ServiceThread?
@@ -75,16 +79,22 @@ final class Merger: @unchecked Sendable {
 
     private func merge(_ jobID: Int64) {
         do {
-            let inputs = try withStore { try $0.mergeInputs(jobID: jobID) }
-            let spec = try JobSpec.fromStored(Array(inputs.spec.utf8))
+            let job = try withStore { try $0.mergeSpec(jobID: jobID) }
+            let spec = try JobSpec.fromStored(Array(job.spec.utf8))
             let algorithm = try catalogue.resolve(spec)
-            var outputs: [ShardOutput] = []
-            outputs.reserveCapacity(inputs.shards.count)
-            for shard in inputs.shards {
-                let result = try shard.resultPath.map { try blobs.readAll(relativePath: $0) }
-                outputs.append(ShardOutput(summary: try JSONValue.parse(shard.summary), result: result))
+            var reducer = try algorithm.makeReducer(spec)
+            var next = 0
+            while next < job.shardCount {
+                let page = try withStore { try $0.mergeShards(jobID: jobID, from: next, limit: Self.pageSize) }
+                guard !page.isEmpty else { throw MergeError("job has \(job.shardCount) shards; none from \(next) on") }
+                for shard in page {
+                    guard shard.index == next else { throw MergeError("shard \(next) is missing") }
+                    let result = try shard.resultPath.map { try blobs.readAll(relativePath: $0) }
+                    try reducer.add(ShardOutput(summary: try JSONValue.parse(shard.summary), result: result))
+                    next += 1
+                }
             }
-            let merged = try algorithm.merge(spec, outputs: outputs)
+            let merged = try reducer.finish()
             try withStore { try $0.finishJob(jobID, result: merged.render()) }
             logger.info("job succeeded", metadata: ["job.id": "\(jobID)"])
         } catch let e as PGError where store == nil {
@@ -99,4 +109,10 @@ final class Merger: @unchecked Sendable {
             }
         }
     }
+}
+
+/// A job whose shard rows do not form 0..<shard_count.
+struct MergeError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
 }

@@ -4,8 +4,9 @@
 //  - `plan` (coordinator, pure): spec → shard slices; errors point at the spec's line.
 //  - `run` (worker, compute thread): slice + optional checkpoint → metrics, checkpoints, a shard output.
 //    Given the same slice and checkpoint it produces the same bytes.
-//  - `merge` (coordinator, pure, no BLAS): shard outputs in shard order → the job result, identical whatever the
-//    shard count.
+//  - `makeReducer` (coordinator, pure, no BLAS): a `ShardReducer` that is fed the shard outputs one at a time in
+//    shard order and then finishes into the job result, identical whatever the shard count. It keeps only what the
+//    result needs, so a merge holds one shard result plus the reducer's state, whatever the shard count.
 // The coordinator and worker never need to know which kind they run.
 
 /// One shard's slice of the work, as planned.
@@ -144,7 +145,7 @@ public protocol ShardSink: AnyObject, Sendable {
 }
 
 /// A shard's final output: a small JSON summary (stored as JSONB, shown by `status`) and an optional exact binary
-/// result (stored in the content-addressed store) that `merge` reads.
+/// result (stored in the content-addressed store) that the algorithm's `ShardReducer` reads.
 public struct ShardOutput: Sendable, Hashable {
     public var summary: JSONValue
     public var result: [UInt8]?
@@ -177,8 +178,44 @@ public protocol Algorithm: Sendable {
     func plan(_ spec: JobSpec) throws -> [ShardSlice]
     /// Runs one shard on the calling (compute) thread.
     func run(_ task: ShardTask, sink: any ShardSink) throws -> ShardOutput
-    /// Merges shard outputs given in shard-index order into the job result.
-    func merge(_ spec: JobSpec, outputs: [ShardOutput]) throws -> JSONValue
+    /// A reducer for the shard outputs of a job with this spec (see `ShardReducer`).
+    func makeReducer(_ spec: JobSpec) throws -> any ShardReducer
+}
+
+/// Turns a job's shard outputs into its result, one output at a time. The coordinator calls `add` once per shard in
+/// shard-index order (the k-th call gets shard k - 1), drops each output when `add` returns, and calls `finish` once
+/// after the last. A reducer keeps only what the result needs (running sums, a bounded set of partial results, small
+/// summaries), never the result blobs, so a merge needs memory for one shard result plus the reducer's state.
+public protocol ShardReducer {
+    /// Adds the next shard's output; throws when it is malformed or does not fit the shards before it.
+    mutating func add(_ output: ShardOutput) throws
+    /// The job result, once every shard's output was added; throws when shards are missing.
+    func finish() throws -> JSONValue
+}
+
+extension Algorithm {
+    /// Feeds `outputs` (in shard-index order) through a fresh reducer: for tests and local tools that already hold
+    /// every output. The coordinator streams them from the blob store instead (`Merger`).
+    public func merge(_ spec: JobSpec, outputs: some Sequence<ShardOutput>) throws -> JSONValue {
+        var reducer = try makeReducer(spec)
+        for output in outputs { try reducer.add(output) }
+        return try reducer.finish()
+    }
+}
+
+/// A reducer for algorithms whose result comes from the shard summaries alone (small JSON objects): it keeps the
+/// summaries in shard order, ignores result blobs, and hands the summaries to `merge` at the end.
+public struct SummaryReducer: ShardReducer {
+    private var summaries: [JSONValue] = []
+    private let merge: ([JSONValue]) throws -> JSONValue
+
+    public init(_ merge: @escaping ([JSONValue]) throws -> JSONValue) {
+        self.merge = merge
+    }
+
+    public mutating func add(_ output: ShardOutput) throws { summaries.append(output.summary) }
+
+    public func finish() throws -> JSONValue { try merge(summaries) }
 }
 
 /// The set of algorithms a process knows.

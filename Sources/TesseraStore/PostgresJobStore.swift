@@ -574,10 +574,18 @@ public final class PostgresJobStore: JobStore, @unchecked Sendable {
             .sorted { $0.ref.shardIndex < $1.ref.shardIndex }
     }
 
-    /// Everything `merge` needs: the stored spec and each shard's summary and result blob, in shard order.
-    public func mergeInputs(jobID: Int64) throws -> (spec: String, shards: [(summary: String, resultPath: String?)]) {
-        let j = try db.execute("SELECT spec::text AS spec FROM tessera_jobs WHERE id = $1", [.int(jobID)])
-        guard j.rowCount == 1 else { throw StoreError("job \(jobID) does not exist") }
+    /// The stored spec and shard count of a job to merge.
+    public func mergeSpec(jobID: Int64) throws -> (spec: String, shardCount: Int) {
+        let j = try db.execute(
+            "SELECT spec::text AS spec, shard_count FROM tessera_jobs WHERE id = $1", [.int(jobID)])
+        guard j.rowCount == 1, let count = j.int(0, "shard_count") else { throw StoreError("job \(jobID) does not exist") }
+        return (j[0, "spec"]!, Int(count))
+    }
+
+    /// One page of a merge's input: up to `limit` shards from index `from` on, in shard order, each with its
+    /// summary and the path of its result blob. The merge pages through a job this way, so it never holds more than
+    /// a page of summaries (the blobs it reads one at a time).
+    public func mergeShards(jobID: Int64, from: Int, limit: Int) throws -> [(index: Int, summary: String, resultPath: String?)] {
         let r = try db.execute(
             """
             SELECT s.idx, s.summary::text AS summary, c.path
@@ -586,16 +594,17 @@ public final class PostgresJobStore: JobStore, @unchecked Sendable {
                 SELECT path FROM tessera_checkpoints c
                 WHERE c.job_id = s.job_id AND c.shard_idx = s.idx AND c.kind = 'result' AND c.sha256 = s.result_sha256
                 LIMIT 1) c ON true
-            WHERE s.job_id = $1 ORDER BY s.idx
+            WHERE s.job_id = $1 AND s.idx >= $2 ORDER BY s.idx LIMIT $3
             """,
-            [.int(jobID)]
+            [.int(jobID), .int(Int64(from)), .int(Int64(limit))]
         )
-        var shards: [(String, String?)] = []
+        var shards: [(Int, String, String?)] = []
         for i in 0..<r.rowCount {
-            guard let summary = r[i, "summary"] else { throw StoreError("shard \(i) of job \(jobID) has no summary") }
-            shards.append((summary, r[i, "path"]))
+            let index = Int(r.int(i, "idx")!)
+            guard let summary = r[i, "summary"] else { throw StoreError("shard \(index) of job \(jobID) has no summary") }
+            shards.append((index, summary, r[i, "path"]))
         }
-        return (j[0, "spec"]!, shards)
+        return shards
     }
 
     /// What shard `shard` of a job receives from the shards it depends on (the `shard.inputs` request), in

@@ -177,13 +177,44 @@ public struct DiffusionSampling: Algorithm {
         return ShardOutput(summary: .object(summary), result: try statistics.serialize())
     }
 
-    public func merge(_ spec: JobSpec, outputs: [ShardOutput]) throws -> JSONValue {
+    public func makeReducer(_ spec: JobSpec) throws -> any ShardReducer {
         let c = try config(spec)
-        let shards = try outputs.enumerated().map { i, o -> SamplingShardResult in
-            guard let bytes = o.result else { throw ShardError("shard \(i) has no result blob") }
-            return try SamplingShardResult.deserialize(bytes)
-        }
-        let merged = try mergeSampling(config: c, shards: shards)
-        return try echoLearnedModel(spec, outputs: outputs, into: try JSONValue.parse(merged.jsonText))
+        let learned = try LearnedModelReference.parse(spec)
+        return SamplingShardReducer(
+            (SamplingStatisticsReducer(setup: c.statistics), LearnedModelEcho()),
+            add: { state, shard, output in
+                try state.0.add(shard)
+                state.1.add(output.summary)
+            },
+            finish: { state in
+                let merged = SamplingResult(config: c, statistics: try state.0.finish())
+                return try state.1.echo(learned, into: try JSONValue.parse(merged.jsonText))
+            })
     }
+}
+
+/// Deserializes each shard's result blob as it comes and hands it to `add`; `finish` turns what was added into the
+/// job result. Shared by the sampling algorithms, whose results are all `tessera.sampling.shard/2` files.
+struct SamplingShardReducer<State>: ShardReducer {
+    var state: State
+    private let addShard: (inout State, SamplingShardResult, ShardOutput) throws -> Void
+    private let result: (State) throws -> JSONValue
+    private var shards = 0
+
+    init(
+        _ state: State, add: @escaping (inout State, SamplingShardResult, ShardOutput) throws -> Void,
+        finish: @escaping (State) throws -> JSONValue
+    ) {
+        self.state = state
+        addShard = add
+        result = finish
+    }
+
+    mutating func add(_ output: ShardOutput) throws {
+        guard let bytes = output.result else { throw ShardError("shard \(shards) has no result blob") }
+        try addShard(&state, try SamplingShardResult.deserialize(bytes), output)
+        shards += 1
+    }
+
+    func finish() throws -> JSONValue { try result(state) }
 }

@@ -133,11 +133,16 @@ public struct Noop: Algorithm {
         return value
     }
 
-    public func merge(_ spec: JobSpec, outputs: [ShardOutput]) throws -> JSONValue {
-        let params = try Params(spec)
-        var verified = 0
+    public func makeReducer(_ spec: JobSpec) throws -> any ShardReducer { Reducer(params: try Params(spec)) }
+
+    /// Verifies each shard's summary and result bytes as they come, keeping only counts and one value per round.
+    struct Reducer: ShardReducer {
+        let params: Params
+        var shards = 0
         var roundValues: [Double] = []
-        for (i, output) in outputs.enumerated() {
+
+        mutating func add(_ output: ShardOutput) throws {
+            let i = shards
             guard output.summary.objectValue?["index"]?.intValue == i else {
                 throw ShardError("noop: shard \(i)'s summary names another index: \(output.summary.render())")
             }
@@ -156,20 +161,23 @@ public struct Noop: Algorithm {
                 guard let bytes = output.result, bytes.count == params.resultBytes else {
                     throw ShardError("noop: shard \(i)'s result has \(output.result?.count ?? 0) bytes, expected \(params.resultBytes)")
                 }
-                for k in 0..<bytes.count where bytes[k] != Self.resultByte(index: i, at: k) {
+                for k in 0..<bytes.count where bytes[k] != Noop.resultByte(index: i, at: k) {
                     throw ShardError("noop: shard \(i)'s result differs at byte \(k)")
                 }
             }
-            verified += 1
+            shards += 1
         }
-        var merged: JSONObject = [
-            "shards": .int(outputs.count), "metric_points": .int(outputs.count * params.metrics),
-            "result_bytes": .int(outputs.count * params.resultBytes), "results_verified": .int(verified),
-        ]
-        if params.rounds > 1 {
-            merged["rounds"] = .int(params.rounds)
-            merged["round_values"] = .array(roundValues.map { .number($0) })
+
+        func finish() throws -> JSONValue {
+            var merged: JSONObject = [
+                "shards": .int(shards), "metric_points": .int(shards * params.metrics),
+                "result_bytes": .int(shards * params.resultBytes), "results_verified": .int(shards),
+            ]
+            if params.rounds > 1 {
+                merged["rounds"] = .int(params.rounds)
+                merged["round_values"] = .array(roundValues.map { .number($0) })
+            }
+            return .object(merged)
         }
-        return .object(merged)
     }
 }

@@ -154,12 +154,9 @@ public struct SMCSampling: Algorithm {
         return ShardOutput(summary: .object(summary), result: try statistics.serialize())
     }
 
-    public func merge(_ spec: JobSpec, outputs: [ShardOutput]) throws -> JSONValue {
-        let c = try config(spec)
-        let shards = try outputs.enumerated().map { i, o -> SamplingShardResult in
-            guard let bytes = o.result else { throw ShardError("shard \(i) has no result blob") }
-            return try SamplingShardResult.deserialize(bytes)
-        }
-        return try JSONValue.parse(try mergeSMC(config: c, shards: shards).jsonText)
+    public func makeReducer(_ spec: JobSpec) throws -> any ShardReducer {
+        SamplingShardReducer(
+            SMCMerge(config: try config(spec)), add: { merge, shard, _ in try merge.add(shard) },
+            finish: { try JSONValue.parse(try $0.finish().jsonText) })
     }
 }

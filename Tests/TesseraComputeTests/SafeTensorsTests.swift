@@ -198,3 +198,21 @@ extension SafeTensor {
         }
     }
 }
+
+@Suite("SafeTensors: counts")
+struct SafeTensorCountsTests {
+    @Test("counts take the narrowest unsigned dtype and read back exactly")
+    func narrowest() throws {
+        let cases: [([Int64], SafeTensorDType)] = [
+            ([0, 3, 255], .U8), ([0, 256], .U16), ([65535, 1], .U16), ([65536], .U32),
+            ([Int64(UInt32.max)], .U32), ([Int64(UInt32.max) + 1, 0], .I64), ([], .U8),
+        ]
+        for (values, dtype) in cases {
+            let t = try SafeTensor(name: "h", counts: values, shape: [values.count])
+            #expect(t.dtype == dtype)
+            #expect(try t.countValues() == values)
+        }
+        #expect(throws: SafeTensorsError.self) { try SafeTensor(name: "h", counts: [-1], shape: [1]) }
+        #expect(throws: SafeTensorsError.self) { try SafeTensor(name: "h", float64: [1], shape: [1]).countValues() }
+    }
+}

@@ -13,7 +13,7 @@ private struct Planned: Algorithm {
     var summary: String { "test plan" }
     func plan(_ spec: JobSpec) throws -> [ShardSlice] { slices }
     func run(_ task: ShardTask, sink: any ShardSink) throws -> ShardOutput { ShardOutput(summary: .object([:]), result: nil) }
-    func merge(_ spec: JobSpec, outputs: [ShardOutput]) throws -> JSONValue { .null }
+    func makeReducer(_ spec: JobSpec) throws -> any ShardReducer { SummaryReducer { _ in .null } }
 }
 
 @Suite struct ShardDependencyPlanTests {

@@ -137,10 +137,15 @@ public struct DenoiserTraining: Algorithm {
         }
     }
 
-    public func merge(_ spec: JobSpec, outputs: [ShardOutput]) throws -> JSONValue {
+    public func makeReducer(_ spec: JobSpec) throws -> any ShardReducer {
         let c = try config(spec)
-        guard outputs.count == 1, let s = outputs[0].summary.objectValue else {
-            throw ShardError("ddpm-train has one shard; got \(outputs.count) outputs")
+        return SummaryReducer { try Self.merge(c, summaries: $0) }
+    }
+
+    /// The result: the one shard's summary plus what describes the network and its checkpoint.
+    static func merge(_ c: DenoiserTrainingConfig, summaries: [JSONValue]) throws -> JSONValue {
+        guard summaries.count == 1, let s = summaries[0].objectValue else {
+            throw ShardError("ddpm-train has one shard; got \(summaries.count) outputs")
         }
         var o = s
         o["network"] = .object([

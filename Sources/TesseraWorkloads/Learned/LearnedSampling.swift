@@ -79,14 +79,24 @@ extension DiffusionSampling {
         summary["model_sha256"] = .string(loaded.sha256)
     }
 
-    /// Adds `model: {from_job, step, sha256}` to a learned job's merged result; every shard must have sampled with
-    /// the same checkpoint.
-    func echoLearnedModel(_ spec: JobSpec, outputs: [ShardOutput], into result: JSONValue) throws -> JSONValue {
-        guard let ref = try LearnedModelReference.parse(spec) else { return result }
-        let used = Set(outputs.map { "\($0.summary["model_sha256"]?.stringValue ?? "?")@\($0.summary["model_step"]?.intValue ?? -1)" })
-        guard used.count == 1, let first = outputs.first, let sha = first.summary["model_sha256"]?.stringValue,
-            let step = first.summary["model_step"]?.intValue
-        else {
+}
+
+/// The checkpoints the shards of a learned sampling job say they sampled with (`model_sha256`@`model_step` from
+/// each summary), collected as the shards are merged.
+struct LearnedModelEcho {
+    private var used: Set<String> = []
+    private var first: (sha256: String?, step: Int?)?
+
+    mutating func add(_ summary: JSONValue) {
+        used.insert("\(summary["model_sha256"]?.stringValue ?? "?")@\(summary["model_step"]?.intValue ?? -1)")
+        if first == nil { first = (summary["model_sha256"]?.stringValue, summary["model_step"]?.intValue) }
+    }
+
+    /// Adds `model: {from_job, step, sha256}` to a learned job's merged result (`ref` non-nil); every shard must
+    /// have sampled with the same checkpoint.
+    func echo(_ ref: LearnedModelReference?, into result: JSONValue) throws -> JSONValue {
+        guard let ref else { return result }
+        guard used.count == 1, let sha = first?.sha256, let step = first?.step else {
             throw ShardError("shards sampled with different (or missing) model checkpoints: \(used.sorted())")
         }
         guard var o = result.objectValue else { return result }

@@ -67,8 +67,10 @@ public struct RLOO: Algorithm {
         return ShardOutput(summary: summary.json, result: nil)
     }
 
-    public func merge(_ spec: JobSpec, outputs: [ShardOutput]) throws -> JSONValue {
-        try ToyLMSweepMerge.merge(algorithm: name, config: try config(spec).0, outputs: outputs)
+    public func makeReducer(_ spec: JobSpec) throws -> any ShardReducer {
+        let (config, _) = try config(spec)
+        let name = self.name
+        return SummaryReducer { try ToyLMSweepMerge.merge(algorithm: name, config: config, summaries: $0) }
     }
 }
 

@@ -435,25 +435,45 @@ public struct LangevinResult: Sendable, Equatable {
 /// Merges Langevin shards (any order, covering [0, N)): the block statistics as `mergeSampling` does, the accept
 /// and init-mode counters as integer sums. Bitwise identical for any shard count.
 public func mergeLangevin(config: LangevinConfig, shards: [SamplingShardResult]) throws -> LangevinResult {
-    let statistics = try mergeSamplingStatistics(setup: config.statistics, shards: shards)
-    let K = config.target.componentCount
-    var accepted: Int64 = 0
-    var proposals: Int64 = 0
-    var initModes = [Int64](repeating: 0, count: K)
-    for shard in shards {
+    var merge = LangevinMerge(config: config)
+    for shard in shards.sorted(by: { $0.range.lowerBound < $1.range.lowerBound }) { try merge.add(shard) }
+    return try merge.finish()
+}
+
+/// `mergeLangevin` one shard at a time, in range order.
+struct LangevinMerge {
+    let config: LangevinConfig
+    private var statistics: SamplingStatisticsReducer
+    private var accepted: Int64 = 0
+    private var proposals: Int64 = 0
+    private var initModes: [Int64]
+
+    init(config: LangevinConfig) {
+        self.config = config
+        statistics = SamplingStatisticsReducer(setup: config.statistics)
+        initModes = [Int64](repeating: 0, count: config.target.componentCount)
+    }
+
+    mutating func add(_ shard: SamplingShardResult) throws {
+        let K = config.target.componentCount
         guard let a = shard.extras.integers["accepted"], a.count == 1,
             let p = shard.extras.integers["proposals"], p.count == 1,
             let m = shard.extras.integers["init_mode_count"], m.count == K
         else {
             throw SamplingError(.malformedResult, "Langevin shard \(shard.range) lacks its accept or init-mode counts")
         }
+        try statistics.add(shard)
         accepted += a[0]
         proposals += p[0]
         for k in 0..<K { initModes[k] += m[k] }
     }
-    let chains = Double(initModes.reduce(0, +))
-    return LangevinResult(
-        config: config, statistics: statistics,
-        acceptRate: config.method == .mala && proposals > 0 ? Double(accepted) / Double(proposals) : nil,
-        accepted: accepted, proposals: proposals, initModeWeights: initModes.map { Double($0) / chains })
+
+    func finish() throws -> LangevinResult {
+        let statistics = try statistics.finish()
+        let chains = Double(initModes.reduce(0, +))
+        return LangevinResult(
+            config: config, statistics: statistics,
+            acceptRate: config.method == .mala && proposals > 0 ? Double(accepted) / Double(proposals) : nil,
+            accepted: accepted, proposals: proposals, initModeWeights: initModes.map { Double($0) / chains })
+    }
 }

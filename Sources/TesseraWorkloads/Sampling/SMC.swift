@@ -434,16 +434,32 @@ public struct SMCResult: Sendable, Equatable {
 /// `mergeSampling`, per-population numbers concatenated in population order and averaged in that order. Identical
 /// for any shard count with the same (populations, particles).
 public func mergeSMC(config: SMCConfig, shards: [SamplingShardResult]) throws -> SMCResult {
-    let statistics = try mergeSamplingStatistics(setup: config.statistics, shards: shards)
-    let N = config.particles
-    let K = config.target.componentCount
-    var finalESS: [Double] = []
-    var minESS: [Double] = []
-    var logNormalizer: [Double] = []
-    var weightedModes: [Double] = []
-    var resamples: [Int64] = []
-    var discriminator: (digest: Int64, rmse: Double, loss: Double)?
-    for shard in shards.sorted(by: { $0.range.lowerBound < $1.range.lowerBound }) {
+    var merge = SMCMerge(config: config)
+    for shard in shards.sorted(by: { $0.range.lowerBound < $1.range.lowerBound }) { try merge.add(shard) }
+    return try merge.finish()
+}
+
+/// `mergeSMC` one shard at a time, in range order. It keeps the per-population numbers (a few per population: they
+/// are part of the result), never the shards.
+struct SMCMerge {
+    let config: SMCConfig
+    private var statistics: SamplingStatisticsReducer
+    private var finalESS: [Double] = []
+    private var minESS: [Double] = []
+    private var logNormalizer: [Double] = []
+    private var weightedModes: [Double] = []
+    private var resamples: [Int64] = []
+    private var discriminator: (digest: Int64, rmse: Double, loss: Double)?
+
+    init(config: SMCConfig) {
+        self.config = config
+        statistics = SamplingStatisticsReducer(setup: config.statistics)
+    }
+
+    mutating func add(_ shard: SamplingShardResult) throws {
+        let N = config.particles
+        let K = config.target.componentCount
+        try statistics.add(shard)
         if config.correction == .discriminator {
             guard let digest = shard.extras.integers["discriminator_digest"]?.first,
                 let rmse = shard.extras.reals["discriminator_rmse"]?.first,
@@ -479,14 +495,23 @@ public func mergeSMC(config: SMCConfig, shards: [SamplingShardResult]) throws ->
         weightedModes += w
         resamples += r
     }
-    let P = Double(config.populations)
-    var modes = [Double](repeating: 0, count: K)
-    for q in 0..<config.populations {
-        for k in 0..<K { modes[k] += weightedModes[q * K + k] }
+
+    func finish() throws -> SMCResult {
+        let statistics = try statistics.finish()
+        let K = config.target.componentCount
+        guard finalESS.count == config.populations else {
+            throw SamplingError(
+                .malformedResult, "SMC shards hold \(finalESS.count) populations; the job has \(config.populations)")
+        }
+        let P = Double(config.populations)
+        var modes = [Double](repeating: 0, count: K)
+        for q in 0..<config.populations {
+            for k in 0..<K { modes[k] += weightedModes[q * K + k] }
+        }
+        return SMCResult(
+            config: config, statistics: statistics, ess: finalESS.reduce(0, +) / P, minESS: minESS.min() ?? .nan,
+            resampleCount: resamples.reduce(0, +), weightedModeWeights: modes.map { $0 / P },
+            logNormalizer: logNormalizer.reduce(0, +) / P, populationESS: finalESS, populationResamples: resamples,
+            discriminatorRMSE: discriminator?.rmse, discriminatorLoss: discriminator?.loss)
     }
-    return SMCResult(
-        config: config, statistics: statistics, ess: finalESS.reduce(0, +) / P, minESS: minESS.min() ?? .nan,
-        resampleCount: resamples.reduce(0, +), weightedModeWeights: modes.map { $0 / P },
-        logNormalizer: logNormalizer.reduce(0, +) / P, populationESS: finalESS, populationResamples: resamples,
-        discriminatorRMSE: discriminator?.rmse, discriminatorLoss: discriminator?.loss)
 }

@@ -62,15 +62,20 @@ struct SamplingMergedPopulation: Sendable, Equatable {
 }
 
 /// Merges the shards of one job. Shards may come in any order; together they must cover [0, N) exactly, with
-/// block-aligned boundaries. Per-block statistics are reduced in block-index order over a fixed binary tree (Chan for
-/// moments, plain sums for RFF sums), integer counts and histograms are added, so the result is bitwise identical
-/// for any shard count and arrival order.
+/// block-aligned boundaries. They are sorted by range and streamed through a `SamplingStatisticsReducer`: tree nodes
+/// are reduced in block-index order over the fixed binary tree (Chan for moments, plain sums for RFF sums), integer
+/// counts and histograms are added, so the result is bitwise identical for any shard count and arrival order.
 public func mergeSampling(config: SamplingConfig, shards: [SamplingShardResult]) throws -> SamplingResult {
-    let s = try mergeSamplingStatistics(setup: config.statistics, shards: shards)
-    return SamplingResult(
-        config: config, n: s.n, mean: s.mean, cov: s.cov, modeWeights: s.modeWeights,
-        modeWeightError: s.modeWeightError, sw1: s.sw1, mmd: s.mmd, noiseFloor: s.noiseFloor, perMode: s.perMode,
-        nanCount: s.nanCount, outOfRange: s.outOfRange, merged: s.merged, mergedExact: s.mergedExact)
+    SamplingResult(config: config, statistics: try mergeSamplingStatistics(setup: config.statistics, shards: shards))
+}
+
+extension SamplingResult {
+    init(config: SamplingConfig, statistics s: SamplingStatisticsResult) {
+        self.init(
+            config: config, n: s.n, mean: s.mean, cov: s.cov, modeWeights: s.modeWeights,
+            modeWeightError: s.modeWeightError, sw1: s.sw1, mmd: s.mmd, noiseFloor: s.noiseFloor, perMode: s.perMode,
+            nanCount: s.nanCount, outOfRange: s.outOfRange, merged: s.merged, mergedExact: s.mergedExact)
+    }
 }
 
 /// The statistics part of a merged sampling result, shared by every sampling algorithm (ddpm/ddim, langevin, smc).
@@ -94,54 +99,143 @@ struct SamplingStatisticsResult: Sendable, Equatable {
 func mergeSamplingStatistics(setup config: SamplingStatisticsSetup, shards: [SamplingShardResult]) throws
     -> SamplingStatisticsResult
 {
-    guard !shards.isEmpty else {
-        throw SamplingError(.coverage, "no shards to merge; need shards covering [0, \(config.samples))")
+    var reducer = SamplingStatisticsReducer(setup: config)
+    for shard in shards.sorted(by: { $0.range.lowerBound < $1.range.lowerBound }) { try reducer.add(shard) }
+    return try reducer.finish()
+}
+
+/// Streams the shards of one job, in range order, into its statistics: each shard's tree nodes go into one
+/// `SamplingTreeStack` per population and its histograms into running integer sums as it comes, so the reducer holds
+/// at most `tree.maximumPending` nodes and two histograms per population, whatever the shard count.
+struct SamplingStatisticsReducer {
+    let setup: SamplingStatisticsSetup
+    let tree: SamplingReductionTree
+    private var sampled: PopulationReducer
+    private var exact: PopulationReducer
+    /// Samples covered by the shards added so far: [0, end).
+    private(set) var end = 0
+    private(set) var shards = 0
+
+    init(setup: SamplingStatisticsSetup) {
+        self.setup = setup
+        tree = SamplingReductionTree(samples: setup.samples)
+        sampled = PopulationReducer(tree: tree)
+        exact = PopulationReducer(tree: tree)
     }
-    let d = config.target.dimension
-    let K = config.target.componentCount
-    let ordered = shards.sorted { $0.range.lowerBound < $1.range.lowerBound }
-    var expected = 0
-    for shard in ordered {
+
+    /// Integers and doubles held (pending nodes and histograms): bounded by the tree's depth, not by the shards.
+    var retainedValues: Int { sampled.retainedValues + exact.retainedValues }
+
+    /// Adds the next shard; it must start where the previous one ended.
+    mutating func add(_ shard: SamplingShardResult) throws {
+        let d = setup.target.dimension
+        let K = setup.target.componentCount
         guard shard.dimension == d, shard.componentCount == K else {
             throw SamplingError(
                 .coverage,
                 "shard \(shard.range) has dimension \(shard.dimension) and \(shard.componentCount) components; the target has \(d) and \(K)"
             )
         }
-        if shard.range.lowerBound > expected {
-            throw SamplingError(
-                .coverage, "shards leave a gap: samples \(expected)..<\(shard.range.lowerBound) are missing")
+        if shard.range.lowerBound > end {
+            throw SamplingError(.coverage, "shards leave a gap: samples \(end)..<\(shard.range.lowerBound) are missing")
         }
-        if shard.range.lowerBound < expected {
+        if shard.range.lowerBound < end {
             throw SamplingError(
-                .coverage, "shards overlap: \(shard.range) starts before \(expected), where the previous shard ended")
+                .coverage, "shards overlap: \(shard.range) starts before \(end), where the previous shard ended")
         }
-        try SamplingPlan.validate(range: shard.range, samples: config.samples)
-        expected = shard.range.upperBound
+        try SamplingPlan.validate(range: shard.range, samples: setup.samples)
+        let lastBlock = SamplingPlan.blockCount(samples: shard.range.upperBound)
+        try sampled.add(shard.sampled, samples: setup.samples, dimension: d, components: K, through: lastBlock)
+        try exact.add(shard.exact, samples: setup.samples, dimension: d, components: K, through: lastBlock)
+        end = shard.range.upperBound
+        shards += 1
     }
-    guard expected == config.samples else {
-        throw SamplingError(.coverage, "shards leave a gap: samples \(expected)..<\(config.samples) are missing")
-    }
-    let blockCount = SamplingPlan.blockCount(samples: config.samples)
-    let merged = try mergePopulation(ordered.map(\.sampled), blocks: blockCount, samples: config.samples)
-    let mergedExact = try mergePopulation(ordered.map(\.exact), blocks: blockCount, samples: config.samples)
 
-    let probes = SamplingProbes(target: config.target)
-    let embedding = probes.exactEmbedding(config.reference)
-    let metrics = populationMetrics(merged, reference: config.reference, probes: probes, embedding: embedding)
-    let floor = populationMetrics(mergedExact, reference: config.reference, probes: probes, embedding: embedding)
+    func finish() throws -> SamplingStatisticsResult {
+        guard shards > 0 else {
+            throw SamplingError(.coverage, "no shards to merge; need shards covering [0, \(setup.samples))")
+        }
+        guard end == setup.samples else {
+            throw SamplingError(.coverage, "shards leave a gap: samples \(end)..<\(setup.samples) are missing")
+        }
+        let merged = try sampled.finish()
+        let mergedExact = try exact.finish()
 
-    let finite = merged.moments.count
-    let perMode = merged.modes.map { m in
-        SamplingModeStats(
-            count: Int(m.count), weight: finite > 0 ? Double(m.count) / Double(finite) : .nan, mean: m.mean,
-            cov: covariance(m))
+        let probes = SamplingProbes(target: setup.target)
+        let embedding = probes.exactEmbedding(setup.reference)
+        let metrics = populationMetrics(merged, reference: setup.reference, probes: probes, embedding: embedding)
+        let floor = populationMetrics(mergedExact, reference: setup.reference, probes: probes, embedding: embedding)
+
+        let finite = merged.moments.count
+        let perMode = merged.modes.map { m in
+            SamplingModeStats(
+                count: Int(m.count), weight: finite > 0 ? Double(m.count) / Double(finite) : .nan, mean: m.mean,
+                cov: covariance(m))
+        }
+        return SamplingStatisticsResult(
+            n: Int(merged.total), mean: merged.moments.mean, cov: covariance(merged.moments),
+            modeWeights: perMode.map(\.weight), modeWeightError: metrics.modeWeightError, sw1: metrics.sw1,
+            mmd: metrics.mmd, noiseFloor: floor, perMode: perMode, nanCount: Int(merged.total - finite),
+            outOfRange: Int(merged.outOfRange), merged: merged, mergedExact: mergedExact)
     }
-    return SamplingStatisticsResult(
-        n: Int(merged.total), mean: merged.moments.mean, cov: covariance(merged.moments),
-        modeWeights: perMode.map(\.weight), modeWeightError: metrics.modeWeightError, sw1: metrics.sw1,
-        mmd: metrics.mmd, noiseFloor: floor, perMode: perMode, nanCount: Int(merged.total - finite),
-        outOfRange: Int(merged.outOfRange), merged: merged, mergedExact: mergedExact)
+
+    /// One population: its pending tree nodes and its running histogram.
+    private struct PopulationReducer {
+        var stack: SamplingTreeStack<SamplingTreeNode>
+        var histogram = [Int64](repeating: 0, count: SamplingProbeSetup.projections * SamplingProbeSetup.bins)
+        var outOfRange: Int64 = 0
+
+        init(tree: SamplingReductionTree) {
+            stack = SamplingTreeStack(tree: tree)
+        }
+
+        var retainedValues: Int { histogram.count + 1 + stack.pending.reduce(0) { $0 + $1.value.valueCount } }
+
+        mutating func add(
+            _ part: SamplingPopulationStats, samples: Int, dimension d: Int, components K: Int, through lastBlock: Int
+        ) throws {
+            let blockSize = SamplingPlan.blockSize
+            for node in part.nodes {
+                guard node.blocks.lowerBound == stack.end, stack.tree.isNode(node.blocks) else {
+                    throw SamplingError(
+                        .malformedResult,
+                        "blocks \(node.blocks) where the next node of the job's reduction tree starts at block \(stack.end)")
+                }
+                let size = min(node.blocks.upperBound * blockSize, samples) - node.blocks.lowerBound * blockSize
+                guard node.total == Int64(size) else {
+                    throw SamplingError(
+                        .malformedResult,
+                        "blocks \(node.blocks) with \(node.total) samples where \(size) belong")
+                }
+                guard node.moments.mean.count == d, node.moments.m2.count == d * d,
+                    node.rffSum.count == SamplingProbeSetup.rffFeatures, node.modes.count == K,
+                    node.modes.allSatisfy({ $0.mean.count == d && $0.m2.count == d * d })
+                else {
+                    throw SamplingError(.malformedResult, "blocks \(node.blocks) have statistics of the wrong size")
+                }
+                stack.push(node.blocks, node, combine: SamplingTreeNode.combine)
+            }
+            guard stack.end == lastBlock else {
+                throw SamplingError(
+                    .malformedResult, "a shard's nodes end at block \(stack.end); its range ends at block \(lastBlock)")
+            }
+            guard part.histogram.count == histogram.count else {
+                throw SamplingError(.malformedResult, "shard histograms differ in size")
+            }
+            for i in histogram.indices { histogram[i] += part.histogram[i] }
+            outOfRange += part.outOfRange
+        }
+
+        func finish() throws -> SamplingMergedPopulation {
+            guard let root = stack.root else {
+                throw SamplingError(
+                    .malformedResult, "shards hold blocks 0..<\(stack.end); the job has \(stack.tree.blockCount)")
+            }
+            return SamplingMergedPopulation(
+                total: root.total, moments: root.moments, rffSum: root.rffSum, modes: root.modes,
+                histogram: histogram, outOfRange: outOfRange)
+        }
+    }
 }
 
 private func covariance(_ m: SampleMoments) -> [[Double]] {
@@ -150,51 +244,6 @@ private func covariance(_ m: SampleMoments) -> [[Double]] {
     return (0..<d).map { r in
         (0..<d).map { c in m.count >= 2 ? m.m2[r * d + c] / denominator : .nan }
     }
-}
-
-private func mergePopulation(_ parts: [SamplingPopulationStats], blocks blockCount: Int, samples: Int) throws
-    -> SamplingMergedPopulation
-{
-    let blocks = parts.flatMap(\.blocks).sorted { $0.index < $1.index }
-    guard blocks.count == blockCount else {
-        throw SamplingError(.malformedResult, "shards hold \(blocks.count) blocks; the job has \(blockCount)")
-    }
-    let blockSize = SamplingPlan.blockSize
-    for (b, block) in blocks.enumerated() {
-        let size = min((b + 1) * blockSize, samples) - b * blockSize
-        guard block.index == b, block.total == Int64(size) else {
-            throw SamplingError(
-                .malformedResult, "block \(block.index) with \(block.total) samples where block \(b) of \(size) belongs"
-            )
-        }
-    }
-    struct Node {
-        var total: Int64
-        var moments: SampleMoments
-        var rffSum: [Double]
-        var modes: [SampleMoments]
-    }
-    let root = samplingTreeReduce(
-        blocks.map { Node(total: $0.total, moments: $0.moments, rffSum: $0.rffSum, modes: $0.modes) }[...]
-    ) {
-        a, b in
-        Node(
-            total: a.total + b.total, moments: .merge(a.moments, b.moments),
-            rffSum: zip(a.rffSum, b.rffSum).map { $0 + $1 },
-            modes: zip(a.modes, b.modes).map { SampleMoments.merge($0, $1) })
-    }
-    var histogram = parts[0].histogram
-    var outOfRange = parts[0].outOfRange
-    for part in parts.dropFirst() {
-        guard part.histogram.count == histogram.count else {
-            throw SamplingError(.malformedResult, "shard histograms differ in size")
-        }
-        for i in histogram.indices { histogram[i] += part.histogram[i] }
-        outOfRange += part.outOfRange
-    }
-    return SamplingMergedPopulation(
-        total: root.total, moments: root.moments, rffSum: root.rffSum, modes: root.modes, histogram: histogram,
-        outOfRange: outOfRange)
 }
 
 private func populationMetrics(

@@ -304,7 +304,7 @@ struct SamplingStatisticsSetup: Sendable {
     var samples: Int
 }
 
-/// Block statistics of the shard's samples and of exact draws of the same indices (stream 2, from the reference
+/// Block statistics (reduced to the maximal tree nodes inside the shard) of the shard's samples and of exact draws of the same indices (stream 2, from the reference
 /// law), by the same code.
 func summarizeSamplingShard(setup config: SamplingStatisticsSetup, range: Range<Int>, samples x: [Double]) -> (
     SamplingPopulationStats, SamplingPopulationStats
@@ -315,6 +315,9 @@ func summarizeSamplingShard(setup config: SamplingStatisticsSetup, range: Range<
     var sampled = SamplingPopulationStats(projections: probes.projections, bins: probes.bins)
     var exact = SamplingPopulationStats(projections: probes.projections, bins: probes.bins)
     let blockSize = SamplingPlan.blockSize
+    let tree = SamplingReductionTree(samples: config.samples)
+    var sampledTree = SamplingTreeStack<SamplingTreeNode>(tree: tree, start: range.lowerBound / blockSize)
+    var exactTree = sampledTree
     var draws = [Double](repeating: 0, count: blockSize * d)
     var scratch = [Double](repeating: 0, count: probes.features)
     x.withUnsafeBufferPointer { xs in
@@ -325,22 +328,26 @@ func summarizeSamplingShard(setup config: SamplingStatisticsSetup, range: Range<
                     let block = lower / blockSize
                     let upper = min((block + 1) * blockSize, range.upperBound)
                     let count = upper - lower
-                    sampled.addBlock(
+                    let leaf = sampled.addBlock(
                         index: block, rows: xs.baseAddress! + (lower - range.lowerBound) * d, count: count,
                         probes: probes, classifier: classifier, scratch: sp.baseAddress!)
+                    sampledTree.push(leaf.blocks, leaf, combine: SamplingTreeNode.combine)
                     for j in 0..<count {
                         var stream = PhiloxStream(
                             seed: config.seed, index: UInt32(lower + j), step: 0, stream: .dataDraw)
                         _ = config.reference.draw(&stream, into: ds.baseAddress! + j * d)
                     }
-                    exact.addBlock(
+                    let exactLeaf = exact.addBlock(
                         index: block, rows: UnsafePointer(ds.baseAddress!), count: count, probes: probes,
                         classifier: classifier, scratch: sp.baseAddress!)
+                    exactTree.push(exactLeaf.blocks, exactLeaf, combine: SamplingTreeNode.combine)
                     lower = upper
                 }
             }
         }
     }
+    sampled.nodes = sampledTree.pending.map(\.value)
+    exact.nodes = exactTree.pending.map(\.value)
     return (sampled, exact)
 }
 

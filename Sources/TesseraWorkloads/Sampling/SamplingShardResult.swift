@@ -2,8 +2,9 @@
 
 import TesseraCompute
 
-/// What a sampling shard produces: per-block statistics of its samples and of exact draws of the same indices,
-/// their projection histograms, and optionally the samples themselves.
+/// What a sampling shard produces: the statistics of its samples and of exact draws of the same indices (per node of
+/// the job's reduction tree, reduced as far as the shard's own blocks allow), their projection histograms, and
+/// optionally the samples themselves.
 public struct SamplingShardResult: Sendable, Equatable {
     /// The sample indices this shard covered.
     public var range: Range<Int>
@@ -32,13 +33,13 @@ public struct SamplingShardResult: Sendable, Equatable {
     }
 
     /// `format` value in the safetensors metadata of `serialize()`.
-    public static let format = "tessera.sampling.shard/1"
+    public static let format = "tessera.sampling.shard/2"
 
     /// A small status summary: n, finite count, nan_count, mean_sq_norm (mean |x|^2 of the finite samples),
     /// out_of_range (histogram clamps), and the shard's own mode-weight vector as mode_weight_<k>.
     public var summary: [String: Double] {
-        let moments = samplingTreeReduce(sampled.blocks.map(\.moments)[...], SampleMoments.merge)
-        let total = sampled.blocks.reduce(Int64(0)) { $0 + $1.total }
+        let moments = sampled.nodes.dropFirst().reduce(sampled.nodes[0].moments) { SampleMoments.merge($0, $1.moments) }
+        let total = sampled.nodes.reduce(Int64(0)) { $0 + $1.total }
         var meanSquaredNorm = 0.0
         if moments.count > 0 {
             let n = Double(moments.count)
@@ -56,7 +57,7 @@ public struct SamplingShardResult: Sendable, Equatable {
             "out_of_range": Double(sampled.outOfRange),
         ]
         for k in 0..<componentCount {
-            let count = sampled.blocks.reduce(Int64(0)) { $0 + $1.modes[k].count }
+            let count = sampled.nodes.reduce(Int64(0)) { $0 + $1.modes[k].count }
             result["mode_weight_\(k)"] = moments.count > 0 ? Double(count) / Double(moments.count) : .nan
         }
         return result
@@ -77,11 +78,12 @@ public struct SamplingShardResult: Sendable, Equatable {
         return file.serialize()
     }
 
-    /// The exact binary form: safetensors with, for P in {sampled, exact} and B blocks,
-    /// `P.block_index` I64 [B], `P.block_total` I64 [B], `P.count` I64 [B], `P.mean` F64 [B, d], `P.m2` F64 [B, d, d],
-    /// `P.rff_sum` F64 [B, D], `P.mode_count` I64 [B, K], `P.mode_mean` F64 [B, K, d], `P.mode_m2` F64 [B, K, d, d],
-    /// `P.histogram` I64 [L, bins], `P.out_of_range` I64 [1]; plus `samples` F32 [n, d] when kept. Metadata: format,
-    /// range_lower, range_upper, dimension, components. `deserialize` inverts it bit for bit.
+    /// The exact binary form: safetensors with, for P in {sampled, exact} and M tree nodes,
+    /// `P.node_blocks` I64 [M, 2] (first block, one past the last), `P.total` I64 [M], `P.count` I64 [M],
+    /// `P.mean` F64 [M, d], `P.m2` F64 [M, d, d], `P.rff_sum` F64 [M, D], `P.mode_count` I64 [M, K],
+    /// `P.mode_mean` F64 [M, K, d], `P.mode_m2` F64 [M, K, d, d], `P.histogram` [L, bins] in the narrowest of
+    /// U8/U16/U32/I64 that holds its largest count, `P.out_of_range` I64 [1]; plus `samples` F32 [n, d] when kept.
+    /// Metadata: format, range_lower, range_upper, dimension, components. `deserialize` inverts it bit for bit.
     public func serialize() throws -> [UInt8] {
         var tensors: [SafeTensor] = []
         for (prefix, population) in [("sampled", sampled), ("exact", exact)] {
@@ -139,7 +141,11 @@ public struct SamplingShardResult: Sendable, Equatable {
         let blockSize = SamplingPlan.blockSize
         let firstBlock = lower / blockSize
         let expectedBlocks = Array(firstBlock..<((upper + blockSize - 1) / blockSize))
-        guard sampled.blocks.map(\.index) == expectedBlocks, exact.blocks.map(\.index) == expectedBlocks else {
+        func tiles(_ nodes: [SamplingTreeNode]) -> Bool {
+            nodes.first?.blocks.lowerBound == expectedBlocks.first && nodes.last?.blocks.upperBound == expectedBlocks.last.map { $0 + 1 }
+                && zip(nodes, nodes.dropFirst()).allSatisfy { $0.blocks.upperBound == $1.blocks.lowerBound }
+        }
+        guard tiles(sampled.nodes), tiles(exact.nodes) else {
             throw SamplingError(
                 .malformedResult, "shard result blocks do not match its range \(lower)..<\(upper)")
         }
@@ -165,25 +171,27 @@ public struct SamplingShardResult: Sendable, Equatable {
         throws
         -> [SafeTensor]
     {
-        let B = p.blocks.count
-        let D = p.blocks.first?.rffSum.count ?? SamplingProbeSetup.rffFeatures
+        let M = p.nodes.count
+        let D = p.nodes.first?.rffSum.count ?? SamplingProbeSetup.rffFeatures
         let L = SamplingProbeSetup.projections
         return try [
-            SafeTensor(name: "\(prefix).block_index", int64: p.blocks.map { Int64($0.index) }, shape: [B]),
-            SafeTensor(name: "\(prefix).block_total", int64: p.blocks.map(\.total), shape: [B]),
-            SafeTensor(name: "\(prefix).count", int64: p.blocks.map(\.moments.count), shape: [B]),
-            SafeTensor(name: "\(prefix).mean", float64: p.blocks.flatMap(\.moments.mean), shape: [B, d]),
-            SafeTensor(name: "\(prefix).m2", float64: p.blocks.flatMap(\.moments.m2), shape: [B, d, d]),
-            SafeTensor(name: "\(prefix).rff_sum", float64: p.blocks.flatMap(\.rffSum), shape: [B, D]),
             SafeTensor(
-                name: "\(prefix).mode_count", int64: p.blocks.flatMap { $0.modes.map(\.count) }, shape: [B, K]),
+                name: "\(prefix).node_blocks",
+                int64: p.nodes.flatMap { [Int64($0.blocks.lowerBound), Int64($0.blocks.upperBound)] }, shape: [M, 2]),
+            SafeTensor(name: "\(prefix).total", int64: p.nodes.map(\.total), shape: [M]),
+            SafeTensor(name: "\(prefix).count", int64: p.nodes.map(\.moments.count), shape: [M]),
+            SafeTensor(name: "\(prefix).mean", float64: p.nodes.flatMap(\.moments.mean), shape: [M, d]),
+            SafeTensor(name: "\(prefix).m2", float64: p.nodes.flatMap(\.moments.m2), shape: [M, d, d]),
+            SafeTensor(name: "\(prefix).rff_sum", float64: p.nodes.flatMap(\.rffSum), shape: [M, D]),
             SafeTensor(
-                name: "\(prefix).mode_mean", float64: p.blocks.flatMap { $0.modes.flatMap(\.mean) },
-                shape: [B, K, d]),
+                name: "\(prefix).mode_count", int64: p.nodes.flatMap { $0.modes.map(\.count) }, shape: [M, K]),
             SafeTensor(
-                name: "\(prefix).mode_m2", float64: p.blocks.flatMap { $0.modes.flatMap(\.m2) }, shape: [B, K, d, d]),
+                name: "\(prefix).mode_mean", float64: p.nodes.flatMap { $0.modes.flatMap(\.mean) },
+                shape: [M, K, d]),
             SafeTensor(
-                name: "\(prefix).histogram", int64: p.histogram, shape: [L, p.histogram.count / max(L, 1)]),
+                name: "\(prefix).mode_m2", float64: p.nodes.flatMap { $0.modes.flatMap(\.m2) }, shape: [M, K, d, d]),
+            SafeTensor(
+                name: "\(prefix).histogram", counts: p.histogram, shape: [L, p.histogram.count / max(L, 1)]),
             SafeTensor(name: "\(prefix).out_of_range", int64: [p.outOfRange], shape: [1]),
         ]
     }
@@ -191,23 +199,29 @@ public struct SamplingShardResult: Sendable, Equatable {
     private static func population(prefix: String, _ r: TensorReader, dimension d: Int, components K: Int) throws
         -> SamplingPopulationStats
     {
-        let index = try r.int64("\(prefix).block_index", count: nil)
-        let B = index.count
+        let bounds = try r.int64("\(prefix).node_blocks", count: nil)
+        guard bounds.count % 2 == 0 else {
+            throw SamplingError(.malformedResult, "shard result tensor `\(prefix).node_blocks` has an odd count")
+        }
+        let M = bounds.count / 2
         let D = SamplingProbeSetup.rffFeatures
-        let total = try r.int64("\(prefix).block_total", count: B)
-        let count = try r.int64("\(prefix).count", count: B)
-        let mean = try r.float64("\(prefix).mean", count: B * d)
-        let m2 = try r.float64("\(prefix).m2", count: B * d * d)
-        let rff = try r.float64("\(prefix).rff_sum", count: B * D)
-        let modeCount = try r.int64("\(prefix).mode_count", count: B * K)
-        let modeMean = try r.float64("\(prefix).mode_mean", count: B * K * d)
-        let modeM2 = try r.float64("\(prefix).mode_m2", count: B * K * d * d)
-        let histogram = try r.int64(
+        let total = try r.int64("\(prefix).total", count: M)
+        let count = try r.int64("\(prefix).count", count: M)
+        let mean = try r.float64("\(prefix).mean", count: M * d)
+        let m2 = try r.float64("\(prefix).m2", count: M * d * d)
+        let rff = try r.float64("\(prefix).rff_sum", count: M * D)
+        let modeCount = try r.int64("\(prefix).mode_count", count: M * K)
+        let modeMean = try r.float64("\(prefix).mode_mean", count: M * K * d)
+        let modeM2 = try r.float64("\(prefix).mode_m2", count: M * K * d * d)
+        let histogram = try r.counts(
             "\(prefix).histogram", count: SamplingProbeSetup.projections * SamplingProbeSetup.bins)
         let outOfRange = try r.int64("\(prefix).out_of_range", count: 1)
-        var blocks: [SamplingBlockStats] = []
-        blocks.reserveCapacity(B)
-        for b in 0..<B {
+        var nodes: [SamplingTreeNode] = []
+        nodes.reserveCapacity(M)
+        for b in 0..<M {
+            guard bounds[2 * b] < bounds[2 * b + 1], bounds[2 * b] >= 0, bounds[2 * b + 1] <= Int64(Int32.max) else {
+                throw SamplingError(.malformedResult, "shard result node \(b) has an empty or invalid block range")
+            }
             var modes: [SampleMoments] = []
             for k in 0..<K {
                 let mk = b * K + k
@@ -216,15 +230,15 @@ public struct SamplingShardResult: Sendable, Equatable {
                         count: modeCount[mk], mean: Array(modeMean[(mk * d)..<((mk + 1) * d)]),
                         m2: Array(modeM2[(mk * d * d)..<((mk + 1) * d * d)])))
             }
-            blocks.append(
-                SamplingBlockStats(
-                    index: Int(index[b]), total: total[b],
+            nodes.append(
+                SamplingTreeNode(
+                    blocks: Int(bounds[2 * b])..<Int(bounds[2 * b + 1]), total: total[b],
                     moments: SampleMoments(
                         count: count[b], mean: Array(mean[(b * d)..<((b + 1) * d)]),
                         m2: Array(m2[(b * d * d)..<((b + 1) * d * d)])),
                     rffSum: Array(rff[(b * D)..<((b + 1) * D)]), modes: modes))
         }
-        return SamplingPopulationStats(blocks: blocks, histogram: histogram, outOfRange: outOfRange[0])
+        return SamplingPopulationStats(nodes: nodes, histogram: histogram, outOfRange: outOfRange[0])
     }
 }
 
@@ -268,6 +282,12 @@ private struct TensorReader {
 
     func float64(_ name: String, count: Int?) throws -> [Double] {
         let values = try tensor(name).float64Values()
+        try check(name, values.count, count)
+        return values
+    }
+
+    func counts(_ name: String, count: Int?) throws -> [Int64] {
+        let values = try tensor(name).countValues()
         try check(name, values.count, count)
         return values
     }

@@ -1,6 +1,7 @@
 // Exactly mergeable sample statistics (WORKLOADS.md §0 "Metrics", §4): per-block float64 moments, RFF feature sums and
-// per-mode moments, merged by Chan's formula over a fixed binary tree of block indices; per-shard integer histograms of
-// 1-D projections that add in any order. The same code path summarises the sampler's output and the exact draws
+// per-mode moments, merged by Chan's formula over a fixed binary tree of block indices (streamed: nodes are combined
+// as their blocks arrive in order, by shards and then by the merge); per-shard integer histograms of 1-D projections
+// that add in any order. The same code path summarises the sampler's output and the exact draws
 // (the noise floor).
 
 import Foundation
@@ -181,48 +182,148 @@ struct SampleMoments: Sendable, Equatable {
     }
 }
 
-/// Statistics of one block of consecutive sample indices (a full block of `SamplingPlan.blockSize`, or the job's
-/// last, shorter block). Non-finite rows are counted in `total` but enter nothing else.
-struct SamplingBlockStats: Sendable, Equatable {
-    /// Global block index: the block covers [index * blockSize, min((index + 1) * blockSize, N)).
-    var index: Int
-    /// Rows in the block, finite or not.
+/// Reduced statistics of the blocks `blocks`: a node of the job's fixed reduction tree (`SamplingReductionTree`); a
+/// single block is a leaf. Non-finite rows are counted in `total` but enter nothing else.
+struct SamplingTreeNode: Sendable, Equatable {
+    /// Global block indices: block b covers [b * blockSize, min((b + 1) * blockSize, N)).
+    var blocks: Range<Int>
+    /// Rows in these blocks, finite or not.
     var total: Int64
-    /// SampleMoments of the finite rows (two-pass within the block).
+    /// SampleMoments of the finite rows (two-pass within a block, Chan above).
     var moments: SampleMoments
     /// sum over finite rows of cos(w_f . x + b_f), f = 0..<D (the sqrt(2/D) factor is applied at the end).
     var rffSum: [Double]
     /// SampleMoments of the finite rows by argmax-posterior mode (count = mode count).
     var modes: [SampleMoments]
+
+    /// The parent of two sibling nodes: Chan for moments, plain sums for RFF sums, integer sums for counts.
+    static func combine(_ a: SamplingTreeNode, _ b: SamplingTreeNode) -> SamplingTreeNode {
+        SamplingTreeNode(
+            blocks: a.blocks.lowerBound..<b.blocks.upperBound, total: a.total + b.total,
+            moments: .merge(a.moments, b.moments), rffSum: zip(a.rffSum, b.rffSum).map { $0 + $1 },
+            modes: zip(a.modes, b.modes).map { SampleMoments.merge($0, $1) })
+    }
+
+    /// Doubles and integers the node holds (for the memory bounds of the merge).
+    var valueCount: Int { 3 + moments.mean.count + moments.m2.count + rffSum.count + modes.reduce(0) { $0 + 1 + $1.mean.count + $1.m2.count } }
+}
+
+/// The fixed balanced binary tree over a job's blocks 0..<blockCount that every sampling merge reduces over: a node
+/// [lo, hi) of more than one block has the children [lo, mid) and [mid, hi), mid = lo + (hi - lo) / 2. It depends only
+/// on the block count (so on N), never on the shards, which is what makes merged results bitwise independent of them.
+struct SamplingReductionTree: Sendable, Equatable {
+    let blockCount: Int
+
+    init(blockCount: Int) {
+        self.blockCount = blockCount
+    }
+
+    init(samples: Int) {
+        self.init(blockCount: SamplingPlan.blockCount(samples: samples))
+    }
+
+    /// Whether `blocks` is a node of the tree.
+    func isNode(_ blocks: Range<Int>) -> Bool {
+        guard blocks.lowerBound >= 0, blocks.upperBound <= blockCount, !blocks.isEmpty else { return false }
+        var lo = 0
+        var hi = blockCount
+        while lo != blocks.lowerBound || hi != blocks.upperBound {
+            let mid = lo + (hi - lo) / 2
+            if blocks.upperBound <= mid {
+                hi = mid
+            } else if blocks.lowerBound >= mid {
+                lo = mid
+            } else {
+                return false
+            }
+        }
+        return true
+    }
+
+    /// Whether `left` and `right` are the two children of one node.
+    func areSiblings(_ left: Range<Int>, _ right: Range<Int>) -> Bool {
+        guard left.upperBound == right.lowerBound, !left.isEmpty, !right.isEmpty else { return false }
+        let parent = left.lowerBound..<right.upperBound
+        return parent.lowerBound + parent.count / 2 == left.upperBound && isNode(parent)
+    }
+
+    /// The most nodes a `SamplingTreeStack` of this tree can hold: one per level.
+    var maximumPending: Int {
+        var depth = 1
+        var size = blockCount
+        while size > 1 {
+            size -= size / 2  // the larger child
+            depth += 1
+        }
+        return depth
+    }
+}
+
+/// Reduces tree nodes given in block order, as they arrive, to exactly the values of reducing all blocks at once over
+/// `tree`: a node waits until the node to its right completes its parent, then both are replaced by the parent. The
+/// pending nodes are the maximal complete nodes of the blocks seen so far, at most one per tree level
+/// (`tree.maximumPending`), however many nodes were pushed. A shard uses one over its own blocks (starting at its
+/// first block) and ships the pending nodes; the merge pushes those, shard after shard, into one over the job.
+struct SamplingTreeStack<Value> {
+    let tree: SamplingReductionTree
+    private(set) var pending: [(blocks: Range<Int>, value: Value)] = []
+    /// The first block not covered yet.
+    private(set) var end: Int
+
+    init(tree: SamplingReductionTree, start: Int = 0) {
+        self.tree = tree
+        end = start
+    }
+
+    /// Pushes the next node, which must start at `end` and be a node of `tree` (check input you did not make first).
+    mutating func push(_ blocks: Range<Int>, _ value: Value, combine: (Value, Value) -> Value) {
+        precondition(blocks.lowerBound == end && tree.isNode(blocks), "\(blocks) is not the next node of the tree")
+        var blocks = blocks
+        var value = value
+        while let last = pending.last, tree.areSiblings(last.blocks, blocks) {
+            pending.removeLast()
+            value = combine(last.value, value)
+            blocks = last.blocks.lowerBound..<blocks.upperBound
+        }
+        pending.append((blocks, value))
+        end = blocks.upperBound
+    }
+
+    /// The root's value, once every block was pushed.
+    var root: Value? {
+        pending.count == 1 && pending[0].blocks == 0..<tree.blockCount ? pending[0].value : nil
+    }
 }
 
 /// A shard's statistics of one population of points (the sampler's output, or the exact draws).
 struct SamplingPopulationStats: Sendable, Equatable {
-    /// One entry per block of the shard, in block order.
-    var blocks: [SamplingBlockStats]
+    /// The shard's blocks reduced as far as the tree allows within the shard: the maximal tree nodes inside its
+    /// blocks, in block order (the pending nodes of a `SamplingTreeStack` over the shard's blocks).
+    var nodes: [SamplingTreeNode]
     /// Integer histograms, row-major [L, bins].
     var histogram: [Int64]
     /// Projections that fell outside their histogram range and were clamped into an edge bin.
     var outOfRange: Int64
 
-    init(blocks: [SamplingBlockStats] = [], projections: Int, bins: Int) {
-        self.blocks = blocks
+    init(nodes: [SamplingTreeNode] = [], projections: Int, bins: Int) {
+        self.nodes = nodes
         histogram = [Int64](repeating: 0, count: projections * bins)
         outOfRange = 0
     }
 
-    init(blocks: [SamplingBlockStats], histogram: [Int64], outOfRange: Int64) {
-        self.blocks = blocks
+    init(nodes: [SamplingTreeNode], histogram: [Int64], outOfRange: Int64) {
+        self.nodes = nodes
         self.histogram = histogram
         self.outOfRange = outOfRange
     }
 
-    /// Summarises `count` rows of `rows` (row-major [count, d]) as block `index`, and adds their projections to the
-    /// histograms. `scratch` must hold at least D doubles.
+    /// Summarises `count` rows of `rows` (row-major [count, d]) as block `index`, adds their projections to the
+    /// histograms, and returns the block's leaf node (for the caller's `SamplingTreeStack`). `scratch` must hold at
+    /// least D doubles.
     mutating func addBlock(
         index: Int, rows: UnsafePointer<Double>, count: Int, probes: SamplingProbes, classifier: ModeClassifier,
         scratch: UnsafeMutablePointer<Double>
-    ) {
+    ) -> SamplingTreeNode {
         let d = probes.dimension
         let K = classifier.componentCount
         let D = probes.features
@@ -317,18 +418,7 @@ struct SamplingPopulationStats: Sendable, Equatable {
                 for c in 0..<d { modes[k].m2[r * d + c] += delta[r] * delta[c] }
             }
         }
-        blocks.append(
-            SamplingBlockStats(index: index, total: Int64(count), moments: moments, rffSum: rffSum, modes: modes))
+        return SamplingTreeNode(
+            blocks: index..<(index + 1), total: Int64(count), moments: moments, rffSum: rffSum, modes: modes)
     }
-}
-
-/// Reduces `items` (in the given order) over a fixed balanced binary tree: split at count / 2, recurse, combine.
-/// The tree depends only on `items.count`, so the result depends only on the items, never on how they arrived.
-func samplingTreeReduce<T>(_ items: ArraySlice<T>, _ combine: (T, T) -> T) -> T {
-    precondition(!items.isEmpty, "samplingTreeReduce needs at least one item")
-    if items.count == 1 { return items[items.startIndex] }
-    let mid = items.startIndex + items.count / 2
-    return combine(
-        samplingTreeReduce(items[items.startIndex..<mid], combine),
-        samplingTreeReduce(items[mid..<items.endIndex], combine))
 }

@@ -10,14 +10,14 @@ enum ToyLMSweepMerge {
     /// Fields of a shard summary that are aggregated across seeds, in output order.
     static let aggregated = ["kl_to_ref", "expected_reward", "frontier_distance", "kl_to_optimum", "objective_gap"]
 
-    static func merge(algorithm: String, config: ToyLMTrainingConfig, outputs: [ShardOutput]) throws -> JSONValue {
-        guard outputs.count == config.points.count else {
+    /// `summaries`: the shards' summaries in shard order (a `SummaryReducer` collects them; the blobs are not read).
+    static func merge(algorithm: String, config: ToyLMTrainingConfig, summaries: [JSONValue]) throws -> JSONValue {
+        guard summaries.count == config.points.count else {
             throw ToyLMError(
-                .malformedSummary, "\(outputs.count) shard outputs for \(config.points.count) sweep points")
+                .malformedSummary, "\(summaries.count) shard outputs for \(config.points.count) sweep points")
         }
         var points: [JSONValue] = []
-        for (i, (output, point)) in zip(outputs, config.points).enumerated() {
-            let s = output.summary
+        for (i, (s, point)) in zip(summaries, config.points).enumerated() {
             guard s["point"]?.intValue == point.index, s["beta"] == .number(point.beta), s["seed"] == point.seedJSON
             else {
                 throw ToyLMError(.malformedSummary, "shard \(i)'s summary is not sweep point \(i): \(s.render())")
