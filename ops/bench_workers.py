@@ -156,14 +156,33 @@ def merge_status(parts):
     return out
 
 
+def cancel_unfinished(args):
+    client = bw.Client(args.endpoint)
+    try:
+        for state in ("running", "queued"):
+            _, body, _ = client.call("status", {"limit": 10000, "state": state})
+            for job in body.get("jobs", []):
+                client.call("cancel", {"job": job["id"]})
+                print(f"  cancelled unfinished job {job['id']} ({state}, {job.get('shards_succeeded')}/"
+                      f"{job.get('shards')} shards succeeded)", file=sys.stderr)
+    except TimeoutError as e:
+        print(f"  could not cancel the unfinished jobs: {e}", file=sys.stderr)
+    finally:
+        client.close()
+
+
 def dispatch_run(args, label):
     cmd = [f"{args.bin}/tessera-bench", "dispatch", "--coordinator", args.endpoint, "--shards", str(args.shards),
-           "--latency-jobs", str(args.latency_jobs), "--stream-shards", "0", "--timeout", "300"]
+           "--latency-jobs", str(args.latency_jobs), "--stream-shards", "0", "--timeout", "120"]
     load = bw.loadavg()
     t = time.monotonic()
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    except subprocess.TimeoutExpired:
+        return {"error": "tessera-bench dispatch did not finish within 900 s", "load": load}
     if out.returncode != 0:
         print(f"[{label}] tessera-bench dispatch failed: {out.stderr.strip()[-500:]}", file=sys.stderr)
+        cancel_unfinished(args)  # so the next phase does not start behind the job left in the queue
         return {"error": out.stderr.strip()[-300:], "load": load}
     r = json.loads(out.stdout)
     r["load"] = load
@@ -206,6 +225,7 @@ def driver(args):
     w.start()
     time.sleep(args.seconds)
     cpu0 = w.stop()
+    print(f"[0 simulated] CPU: coordinator {cpu0['coordinator']} %, postgres {cpu0['postgres']} %", file=sys.stderr)
     base = dispatch_run(args, "0 simulated")
     results["baseline_before"] = {"cpu": cpu0, "load": bw.loadavg(), "dispatch": base,
                                   "coordinator_hwm_kb": bw.status_kb(coord, "VmHWM")}
