@@ -112,7 +112,7 @@ struct Dev: AsyncParsableCommand {
         abstract: "All-in-one: a throwaway PostgreSQL cluster, the coordinator and N workers on this machine.",
         discussion: """
             Prints the coordinator endpoint, then runs until Ctrl-C (or SIGTERM), which drains the workers (up to
-            40 s), then stops the coordinator and PostgreSQL. Without --data-dir everything lives in a temporary directory that is deleted
+            40 s), then stops the coordinator and PostgreSQL; after 60 s the shutdown is cancelled. Without --data-dir everything lives in a temporary directory that is deleted
             on exit; with --data-dir, the database and checkpoints are kept there for the next run.
             """
     )
