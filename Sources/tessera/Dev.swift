@@ -111,9 +111,10 @@ struct Dev: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "All-in-one: a throwaway PostgreSQL cluster, the coordinator and N workers on this machine.",
         discussion: """
-            Prints the coordinator endpoint, then runs until Ctrl-C (or SIGTERM), which drains the workers (up to
-            40 s), then stops the coordinator and PostgreSQL; after 60 s the shutdown is cancelled. Without --data-dir everything lives in a temporary directory that is deleted
-            on exit; with --data-dir, the database and checkpoints are kept there for the next run.
+            Prints the coordinator endpoint, then runs until Ctrl-C (or SIGTERM), which drains the workers \
+            (up to 40 s), then stops the coordinator and PostgreSQL; after 60 s the shutdown is cancelled. \
+            Without --data-dir everything lives in a temporary directory that is deleted on exit; with \
+            --data-dir, the database and checkpoints are kept there for the next run.
             """
     )
     @Option(help: "Worker processes to start.") var workers: Int = 2
