@@ -4,6 +4,7 @@
 // PostgreSQL goes through the writer, and only its commit sends the final ACK.
 
 import Foundation
+import TesseraCore
 import Logging
 import TesseraCoordinatorCore
 import TesseraModel

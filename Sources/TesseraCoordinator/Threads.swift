@@ -3,39 +3,10 @@
 
 import Foundation
 import Synchronization
+import TesseraCore
 import TesseraCoordinatorCore
 import TesseraProtocol
 import ZeroMQ
-
-/// A blocking FIFO between threads: `pop` waits for an item or for `close()`.
-final class WorkQueue<Item: Sendable>: @unchecked Sendable {
-    // @unchecked: `items` and `closed` are touched only under `condition`.
-    private let condition = NSCondition()
-    private var items: [Item] = []
-    private var closed = false
-
-    func push(_ item: Item) {
-        condition.lock()
-        items.append(item)
-        condition.signal()
-        condition.unlock()
-    }
-
-    /// The next item, or nil once closed and empty.
-    func pop() -> Item? {
-        condition.lock()
-        defer { condition.unlock() }
-        while items.isEmpty && !closed { condition.wait() }
-        return items.isEmpty ? nil : items.removeFirst()
-    }
-
-    func close() {
-        condition.lock()
-        closed = true
-        condition.broadcast()
-        condition.unlock()
-    }
-}
 
 /// What other threads hand to the transport thread: events for the state machine and replies to send. Posting wakes
 /// the transport's `zmq_poll` (no fixed-interval polling).

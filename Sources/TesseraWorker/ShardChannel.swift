@@ -19,44 +19,11 @@ import ZeroMQ
 final class ShardChannel: ShardSink, @unchecked Sendable {
     // @unchecked: every mutable field is inside `state` (a Mutex) or guarded by `condition`.
 
-    enum Outcome: Sendable {
-        case done(summary: [UInt8], hasResult: Bool)
-        case failed(reason: String, retryable: Bool)
-    }
-
-    struct FetchRequest: Sendable {
-        var sha256: String
-        var offset: UInt64
-        var length: UInt32
-    }
-
-    struct Drained {
-        var points: [MetricPoint] = []
-        var blobs: [WorkerStateMachine.Blob] = []
-        var fetch: FetchRequest?
-        /// A client request (method, JSON body) to send on the shard's behalf; the reply comes back via
-        /// `deliverReply`.
-        var request: (method: String, body: [UInt8])?
-        var outcome: Outcome?
-
-        var isEmpty: Bool { points.isEmpty && blobs.isEmpty && fetch == nil && request == nil && outcome == nil }
-
-        /// The machine's view of it.
-        func output(step: Int64) -> WorkerStateMachine.ComputeOutput {
-            var o = WorkerStateMachine.ComputeOutput(step: step, points: points, blobs: blobs)
-            if let f = fetch { o.fetch = (f.sha256, f.offset, f.length) }
-            o.request = request
-            switch outcome {
-            case .done(let summary, _): o.outcome = .done(summary: summary)
-            case .failed(let reason, let retryable): o.outcome = .failed(reason: reason, retryable: retryable)
-            case nil: break
-            }
-            return o
-        }
-    }
+    typealias Outcome = WorkerStateMachine.Outcome
 
     private struct State {
-        var out = Drained()
+        /// What the loop has not taken yet (its `step` is filled in by `drain`).
+        var out = WorkerStateMachine.ComputeOutput(step: 0)
         var pendingBytes = 0
         var stopReason: String?
         var fetchReply: FetchReply?
@@ -92,10 +59,12 @@ final class ShardChannel: ShardSink, @unchecked Sendable {
 
     var step: Int64 { state.withLock { $0.step } }
 
-    func drain() -> Drained {
-        let d = state.withLock { s -> Drained in
-            let d = s.out
-            s.out = Drained()
+    /// Takes everything the compute thread posted, with its current step.
+    func drain() -> WorkerStateMachine.ComputeOutput {
+        let d = state.withLock { s -> WorkerStateMachine.ComputeOutput in
+            var d = s.out
+            d.step = s.step
+            s.out = WorkerStateMachine.ComputeOutput(step: 0)
             s.pendingBytes = 0
             return d
         }
@@ -162,7 +131,7 @@ final class ShardChannel: ShardSink, @unchecked Sendable {
         while total == nil || UInt64(bytes.count) < total! {
             post {
                 $0.fetchReply = nil
-                $0.out.fetch = FetchRequest(sha256: sha256, offset: UInt64(bytes.count), length: 1 << 20)
+                $0.out.fetch = WorkerStateMachine.BlobRead(sha256: sha256, offset: UInt64(bytes.count), length: 1 << 20)
             }
             let deadline = Date().addingTimeInterval(120)
             var reply: FetchReply?
@@ -190,7 +159,7 @@ final class ShardChannel: ShardSink, @unchecked Sendable {
     func request(_ method: String, body: JSONObject, what: String) throws -> ClientReply {
         post {
             $0.reply = nil
-            $0.out.request = (method, JSONValue.object(body).utf8Bytes)
+            $0.out.request = WorkerStateMachine.PendingRequest(method: method, body: JSONValue.object(body).utf8Bytes)
         }
         let deadline = Date().addingTimeInterval(120)
         var reply: ClientReply?
@@ -256,7 +225,7 @@ final class ShardChannel: ShardSink, @unchecked Sendable {
                 try enqueueBlob(.result, step: d.totalSteps, bytes: result)
             }
             progress(step: d.totalSteps)
-            finish(.done(summary: output.summary.utf8Bytes, hasResult: output.result != nil))
+            finish(.done(summary: output.summary.utf8Bytes))
         } catch is ShardStopped {
             finish(.failed(reason: state.withLock { $0.stopReason } ?? "stopped", retryable: true))
         } catch let e as FetchFailure {

@@ -182,11 +182,10 @@ public final class WorkerDaemon: Service, @unchecked Sendable {
                 }
             }
             for (ref, channel) in channels {
-                let d = channel.drain()
-                let step = channel.step
-                guard !d.isEmpty || steps[ref] != step else { continue }
-                steps[ref] = step
-                try perform(machine.handle(.computed(ref, d.output(step: step)), now: .now), context: context, pool: pool)
+                let output = channel.drain()
+                guard !output.isEmpty || steps[ref] != output.step else { continue }
+                steps[ref] = output.step
+                try perform(machine.handle(.computed(ref, output), now: .now), context: context, pool: pool)
             }
             steps = steps.filter { channels[$0.key] != nil }
             try perform(machine.handle(.tick, now: .now), context: context, pool: pool)
@@ -248,16 +247,13 @@ public final class WorkerDaemon: Service, @unchecked Sendable {
 /// The worker's compute threads: one long-lived thread per slot (OpenBLAS pinned per thread by
 /// `BLASRuntime.configure`), fed shards through a queue. The state machine never starts more shards than slots, so a
 /// shard waits in the queue only for the instant between a thread posting its outcome and returning to the queue.
-final class ComputePool: @unchecked Sendable {
-    // @unchecked: `queue` and `closed` are touched only under `condition`.
-    private let condition = NSCondition()
-    private var queue: [(Dispatch, ShardChannel)] = []
-    private var closed = false
+final class ComputePool: Sendable {
+    private let queue = WorkQueue<(Dispatch, ShardChannel)>()
 
     init(slots: Int, catalogue: AlgorithmCatalogue, logger: Logger) {
         for slot in 0..<max(1, slots) {
-            let thread = Thread { [self] in
-                while let (d, channel) = next() {
+            let thread = Thread { [queue] in
+                while let (d, channel) = queue.pop() {
                     channel.runCompute(dispatch: d, catalogue: catalogue, logger: logger)
                 }
             }
@@ -267,28 +263,11 @@ final class ComputePool: @unchecked Sendable {
         }
     }
 
-    func run(_ d: Dispatch, on channel: ShardChannel) {
-        condition.lock()
-        queue.append((d, channel))
-        condition.signal()
-        condition.unlock()
-    }
-
-    private func next() -> (Dispatch, ShardChannel)? {
-        condition.lock()
-        defer { condition.unlock() }
-        while queue.isEmpty && !closed { condition.wait() }
-        return queue.isEmpty ? nil : queue.removeFirst()
-    }
+    func run(_ d: Dispatch, on channel: ShardChannel) { queue.push((d, channel)) }
 
     /// Threads finish their current shard and end (they are not joined: at a stop the process exits and the
     /// coordinator rescues the leases).
-    func close() {
-        condition.lock()
-        closed = true
-        condition.broadcast()
-        condition.unlock()
-    }
+    func close() { queue.close() }
 }
 
 extension Duration {

@@ -60,15 +60,35 @@ public struct WorkerStateMachine: Sendable {
         case failed(reason: String, retryable: Bool)
     }
 
+    /// A blob read (FETCH) a shard waits for.
+    public struct BlobRead: Sendable, Hashable {
+        public var sha256: String
+        public var offset: UInt64
+        public var length: UInt32
+        public init(sha256: String, offset: UInt64, length: UInt32) {
+            self.sha256 = sha256
+            self.offset = offset
+            self.length = length
+        }
+    }
+
+    /// A request (method, JSON body) a shard waits for the reply to.
+    public struct PendingRequest: Sendable, Hashable {
+        public var method: String
+        public var body: [UInt8]
+        public init(method: String, body: [UInt8]) {
+            self.method = method
+            self.body = body
+        }
+    }
+
     /// What one shard's compute thread handed over since the last time.
     public struct ComputeOutput: Sendable, Hashable {
         public var step: Int64
         public var points: [MetricPoint] = []
         public var blobs: [Blob] = []
-        /// A blob read (FETCH) the shard waits for.
-        public var fetch: (sha256: String, offset: UInt64, length: UInt32)?
-        /// A request (method, JSON body) the shard waits for the reply to.
-        public var request: (method: String, body: [UInt8])?
+        public var fetch: BlobRead?
+        public var request: PendingRequest?
         public var outcome: Outcome?
 
         public init(step: Int64, points: [MetricPoint] = [], blobs: [Blob] = [], outcome: Outcome? = nil) {
@@ -78,16 +98,8 @@ public struct WorkerStateMachine: Sendable {
             self.outcome = outcome
         }
 
-        public static func == (a: Self, b: Self) -> Bool {
-            a.step == b.step && a.points == b.points && a.blobs == b.blobs && a.fetch?.sha256 == b.fetch?.sha256
-                && a.fetch?.offset == b.fetch?.offset && a.fetch?.length == b.fetch?.length
-                && a.request?.method == b.request?.method && a.request?.body == b.request?.body && a.outcome == b.outcome
-        }
-        public func hash(into h: inout Hasher) {
-            h.combine(step)
-            h.combine(points)
-            h.combine(outcome)
-        }
+        /// Nothing but the step.
+        public var isEmpty: Bool { points.isEmpty && blobs.isEmpty && fetch == nil && request == nil && outcome == nil }
     }
 
     public enum Event: Sendable {

@@ -242,11 +242,11 @@ struct WorkerStateMachineTests {
     func fetchesAndRequests() {
         var h = WorkerHarness.running([wref(0), wref(1)])
         var ask = WSM.ComputeOutput(step: 0)
-        ask.fetch = (sha, 0, 1024)
+        ask.fetch = WSM.BlobRead(sha256: sha, offset: 0, length: 1024)
         let a = h.feed(.computed(wref(1), ask))
         #expect(sent(a) == [.fetch(Fetch(requestID: 1, sha256: sha, offset: 0, length: 1024))])
         var req = WSM.ComputeOutput(step: 0)
-        req.request = ("blob.info", [1])
+        req.request = WSM.PendingRequest(method: "blob.info", body: [1])
         #expect(sent(h.feed(.computed(wref(0), req))) == [.request(ClientRequest(requestID: 2, method: "blob.info", body: [1]))])
         let reply = FetchReply(requestID: 1, sha256: sha, offset: 0, totalSize: 3, data: [1, 2, 3])
         #expect(h.receive(.fetchReply(reply)) == [.deliverFetch(wref(1), reply)])
