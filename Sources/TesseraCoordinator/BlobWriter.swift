@@ -22,6 +22,14 @@ final class BlobWriter: @unchecked Sendable {
         var id: UInt64
     }
 
+    /// The largest transfer of each kind (SPEC §6.5). Chunks are frames (≤ 64 MiB each), but a transfer is a file
+    /// written chunk by chunk, so only what reads a blob whole bounds it: a merge reads each result into memory
+    /// (§12: 64 MiB). Checkpoints are only read back in ranges (FETCH, `blob.read`), so they may be as large as a
+    /// model's state (issue 9 benchmarks 256 MiB) up to 1 GiB; samples and results keep 64 MiB.
+    static func maxTransferBytes(_ kind: BlobKind) -> UInt64 {
+        kind == .checkpoint ? 1 << 30 : UInt64(WireCodec.limits.maxBlobBytes)
+    }
+
     private let queue = WorkQueue<Work>()
     private let blobs: BlobStore
     private let inbox: Inbox
@@ -67,7 +75,7 @@ final class BlobWriter: @unchecked Sendable {
         let key = Key(peer: peer, id: c.transferID)
         if c.offset == 0, transfers[key] == nil || transfers[key]!.transfer.received > 0 {
             if let old = transfers.removeValue(forKey: key) { blobs.abort(old.transfer) }
-            guard c.totalSize <= WireCodec.limits.maxBlobBytes else { return answer(peer, c, offset: 0, accepted: false) }
+            guard c.totalSize <= Self.maxTransferBytes(c.kind) else { return answer(peer, c, offset: 0, accepted: false) }
             do {
                 transfers[key] = (try blobs.beginTransfer(totalSize: c.totalSize), c.ref, c.kind, c.step)
             } catch {

@@ -147,6 +147,9 @@ public struct WorkerStateMachine: Sendable {
         var acked: UInt64 = 0
         var finalSent = false
         var complete = false
+        /// Restarted by an ACK at offset 0: the chunks sent before it are answered at 0 as well, and those answers
+        /// must not restart it again (each would resend a window), so ACKs at 0 are ignored until one above 0.
+        var restarted = false
         var size: UInt64 { UInt64(blob.bytes.count) }
     }
 
@@ -399,16 +402,24 @@ public struct WorkerStateMachine: Sendable {
             guard let i = s.transfers.firstIndex(where: { $0.id == a.sequence }) else { return }
             if !a.accepted {
                 if s.fenced || s.cancelled { return }
-                // Rejected (checksum, size): a shard whose output cannot be stored fails, retryably.
-                s.transferFailed = "coordinator rejected blob transfer \(a.sequence)"
+                // Rejected (checksum, size): a shard whose output cannot be stored fails, retryably, and sends no
+                // more chunks (flush).
+                if s.transferFailed == nil { s.transferFailed = "coordinator rejected blob transfer \(a.sequence)" }
                 shards[a.ref] = s
                 return flush(a.ref, into: &out)
             }
             var t = s.transfers[i]
-            t.acked = max(t.acked, a.offset)
-            if t.acked < t.sent && a.offset == 0 {  // the coordinator lost the transfer: restart it
-                t.sent = 0
-                t.finalSent = false
+            if a.offset == 0 && t.sent > 0 {
+                // The coordinator lost the transfer: restart it from 0, once (see `restarted`).
+                if !t.restarted {
+                    t.sent = 0
+                    t.acked = 0
+                    t.finalSent = false
+                    t.restarted = true
+                }
+            } else {
+                t.acked = max(t.acked, a.offset)
+                if a.offset > 0 { t.restarted = false }
             }
             if t.acked >= t.size && t.finalSent { t.complete = true }
             s.transfers[i] = t
@@ -485,7 +496,7 @@ public struct WorkerStateMachine: Sendable {
         }
         s.unsentMetrics.removeAll()
         let window = UInt64(configuration.chunkSize * configuration.chunkWindow)
-        for i in s.transfers.indices where !s.transfers[i].complete {
+        for i in s.transfers.indices where !s.transfers[i].complete && s.transferFailed == nil {
             var t = s.transfers[i]
             while !t.finalSent && t.sent - min(t.sent, t.acked) < window {
                 let end = min(t.size, t.sent + UInt64(configuration.chunkSize))
@@ -536,6 +547,7 @@ extension WorkerStateMachine.Shard {
             transfers[i].sent = 0
             transfers[i].acked = 0
             transfers[i].finalSent = false
+            transfers[i].restarted = false
         }
         outcomeSent = false
     }

@@ -140,11 +140,30 @@ struct WorkerStateMachineTests {
         #expect(chunks(again).map(\.offset) == [0, 4])
     }
 
-    @Test("A rejected transfer fails the shard retryably once its computation ends")
+    @Test("CHUNK: the ACKs at 0 of chunks sent before a restart do not restart it again; an ACK above 0 moves on")
+    func restartOnce() {
+        var h = WorkerHarness.running([wref(0)])
+        let blob = WSM.Blob(kind: .checkpoint, step: 2, bytes: Array(0..<9), sha256: sha)
+        #expect(chunks(h.feed(.computed(wref(0), WSM.ComputeOutput(step: 2, blobs: [blob])))).map(\.offset) == [0, 4])
+        #expect(chunks(h.receive(.ack(Ack(ref: wref(0), kind: .chunk, sequence: 1, offset: 0)))).map(\.offset) == [0, 4])
+        // The coordinator's answer to the old chunk at 4, also at 0: each such answer resending a window would
+        // multiply the chunks in flight with every round.
+        #expect(chunks(h.receive(.ack(Ack(ref: wref(0), kind: .chunk, sequence: 1, offset: 0)))).isEmpty)
+        // The window counts from the restart: the new chunk at 0 written frees room for one chunk, the last.
+        let next = chunks(h.receive(.ack(Ack(ref: wref(0), kind: .chunk, sequence: 1, offset: 4))))
+        #expect(next.map(\.offset) == [8] && next.first?.isLast == true)
+        #expect(chunks(h.receive(.ack(Ack(ref: wref(0), kind: .chunk, sequence: 1, offset: 9)))).isEmpty)
+    }
+
+    @Test("A rejected transfer sends no more chunks and fails the shard retryably once its computation ends")
     func rejectedTransfer() {
         var h = WorkerHarness.running([wref(0)])
-        _ = h.feed(.computed(wref(0), WSM.ComputeOutput(step: 1, blobs: [WSM.Blob(kind: .checkpoint, step: 1, bytes: [1, 2], sha256: sha)])))
-        #expect(finals(h.receive(.ack(Ack(ref: wref(0), kind: .chunk, sequence: 1, accepted: false)))).isEmpty)
+        let blob = WSM.Blob(kind: .checkpoint, step: 1, bytes: Array(0..<9), sha256: sha)
+        #expect(chunks(h.feed(.computed(wref(0), WSM.ComputeOutput(step: 1, blobs: [blob])))).map(\.offset) == [0, 4])
+        let rejected = h.receive(.ack(Ack(ref: wref(0), kind: .chunk, sequence: 1, accepted: false)))
+        #expect(finals(rejected).isEmpty && chunks(rejected).isEmpty)
+        // The coordinator answers the chunk at 4 of a transfer it discarded at 0 (it knows none): still nothing.
+        #expect(chunks(h.receive(.ack(Ack(ref: wref(0), kind: .chunk, sequence: 1, offset: 0)))).isEmpty)
         let a = h.feed(.computed(wref(0), WSM.ComputeOutput(step: 3, outcome: .done(summary: []))))
         #expect(finals(a) == [.shardFailed(ShardFailed(ref: wref(0), reason: "coordinator rejected blob transfer 1", retryable: true))])
     }
