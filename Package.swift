@@ -109,8 +109,10 @@ let package = Package(
         .executableTarget(
             name: "tessera-bench",
             dependencies: [
-                "TesseraCompute", "TesseraWorkloads", "TesseraCore", "TesseraProtocol", "ZeroMQ",
+                "TesseraCompute", "TesseraWorkloads", "TesseraCore", "TesseraProtocol", "ZeroMQ", "TesseraWorkerCore",
+                "TesseraModel",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -6,6 +6,8 @@ struct TesseraBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tessera-bench",
         abstract: "Benchmarks for the Tessera runtime (figures for docs/performance.md, never pass/fail).",
-        subcommands: [ComputeBench.self, Interop.self, SamplingBench.self, Parity.self, DispatchBench.self]
+        subcommands: [
+            ComputeBench.self, Interop.self, SamplingBench.self, Parity.self, DispatchBench.self, CheckpointBench.self,
+        ]
     )
 }
