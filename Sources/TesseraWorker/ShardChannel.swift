@@ -117,12 +117,15 @@ final class ShardChannel: ShardSink, @unchecked Sendable {
     func enqueueBlob(_ kind: BlobKind, step: Int64, bytes: [UInt8]) throws {
         waitForRoom { $0.pendingBytes < Self.maxPendingBytes }
         if shouldStop { throw ShardStopped() }
-        // Hashed here, on the compute thread, so the loop thread never spends time on it.
-        let blob = WorkerStateMachine.Blob(kind: kind, step: step, bytes: bytes, sha256: BlobHash.sha256Hex(bytes))
+        // Handed over first and hashed after, here on the compute thread (the loop thread never spends time on it):
+        // the loop sends the chunks while this thread hashes, and only the last chunk waits for the digest.
+        let blob = WorkerStateMachine.Blob(kind: kind, step: step, bytes: bytes, sha256: "")
         post {
             $0.out.blobs.append(blob)
             $0.pendingBytes += bytes.count
         }
+        let digest = BlobHash.sha256Hex(bytes)
+        post { $0.out.digests.append(digest) }
     }
 
     func fetchBlob(sha256: String) throws -> [UInt8] {

@@ -39,7 +39,8 @@ public struct WorkerConfiguration: Sendable {
     public var maxReconnectDelay: Double = 32
     /// On SIGTERM: how long running shards may take to finish before they are stopped and handed back.
     public var drainTimeout: Double = 30
-    public var chunkSize: Int = 256 * 1024
+    /// SPEC §6.5's recommended 1 MiB; 8 in flight is its WINDOW of 8 MiB.
+    public var chunkSize: Int = 1 << 20
     /// Unacknowledged chunks in flight per transfer.
     public var chunkWindow: Int = 8
     /// Metric points per batch, and how long points may wait before a batch is sent.

@@ -26,7 +26,8 @@ public struct WorkerStateMachine: Sendable {
         /// `drainTimeout + drainGrace` the worker exits whatever is still unacknowledged.
         public var drainTimeout: Duration = .seconds(30)
         public var drainGrace: Duration = .seconds(10)
-        public var chunkSize: Int = 256 * 1024
+        /// SPEC §6.5's recommended chunk; with the window of 8 that is its WINDOW of 8 MiB in flight.
+        public var chunkSize: Int = 1 << 20
         /// Unacknowledged chunks in flight per transfer.
         public var chunkWindow: Int = 8
         /// Metric points per METRICS batch.
@@ -40,7 +41,9 @@ public struct WorkerStateMachine: Sendable {
         }
     }
 
-    /// A blob a shard produced, with its checksum (computed on the compute thread, off the loop).
+    /// A blob a shard produced, with its checksum (computed on the compute thread, off the loop). The checksum may
+    /// be empty while the compute thread is still computing it: the transfer starts at once and only its last
+    /// chunk, which carries the sha256, waits for the digest (`ComputeOutput.digests`), so hashing overlaps sending.
     public struct Blob: Sendable, Hashable {
         public var kind: BlobKind
         public var step: Int64
@@ -87,19 +90,26 @@ public struct WorkerStateMachine: Sendable {
         public var step: Int64
         public var points: [MetricPoint] = []
         public var blobs: [Blob] = []
+        /// The sha256 of blobs handed over without one, in the order they were handed over.
+        public var digests: [String] = []
         public var fetch: BlobRead?
         public var request: PendingRequest?
         public var outcome: Outcome?
 
-        public init(step: Int64, points: [MetricPoint] = [], blobs: [Blob] = [], outcome: Outcome? = nil) {
+        public init(
+            step: Int64, points: [MetricPoint] = [], blobs: [Blob] = [], digests: [String] = [], outcome: Outcome? = nil
+        ) {
             self.step = step
             self.points = points
             self.blobs = blobs
+            self.digests = digests
             self.outcome = outcome
         }
 
         /// Nothing but the step.
-        public var isEmpty: Bool { points.isEmpty && blobs.isEmpty && fetch == nil && request == nil && outcome == nil }
+        public var isEmpty: Bool {
+            points.isEmpty && blobs.isEmpty && digests.isEmpty && fetch == nil && request == nil && outcome == nil
+        }
     }
 
     public enum Event: Sendable {
@@ -143,6 +153,8 @@ public struct WorkerStateMachine: Sendable {
     struct Transfer: Sendable {
         let id: UInt64
         let blob: Blob
+        /// The blob's sha256; empty until its digest arrives (`Blob`).
+        var sha256: String
         var sent: UInt64 = 0
         var acked: UInt64 = 0
         var finalSent = false
@@ -456,8 +468,12 @@ public struct WorkerStateMachine: Sendable {
             s.unsentMetrics.append(batch.sequence)
         }
         for blob in output.blobs {
-            s.transfers.append(Transfer(id: nextTransferID, blob: blob))
+            s.transfers.append(Transfer(id: nextTransferID, blob: blob, sha256: blob.sha256))
             nextTransferID += 1
+        }
+        for digest in output.digests {
+            guard let i = s.transfers.firstIndex(where: { $0.sha256.isEmpty }) else { break }
+            s.transfers[i].sha256 = digest
         }
         if let o = output.outcome { s.outcome = o }
         shards[ref] = s
@@ -501,12 +517,13 @@ public struct WorkerStateMachine: Sendable {
             while !t.finalSent && t.sent - min(t.sent, t.acked) < window {
                 let end = min(t.size, t.sent + UInt64(configuration.chunkSize))
                 let isLast = end == t.size
+                if isLast && t.sha256.isEmpty { break }  // the digest is still being computed
                 out.append(
                     .send(
                         .chunk(
                             BlobChunk(
                                 ref: ref, transferID: t.id, kind: t.blob.kind, step: t.blob.step, offset: t.sent,
-                                totalSize: t.size, isLast: isLast, sha256: isLast ? t.blob.sha256 : "",
+                                totalSize: t.size, isLast: isLast, sha256: isLast ? t.sha256 : "",
                                 data: Array(t.blob.bytes[Int(t.sent)..<Int(end)])
                             )
                         )
@@ -526,7 +543,7 @@ public struct WorkerStateMachine: Sendable {
             } else if s.unackedMetrics.isEmpty && s.transfers.allSatisfy(\.complete) {
                 switch outcome {
                 case .done(let summary):
-                    let sha = s.transfers.first(where: { $0.blob.kind == .result })?.blob.sha256 ?? ""
+                    let sha = s.transfers.first(where: { $0.blob.kind == .result })?.sha256 ?? ""
                     out.append(.send(.shardDone(ShardDone(ref: ref, summary: summary, resultSHA256: sha))))
                 case .failed(let reason, let retryable):
                     out.append(.send(.shardFailed(ShardFailed(ref: ref, reason: reason, retryable: retryable))))

@@ -140,6 +140,19 @@ struct WorkerStateMachineTests {
         #expect(chunks(again).map(\.offset) == [0, 4])
     }
 
+    @Test("CHUNK: a blob handed over before its sha256 is sent at once; only its last chunk waits for the digest")
+    func digestLater() {
+        var h = WorkerHarness.running([wref(0)])
+        let blob = WSM.Blob(kind: .result, step: 10, bytes: Array(0..<6), sha256: "")
+        #expect(chunks(h.feed(.computed(wref(0), WSM.ComputeOutput(step: 10, blobs: [blob])))).map(\.offset) == [0])
+        #expect(chunks(h.receive(.ack(Ack(ref: wref(0), kind: .chunk, sequence: 1, offset: 4)))).isEmpty)
+        let last = chunks(h.feed(.computed(wref(0), WSM.ComputeOutput(step: 10, digests: [sha]))))
+        #expect(last.map(\.offset) == [4] && last.first?.isLast == true && last.first?.sha256 == sha)
+        _ = h.receive(.ack(Ack(ref: wref(0), kind: .chunk, sequence: 1, offset: 6)))
+        let done = h.feed(.computed(wref(0), WSM.ComputeOutput(step: 10, outcome: .done(summary: []))))
+        #expect(finals(done) == [.shardDone(ShardDone(ref: wref(0), summary: [], resultSHA256: sha))])
+    }
+
     @Test("CHUNK: the ACKs at 0 of chunks sent before a restart do not restart it again; an ACK above 0 moves on")
     func restartOnce() {
         var h = WorkerHarness.running([wref(0)])
