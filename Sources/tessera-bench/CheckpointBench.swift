@@ -10,12 +10,16 @@
 //     the directory (what BlobStore.finish does);
 //  4. the real path: the worker side is the real `WorkerStateMachine` on a loop thread of its own driving a DEALER
 //     (as TesseraWorker.WorkerDaemon does), registered with capability `rl/noop`, leased a one-shard noop job
-//     submitted through the client protocol. This thread plays the compute thread: from the moment it holds the
-//     blob it hashes it (as ShardChannel.enqueueBlob does), hands it over as `.computed`, and the clock stops when
-//     the transfer's final CHUNK ACK arrives (verified, fsynced, renamed, registered: durable). It then finishes
-//     the shard with DONE, so the job succeeds and nothing is left leased.
-//  5. the ratio real / min(1, 2, 3) against issue 9's target of 70 %, and the peak RSS (VmHWM, reset through
-//     /proc/PID/clear_refs before each real transfer) of the coordinator (--coordinator-pid) and of this process.
+//     submitted through the client protocol. This thread plays the compute thread: the clock starts when it holds
+//     the blob; it does what ShardChannel.enqueueBlob does (hands the blob over as `.computed`, hashes it while the
+//     loop sends, hands over the digest), and the clock stops when the transfer's final CHUNK ACK arrives
+//     (verified, fsynced, renamed, registered: durable). It then finishes the shard with DONE, so the job succeeds
+//     and nothing is left leased.
+//     --hash-first hashes before the hand-over instead, as ShardChannel did before, to show what the overlap gains.
+//  5. the ratio of the throughputs real / min(1, 2, 3) against issue 9's target of 70 %, the peak RSS (VmHWM, reset
+//     through /proc/PID/clear_refs before each real transfer) of the coordinator (--coordinator-pid) and of this
+//     process, and the CPU time both and the whole machine used during the best transfer (/proc), which says
+//     whether the path waited on something or the CPUs were full.
 // Prints a table; --json FILE writes the figures.
 
 import ArgumentParser
@@ -42,6 +46,8 @@ struct CheckpointBench: ParsableCommand {
     @Option(help: "Give up on a phase after this many seconds.") var timeout: Double = 300
     @Option(help: "Chunk size in bytes (default: the worker's, WorkerStateMachine.Configuration).") var chunkSize: Int?
     @Option(help: "Chunks in flight (default: the worker's).") var window: Int?
+    @Flag(help: "Hash the whole blob before handing it over, as the worker did before it overlapped the two.")
+    var hashFirst = false
 
     var bytes: Int { (try? Self.parseSize(size)) ?? 0 }
 
@@ -111,10 +117,16 @@ struct CheckpointBench: ParsableCommand {
             print(name.padding(toLength: 66, withPad: " ", startingAt: 0) + String(format: "  %8.3f  %8.0f", s, Double(size) / s / 1e6))
         }
         print("")
-        print(String(format: "real / min(zmq, sha256, disk) = %.1f %% (target >= 70 %%)", ratio * 100))
+        print(String(format: "real / min(zmq, sha256, disk), in MB/s = %.1f %% (target >= 70 %%)", ratio * 100))
+        let when = hashFirst ? "before the first chunk, --hash-first" : "overlapping the chunks"
+        print(String(format: "real path, best round: worker sha256 done after %.3f s (", best.hashSeconds) + when
+            + String(
+                format: "), first → last chunk sent %.3f s, last chunk sent → final ACK %.3f s", best.sendSeconds,
+                best.tailSeconds))
         print(String(
-            format: "real path, best round: sha256 on the worker %.3f s, first chunk → last chunk sent %.3f s, last chunk sent → final ACK %.3f s",
-            best.hashSeconds, best.sendSeconds, best.tailSeconds))
+            format: "CPU during that transfer (%.3f s): coordinator %.3f s (busiest thread %.3f), worker side %.3f s (busiest thread %.3f), whole machine %.3f s of %.3f available (%d CPUs)",
+            best.seconds, best.coordinatorCPU.total, best.coordinatorCPU.busiestThread, best.workerCPU.total,
+            best.workerCPU.busiestThread, best.machineBusy, best.seconds * Double(CPUTime.cpus), CPUTime.cpus))
         let hwm = real.compactMap(\.coordinatorHWM).max()
         let workerHWM = real.compactMap(\.workerHWM).max()
         print("peak RSS during the transfer (VmHWM): coordinator \(kib(hwm)) (\(kib(real.compactMap(\.coordinatorRSSBefore).max())) before), "
@@ -123,6 +135,7 @@ struct CheckpointBench: ParsableCommand {
         if let json {
             let rows: JSONObject = [
                 "bytes": .int(size), "chunk_size": .int(chunkSize), "chunk_window": .int(window), "rounds": .int(rounds),
+                "hash_first": .bool(hashFirst),
                 "zmq_windowed_s": .array(zmqWindowed.map { .number($0) }),
                 "zmq_streaming_s": .array(zmqStreaming.map { .number($0) }),
                 "sha256_s": .array(sha.map { .number($0) }), "disk_s": .array(disk.map { .number($0) }),
@@ -135,6 +148,9 @@ struct CheckpointBench: ParsableCommand {
                 "ratio": .number(ratio), "target_ratio": .number(0.7),
                 "real_best_hash_s": .number(best.hashSeconds), "real_best_send_s": .number(best.sendSeconds),
                 "real_best_tail_s": .number(best.tailSeconds),
+                "real_best_cpu_coordinator_s": .number(best.coordinatorCPU.total),
+                "real_best_cpu_worker_s": .number(best.workerCPU.total),
+                "real_best_cpu_machine_s": .number(best.machineBusy), "cpus": .int(CPUTime.cpus),
                 "coordinator_hwm_kb": hwm.map { .int($0) } ?? .null,
                 "worker_hwm_kb": workerHWM.map { .int($0) } ?? .null,
                 "coordinator_rss_before_kb": real.compactMap(\.coordinatorRSSBefore).max().map { .int($0) } ?? .null,
@@ -279,6 +295,11 @@ struct CheckpointBench: ParsableCommand {
         /// RSS when the transfer started (VmHWM starts there after the reset).
         var coordinatorRSSBefore: Int?
         var workerRSSBefore: Int?
+        /// CPU seconds used during the transfer: the coordinator, this process (the worker side), the whole machine
+        /// (all processes, from /proc/stat), and its busiest thread for each of the first two.
+        var coordinatorCPU = CPUTime.Use()
+        var workerCPU = CPUTime.Use()
+        var machineBusy = 0.0
     }
 
     func realTransfer(_ blob: [UInt8], worker: BenchWorker, client: BenchClient, round: Int) throws -> Transfer {
@@ -293,18 +314,32 @@ struct CheckpointBench: ParsableCommand {
             resetPeakRSS(getpid())
             if let coordinatorPid { resetPeakRSS(coordinatorPid) }
             let rssBefore = (coordinatorPid.flatMap { peakRSS($0, field: "VmRSS:") }, peakRSS(getpid(), field: "VmRSS:"))
+            let cpuBefore = (coordinatorPid.map { CPUTime.threads($0) } ?? [:], CPUTime.threads(getpid()), CPUTime.machineBusy())
 
             let start = ContinuousClock.now
-            // What ShardChannel.enqueueBlob does on the compute thread before the loop may send a byte.
-            let checkpoint = WorkerStateMachine.Blob(kind: .checkpoint, step: 1, bytes: blob, sha256: sha256Hex(blob))
-            let hashed = ContinuousClock.now
-            worker.post(dispatch.ref, WorkerStateMachine.ComputeOutput(step: 1, blobs: [checkpoint]))
+            // What ShardChannel.enqueueBlob does on the compute thread: hand the blob over, hash it while the loop
+            // sends it, hand over the digest (the last chunk waits for it).
+            let hashed: ContinuousClock.Instant
+            if hashFirst {
+                let checkpoint = WorkerStateMachine.Blob(kind: .checkpoint, step: 1, bytes: blob, sha256: sha256Hex(blob))
+                hashed = ContinuousClock.now
+                worker.post(dispatch.ref, WorkerStateMachine.ComputeOutput(step: 1, blobs: [checkpoint]))
+            } else {
+                let checkpoint = WorkerStateMachine.Blob(kind: .checkpoint, step: 1, bytes: blob, sha256: "")
+                worker.post(dispatch.ref, WorkerStateMachine.ComputeOutput(step: 1, blobs: [checkpoint]))
+                let digest = sha256Hex(blob)
+                hashed = ContinuousClock.now
+                worker.post(dispatch.ref, WorkerStateMachine.ComputeOutput(step: 1, digests: [digest]))
+            }
             let t = try worker.waitFinalChunkAck(dispatch.ref, size: UInt64(blob.count))
+            let cpuAfter = (coordinatorPid.map { CPUTime.threads($0) } ?? [:], CPUTime.threads(getpid()), CPUTime.machineBusy())
             let transfer = Transfer(
                 seconds: (t.finalAck - start).seconds, hashSeconds: (hashed - start).seconds,
                 sendSeconds: (t.lastSent - t.firstSent).seconds, tailSeconds: (t.finalAck - t.lastSent).seconds,
                 coordinatorHWM: coordinatorPid.flatMap { peakRSS($0) }, workerHWM: peakRSS(getpid()),
-                coordinatorRSSBefore: rssBefore.0, workerRSSBefore: rssBefore.1)
+                coordinatorRSSBefore: rssBefore.0, workerRSSBefore: rssBefore.1,
+                coordinatorCPU: CPUTime.use(cpuBefore.0, cpuAfter.0), workerCPU: CPUTime.use(cpuBefore.1, cpuAfter.1),
+                machineBusy: cpuAfter.2 - cpuBefore.2)
 
             // The summary noop's merge expects of shard 0.
             let summary: JSONValue = .object(["index": .int(0), "metrics": .int(0), "result_bytes": .int(0)])
@@ -348,6 +383,47 @@ struct CheckpointBench: ParsableCommand {
             }
             for i in words * 8..<buf.count { buf[i] = UInt8(truncatingIfNeeded: i) }
         }
+    }
+}
+
+/// CPU time from /proc (Linux; clock ticks of 10 ms, so figures are ± 0.01 s per thread).
+enum CPUTime {
+    struct Use {
+        var total = 0.0
+        var busiestThread = 0.0
+    }
+
+    static let cpus = ProcessInfo.processInfo.activeProcessorCount
+    static let tick = Double(sysconf(Int32(_SC_CLK_TCK)))
+
+    /// utime + stime of each thread of `pid`, in seconds.
+    static func threads(_ pid: Int32) -> [Int: Double] {
+        var out: [Int: Double] = [:]
+        for tid in (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? [] {
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/task/\(tid)/stat", encoding: .utf8),
+                let close = stat.lastIndex(of: ")")
+            else { continue }
+            // Fields after the command name: state is field 3, utime 14 and stime 15.
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            guard fields.count > 12, let u = Double(fields[11]), let s = Double(fields[12]), let t = Int(tid) else { continue }
+            out[t] = (u + s) / tick
+        }
+        return out
+    }
+
+    static func use(_ before: [Int: Double], _ after: [Int: Double]) -> Use {
+        let deltas = after.map { $0.value - (before[$0.key] ?? 0) }
+        return Use(total: deltas.reduce(0, +), busiestThread: deltas.max() ?? 0)
+    }
+
+    /// Seconds all CPUs of the machine have been busy (not idle or iowait) since boot, from /proc/stat.
+    static func machineBusy() -> Double {
+        guard let stat = try? String(contentsOfFile: "/proc/stat", encoding: .utf8),
+            let line = stat.split(separator: "\n").first(where: { $0.hasPrefix("cpu ") })
+        else { return 0 }
+        let v = line.split(separator: " ").dropFirst().compactMap { Double($0) }
+        guard v.count >= 5 else { return 0 }
+        return (v.reduce(0, +) - v[3] - v[4]) / tick
     }
 }
 
