@@ -421,7 +421,7 @@ public struct WorkerStateMachine: Sendable {
                 return flush(a.ref, into: &out)
             }
             var t = s.transfers[i]
-            if a.offset == 0 && t.sent > 0 {
+            if a.offset == 0 && t.sent > 0 && !t.complete {
                 // The coordinator lost the transfer: restart it from 0, once (see `restarted`).
                 if !t.restarted {
                     t.sent = 0
