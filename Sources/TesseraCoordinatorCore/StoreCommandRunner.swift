@@ -4,8 +4,8 @@ import TesseraModel
 
 /// Runs one batch of store commands in one transaction, grouped in a fixed order: registrations (their adoptions
 /// come before anything else about those shards), metrics in one call, completions in one call, failures, blobs,
-/// heartbeats of all workers in one call, lost workers' requeues, the lease sweep, and claims last (they see the
-/// slots and shards the rest freed). Outcomes come back in the batch's order.
+/// heartbeats of all workers in one call, lost workers' requeues, the lease sweep, and claims last in one call (they
+/// see the slots and shards the rest freed). Outcomes come back in the batch's order.
 public enum StoreCommandRunner {
     enum Phase: Int, CaseIterable {
         case register, metrics, complete, fail, blob, renew, gone, rescue, claim
@@ -77,6 +77,12 @@ public enum StoreCommandRunner {
                 let stale = try store.renewLeases(renewals.map { r in (r.workerID, r.progress.map { ($0.ref, $0.step) }) })
                 return .leasesRenewed(stale: stale)
             }
+        case .claim:
+            let requests = indices.map { i -> (workerID: Int64, limit: Int, capabilities: [String]) in
+                guard case .claimShards(let w, let limit, let capabilities) = batch[i] else { preconditionFailure() }
+                return (w, limit, capabilities)
+            }
+            return try store.claimShards(requests).map { .shardsClaimed($0) }
         default:
             return try indices.map { try executeOne(batch[$0], on: store) }
         }

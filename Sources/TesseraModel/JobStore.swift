@@ -31,4 +31,13 @@ public protocol JobStore: AnyObject {
     func requeueExpiredLeases() throws -> [ShardRef]
     /// Leases up to `limit` claimable shards the worker can run, each at a new attempt.
     func claimShards(workerID: Int64, limit: Int, capabilities: [String]) throws -> [ClaimedShard]
+    /// The claims of one batch, for many workers, with the outcome of running them one after another in this order
+    /// (a store may do it in fewer statements). One list of claimed shards per request.
+    func claimShards(_ requests: [(workerID: Int64, limit: Int, capabilities: [String])]) throws -> [[ClaimedShard]]
+}
+
+extension JobStore {
+    public func claimShards(_ requests: [(workerID: Int64, limit: Int, capabilities: [String])]) throws -> [[ClaimedShard]] {
+        try requests.map { try claimShards(workerID: $0.workerID, limit: $0.limit, capabilities: $0.capabilities) }
+    }
 }
