@@ -188,7 +188,7 @@ public struct DiffusionSampling: Algorithm {
             },
             finish: { state in
                 let merged = SamplingResult(config: c, statistics: try state.0.finish())
-                return try state.1.echo(learned, into: try JSONValue.parse(merged.jsonText))
+                return try state.1.echo(learned, into: merged.json(spelling: .shortest))
             })
     }
 }

@@ -132,6 +132,6 @@ public struct LangevinSampling: Algorithm {
     public func makeReducer(_ spec: JobSpec) throws -> any ShardReducer {
         SamplingShardReducer(
             LangevinMerge(config: try config(spec)), add: { merge, shard, _ in try merge.add(shard) },
-            finish: { try JSONValue.parse(try $0.finish().jsonText) })
+            finish: { try $0.finish().json(spelling: .shortest) })
     }
 }

@@ -157,6 +157,6 @@ public struct SMCSampling: Algorithm {
     public func makeReducer(_ spec: JobSpec) throws -> any ShardReducer {
         SamplingShardReducer(
             SMCMerge(config: try config(spec)), add: { merge, shard, _ in try merge.add(shard) },
-            finish: { try JSONValue.parse(try $0.finish().jsonText) })
+            finish: { try $0.finish().json(spelling: .shortest) })
     }
 }
