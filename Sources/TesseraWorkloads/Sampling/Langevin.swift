@@ -423,16 +423,11 @@ public struct LangevinResult: Sendable, Equatable {
             sampler["sigma_min"] = j.number(a.sigmaMin)
             sampler["levels"] = .int(a.levels)
         }
-        sampler["seed"] = j.integer(config.seed)
-        sampler["samples"] = .int(config.samples)
-        o["sampler"] = .object(sampler)
-        o["metric_setup"] = j.metricSetup
-        return .object(o)
+        return j.result(o, sampler: sampler, seed: config.seed, samples: config.samples)
     }
-
-    /// `json` as text with Swift's `description` for every double, as `SamplingResult.jsonText`.
-    public var jsonText: String { json(spelling: .swiftDescription).render() }
 }
+
+extension LangevinResult: SamplingResultJSON {}
 
 /// Merges Langevin shards (any order, covering [0, N)): the block statistics as `mergeSampling` does, the accept
 /// and init-mode counters as integer sums. Bitwise identical for any shard count.

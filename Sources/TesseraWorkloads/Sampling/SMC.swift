@@ -418,16 +418,11 @@ public struct SMCResult: Sendable, Equatable {
         sampler["ess_threshold"] = j.number(config.essThreshold)
         sampler["particles"] = .int(config.particles)
         sampler["populations"] = .int(config.populations)
-        sampler["seed"] = j.integer(config.seed)
-        sampler["samples"] = .int(config.samples)
-        o["sampler"] = .object(sampler)
-        o["metric_setup"] = j.metricSetup
-        return .object(o)
+        return j.result(o, sampler: sampler, seed: config.seed, samples: config.samples)
     }
-
-    /// `json` as text with Swift's `description` for every double, as `SamplingResult.jsonText`.
-    public var jsonText: String { json(spelling: .swiftDescription).render() }
 }
+
+extension SMCResult: SamplingResultJSON {}
 
 /// Merges SMC shards (any order; together they must cover every population once): block statistics as
 /// `mergeSampling`, per-population numbers concatenated in population order and averaged in that order. Identical

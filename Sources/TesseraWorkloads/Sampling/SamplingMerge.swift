@@ -314,10 +314,6 @@ extension SamplingResult {
         return .object(o)
     }
 
-    /// `json` as text with Swift's `description` for every double (`1.0`, not `1`), as the result file's
-    /// `result_json` has always had it; parsing it back gives the same bits.
-    public var jsonText: String { json(spelling: .swiftDescription).render() }
-
     /// The statistics part, as every sampling algorithm reports it.
     var statistics: SamplingStatisticsResult {
         SamplingStatisticsResult(
@@ -384,6 +380,20 @@ extension SamplingStatisticsResult {
     }
 }
 
+/// A merged sampling result as JSON (ddpm/ddim, langevin, smc).
+public protocol SamplingResultJSON {
+    /// The result as one JSON object, its doubles spelled `spelling`.
+    func json(spelling: JSONNumber.Spelling) -> JSONValue
+}
+
+extension SamplingResultJSON {
+    /// `json` as text with Swift's `description` for every double (`1.0`, not `1`), as the result file's
+    /// `result_json` has always had it; parsing it back gives the same bits.
+    public var jsonText: String { json(spelling: .swiftDescription).render() }
+}
+
+extension SamplingResult: SamplingResultJSON {}
+
 /// The JSON pieces every sampling result shares, with one spelling for all its doubles: `.swiftDescription` for
 /// the text the result file embeds, `.shortest` for the job result the coordinator stores (which has always been
 /// that text parsed back and rendered again, so spelled the shortest way).
@@ -407,6 +417,16 @@ struct SamplingJSON {
             "type": .string("linear"), "beta_start": number(s.betaStart), "beta_end": number(s.betaEnd),
             "steps": .int(s.steps),
         ])
+    }
+
+    /// Closes an smc or langevin result: the sampler's `seed` and `samples`, then `sampler` and `metric_setup`.
+    func result(_ o: JSONObject, sampler: JSONObject, seed: UInt64, samples: Int) -> JSONValue {
+        var o = o, sampler = sampler
+        sampler["seed"] = integer(seed)
+        sampler["samples"] = .int(samples)
+        o["sampler"] = .object(sampler)
+        o["metric_setup"] = metricSetup
+        return .object(o)
     }
 
     /// `{"rff_features":512,…,"probe_seed":"…"}`.
