@@ -212,10 +212,8 @@ final class ShardChannel: ShardSink, @unchecked Sendable {
 
     func runCompute(dispatch d: Dispatch, catalogue: AlgorithmCatalogue, logger: Logger) {
         do {
-            let spec = try JobSpec.fromStored(d.spec)
-            guard let algorithm = catalogue.find(kind: spec.kind, name: spec.algorithm) else {
-                throw ShardError("this worker cannot run \(spec.kind.rawValue)/\(spec.algorithm)")
-            }
+            // Parsed and configured once per job, not once per shard (AlgorithmCatalogue.prepared).
+            let (spec, algorithm) = try catalogue.prepared(storedSpec: d.spec)
             var resume: (Int64, [UInt8])?
             if let r = d.resume {
                 resume = (r.step, try fetchBlob(sha256: r.sha256))
