@@ -24,9 +24,9 @@ public struct CoordinatorStateMachine: Sendable {
         public var errorsPerSecond = 10
         /// Shards leased ahead for each worker beyond its slots (at most `slots` of them): they are dispatched the
         /// moment a slot frees, without waiting for a commit. Never more than credits are *sent* (SPEC §6.2).
-        /// Off by default in this build: with it on, two-shard jobs on two one-slot workers could wait on one worker (the
-        /// end-to-end cancel, kill and drain tests failed). docs/performance.md gives the dispatch figure with 64.
-        public var prefetch = 0
+        /// When the queue runs dry, shards leased ahead of busy workers go back (unsent, at their old attempt) to
+        /// workers with idle slots, so a small job never waits on one worker while another idles.
+        public var prefetch = 64
         public init() {}
         var deadline: Duration { heartbeatInterval * liveness }
     }
@@ -273,7 +273,7 @@ public struct CoordinatorStateMachine: Sendable {
             if draining {
                 for c in sessions[peer]!.leasedAhead {
                     leases[ShardSlot(c.ref)] = nil
-                    enqueue(.failShard(workerID: s.workerID, ref: c.ref, reason: "handed back unsent: worker draining", retryable: true), .handBack)
+                    enqueue(.unleaseShard(workerID: s.workerID, ref: c.ref), .handBack)
                 }
                 sessions[peer]!.leasedAhead = []
             }
@@ -485,7 +485,7 @@ public struct CoordinatorStateMachine: Sendable {
                 let n = min(idle, s.leasedAhead.count)
                 for c in s.leasedAhead.suffix(n) {
                     leases[ShardSlot(c.ref)] = nil
-                    enqueue(.failShard(workerID: s.workerID, ref: c.ref, reason: "handed back unsent: rebalanced", retryable: true), .handBack)
+                    enqueue(.unleaseShard(workerID: s.workerID, ref: c.ref), .handBack)
                 }
                 sessions[other]!.leasedAhead.removeLast(n)
                 idle -= n

@@ -4,11 +4,12 @@ import TesseraModel
 
 /// Runs one batch of store commands in one transaction, grouped in a fixed order: registrations (their adoptions
 /// come before anything else about those shards), metrics in one call, completions in one call, failures, blobs,
-/// heartbeats of all workers in one call, lost workers' requeues, the lease sweep, and claims last in one call (they
+/// heartbeats of all workers in one call, lost workers' requeues, the lease sweep, unsent leases handed back, and claims
+/// last in one call (they
 /// see the slots and shards the rest freed). Outcomes come back in the batch's order.
 public enum StoreCommandRunner {
     enum Phase: Int, CaseIterable {
-        case register, metrics, complete, fail, blob, renew, gone, rescue, claim
+        case register, metrics, complete, fail, blob, renew, gone, rescue, unlease, claim
     }
 
     static func phase(_ c: StoreCommand) -> Phase {
@@ -21,6 +22,7 @@ public enum StoreCommandRunner {
         case .renewLeases: .renew
         case .workerGone: .gone
         case .requeueExpiredLeases: .rescue
+        case .unleaseShard: .unlease
         case .claimShards: .claim
         }
     }
@@ -107,6 +109,8 @@ public enum StoreCommandRunner {
             return .expiredLeasesRequeued(count: try store.requeueExpiredLeases().count)
         case .claimShards(let workerID, let limit, let capabilities):
             return .shardsClaimed(try store.claimShards(workerID: workerID, limit: limit, capabilities: capabilities))
+        case .unleaseShard(let workerID, let ref):
+            return .shardUnleased(accepted: try store.unleaseShard(ref, workerID: workerID))
         case .ingestMetrics, .completeShard, .renewLeases:
             preconditionFailure("batched commands run in execute(_:_:_:on:)")
         }

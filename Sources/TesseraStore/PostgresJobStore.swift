@@ -221,6 +221,23 @@ public final class PostgresJobStore: JobStore, @unchecked Sendable {
         }
     }
 
+    public func unleaseShard(_ key: ShardRef, workerID: Int64) throws -> Bool {
+        let r = try db.execute(
+            """
+            WITH back AS (
+                UPDATE tessera_shards
+                SET state = 'queued', attempt = attempt - 1, worker_id = NULL, lease_expires_at = NULL, updated_at = now()
+                WHERE job_id = $1 AND idx = $2 AND attempt = $3 AND worker_id = $4 AND state = 'leased'
+                RETURNING job_id, idx
+            )
+            INSERT INTO tessera_events (job_id, shard_idx, worker_id, actor, kind, detail)
+            SELECT job_id, idx, $4, 'coordinator', 'shard.unleased', jsonb_build_object('attempt', $3::int) FROM back
+            RETURNING 1
+            """,
+            [.int(key.jobID), .int(Int64(key.shardIndex)), .int(Int64(key.attempt)), .int(workerID)])
+        return r.rowCount == 1
+    }
+
     /// Heartbeats of many workers in two statements: their liveness, and the leases they report (extended, with
     /// progress). Returns the reported leases that are no longer that worker's current attempt (to stop).
     public func renewLeases(_ renewals: [(workerID: Int64, progress: [(ref: ShardRef, step: Int64)])]) throws -> [Lease] {

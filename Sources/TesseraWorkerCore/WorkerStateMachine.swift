@@ -209,7 +209,12 @@ public struct WorkerStateMachine: Sendable {
     public var isDraining: Bool { drainStarted != nil }
     public var runningShards: [ShardRef] { order }
     /// Free slots as advertised to the coordinator (0 while draining).
-    public var credits: Int { drainStarted != nil ? 0 : max(0, configuration.slots - shards.count) }
+    /// Free slots: a slot is taken while a shard computes, and free again once its computation ended, even while its
+    /// output and final message still wait for ACKs (SPEC §6.2: the coordinator counts a slot free when it processes
+    /// SHARD_DONE / SHARD_FAILED, and may dispatch into it at once).
+    public var credits: Int {
+        drainStarted != nil ? 0 : max(0, configuration.slots - shards.values.count { $0.outcome == nil })
+    }
     /// The backoff the next reconnect will wait.
     public var currentReconnectDelay: Duration { delay }
     /// Whether the loop should hand this shard's new metric points to the machine now: false while more than

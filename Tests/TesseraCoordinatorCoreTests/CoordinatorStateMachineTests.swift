@@ -377,7 +377,7 @@ struct CoordinatorStateMachineTests {
         _ = h.feed(.committed([.leasesRenewed(stale: []), .expiredLeasesRequeued(count: 0), claimed([])]))
         // The worker starts draining: no credit though one slot is idle. Shard 3 was never sent: it goes back.
         let d = h.receive(w1, .heartbeat(Heartbeat(credits: 0, progress: [ShardProgress(ref: ref(1), step: 0, total: 1)])))
-        #expect(commits(d) == [[.failShard(workerID: 11, ref: ref(3), reason: "handed back unsent: worker draining", retryable: true)]])
+        #expect(commits(d) == [[.unleaseShard(workerID: 11, ref: ref(3))]])
         #expect(sends(d, to: w1).isEmpty)
     }
 
@@ -397,7 +397,7 @@ struct CoordinatorStateMachineTests {
         ]])
         // The queue is dry: w2 idles while shard 1 waits on w1 behind shard 0. It is handed back for w2 to claim.
         let dry = h.feed(.committed([claimed([]), claimed([])]))
-        #expect(commits(dry) == [[.failShard(workerID: 11, ref: ref(1), reason: "handed back unsent: rebalanced", retryable: true)]])
+        #expect(commits(dry) == [[.unleaseShard(workerID: 11, ref: ref(1))]])
         let back = h.feed(.committed([.shardFailed(.requeued, stop: [])]))
         // w2's free slot first; only then the shards leased ahead for each.
         #expect(commits(back) == [[

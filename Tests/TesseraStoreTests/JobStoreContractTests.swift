@@ -104,6 +104,22 @@ struct JobStoreContractTests {
         #expect(f.state(f.job, 6) == ("leased", 1))
     }
 
+    @Test("An unsent lease handed back: queued at its old attempt, so the next claim reuses the number; fenced on holder and attempt", arguments: ContractFixture.Backend.available)
+    func unlease(_ backend: ContractFixture.Backend) throws {
+        let f = try ContractFixture.make(backend, shards: 2)
+        defer { f.close() }
+        let ddim = ["sampling/ddim"]
+        #expect(try f.store.claimShards(workerID: f.w1, limit: 2, capabilities: ddim).map(\.ref) == [f.ref(0), f.ref(1)])
+        #expect(try !f.store.unleaseShard(f.ref(1), workerID: f.w2), "not w2's lease")
+        #expect(try !f.store.unleaseShard(f.ref(1, attempt: 2), workerID: f.w1), "not the current attempt")
+        #expect(try f.store.unleaseShard(f.ref(1), workerID: f.w1))
+        #expect(f.state(f.job, 1) == ("queued", 0))
+        #expect(try !f.store.unleaseShard(f.ref(1), workerID: f.w1), "already back")
+        #expect(try f.store.claimShards(workerID: f.w2, limit: 2, capabilities: ddim).map(\.ref) == [f.ref(1)])
+        // Only the new holder may finish it.
+        #expect(try f.store.completeShards([(f.ref(1), f.w1, "{}", nil), (f.ref(1), f.w2, "{}", nil)]).map(\.accepted) == [false, true])
+    }
+
     @Test("Fencing: metrics, DONE, FAILED and blobs only from the leaseholder's current attempt", arguments: ContractFixture.Backend.available)
     func fencing(_ backend: ContractFixture.Backend) throws {
         let f = try ContractFixture.make(backend, shards: 2)
