@@ -42,7 +42,7 @@ let package = Package(
 
         // Compute runtime: tensors on OpenBLAS, MLPs, Adam, Philox, safetensors. No ZeroMQ, no PostgreSQL.
         .target(
-            name: "TesseraCompute", dependencies: ["COpenBLAS", "TesseraKernels", "TesseraAVX512"],
+            name: "TesseraCompute", dependencies: ["COpenBLAS", "TesseraKernels", "TesseraAVX512", "TesseraJSON"],
             swiftSettings: swiftSettings
         ),
         // Inlinable SIMD kernels (exp, SiLU), compiled by each module that calls them for that module's target.
@@ -52,10 +52,13 @@ let package = Package(
         // 50x slower.
         .target(name: "TesseraAVX512", dependencies: ["TesseraKernels"], swiftSettings: swiftSettings + avx512Settings),
 
-        // Leaf types, JSON, job specs, the algorithm plug-in protocol. Pure Swift.
+        // Tessera's one JSON codec: JSONValue (exact doubles and integers, ordered objects), a strict mode for
+        // safetensors headers, and the Codable bridge. A leaf: the standard library only.
+        .target(name: "TesseraJSON", swiftSettings: swiftSettings),
+        // Leaf types, job specs, the algorithm plug-in protocol (re-exports TesseraJSON). Pure Swift.
         .target(
             name: "TesseraCore",
-            dependencies: ["TesseraModel", .product(name: "Yams", package: "Yams")],
+            dependencies: ["TesseraModel", "TesseraJSON", .product(name: "Yams", package: "Yams")],
             swiftSettings: swiftSettings
         ),
         // The shared vocabulary (ShardRef, MetricPoint, BlobKind): a leaf every other layer may import.
@@ -125,6 +128,7 @@ let package = Package(
             exclude: ["Fixtures"],
             swiftSettings: swiftSettings
         ),
+        .testTarget(name: "TesseraJSONTests", dependencies: ["TesseraJSON"], swiftSettings: swiftSettings),
         .testTarget(name: "TesseraCoreTests", dependencies: ["TesseraCore", "TesseraWorkloads"], swiftSettings: swiftSettings),
         .testTarget(name: "TesseraProtocolTests", dependencies: ["TesseraProtocol"], swiftSettings: swiftSettings),
         .testTarget(

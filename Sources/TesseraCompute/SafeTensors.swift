@@ -7,6 +7,8 @@
 // padded with spaces to a multiple of 8 so every tensor's data is 8-aligned. The reader is strict: it rejects anything
 // the Rust reader rejects (and duplicate keys, which serde would silently accept), with a precise reason.
 
+import TesseraJSON
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -319,39 +321,30 @@ public struct SafeTensorsFile: Sendable, Equatable {
         }
     }
 
-    /// The JSON header, unpadded. Metadata keys are sorted (the Rust writer uses a HashMap, so any order is valid).
+    /// The JSON header, unpadded: what the Rust writer (serde_json) writes, byte for byte. Metadata keys are sorted
+    /// (the Rust writer uses a HashMap, so any order is valid).
     func headerJSON(ordered: [SafeTensor]) -> [UInt8] {
-        var out: [UInt8] = []
-        out.reserveCapacity(64 + 96 * ordered.count)
-        out.append(UInt8(ascii: "{"))
-        var first = true
+        var header = JSONObject()
         if !metadata.isEmpty {
-            JSONText.appendString("__metadata__", to: &out)
-            out.append(UInt8(ascii: ":"))
-            out.append(UInt8(ascii: "{"))
-            for (i, key) in metadata.keys.sorted(by: { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) })
-                .enumerated()
-            {
-                if i > 0 { out.append(UInt8(ascii: ",")) }
-                JSONText.appendString(key, to: &out)
-                out.append(UInt8(ascii: ":"))
-                JSONText.appendString(metadata[key]!, to: &out)
+            var meta = JSONObject()
+            for key in metadata.keys.sorted(by: { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) }) {
+                meta[key] = .string(metadata[key]!)
             }
-            out.append(UInt8(ascii: "}"))
-            first = false
+            header["__metadata__"] = .object(meta)
         }
         var offset = 0
         for t in ordered {
-            if !first { out.append(UInt8(ascii: ",")) }
-            first = false
-            JSONText.appendString(t.name, to: &out)
-            out.append(contentsOf: Array(":{\"dtype\":\"\(t.dtype.rawValue)\",\"shape\":[".utf8))
-            out.append(contentsOf: Array(t.shape.map(String.init).joined(separator: ",").utf8))
-            out.append(contentsOf: Array("],\"data_offsets\":[\(offset),\(offset + t.bytes.count)]}".utf8))
+            header[t.name] = .object([
+                "dtype": .string(t.dtype.rawValue),
+                "shape": .array(t.shape.map { .number(JSONNumber(exactly: $0)) }),
+                "data_offsets": .array([
+                    .number(JSONNumber(exactly: offset)), .number(JSONNumber(exactly: offset + t.bytes.count)),
+                ]),
+            ])
             offset += t.bytes.count
         }
-        out.append(UInt8(ascii: "}"))
-        return out
+        // serde_json spells U+0008 and U+000C as \b and \f.
+        return Array(JSONValue.object(header).render(shortEscapes: true).utf8)
     }
 
     /// The complete file bytes. Precondition: `validate()` passes (unique names, consistent tensors); `write` checks it.
@@ -395,11 +388,12 @@ public struct SafeTensorsFile: Sendable, Equatable {
         guard n > 0, headerBytes[0] == UInt8(ascii: "{") else {
             throw SafeTensorsError(.invalidHeaderStart, "header must start with '{'")
         }
-        var parser = JSONText.Parser(headerBytes)
-        let root: JSONText.Value
-        do { root = try parser.parseDocument() } catch let e as JSONText.ParseError {
-            if e.duplicateKey != nil {
-                throw SafeTensorsError(.duplicateKey, "duplicate key \"\(e.duplicateKey!)\" in header JSON at byte \(e.offset)")
+        // Strict: RFC 8259 numbers with their literals (shapes and offsets must be plain integers, read exactly), and
+        // duplicate keys rejected, which serde would silently accept.
+        let root: JSONValue
+        do { root = try JSONValue.parse(buffer: headerBytes, options: .strict) } catch let e as JSONError {
+            if let key = e.duplicateKey {
+                throw SafeTensorsError(.duplicateKey, "duplicate key \"\(key)\" in header JSON at byte \(e.offset)")
             }
             throw SafeTensorsError(.invalidJSON, "header JSON: \(e.message) at byte \(e.offset)")
         }
@@ -410,13 +404,13 @@ public struct SafeTensorsFile: Sendable, Equatable {
         var metadata: [String: String] = [:]
         struct Info { var name: String; var dtype: SafeTensorDType; var shape: [Int]; var begin: Int; var end: Int }
         var infos: [Info] = []
-        infos.reserveCapacity(entries.count)
-        for (key, value) in entries {
+        infos.reserveCapacity(entries.pairs.count)
+        for (key, value) in entries.pairs {
             if key == "__metadata__" {
                 switch value {
                 case .null: break
                 case .object(let pairs):
-                    for (k, v) in pairs {
+                    for (k, v) in pairs.pairs {
                         guard case .string(let s) = v else {
                             throw SafeTensorsError(.invalidMetadata, "__metadata__[\"\(k)\"] is not a string")
                         }
@@ -433,7 +427,7 @@ public struct SafeTensorsFile: Sendable, Equatable {
             var dtype: SafeTensorDType?
             var shape: [Int]?
             var offsets: [Int]?
-            for (f, v) in fields {
+            for (f, v) in fields.pairs {
                 switch f {
                 case "dtype":
                     guard case .string(let s) = v else {
@@ -501,13 +495,13 @@ public struct SafeTensorsFile: Sendable, Equatable {
         return SafeTensorsFile(tensors: tensors, metadata: metadata)
     }
 
-    private static func unsignedArray(_ v: JSONText.Value, tensor: String, field: String) throws -> [Int] {
+    private static func unsignedArray(_ v: JSONValue, tensor: String, field: String) throws -> [Int] {
         guard case .array(let items) = v else {
             throw SafeTensorsError(.invalidTensorInfo, "tensor \"\(tensor)\": \(field) is not an array")
         }
         return try items.map { item in
-            guard case .number(let text) = item, let x = Int(text), x >= 0, text.allSatisfy({ $0.isASCII && $0.isNumber })
-            else {
+            // Digits only, as the Rust reader's usize fields demand: no sign, fraction or exponent (`2.0`, `2e0`).
+            guard case .number(let n) = item, let u = n.unsignedIntegerLiteral, let x = Int(exactly: u) else {
                 throw SafeTensorsError(
                     .invalidTensorInfo, "tensor \"\(tensor)\": \(field) holds a value that is not a non-negative integer")
             }
@@ -633,239 +627,4 @@ enum FileIO {
 
 @inline(__always) private func Glibc_write(_ fd: Int32, _ p: UnsafeRawPointer, _ n: Int) -> Int {
     write(fd, p, n)
-}
-
-// MARK: - Minimal strict JSON (header only)
-
-/// Just enough JSON for safetensors headers: it keeps object key order, rejects duplicate keys, keeps numbers as text,
-/// and limits nesting depth so a hostile header cannot exhaust the stack.
-enum JSONText {
-    indirect enum Value {
-        case object([(String, Value)])
-        case array([Value])
-        case string(String)
-        case number(String)
-        case bool(Bool)
-        case null
-    }
-
-    struct ParseError: Error {
-        var message: String
-        var offset: Int
-        var duplicateKey: String? = nil
-    }
-
-    static func appendString(_ s: String, to out: inout [UInt8]) {
-        out.append(UInt8(ascii: "\""))
-        for b in s.utf8 {
-            switch b {
-            case UInt8(ascii: "\""): out.append(contentsOf: [0x5C, 0x22])
-            case UInt8(ascii: "\\"): out.append(contentsOf: [0x5C, 0x5C])
-            case 0x08: out.append(contentsOf: [0x5C, UInt8(ascii: "b")])
-            case 0x0C: out.append(contentsOf: [0x5C, UInt8(ascii: "f")])
-            case 0x0A: out.append(contentsOf: [0x5C, UInt8(ascii: "n")])
-            case 0x0D: out.append(contentsOf: [0x5C, UInt8(ascii: "r")])
-            case 0x09: out.append(contentsOf: [0x5C, UInt8(ascii: "t")])
-            case 0..<0x20:
-                let hex = Array("0123456789abcdef".utf8)
-                out.append(contentsOf: [0x5C, UInt8(ascii: "u"), 0x30, 0x30, hex[Int(b >> 4)], hex[Int(b & 15)]])
-            default: out.append(b)
-            }
-        }
-        out.append(UInt8(ascii: "\""))
-    }
-
-    struct Parser {
-        let bytes: UnsafeBufferPointer<UInt8>
-        var i = 0
-        static let maxDepth = 64
-
-        init(_ bytes: UnsafeBufferPointer<UInt8>) { self.bytes = bytes }
-
-        func error(_ message: String) -> ParseError { ParseError(message: message, offset: i) }
-
-        mutating func skipSpace() {
-            while i < bytes.count, bytes[i] == 0x20 || bytes[i] == 0x09 || bytes[i] == 0x0A || bytes[i] == 0x0D {
-                i += 1
-            }
-        }
-
-        mutating func parseDocument() throws -> Value {
-            skipSpace()
-            let v = try parseValue(depth: 0)
-            skipSpace()
-            guard i == bytes.count else { throw error("trailing characters after the JSON value") }
-            return v
-        }
-
-        mutating func parseValue(depth: Int) throws -> Value {
-            guard depth < Parser.maxDepth else { throw error("nesting deeper than \(Parser.maxDepth)") }
-            guard i < bytes.count else { throw error("unexpected end of header") }
-            switch bytes[i] {
-            case UInt8(ascii: "{"): return try parseObject(depth: depth)
-            case UInt8(ascii: "["): return try parseArray(depth: depth)
-            case UInt8(ascii: "\""): return .string(try parseString())
-            case UInt8(ascii: "t"): try literal("true"); return .bool(true)
-            case UInt8(ascii: "f"): try literal("false"); return .bool(false)
-            case UInt8(ascii: "n"): try literal("null"); return .null
-            case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"): return .number(try parseNumber())
-            default: throw error("unexpected character '\(UnicodeScalar(bytes[i]))'")
-            }
-        }
-
-        mutating func literal(_ word: String) throws {
-            for b in word.utf8 {
-                guard i < bytes.count, bytes[i] == b else { throw error("invalid literal, expected \(word)") }
-                i += 1
-            }
-        }
-
-        mutating func parseObject(depth: Int) throws -> Value {
-            i += 1
-            var pairs: [(String, Value)] = []
-            var keys = Set<String>()
-            skipSpace()
-            if i < bytes.count, bytes[i] == UInt8(ascii: "}") {
-                i += 1
-                return .object(pairs)
-            }
-            while true {
-                skipSpace()
-                guard i < bytes.count, bytes[i] == UInt8(ascii: "\"") else { throw error("expected a string key") }
-                let keyStart = i
-                let key = try parseString()
-                guard keys.insert(key).inserted else {
-                    throw ParseError(message: "duplicate key", offset: keyStart, duplicateKey: key)
-                }
-                skipSpace()
-                guard i < bytes.count, bytes[i] == UInt8(ascii: ":") else { throw error("expected ':'") }
-                i += 1
-                skipSpace()
-                pairs.append((key, try parseValue(depth: depth + 1)))
-                skipSpace()
-                guard i < bytes.count else { throw error("unterminated object") }
-                if bytes[i] == UInt8(ascii: ",") {
-                    i += 1
-                    continue
-                }
-                guard bytes[i] == UInt8(ascii: "}") else { throw error("expected ',' or '}'") }
-                i += 1
-                return .object(pairs)
-            }
-        }
-
-        mutating func parseArray(depth: Int) throws -> Value {
-            i += 1
-            var items: [Value] = []
-            skipSpace()
-            if i < bytes.count, bytes[i] == UInt8(ascii: "]") {
-                i += 1
-                return .array(items)
-            }
-            while true {
-                skipSpace()
-                items.append(try parseValue(depth: depth + 1))
-                skipSpace()
-                guard i < bytes.count else { throw error("unterminated array") }
-                if bytes[i] == UInt8(ascii: ",") {
-                    i += 1
-                    continue
-                }
-                guard bytes[i] == UInt8(ascii: "]") else { throw error("expected ',' or ']'") }
-                i += 1
-                return .array(items)
-            }
-        }
-
-        mutating func hex4() throws -> UInt32 {
-            guard i + 4 <= bytes.count else { throw error("truncated \\u escape") }
-            var v: UInt32 = 0
-            for _ in 0..<4 {
-                let c = bytes[i]
-                let d: UInt32
-                switch c {
-                case UInt8(ascii: "0")...UInt8(ascii: "9"): d = UInt32(c - UInt8(ascii: "0"))
-                case UInt8(ascii: "a")...UInt8(ascii: "f"): d = UInt32(c - UInt8(ascii: "a") + 10)
-                case UInt8(ascii: "A")...UInt8(ascii: "F"): d = UInt32(c - UInt8(ascii: "A") + 10)
-                default: throw error("invalid hex digit in \\u escape")
-                }
-                v = v << 4 | d
-                i += 1
-            }
-            return v
-        }
-
-        mutating func parseString() throws -> String {
-            i += 1
-            var out: [UInt8] = []
-            while true {
-                guard i < bytes.count else { throw error("unterminated string") }
-                let c = bytes[i]
-                if c == UInt8(ascii: "\"") {
-                    i += 1
-                    return String(decoding: out, as: UTF8.self)
-                }
-                if c < 0x20 { throw error("control character in string") }
-                if c != UInt8(ascii: "\\") {
-                    out.append(c)
-                    i += 1
-                    continue
-                }
-                i += 1
-                guard i < bytes.count else { throw error("unterminated escape") }
-                let e = bytes[i]
-                i += 1
-                switch e {
-                case UInt8(ascii: "\""): out.append(0x22)
-                case UInt8(ascii: "\\"): out.append(0x5C)
-                case UInt8(ascii: "/"): out.append(0x2F)
-                case UInt8(ascii: "b"): out.append(0x08)
-                case UInt8(ascii: "f"): out.append(0x0C)
-                case UInt8(ascii: "n"): out.append(0x0A)
-                case UInt8(ascii: "r"): out.append(0x0D)
-                case UInt8(ascii: "t"): out.append(0x09)
-                case UInt8(ascii: "u"):
-                    var scalar = try hex4()
-                    if (0xD800..<0xDC00).contains(scalar) {
-                        guard i + 1 < bytes.count, bytes[i] == UInt8(ascii: "\\"), bytes[i + 1] == UInt8(ascii: "u")
-                        else { throw error("lone high surrogate") }
-                        i += 2
-                        let low = try hex4()
-                        guard (0xDC00..<0xE000).contains(low) else { throw error("invalid low surrogate") }
-                        scalar = 0x10000 + ((scalar - 0xD800) << 10) + (low - 0xDC00)
-                    } else if (0xDC00..<0xE000).contains(scalar) {
-                        throw error("lone low surrogate")
-                    }
-                    guard let u = Unicode.Scalar(scalar) else { throw error("invalid unicode scalar") }
-                    out.append(contentsOf: Array(String(Character(u)).utf8))
-                default:
-                    throw error("invalid escape '\\\(UnicodeScalar(e))'")
-                }
-            }
-        }
-
-        mutating func parseNumber() throws -> String {
-            let start = i
-            func digit(_ b: UInt8) -> Bool { b >= UInt8(ascii: "0") && b <= UInt8(ascii: "9") }
-            if bytes[i] == UInt8(ascii: "-") { i += 1 }
-            guard i < bytes.count, digit(bytes[i]) else { throw error("invalid number") }
-            if bytes[i] == UInt8(ascii: "0") {
-                i += 1
-            } else {
-                while i < bytes.count, digit(bytes[i]) { i += 1 }
-            }
-            if i < bytes.count, bytes[i] == UInt8(ascii: ".") {
-                i += 1
-                guard i < bytes.count, digit(bytes[i]) else { throw error("invalid number fraction") }
-                while i < bytes.count, digit(bytes[i]) { i += 1 }
-            }
-            if i < bytes.count, bytes[i] == UInt8(ascii: "e") || bytes[i] == UInt8(ascii: "E") {
-                i += 1
-                if i < bytes.count, bytes[i] == UInt8(ascii: "+") || bytes[i] == UInt8(ascii: "-") { i += 1 }
-                guard i < bytes.count, digit(bytes[i]) else { throw error("invalid number exponent") }
-                while i < bytes.count, digit(bytes[i]) { i += 1 }
-            }
-            return String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<i]), as: UTF8.self)
-        }
-    }
 }

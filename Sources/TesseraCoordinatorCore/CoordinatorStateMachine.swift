@@ -24,9 +24,9 @@ public struct CoordinatorStateMachine: Sendable {
         public var errorsPerSecond = 10
         /// Shards leased ahead for each worker beyond its slots (at most `slots` of them): they are dispatched the
         /// moment a slot frees, without waiting for a commit. Never more than credits are *sent* (SPEC §6.2).
-        /// Off by default in this build: with it on, two-shard jobs on two one-slot workers could wait on one worker (the
-        /// end-to-end cancel, kill and drain tests failed). docs/performance.md gives the dispatch figure with 64.
-        public var prefetch = 0
+        /// When the queue runs dry, shards leased ahead of busy workers go back (unsent, at their old attempt) to
+        /// workers with idle slots, so a small job never waits on one worker while another idles.
+        public var prefetch = 64
         public init() {}
         var deadline: Duration { heartbeatInterval * liveness }
     }
@@ -125,7 +125,7 @@ public struct CoordinatorStateMachine: Sendable {
         case complete(Peer, ref: ShardRef)
         case fail(Peer, ref: ShardRef)
         case blob(Peer, ref: ShardRef, transferID: UInt64, offset: UInt64)
-        case claim(Peer, limit: Int)
+        case claim(Peer, limit: Int, capabilities: [String])
         case rescue
         /// A leased-ahead shard given back unsent (its worker is draining).
         case handBack
@@ -142,12 +142,16 @@ public struct CoordinatorStateMachine: Sendable {
     }
 
     public let configuration: Configuration
-    private(set) var sessions: [Peer: Session] = [:]
+    private(set) var sessions = SessionTable()
     private var leases: [ShardSlot: (attempt: Int32, peer: Peer)] = [:]
     private var queued: [(StoreCommand, Pending)] = []
     private var committing: [Pending]?
-    /// False once a claim came back short: nothing more to claim until something changes.
-    private var claimable = true
+    /// Capability sets (as workers advertise them) whose last claim came back short, or is being committed: nothing
+    /// to claim for their workers until something changes the queue. Kept per set so that workers that can run
+    /// nothing queued (another kind, an algorithm no job uses) cost no claim per batch while others dispatch.
+    private var dryCapabilities: Set<[String]> = []
+    /// Sessions registered since the last claim round: asked once whatever their capability set's state.
+    private var freshlyReady: Set<Peer> = []
     private var nextRegistration: UInt64 = 1
     private var errorWindows: [Peer: (start: Instant, sent: Int)] = [:]
     public private(set) var counters = Counters()
@@ -195,9 +199,9 @@ public struct CoordinatorStateMachine: Sendable {
             out.append(.send(peer, .ack(Ack(ref: ref, kind: .chunk, sequence: transferID, offset: offset, accepted: accepted))))
         case .leasesEnded(let ended, let reason):
             for lease in ended { stop(lease, reason: reason, into: &out) }
-            claimable = true
+            queueMayHaveChanged()
         case .queueChanged:
-            claimable = true
+            queueMayHaveChanged()
         }
         flush(now: now, into: &out)
         return out
@@ -241,7 +245,9 @@ public struct CoordinatorStateMachine: Sendable {
         }
         // A READY replaces any registration of the same connection or the same worker name (SPEC §6.1.4). The
         // new registration is committed first, so its adoption of the running shards precedes the old one's requeue.
-        let replaced = sessions.values.filter { $0.peer == peer || $0.name == r.workerName }
+        var replaced: [Session] = []
+        if let same = sessions[peer] { replaced.append(same) }
+        if let named = sessions.peer(named: r.workerName), named != peer { replaced.append(sessions[named]!) }
         for old in replaced { sessions[old.peer] = nil }
         let registration = nextRegistration
         nextRegistration += 1
@@ -267,7 +273,7 @@ public struct CoordinatorStateMachine: Sendable {
             if draining {
                 for c in sessions[peer]!.leasedAhead {
                     leases[ShardSlot(c.ref)] = nil
-                    enqueue(.failShard(workerID: s.workerID, ref: c.ref, reason: "handed back unsent: worker draining", retryable: true), .handBack)
+                    enqueue(.unleaseShard(workerID: s.workerID, ref: c.ref), .handBack)
                 }
                 sessions[peer]!.leasedAhead = []
             }
@@ -348,7 +354,7 @@ public struct CoordinatorStateMachine: Sendable {
         }
         if !renewals.isEmpty { enqueue(.renewLeases(renewals), .renew(peers)) }
         enqueue(.requeueExpiredLeases, .rescue)
-        claimable = true
+        queueMayHaveChanged()
     }
 
     // MARK: Outcomes
@@ -359,12 +365,13 @@ public struct CoordinatorStateMachine: Sendable {
         counters.commits += 1
         precondition(pending.count == outcomes.count, "a batch of \(pending.count) commands got \(outcomes.count) outcomes")
         var metricBatches = 0
+        var shortClaims: [Peer] = []
         for (p, o) in zip(pending, outcomes) {
             switch (p, o) {
             case (.register(let peer, let registration, let running), .workerRegistered(let workerID, let adopted)):
                 registered(peer, registration: registration, running: running, workerID: workerID, adopted: adopted, now: now, into: &out)
             case (.gone, _), (.handBack, _):
-                claimable = true
+                queueMayHaveChanged()
             case (.renew(let peers), .leasesRenewed(let stale)):
                 // The database says these are not the reporting worker's current lease (re-leased by a rescue, or
                 // cancelled): the worker must stop them (SPEC §6.3).
@@ -386,30 +393,30 @@ public struct CoordinatorStateMachine: Sendable {
                 if accepted { release(ref) } else { counters.staleDropped += 1 }
                 out.append(.send(peer, .ack(Ack(ref: ref, kind: .done, accepted: accepted))))
                 // Shards of the same job that waited on this one can run now: claim at once, not at the next tick.
-                if releasedDependents { claimable = true }
+                if releasedDependents { queueMayHaveChanged() }
                 if jobComplete {
                     out.append(.merge(jobID: ref.jobID))
-                    claimable = true  // jobs depending on it may now run
+                    queueMayHaveChanged()  // jobs depending on it may now run
                 }
             case (.fail(let peer, let ref), .shardFailed(let outcome, let stopList)):
                 if outcome == .rejected { counters.staleDropped += 1 } else { release(ref) }
                 out.append(.send(peer, .ack(Ack(ref: ref, kind: .failed, accepted: outcome != .rejected))))
                 for lease in stopList { stop(lease, reason: "job failed", into: &out) }
-                claimable = true
+                queueMayHaveChanged()
             case (.blob(let peer, let ref, let transferID, let offset), .blobRegistered(let accepted)):
                 if !accepted { counters.staleDropped += 1 }
                 out.append(.send(peer, .ack(Ack(ref: ref, kind: .chunk, sequence: transferID, offset: offset, accepted: accepted))))
-            case (.claim(let peer, let limit), .shardsClaimed(let claimed)):
+            case (.claim(let peer, let limit, let capabilities), .shardsClaimed(let claimed)):
                 sessions[peer]?.claiming -= limit
                 dispatch(claimed, to: peer, now: now, into: &out)
                 // A full claim means there may be more; a short one that the queue is empty for now.
                 if claimed.count == limit {
-                    claimable = true
+                    dryCapabilities.remove(capabilities)
                 } else {
-                    rebalance(to: peer)
+                    shortClaims.append(peer)
                 }
             case (.rescue, .expiredLeasesRequeued(let n)):
-                if n > 0 { claimable = true }
+                if n > 0 { queueMayHaveChanged() }
             case (_, .rejected):
                 rejected(p, into: &out)
             default:
@@ -417,6 +424,7 @@ public struct CoordinatorStateMachine: Sendable {
             }
         }
         if metricBatches > 0 { counters.metricCommits += 1 }
+        if !shortClaims.isEmpty { rebalance(to: shortClaims) }
     }
 
     private mutating func registered(
@@ -444,7 +452,8 @@ public struct CoordinatorStateMachine: Sendable {
             out.append(.send(peer, .cancel(Cancel(ref: ref, reason: "superseded: the shard was re-leased"))))
         }
         out.append(.send(peer, .heartbeat(Heartbeat())))
-        claimable = true
+        // Its first claim goes out even if workers like it found the queue dry: the others are not asked again.
+        freshlyReady.insert(peer)
         for message in held {
             guard let current = sessions[peer] else { break }
             workerMessage(message, session: current, now: now, into: &out)
@@ -462,19 +471,25 @@ public struct CoordinatorStateMachine: Sendable {
         sendLeased(peer, now: now, into: &out)
     }
 
-    /// The queue ran dry while `peer` still has idle slots: shards leased ahead for other workers (waiting behind
-    /// their running ones) go back to the queue, unsent and at no cost, so the idle worker can claim them next.
-    private mutating func rebalance(to peer: Peer) {
-        guard var idle = sessions[peer].map({ $0.freeSlots - $0.leasedAhead.count }), idle > 0 else { return }
-        for other in sessions.keys.sorted(by: { $0.lexicographicallyPrecedes($1) }) where other != peer && idle > 0 {
-            guard let s = sessions[other], s.phase == .ready, !s.leasedAhead.isEmpty else { continue }
-            let n = min(idle, s.leasedAhead.count)
-            for c in s.leasedAhead.suffix(n) {
-                leases[ShardSlot(c.ref)] = nil
-                enqueue(.failShard(workerID: s.workerID, ref: c.ref, reason: "handed back unsent: rebalanced", retryable: true), .handBack)
+    /// The queue ran dry while these workers (in claim order) still have idle slots: shards leased ahead for other
+    /// workers (waiting behind their running ones) go back to the queue, unsent and at no cost, so the idle workers can
+    /// claim them next. Donors are looked up once per batch, so a tick with many idle workers stays linear.
+    private mutating func rebalance(to idlePeers: [Peer]) {
+        var donors = sessions.values.filter { $0.phase == .ready && !$0.leasedAhead.isEmpty }.map(\.peer)
+        guard !donors.isEmpty else { return }
+        donors.sort(by: { $0.lexicographicallyPrecedes($1) })
+        for peer in idlePeers {
+            guard var idle = sessions[peer].map({ $0.freeSlots - $0.leasedAhead.count }), idle > 0 else { continue }
+            for other in donors where other != peer && idle > 0 {
+                guard let s = sessions[other], !s.leasedAhead.isEmpty else { continue }
+                let n = min(idle, s.leasedAhead.count)
+                for c in s.leasedAhead.suffix(n) {
+                    leases[ShardSlot(c.ref)] = nil
+                    enqueue(.unleaseShard(workerID: s.workerID, ref: c.ref), .handBack)
+                }
+                sessions[other]!.leasedAhead.removeLast(n)
+                idle -= n
             }
-            sessions[other]!.leasedAhead.removeLast(n)
-            idle -= n
         }
     }
 
@@ -509,7 +524,7 @@ public struct CoordinatorStateMachine: Sendable {
             out.append(.send(peer, .ack(Ack(ref: ref, kind: .failed, accepted: false))))
         case .blob(let peer, let ref, let transferID, _):
             out.append(.send(peer, .ack(Ack(ref: ref, kind: .chunk, sequence: transferID, offset: 0, accepted: false))))
-        case .claim(let peer, let limit):
+        case .claim(let peer, let limit, _):
             sessions[peer]?.claiming -= limit
         case .register(let peer, let registration, _):
             // Without a registration the worker cannot be served: drop the session; it will READY again.
@@ -546,6 +561,9 @@ public struct CoordinatorStateMachine: Sendable {
         out.append(.send(held.peer, .cancel(Cancel(ref: lease.ref, reason: reason))))
     }
 
+    /// Something may have made shards claimable for any worker (a submission, a requeue, a finished dependency).
+    private mutating func queueMayHaveChanged() { dryCapabilities.removeAll(keepingCapacity: true) }
+
     private mutating func enqueue(_ command: StoreCommand, _ pending: Pending) {
         // One lease-expiry sweep per batch is enough.
         if case .requeueExpiredLeases = command, queued.contains(where: { if case .rescue = $0.1 { true } else { false } }) {
@@ -557,23 +575,39 @@ public struct CoordinatorStateMachine: Sendable {
     /// Claims for every worker with free slots, then the next batch if the writer is idle.
     private mutating func flush(now: Instant, into out: inout [Action]) {
         guard committing == nil else { return }
-        if claimable {
+        // Only the workers of capability sets that may have something to claim are looked at, so thousands of idle
+        // workers that can run nothing queued cost nothing per batch.
+        var askable: [Session] = []
+        func consider(_ s: Session) {
+            if !s.draining && s.wanted(prefetch: configuration.prefetch) > 0 { askable.append(s) }
+        }
+        for (capabilities, members) in sessions.readyByCapabilities where !dryCapabilities.contains(capabilities) {
+            for peer in members { consider(sessions[peer]!) }
+        }
+        for peer in freshlyReady {
+            if let s = sessions[peer], s.phase == .ready, dryCapabilities.contains(s.capabilities) { consider(s) }
+        }
+        freshlyReady.removeAll(keepingCapacity: true)
+        if !askable.isEmpty {
             // Two rounds: first every worker's free slots, then the shards leased ahead, so a worker never prefetches
             // what an idle one could run now (the writer runs claims in this order).
-            let ordered = sessions.sorted(by: { $0.value.workerID < $1.value.workerID }).map(\.key)
+            let ordered = askable.sorted(by: { $0.workerID < $1.workerID }).map(\.peer)
+            var asked: Set<[String]> = []
             for round in 0..<2 {
                 for peer in ordered {
                     let s = sessions[peer]!
-                    guard s.phase == .ready, !s.draining else { continue }
                     let free = max(0, s.freeSlots - s.leasedAhead.count - s.claiming)
                     let n = round == 0 ? free : s.wanted(prefetch: configuration.prefetch)
                     guard n > 0 else { continue }
                     sessions[peer]!.claiming += n
-                    queued.append((.claimShards(workerID: s.workerID, limit: n, capabilities: s.capabilities), .claim(peer, limit: n)))
-                    // Until its outcome says whether the queue had enough, do not ask again.
-                    claimable = false
+                    queued.append((
+                        .claimShards(workerID: s.workerID, limit: n, capabilities: s.capabilities),
+                        .claim(peer, limit: n, capabilities: s.capabilities)))
+                    asked.insert(s.capabilities)
                 }
             }
+            // Until its outcome says whether the queue had enough, do not ask again for these capabilities.
+            dryCapabilities.formUnion(asked)
         }
         guard !queued.isEmpty else { return }
         committing = queued.map(\.1)
@@ -593,5 +627,54 @@ public struct CoordinatorStateMachine: Sendable {
             errorWindows[peer] = (now, 1)
         }
         out.append(.send(peer, .error(ErrorMessage(code: code, message: reason))))
+    }
+}
+
+/// The sessions by connection, indexed by worker name and, for ready sessions, by capability set (so that a claim
+/// round looks only at workers that can run something queued, and a READY finds the session it replaces at once).
+struct SessionTable: Sequence {
+    typealias Session = CoordinatorStateMachine.Session
+    typealias Peer = CoordinatorStateMachine.Peer
+    private var storage: [Peer: Session] = [:]
+    private var byName: [String: Peer] = [:]
+    private(set) var readyByCapabilities: [[String]: Set<Peer>] = [:]
+
+    var count: Int { storage.count }
+    var keys: Dictionary<Peer, Session>.Keys { storage.keys }
+    var values: Dictionary<Peer, Session>.Values { storage.values }
+    func makeIterator() -> Dictionary<Peer, Session>.Iterator { storage.makeIterator() }
+
+    func peer(named name: String) -> Peer? { byName[name] }
+
+    subscript(peer: Peer) -> Session? {
+        get { storage[peer] }
+        _modify {
+            let before = storage[peer].map { (name: $0.name, ready: $0.phase == .ready, capabilities: $0.capabilities) }
+            yield &storage[peer]
+            let after = storage[peer].map { (name: $0.name, ready: $0.phase == .ready, capabilities: $0.capabilities) }
+            if before?.name != after?.name {
+                if let b = before, byName[b.name] == peer { byName[b.name] = nil }
+                if let a = after { byName[a.name] = peer }
+            }
+            let wasIn = before.flatMap { $0.ready ? $0.capabilities : nil }
+            let isIn = after.flatMap { $0.ready ? $0.capabilities : nil }
+            guard wasIn != isIn else { return }
+            if let caps = wasIn {
+                readyByCapabilities[caps]?.remove(peer)
+                if readyByCapabilities[caps]?.isEmpty == true { readyByCapabilities[caps] = nil }
+            }
+            if let caps = isIn { readyByCapabilities[caps, default: []].insert(peer) }
+        }
+    }
+
+    @discardableResult
+    mutating func removeValue(forKey peer: Peer) -> Session? {
+        let s = storage[peer]
+        self[peer] = nil
+        return s
+    }
+
+    func sorted(by areInIncreasingOrder: ((key: Peer, value: Session), (key: Peer, value: Session)) throws -> Bool) rethrows -> [(key: Peer, value: Session)] {
+        try storage.sorted(by: areInIncreasingOrder)
     }
 }

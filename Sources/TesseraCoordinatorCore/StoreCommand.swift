@@ -20,6 +20,8 @@ public enum StoreCommand: Sendable, Equatable {
     case failShard(workerID: Int64, ref: ShardRef, reason: String, retryable: Bool)
     /// A blob already durable in the content-addressed store, fenced on attempt and sender.
     case registerBlob(workerID: Int64, ref: ShardRef, kind: BlobKind, step: Int64, sha256: String, size: Int64, path: String)
+    /// A lease never sent (leased ahead) goes back to the queue at its previous attempt, fenced on attempt and holder.
+    case unleaseShard(workerID: Int64, ref: ShardRef)
     /// Lease up to `limit` queued shards the worker can run.
     case claimShards(workerID: Int64, limit: Int, capabilities: [String])
     /// Requeue every lease whose expiry passed (leases no session renews, e.g. after a coordinator restart).
@@ -57,6 +59,7 @@ public enum StoreOutcome: Sendable, Equatable {
     case shardFailed(ShardFailureOutcome, stop: [Lease])
     case blobRegistered(accepted: Bool)
     case shardsClaimed([ClaimedShard])
+    case shardUnleased(accepted: Bool)
     case expiredLeasesRequeued(count: Int)
     /// The command could not be applied (e.g. its data was refused by the database); nothing changed for it.
     case rejected(reason: String)

@@ -4,11 +4,12 @@ import TesseraModel
 
 /// Runs one batch of store commands in one transaction, grouped in a fixed order: registrations (their adoptions
 /// come before anything else about those shards), metrics in one call, completions in one call, failures, blobs,
-/// heartbeats of all workers in one call, lost workers' requeues, the lease sweep, and claims last (they see the
-/// slots and shards the rest freed). Outcomes come back in the batch's order.
+/// heartbeats of all workers in one call, lost workers' requeues, the lease sweep, unsent leases handed back, and claims
+/// last in one call (they
+/// see the slots and shards the rest freed). Outcomes come back in the batch's order.
 public enum StoreCommandRunner {
     enum Phase: Int, CaseIterable {
-        case register, metrics, complete, fail, blob, renew, gone, rescue, claim
+        case register, metrics, complete, fail, blob, renew, gone, rescue, unlease, claim
     }
 
     static func phase(_ c: StoreCommand) -> Phase {
@@ -21,6 +22,7 @@ public enum StoreCommandRunner {
         case .renewLeases: .renew
         case .workerGone: .gone
         case .requeueExpiredLeases: .rescue
+        case .unleaseShard: .unlease
         case .claimShards: .claim
         }
     }
@@ -77,6 +79,12 @@ public enum StoreCommandRunner {
                 let stale = try store.renewLeases(renewals.map { r in (r.workerID, r.progress.map { ($0.ref, $0.step) }) })
                 return .leasesRenewed(stale: stale)
             }
+        case .claim:
+            let requests = indices.map { i -> (workerID: Int64, limit: Int, capabilities: [String]) in
+                guard case .claimShards(let w, let limit, let capabilities) = batch[i] else { preconditionFailure() }
+                return (w, limit, capabilities)
+            }
+            return try store.claimShards(requests).map { .shardsClaimed($0) }
         default:
             return try indices.map { try executeOne(batch[$0], on: store) }
         }
@@ -101,6 +109,8 @@ public enum StoreCommandRunner {
             return .expiredLeasesRequeued(count: try store.requeueExpiredLeases().count)
         case .claimShards(let workerID, let limit, let capabilities):
             return .shardsClaimed(try store.claimShards(workerID: workerID, limit: limit, capabilities: capabilities))
+        case .unleaseShard(let workerID, let ref):
+            return .shardUnleased(accepted: try store.unleaseShard(ref, workerID: workerID))
         case .ingestMetrics, .completeShard, .renewLeases:
             preconditionFailure("batched commands run in execute(_:_:_:on:)")
         }

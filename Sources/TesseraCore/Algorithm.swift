@@ -7,7 +7,8 @@
 //  - `makeReducer` (coordinator, pure, no BLAS): a `ShardReducer` that is fed the shard outputs one at a time in
 //    shard order and then finishes into the job result, identical whatever the shard count. It keeps only what the
 //    result needs, so a merge holds one shard result plus the reducer's state, whatever the shard count.
-// The coordinator and worker never need to know which kind they run.
+// The coordinator and worker never need to know which kind they run. Algorithms implement these through
+// `TypedAlgorithm` (TypedAlgorithm.swift, docs/extending.md), which gives slices and summaries Swift types.
 
 /// One shard's slice of the work, as planned.
 // The domain vocabulary (JobState, ShardState, ShardRef, …) lives in TesseraModel; every TesseraCore user sees it.
@@ -180,6 +181,9 @@ public protocol Algorithm: Sendable {
     func run(_ task: ShardTask, sink: any ShardSink) throws -> ShardOutput
     /// A reducer for the shard outputs of a job with this spec (see `ShardReducer`).
     func makeReducer(_ spec: JobSpec) throws -> any ShardReducer
+    /// The algorithm configured for one job, to run its shards without reading the params again. A
+    /// `TypedAlgorithm` configures here; any other algorithm is returned as it is (its `run` reads the params).
+    func prepare(_ spec: JobSpec) throws -> any PreparedAlgorithm
 }
 
 /// Turns a job's shard outputs into its result, one output at a time. The coordinator calls `add` once per shard in
@@ -203,27 +207,47 @@ extension Algorithm {
     }
 }
 
-/// A reducer for algorithms whose result comes from the shard summaries alone (small JSON objects): it keeps the
-/// summaries in shard order, ignores result blobs, and hands the summaries to `merge` at the end.
-public struct SummaryReducer: ShardReducer {
-    private var summaries: [JSONValue] = []
-    private let merge: ([JSONValue]) throws -> JSONValue
+/// A reducer for algorithms whose result comes from the shard summaries alone (small values): it keeps the
+/// summaries in shard order, ignores result blobs, and hands the summaries to `merge` at the end. Typed
+/// (`TypedShardReducer`) for a `TypedAlgorithm`'s summaries; with `Summary == JSONValue`, a `ShardReducer` for any
+/// other algorithm.
+public struct SummaryReducer<Summary>: TypedShardReducer {
+    private var summaries: [Summary] = []
+    private let merge: ([Summary]) throws -> JSONValue
 
-    public init(_ merge: @escaping ([JSONValue]) throws -> JSONValue) {
+    public init(_ merge: @escaping ([Summary]) throws -> JSONValue) {
         self.merge = merge
     }
 
-    public mutating func add(_ output: ShardOutput) throws { summaries.append(output.summary) }
+    public mutating func add(_ summary: Summary, result: [UInt8]?) throws { summaries.append(summary) }
 
     public func finish() throws -> JSONValue { try merge(summaries) }
+}
+
+extension SummaryReducer: ShardReducer where Summary == JSONValue {
+    public mutating func add(_ output: ShardOutput) throws { summaries.append(output.summary) }
 }
 
 /// The set of algorithms a process knows.
 public struct AlgorithmCatalogue: Sendable {
     public let algorithms: [any Algorithm]
+    /// Jobs whose shards this process ran lately, configured (`prepared(storedSpec:)`).
+    private let preparedJobs = PreparedJobs(capacity: 64)
 
     public init(_ algorithms: [any Algorithm]) {
         self.algorithms = algorithms
+    }
+
+    /// The spec a DISPATCH carries (its stored, canonical JSON), parsed, and its algorithm prepared for the job:
+    /// done once per job, then reused for every further shard of it.
+    public func prepared(storedSpec: [UInt8]) throws -> (JobSpec, any PreparedAlgorithm) {
+        try preparedJobs.prepared(storedSpec) {
+            let spec = try JobSpec.fromStored(storedSpec)
+            guard let algorithm = find(kind: spec.kind, name: spec.algorithm) else {
+                throw ShardError("this worker cannot run \(spec.kind.rawValue)/\(spec.algorithm)")
+            }
+            return (spec, try algorithm.prepare(spec))
+        }
     }
 
     public func find(kind: JobKind, name: String) -> (any Algorithm)? {

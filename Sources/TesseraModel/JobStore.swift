@@ -20,6 +20,10 @@ public protocol JobStore: AnyObject {
         _ items: [(ref: ShardRef, workerID: Int64, summary: String, resultSHA256: String?)]
     ) throws -> [(accepted: Bool, jobComplete: Bool, released: Int)]
     func failShard(_ key: ShardRef, workerID: Int64, reason: String, retryable: Bool) throws -> (ShardFailureOutcome, [Lease])
+    /// Takes back a lease whose DISPATCH was never sent (leased ahead, then handed back): the shard is queued again at
+    /// the attempt it had before the claim, so the next claim gets the same attempt number, which no worker has
+    /// seen. Fenced on attempt and holder; false when that is no longer the lease.
+    func unleaseShard(_ key: ShardRef, workerID: Int64) throws -> Bool
     func registerBlob(
         _ key: ShardRef, workerID: Int64, kind: String, step: Int64, sha256: String, size: Int64, path: String
     ) throws -> Bool
@@ -31,4 +35,13 @@ public protocol JobStore: AnyObject {
     func requeueExpiredLeases() throws -> [ShardRef]
     /// Leases up to `limit` claimable shards the worker can run, each at a new attempt.
     func claimShards(workerID: Int64, limit: Int, capabilities: [String]) throws -> [ClaimedShard]
+    /// The claims of one batch, for many workers, with the outcome of running them one after another in this order
+    /// (a store may do it in fewer statements). One list of claimed shards per request.
+    func claimShards(_ requests: [(workerID: Int64, limit: Int, capabilities: [String])]) throws -> [[ClaimedShard]]
+}
+
+extension JobStore {
+    public func claimShards(_ requests: [(workerID: Int64, limit: Int, capabilities: [String])]) throws -> [[ClaimedShard]] {
+        try requests.map { try claimShards(workerID: $0.workerID, limit: $0.limit, capabilities: $0.capabilities) }
+    }
 }

@@ -130,11 +130,40 @@ public final class PostgresJobStore: JobStore, @unchecked Sendable {
     /// the queued index requires, so waiting shards cost the claim nothing). Each lease starts a new attempt. One
     /// statement: the leases, their `shard.leased` events and the jobs' move to `running`.
     public func claimShards(workerID: Int64, limit: Int, capabilities: [String]) throws -> [ClaimedShard] {
-        guard limit > 0 else { return [] }
+        try claimShards([(workerID, limit, capabilities)])[0]
+    }
+
+    /// Claims for many workers at once: one statement per run of consecutive requests with the same capabilities
+    /// (with one capability set, one statement for the whole tick, however many workers are idle). Within a run the
+    /// claimable shards are taken in queue order and handed out in request order, each request getting up to its
+    /// limit, exactly as if the requests ran one after another.
+    public func claimShards(_ requests: [(workerID: Int64, limit: Int, capabilities: [String])]) throws -> [[ClaimedShard]] {
+        var results = [[ClaimedShard]](repeating: [], count: requests.count)
+        var start = 0
+        while start < requests.count {
+            var end = start + 1
+            while end < requests.count && requests[end].capabilities == requests[start].capabilities { end += 1 }
+            let run = requests[start..<end].enumerated().filter { $0.element.limit > 0 }
+            if !run.isEmpty {
+                let claimed = try claimRun(
+                    workerIDs: run.map(\.element.workerID), limits: run.map { Int64($0.element.limit) },
+                    capabilities: requests[start].capabilities)
+                for (position, shard) in claimed { results[start + run[position].offset].append(shard) }
+            }
+            start = end
+        }
+        return results
+    }
+
+    /// One run of claims: `(position in workerIDs, shard)` in queue order.
+    private func claimRun(workerIDs: [Int64], limits: [Int64], capabilities: [String]) throws -> [(Int, ClaimedShard)] {
         let r = try db.execute(
             """
-            WITH picked AS (
-                SELECT s.job_id, s.idx
+            WITH wanted AS (
+                SELECT w.ord, w.worker_id, sum(w.lim) OVER (ORDER BY w.ord) AS upto
+                FROM unnest($1::bigint[], $2::bigint[]) WITH ORDINALITY AS w(worker_id, lim, ord)
+            ), locked AS (
+                SELECT s.job_id, s.idx, s.priority
                 FROM tessera_shards s
                 JOIN tessera_jobs j ON j.id = s.job_id
                 WHERE s.state = 'queued' AND s.waiting_on = 0
@@ -145,23 +174,28 @@ public final class PostgresJobStore: JobStore, @unchecked Sendable {
                       LEFT JOIN tessera_jobs dj ON dj.id = d.id
                       WHERE dj.state IS DISTINCT FROM 'succeeded')
                 ORDER BY s.priority DESC, s.job_id, s.idx
-                LIMIT $2
+                LIMIT (SELECT sum(lim) FROM unnest($2::bigint[]) AS l(lim))
                 FOR UPDATE OF s SKIP LOCKED
+            ), picked AS (
+                SELECT n.job_id, n.idx, w.ord, w.worker_id
+                FROM (SELECT job_id, idx, row_number() OVER (ORDER BY priority DESC, job_id, idx) AS rn FROM locked) n
+                CROSS JOIN LATERAL (SELECT ord, worker_id FROM wanted WHERE wanted.upto >= n.rn ORDER BY ord LIMIT 1) w
             ), leased AS (
                 UPDATE tessera_shards s
-                SET state = 'leased', attempt = s.attempt + 1, worker_id = $1,
+                SET state = 'leased', attempt = s.attempt + 1, worker_id = picked.worker_id,
                     lease_expires_at = now() + make_interval(secs => $4), updated_at = now()
                 FROM picked
                 WHERE s.job_id = picked.job_id AND s.idx = picked.idx
-                RETURNING s.job_id, s.idx, s.attempt, s.slice, s.total_steps, s.checkpoint_step, s.checkpoint_sha256
+                RETURNING s.job_id, s.idx, s.attempt, s.worker_id, picked.ord, s.slice, s.total_steps, s.checkpoint_step,
+                          s.checkpoint_sha256
             ), events AS (
                 INSERT INTO tessera_events (job_id, shard_idx, worker_id, actor, kind, detail)
-                SELECT job_id, idx, $1, 'coordinator', 'shard.leased', jsonb_build_object('attempt', attempt) FROM leased
+                SELECT job_id, idx, worker_id, 'coordinator', 'shard.leased', jsonb_build_object('attempt', attempt) FROM leased
             ), started AS (
                 UPDATE tessera_jobs SET state = 'running', started_at = coalesce(started_at, now())
                 WHERE id IN (SELECT DISTINCT job_id FROM leased) AND state = 'queued'
             )
-            SELECT l.job_id, l.idx, l.attempt, l.slice::text AS slice, l.total_steps, l.checkpoint_step,
+            SELECT l.ord, l.job_id, l.idx, l.attempt, l.slice::text AS slice, l.total_steps, l.checkpoint_step,
                    l.checkpoint_sha256, c.size AS checkpoint_size,
                    j.kind::text AS kind, j.algorithm, j.seed::text AS seed, j.spec::text AS spec
             FROM leased l
@@ -170,17 +204,38 @@ public final class PostgresJobStore: JobStore, @unchecked Sendable {
               ON c.job_id = l.job_id AND c.shard_idx = l.idx AND c.kind = 'checkpoint' AND c.step = l.checkpoint_step
             ORDER BY j.priority DESC, l.job_id, l.idx
             """,
-            [.int(workerID), .int(Int64(limit)), .text(PGArray.texts(capabilities)), .double(leaseSeconds)]
+            [
+                .text(PGArray.ints(workerIDs)), .text(PGArray.ints(limits)), .text(PGArray.texts(capabilities)),
+                .double(leaseSeconds),
+            ]
         )
         return (0..<r.rowCount).map { i in
             var resume: ResumePoint?
             if let step = r.int(i, "checkpoint_step"), let sha = r[i, "checkpoint_sha256"] {
                 resume = ResumePoint(step: step, sha256: sha, size: r.int(i, "checkpoint_size") ?? 0)
             }
-            return ClaimedShard(
+            let shard = ClaimedShard(
                 ref: ShardRef(r, i), kind: r[i, "kind"]!, algorithm: r[i, "algorithm"]!, seed: UInt64(r[i, "seed"]!) ?? 0,
                 spec: r[i, "spec"]!, slice: r[i, "slice"]!, totalSteps: r.int(i, "total_steps")!, resume: resume)
+            return (Int(r.int(i, "ord")!) - 1, shard)
         }
+    }
+
+    public func unleaseShard(_ key: ShardRef, workerID: Int64) throws -> Bool {
+        let r = try db.execute(
+            """
+            WITH back AS (
+                UPDATE tessera_shards
+                SET state = 'queued', attempt = attempt - 1, worker_id = NULL, lease_expires_at = NULL, updated_at = now()
+                WHERE job_id = $1 AND idx = $2 AND attempt = $3 AND worker_id = $4 AND state = 'leased'
+                RETURNING job_id, idx
+            )
+            INSERT INTO tessera_events (job_id, shard_idx, worker_id, actor, kind, detail)
+            SELECT job_id, idx, $4, 'coordinator', 'shard.unleased', jsonb_build_object('attempt', $3::int) FROM back
+            RETURNING 1
+            """,
+            [.int(key.jobID), .int(Int64(key.shardIndex)), .int(Int64(key.attempt)), .int(workerID)])
+        return r.rowCount == 1
     }
 
     /// Heartbeats of many workers in two statements: their liveness, and the leases they report (extended, with

@@ -196,6 +196,16 @@ public final class InMemoryJobStore: JobStore, @unchecked Sendable {
         }
     }
 
+    public func unleaseShard(_ key: ShardRef, workerID: Int64) throws -> Bool {
+        guard isCurrent(key, workerID: workerID) else { return false }
+        let k = ShardKey(job: key.jobID, idx: key.shardIndex)
+        s.shards[k]!.state = "queued"
+        s.shards[k]!.attempt -= 1
+        s.shards[k]!.workerID = nil
+        s.shards[k]!.leaseExpires = nil
+        return true
+    }
+
     public func failShard(_ key: ShardRef, workerID: Int64, reason: String, retryable: Bool) throws -> (ShardFailureOutcome, [Lease]) {
         guard isCurrent(key, workerID: workerID) else { return (.rejected, []) }
         let k = ShardKey(job: key.jobID, idx: key.shardIndex)

@@ -4,8 +4,9 @@
 // shard with dependencies runs, `fetchInputs` (ShardInputs.swift); they only touch a mutex-protected outbox, so
 // compute never blocks on the network. The loop thread drains the outbox on
 // every iteration; anything a compute thread puts in an empty outbox wakes the loop through `wakeup`, so a shard's
-// output leaves at once instead of at the next poll. Back-pressure: when the outbox holds too much (the coordinator
-// is away), producers wait.
+// output leaves at once instead of at the next poll. Back-pressure: the loop leaves a shard's metric points here while
+// the worker's state machine holds too many of its batches unacknowledged (the coordinator is slow or away), and
+// when the outbox holds too much, producers wait.
 
 import Crypto
 import Foundation
@@ -59,12 +60,20 @@ final class ShardChannel: ShardSink, @unchecked Sendable {
 
     var step: Int64 { state.withLock { $0.step } }
 
-    /// Takes everything the compute thread posted, with its current step.
-    func drain() -> WorkerStateMachine.ComputeOutput {
+    /// Takes what the compute thread posted, with its current step. Without `points` (the machine holds too many
+    /// unacknowledged batches of this shard) the metric points stay here, and so does the outcome, which must follow
+    /// them; the compute thread waits once `maxPendingPoints` are pending.
+    func drain(points: Bool = true) -> WorkerStateMachine.ComputeOutput {
         let d = state.withLock { s -> WorkerStateMachine.ComputeOutput in
             var d = s.out
             d.step = s.step
-            s.out = WorkerStateMachine.ComputeOutput(step: 0)
+            if points || s.out.points.isEmpty {
+                s.out = WorkerStateMachine.ComputeOutput(step: 0)
+            } else {
+                d.points = []
+                d.outcome = nil
+                s.out = WorkerStateMachine.ComputeOutput(step: 0, points: s.out.points, outcome: s.out.outcome)
+            }
             s.pendingBytes = 0
             return d
         }
@@ -206,10 +215,8 @@ final class ShardChannel: ShardSink, @unchecked Sendable {
 
     func runCompute(dispatch d: Dispatch, catalogue: AlgorithmCatalogue, logger: Logger) {
         do {
-            let spec = try JobSpec.fromStored(d.spec)
-            guard let algorithm = catalogue.find(kind: spec.kind, name: spec.algorithm) else {
-                throw ShardError("this worker cannot run \(spec.kind.rawValue)/\(spec.algorithm)")
-            }
+            // Parsed and configured once per job, not once per shard (AlgorithmCatalogue.prepared).
+            let (spec, algorithm) = try catalogue.prepared(storedSpec: d.spec)
             var resume: (Int64, [UInt8])?
             if let r = d.resume {
                 resume = (r.step, try fetchBlob(sha256: r.sha256))

@@ -183,7 +183,7 @@ public final class WorkerDaemon: Service, @unchecked Sendable {
                 }
             }
             for (ref, channel) in channels {
-                let output = channel.drain()
+                let output = channel.drain(points: machine.acceptsMetrics(ref))
                 guard !output.isEmpty || steps[ref] != output.step else { continue }
                 steps[ref] = output.step
                 try perform(machine.handle(.computed(ref, output), now: .now), context: context, pool: pool)

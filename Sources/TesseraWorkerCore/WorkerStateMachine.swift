@@ -32,6 +32,12 @@ public struct WorkerStateMachine: Sendable {
         public var chunkWindow: Int = 8
         /// Metric points per METRICS batch.
         public var metricsBatchSize: Int = 512
+        /// METRICS batches of one shard sent and not yet acknowledged; the rest wait unsent. With the loop taking a
+        /// shard's output only while `acceptsMetrics` (SPEC §6.5), a shard that streams faster than the coordinator
+        /// commits is slowed down at its compute thread instead of growing buffers here and on the coordinator.
+        public var metricsWindow: Int = 16
+        /// METRICS batches of one shard held (unacknowledged, sent or not) above which `acceptsMetrics` is false.
+        public var metricsBacklog: Int = 64
 
         public init(name: String, host: String, slots: Int, capabilities: [String]) {
             self.name = name
@@ -218,9 +224,22 @@ public struct WorkerStateMachine: Sendable {
     public var isDraining: Bool { drainStarted != nil }
     public var runningShards: [ShardRef] { order }
     /// Free slots as advertised to the coordinator (0 while draining).
-    public var credits: Int { drainStarted != nil ? 0 : max(0, configuration.slots - shards.count) }
+    /// Free slots: a slot is taken while a shard computes, and free again once its computation ended, even while its
+    /// output and final message still wait for ACKs (SPEC §6.2: the coordinator counts a slot free when it processes
+    /// SHARD_DONE / SHARD_FAILED, and may dispatch into it at once).
+    public var credits: Int {
+        drainStarted != nil ? 0 : max(0, configuration.slots - shards.values.count { $0.outcome == nil })
+    }
     /// The backoff the next reconnect will wait.
     public var currentReconnectDelay: Duration { delay }
+    /// Whether the loop should hand this shard's new metric points to the machine now: false while more than
+    /// `metricsBacklog` of its batches wait for an ACK (the coordinator is slow or away), so the points stay in the
+    /// shard's bounded channel and its compute thread waits (back-pressure, SPEC §6.5). A fenced shard's output is
+    /// dropped anyway, so it always accepts.
+    public func acceptsMetrics(_ ref: ShardRef) -> Bool {
+        guard let s = shards[ref], !s.fenced else { return true }
+        return s.unackedMetrics.count <= configuration.metricsBacklog
+    }
 
     /// The latest instant the driver should call `.tick` at (a heartbeat, liveness or backoff deadline).
     public func nextDeadline() -> ContinuousClock.Instant? {
@@ -507,10 +526,13 @@ public struct WorkerStateMachine: Sendable {
             return
         }
         guard isConnected else { return }
-        for seq in s.unsentMetrics {
-            if let b = s.unackedMetrics[seq] { out.append(.send(.metrics(b))) }
+        // Within the window: the oldest unsent batches first (replay order after a reconnect is sequence order).
+        var sending = 0
+        while sending < s.unsentMetrics.count, s.unackedMetrics.count - s.unsentMetrics.count + sending < configuration.metricsWindow {
+            if let b = s.unackedMetrics[s.unsentMetrics[sending]] { out.append(.send(.metrics(b))) }
+            sending += 1
         }
-        s.unsentMetrics.removeAll()
+        s.unsentMetrics.removeFirst(sending)
         let window = UInt64(configuration.chunkSize * configuration.chunkWindow)
         for i in s.transfers.indices where !s.transfers[i].complete && s.transferFailed == nil {
             var t = s.transfers[i]

@@ -1,5 +1,6 @@
 // Every algorithm this build knows, for workers (what they can run) and the coordinator (plan and merge).
-// Adding an algorithm: implement `Algorithm` (TesseraCore/Algorithm.swift) and list it here.
+// Adding an algorithm: implement `TypedAlgorithm` (TesseraCore/TypedAlgorithm.swift, docs/extending.md) and list it
+// here.
 
 import TesseraCore
 

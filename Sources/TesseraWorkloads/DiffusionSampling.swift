@@ -6,7 +6,7 @@
 import TesseraCompute
 import TesseraCore
 
-public struct DiffusionSampling: Algorithm {
+public struct DiffusionSampling: TypedAlgorithm {
     public let sampler: SamplerKindName
     public var kind: JobKind { .sampling }
     public var name: String { sampler.rawValue }
@@ -118,8 +118,32 @@ public struct DiffusionSampling: Algorithm {
         return schedule
     }
 
-    public func plan(_ spec: JobSpec) throws -> [ShardSlice] {
-        let c = try config(spec)
+    /// A ddpm/ddim job's validated params: the sampler's config and, for a learned sampler, the trained model.
+    public struct Config: Sendable {
+        public var sampling: SamplingConfig
+        public var model: LearnedModelReference?
+    }
+
+    /// The summary: the shard's statistics, then its range and, for a learned sampler, the checkpoint it sampled with.
+    public typealias Summary = SamplingShardSummary<SummaryDetail>
+
+    public struct SummaryDetail: Codable, Sendable, Equatable {
+        public var start: Int
+        public var end: Int
+        public var modelStep: Int64?
+        public var modelSHA256: String?
+
+        enum CodingKeys: String, CodingKey {
+            case start, end, modelStep = "model_step", modelSHA256 = "model_sha256"
+        }
+    }
+
+    public func configure(_ spec: JobSpec) throws -> Config {
+        Config(sampling: try config(spec), model: try LearnedModelReference.parse(spec))
+    }
+
+    public func plan(_ spec: JobSpec, config: Config) throws -> [TypedShardSlice<SampleRangeSlice>] {
+        let c = config.sampling
         let ranges = SamplingPlan.ranges(samples: c.samples, shards: spec.shards)
         guard ranges.count == spec.shards else {
             throw spec.source.error(
@@ -128,25 +152,15 @@ public struct DiffusionSampling: Algorithm {
                     + "in samples: \(c.samples); use shards: \(ranges.count) or fewer"
             )
         }
-        return ranges.map {
-            ShardSlice(
-                slice: .object(["start": .int($0.lowerBound), "end": .int($0.upperBound)]),
-                totalSteps: Int64(c.samplingSteps)
-            )
-        }
+        return ranges.map { TypedShardSlice(SampleRangeSlice($0), totalSteps: Int64(c.samplingSteps)) }
     }
 
-    static func range(_ slice: JSONValue) throws -> Range<Int> {
-        guard let a = slice["start"]?.intValue, let b = slice["end"]?.intValue, a < b else {
-            throw ShardError("malformed sampling slice \(slice.render())")
-        }
-        return a..<b
-    }
-
-    public func run(_ task: ShardTask, sink: any ShardSink) throws -> ShardOutput {
-        let c = try config(task.spec)
-        let range = try Self.range(task.slice)
-        let learned = try learnedModel(task, config: c, sink: sink)  // nil: exact score
+    public func run(_ slice: SampleRangeSlice, config: Config, task: ShardTask, sink: any ShardSink) throws
+        -> TypedShardOutput<Summary>
+    {
+        let c = config.sampling
+        let range = slice.range
+        let learned = try learnedModel(config.model, config: c, sink: sink)  // nil: exact score
         let result: SamplingShardResult
         do {
             result = try runSamplingShard(
@@ -166,55 +180,39 @@ public struct DiffusionSampling: Algorithm {
         if let file = try result.samplesFile() {
             try sink.blob(.samples, step: Int64(c.samplingSteps), bytes: file)
         }
-        var summary = JSONObject()
-        for (k, v) in result.summary.sorted(by: { $0.key < $1.key }) { summary[k] = .number(v) }
-        summary["start"] = .int(range.lowerBound)
-        summary["end"] = .int(range.upperBound)
-        Self.learnedSummary(learned, into: &summary)
         // The samples already went out as their own blob; the result carries only the exact statistics.
         var statistics = result
         statistics.samples = nil
-        return ShardOutput(summary: .object(summary), result: try statistics.serialize())
+        return TypedShardOutput(
+            summary: Summary(
+                statistics: result.statistics,
+                detail: SummaryDetail(
+                    start: range.lowerBound, end: range.upperBound, modelStep: learned?.step,
+                    modelSHA256: learned?.sha256)),
+            result: try statistics.serialize())
     }
 
-    public func makeReducer(_ spec: JobSpec) throws -> any ShardReducer {
-        let c = try config(spec)
-        let learned = try LearnedModelReference.parse(spec)
-        return SamplingShardReducer(
-            (SamplingStatisticsReducer(setup: c.statistics), LearnedModelEcho()),
-            add: { state, shard, output in
-                try state.0.add(shard)
-                state.1.add(output.summary)
-            },
-            finish: { state in
-                let merged = SamplingResult(config: c, statistics: try state.0.finish())
-                return try state.1.echo(learned, into: try JSONValue.parse(merged.jsonText))
-            })
-    }
-}
-
-/// Deserializes each shard's result blob as it comes and hands it to `add`; `finish` turns what was added into the
-/// job result. Shared by the sampling algorithms, whose results are all `tessera.sampling.shard/2` files.
-struct SamplingShardReducer<State>: ShardReducer {
-    var state: State
-    private let addShard: (inout State, SamplingShardResult, ShardOutput) throws -> Void
-    private let result: (State) throws -> JSONValue
-    private var shards = 0
-
-    init(
-        _ state: State, add: @escaping (inout State, SamplingShardResult, ShardOutput) throws -> Void,
-        finish: @escaping (State) throws -> JSONValue
-    ) {
-        self.state = state
-        addShard = add
-        result = finish
+    public func makeReducer(_ spec: JobSpec, config: Config) throws -> SamplingShardReducer<Summary> {
+        SamplingShardReducer(
+            Merge(
+                config: config, statistics: SamplingStatisticsReducer(setup: config.sampling.statistics),
+                echo: LearnedModelEcho()))
     }
 
-    mutating func add(_ output: ShardOutput) throws {
-        guard let bytes = output.result else { throw ShardError("shard \(shards) has no result blob") }
-        try addShard(&state, try SamplingShardResult.deserialize(bytes), output)
-        shards += 1
-    }
+    /// The exact statistics merge, plus the checkpoint every shard of a learned job must have used.
+    struct Merge: SamplingMerge {
+        let config: Config
+        var statistics: SamplingStatisticsReducer
+        var echo: LearnedModelEcho
 
-    func finish() throws -> JSONValue { try result(state) }
+        mutating func add(_ shard: SamplingShardResult, summary: Summary) throws {
+            try statistics.add(shard)
+            echo.add(sha256: summary.detail.modelSHA256, step: summary.detail.modelStep)
+        }
+
+        func result() throws -> JSONValue {
+            let merged = SamplingResult(config: config.sampling, statistics: try statistics.finish())
+            return try echo.echo(config.model, into: merged.json(spelling: .shortest))
+        }
+    }
 }

@@ -6,7 +6,7 @@
 import TesseraCompute
 import TesseraCore
 
-public struct LangevinSampling: Algorithm {
+public struct LangevinSampling: TypedAlgorithm {
     public var kind: JobKind { .sampling }
     public var name: String { "langevin" }
     public var summary: String {
@@ -70,8 +70,22 @@ public struct LangevinSampling: Algorithm {
         }
     }
 
-    public func plan(_ spec: JobSpec) throws -> [ShardSlice] {
-        let c = try config(spec)
+    /// The summary: the shard's statistics, then its MALA accept rate and its range.
+    public typealias Summary = SamplingShardSummary<SummaryDetail>
+
+    public struct SummaryDetail: Codable, Sendable, Equatable {
+        public var acceptRate: Double?
+        public var start: Int
+        public var end: Int
+
+        enum CodingKeys: String, CodingKey {
+            case acceptRate = "accept_rate", start, end
+        }
+    }
+
+    public func configure(_ spec: JobSpec) throws -> LangevinConfig { try config(spec) }
+
+    public func plan(_ spec: JobSpec, config c: LangevinConfig) throws -> [TypedShardSlice<SampleRangeSlice>] {
         let ranges = SamplingPlan.ranges(samples: c.samples, shards: spec.shards)
         guard ranges.count == spec.shards else {
             throw spec.source.error(
@@ -80,16 +94,13 @@ public struct LangevinSampling: Algorithm {
                     + "in samples: \(c.samples); use shards: \(ranges.count) or fewer"
             )
         }
-        return ranges.map {
-            ShardSlice(
-                slice: .object(["start": .int($0.lowerBound), "end": .int($0.upperBound)]),
-                totalSteps: Int64(c.totalSteps))
-        }
+        return ranges.map { TypedShardSlice(SampleRangeSlice($0), totalSteps: Int64(c.totalSteps)) }
     }
 
-    public func run(_ task: ShardTask, sink: any ShardSink) throws -> ShardOutput {
-        let c = try config(task.spec)
-        let range = try DiffusionSampling.range(task.slice)
+    public func run(_ slice: SampleRangeSlice, config c: LangevinConfig, task: ShardTask, sink: any ShardSink) throws
+        -> TypedShardOutput<Summary>
+    {
+        let range = slice.range
         let total = c.totalSteps
         let stride = max(1, (total + Self.metricPoints - 1) / Self.metricPoints)
         let result: SamplingShardResult
@@ -115,23 +126,26 @@ public struct LangevinSampling: Algorithm {
         if let file = try result.samplesFile() {
             try sink.blob(.samples, step: Int64(total), bytes: file)
         }
-        var summary = JSONObject()
-        for (k, v) in result.summary.sorted(by: { $0.key < $1.key }) { summary[k] = .number(v) }
+        var acceptRate: Double?
         if c.method == .mala, let a = result.extras.integers["accepted"]?.first,
             let p = result.extras.integers["proposals"]?.first, p > 0
         {
-            summary["accept_rate"] = .number(Double(a) / Double(p))
+            acceptRate = Double(a) / Double(p)
         }
-        summary["start"] = .int(range.lowerBound)
-        summary["end"] = .int(range.upperBound)
         var statistics = result
         statistics.samples = nil
-        return ShardOutput(summary: .object(summary), result: try statistics.serialize())
+        return TypedShardOutput(
+            summary: Summary(
+                statistics: result.statistics,
+                detail: SummaryDetail(acceptRate: acceptRate, start: range.lowerBound, end: range.upperBound)),
+            result: try statistics.serialize())
     }
 
-    public func makeReducer(_ spec: JobSpec) throws -> any ShardReducer {
-        SamplingShardReducer(
-            LangevinMerge(config: try config(spec)), add: { merge, shard, _ in try merge.add(shard) },
-            finish: { try JSONValue.parse(try $0.finish().jsonText) })
+    public func makeReducer(_ spec: JobSpec, config: LangevinConfig) throws -> SamplingShardReducer<Summary> {
+        SamplingShardReducer(LangevinMerge(config: config))
     }
+}
+
+extension LangevinMerge: ResultBlobMerge {
+    typealias Summary = LangevinSampling.Summary
 }

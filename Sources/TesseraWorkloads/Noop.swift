@@ -24,14 +24,14 @@ import Glibc
 import Darwin
 #endif
 
-public struct Noop: Algorithm {
+public struct Noop: TypedAlgorithm {
     public let kind: JobKind
     public var name: String { "noop" }
     public var summary: String { "does nothing: a benchmark and test shard (sleep, metric points, result bytes)" }
 
     public init(kind: JobKind) { self.kind = kind }
 
-    struct Params: Equatable {
+    public struct Params: Equatable, Sendable {
         var sleepMilliseconds: Int
         var metrics: Int
         var resultBytes: Int
@@ -63,27 +63,42 @@ public struct Noop: Algorithm {
         }
     }
 
-    public func plan(_ spec: JobSpec) throws -> [ShardSlice] {
-        let params = try Params(spec)
-        return (0..<spec.shards).map {
-            ShardSlice(
-                slice: .object(["index": .int($0)]), totalSteps: Int64(max(params.metrics, 1)),
-                dependsOn: params.dependencies(of: $0))
+    /// `{"index": i}`.
+    public struct Slice: Codable, Sendable, Hashable {
+        public var index: Int
+    }
+
+    /// `{"index", "metrics", "result_bytes"}`, plus `"round"` and `"value"` when the job has rounds.
+    public struct Summary: Codable, Sendable, Equatable {
+        public var index: Int
+        public var metrics: Int
+        public var resultBytes: Int
+        public var round: Int?
+        public var value: Double?
+
+        enum CodingKeys: String, CodingKey {
+            case index, metrics, resultBytes = "result_bytes", round, value
+        }
+    }
+
+    public func configure(_ spec: JobSpec) throws -> Params { try Params(spec) }
+
+    public func plan(_ spec: JobSpec, config params: Params) throws -> [TypedShardSlice<Slice>] {
+        (0..<spec.shards).map {
+            TypedShardSlice(
+                Slice(index: $0), totalSteps: Int64(max(params.metrics, 1)), dependsOn: params.dependencies(of: $0))
         }
     }
 
     /// Byte `k` of shard `index`'s result.
     static func resultByte(index: Int, at k: Int) -> UInt8 { UInt8((k + 31 * index) % 251) }
 
-    public func run(_ task: ShardTask, sink: any ShardSink) throws -> ShardOutput {
-        let params = try Params(task.spec)
-        let index = task.slice.objectValue?["index"]?.intValue ?? task.shardIndex
-        // The plan's slice has no other key; the worker removes the reserved `depends_on` (SPEC §11.2).
-        if let extra = task.slice.objectValue?.keys.first(where: { $0 != "index" }) {
-            throw ShardError("noop: unknown slice key '\(extra)' in \(task.slice.render())")
-        }
+    public func run(_ slice: Slice, config params: Params, task: ShardTask, sink: any ShardSink) throws
+        -> TypedShardOutput<Summary>
+    {
+        let index = slice.index
         // Checked before any work, so a shard given the wrong inputs fails at once.
-        let value = try Self.value(index: index, inputs: task.inputs, params: params)
+        let value = try value(index: index, inputs: task.inputs, params: params)
         for step in 0..<params.metrics {
             if step % 4096 == 0, sink.shouldStop { throw ShardStopped() }
             sink.metric("noop/value", step: Int64(step + 1), value: Double(step + 1) + Double(index) / 1e6)
@@ -98,19 +113,17 @@ public struct Noop: Algorithm {
         sink.progress(step: Int64(max(params.metrics, 1)))
         let result: [UInt8]? =
             params.resultBytes > 0 ? (0..<params.resultBytes).map { Self.resultByte(index: index, at: $0) } : nil
-        var summary: JSONObject = [
-            "index": .int(index), "metrics": .int(params.metrics), "result_bytes": .int(params.resultBytes),
-        ]
-        if params.rounds > 1 {
-            summary["round"] = .int(params.round(of: index))
-            summary["value"] = .number(value)
-        }
-        return ShardOutput(summary: .object(summary), result: result)
+        let rounds = params.rounds > 1
+        return TypedShardOutput(
+            summary: Summary(
+                index: index, metrics: params.metrics, resultBytes: params.resultBytes,
+                round: rounds ? params.round(of: index) : nil, value: rounds ? value : nil),
+            result: result)
     }
 
     /// Shard `index`'s value: 1 + the sum of its inputs' values, in input order, after checking that the inputs are
     /// exactly the previous round's shards, in order, each with its documented result bytes.
-    static func value(index: Int, inputs: [ShardInput], params: Params) throws -> Double {
+    func value(index: Int, inputs: [ShardInput], params: Params) throws -> Double {
         let expected = params.dependencies(of: index)
         guard inputs.map(\.shardIndex) == expected else {
             throw ShardError("noop: shard \(index) got the inputs of shards \(inputs.map(\.shardIndex)), expected \(expected)")
@@ -118,12 +131,13 @@ public struct Noop: Algorithm {
         var value = 1.0
         for input in inputs {
             let j = input.shardIndex
-            guard input.summary["index"]?.intValue == j, let v = input.summary["value"]?.doubleValue else {
+            let summary = try summary(of: input)
+            guard summary.index == j, let v = summary.value else {
                 throw ShardError("noop: shard \(index)'s input \(j) has no index and value: \(input.summary.render())")
             }
             if params.resultBytes > 0 {
                 guard let bytes = input.result, bytes.count == params.resultBytes,
-                    bytes.indices.allSatisfy({ bytes[$0] == resultByte(index: j, at: $0) })
+                    bytes.indices.allSatisfy({ bytes[$0] == Self.resultByte(index: j, at: $0) })
                 else { throw ShardError("noop: shard \(index)'s input \(j) does not carry shard \(j)'s result bytes") }
             } else if input.result != nil {
                 throw ShardError("noop: shard \(index)'s input \(j) has a result, but result_bytes is 0")
@@ -133,23 +147,23 @@ public struct Noop: Algorithm {
         return value
     }
 
-    public func makeReducer(_ spec: JobSpec) throws -> any ShardReducer { Reducer(params: try Params(spec)) }
+    public func makeReducer(_ spec: JobSpec, config params: Params) throws -> Reducer { Reducer(params: params) }
 
     /// Verifies each shard's summary and result bytes as they come, keeping only counts and one value per round.
-    struct Reducer: ShardReducer {
+    public struct Reducer: TypedShardReducer {
         let params: Params
         var shards = 0
         var roundValues: [Double] = []
 
-        mutating func add(_ output: ShardOutput) throws {
+        public mutating func add(_ summary: Summary, result: [UInt8]?) throws {
             let i = shards
-            guard output.summary.objectValue?["index"]?.intValue == i else {
-                throw ShardError("noop: shard \(i)'s summary names another index: \(output.summary.render())")
+            guard summary.index == i else {
+                throw ShardError("noop: shard \(i)'s summary names shard \(summary.index)")
             }
             if params.rounds > 1 {
                 let r = params.round(of: i)
-                guard output.summary["round"]?.intValue == r, let v = output.summary["value"]?.doubleValue else {
-                    throw ShardError("noop: shard \(i)'s summary lacks round \(r) and its value: \(output.summary.render())")
+                guard summary.round == r, let v = summary.value else {
+                    throw ShardError("noop: shard \(i)'s summary lacks round \(r) and its value")
                 }
                 if r == roundValues.count {
                     roundValues.append(v)
@@ -158,8 +172,8 @@ public struct Noop: Algorithm {
                 }
             }
             if params.resultBytes > 0 {
-                guard let bytes = output.result, bytes.count == params.resultBytes else {
-                    throw ShardError("noop: shard \(i)'s result has \(output.result?.count ?? 0) bytes, expected \(params.resultBytes)")
+                guard let bytes = result, bytes.count == params.resultBytes else {
+                    throw ShardError("noop: shard \(i)'s result has \(result?.count ?? 0) bytes, expected \(params.resultBytes)")
                 }
                 for k in 0..<bytes.count where bytes[k] != Noop.resultByte(index: i, at: k) {
                     throw ShardError("noop: shard \(i)'s result differs at byte \(k)")
@@ -168,7 +182,7 @@ public struct Noop: Algorithm {
             shards += 1
         }
 
-        func finish() throws -> JSONValue {
+        public func finish() throws -> JSONValue {
             var merged: JSONObject = [
                 "shards": .int(shards), "metric_points": .int(shards * params.metrics),
                 "result_bytes": .int(shards * params.resultBytes), "results_verified": .int(shards),

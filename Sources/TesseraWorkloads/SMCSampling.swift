@@ -6,7 +6,7 @@
 import TesseraCompute
 import TesseraCore
 
-public struct SMCSampling: Algorithm {
+public struct SMCSampling: TypedAlgorithm {
     public var kind: JobKind { .sampling }
     public var name: String { "smc" }
     public var summary: String {
@@ -92,8 +92,56 @@ public struct SMCSampling: Algorithm {
         }
     }
 
-    public func plan(_ spec: JobSpec) throws -> [ShardSlice] {
-        let c = try config(spec)
+    /// `{"population_start", "population_end"}`: the populations (of `particles` each) a shard runs.
+    public struct Slice: Codable, Sendable, Hashable {
+        public var populationStart: Int
+        public var populationEnd: Int
+
+        enum CodingKeys: String, CodingKey {
+            case populationStart = "population_start", populationEnd = "population_end"
+        }
+
+        init(_ populations: Range<Int>) {
+            populationStart = populations.lowerBound
+            populationEnd = populations.upperBound
+        }
+
+        public init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            self.init(try decodeRange(c, .populationStart, .populationEnd))
+        }
+
+        var populations: Range<Int> { populationStart..<populationEnd }
+    }
+
+    /// The summary: the shard's statistics, then its discriminator error and mean final ESS (when it has them), its
+    /// resampling count and its populations.
+    public typealias Summary = SamplingShardSummary<SummaryDetail>
+
+    public struct SummaryDetail: Codable, Sendable, Equatable {
+        public var discriminatorLogRatioRMSE: Double?
+        public var ess: Double?
+        public var resampleCount: Int64
+        public var populationStart: Int
+        public var populationEnd: Int
+
+        enum CodingKeys: String, CodingKey {
+            case discriminatorLogRatioRMSE = "discriminator_log_ratio_rmse", ess, resampleCount = "resample_count"
+            case populationStart = "population_start", populationEnd = "population_end"
+        }
+
+        init(extras: SamplingShardExtras, populations: Range<Int>) {
+            discriminatorLogRatioRMSE = extras.reals["discriminator_rmse"]?.first
+            if let ess = extras.reals["final_ess"], !ess.isEmpty { self.ess = ess.reduce(0, +) / Double(ess.count) }
+            resampleCount = extras.integers["resample_count"]?.reduce(0, +) ?? 0
+            populationStart = populations.lowerBound
+            populationEnd = populations.upperBound
+        }
+    }
+
+    public func configure(_ spec: JobSpec) throws -> SMCConfig { try config(spec) }
+
+    public func plan(_ spec: JobSpec, config c: SMCConfig) throws -> [TypedShardSlice<Slice>] {
         guard spec.shards <= c.populations else {
             throw spec.source.error(
                 "shards",
@@ -102,22 +150,14 @@ public struct SMCSampling: Algorithm {
             )
         }
         return SMCPlan.populationRanges(populations: c.populations, shards: spec.shards).map {
-            ShardSlice(
-                slice: .object(["population_start": .int($0.lowerBound), "population_end": .int($0.upperBound)]),
-                totalSteps: Int64(c.samplingSteps))
+            TypedShardSlice(Slice($0), totalSteps: Int64(c.samplingSteps))
         }
     }
 
-    static func populations(_ slice: JSONValue) throws -> Range<Int> {
-        guard let a = slice["population_start"]?.intValue, let b = slice["population_end"]?.intValue, a < b else {
-            throw ShardError("malformed smc slice \(slice.render())")
-        }
-        return a..<b
-    }
-
-    public func run(_ task: ShardTask, sink: any ShardSink) throws -> ShardOutput {
-        let c = try config(task.spec)
-        let populations = try Self.populations(task.slice)
+    public func run(_ slice: Slice, config c: SMCConfig, task: ShardTask, sink: any ShardSink) throws
+        -> TypedShardOutput<Summary>
+    {
+        let populations = slice.populations
         let result: SamplingShardResult
         do {
             result = try runSMCShard(
@@ -138,25 +178,20 @@ public struct SMCSampling: Algorithm {
         if let file = try result.samplesFile() {
             try sink.blob(.samples, step: Int64(c.samplingSteps), bytes: file)
         }
-        var summary = JSONObject()
-        for (k, v) in result.summary.sorted(by: { $0.key < $1.key }) { summary[k] = .number(v) }
-        if let rmse = result.extras.reals["discriminator_rmse"]?.first {
-            summary["discriminator_log_ratio_rmse"] = .number(rmse)
-        }
-        if let ess = result.extras.reals["final_ess"], !ess.isEmpty {
-            summary["ess"] = .number(ess.reduce(0, +) / Double(ess.count))
-        }
-        summary["resample_count"] = .int(Int(result.extras.integers["resample_count"]?.reduce(0, +) ?? 0))
-        summary["population_start"] = .int(populations.lowerBound)
-        summary["population_end"] = .int(populations.upperBound)
         var statistics = result
         statistics.samples = nil
-        return ShardOutput(summary: .object(summary), result: try statistics.serialize())
+        return TypedShardOutput(
+            summary: Summary(
+                statistics: result.statistics,
+                detail: SummaryDetail(extras: result.extras, populations: populations)),
+            result: try statistics.serialize())
     }
 
-    public func makeReducer(_ spec: JobSpec) throws -> any ShardReducer {
-        SamplingShardReducer(
-            SMCMerge(config: try config(spec)), add: { merge, shard, _ in try merge.add(shard) },
-            finish: { try JSONValue.parse(try $0.finish().jsonText) })
+    public func makeReducer(_ spec: JobSpec, config: SMCConfig) throws -> SamplingShardReducer<Summary> {
+        SamplingShardReducer(SMCMerge(config: config))
     }
+}
+
+extension SMCMerge: ResultBlobMerge {
+    typealias Summary = SMCSampling.Summary
 }

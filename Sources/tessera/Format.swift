@@ -17,7 +17,8 @@ enum Format {
     static func number(_ v: JSONValue?) -> String {
         guard let v else { return "-" }
         switch v {
-        case .number(let d):
+        case .number(let n):
+            let d = n.value
             if d == d.rounded(), abs(d) < 1e15 { return String(Int64(d)) }
             return String(format: "%.6g", d)
         case .string(let s): return s

@@ -151,7 +151,7 @@ final class Cluster {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: IntegrationEnv.binary)
         p.arguments = args
-        FileManager.default.createFile(atPath: log, contents: nil)
+        _ = FileManager.default.createFile(atPath: log, contents: nil)
         let fh = FileHandle(forWritingAtPath: log)
         p.standardOutput = fh
         p.standardError = fh

@@ -377,7 +377,7 @@ struct CoordinatorStateMachineTests {
         _ = h.feed(.committed([.leasesRenewed(stale: []), .expiredLeasesRequeued(count: 0), claimed([])]))
         // The worker starts draining: no credit though one slot is idle. Shard 3 was never sent: it goes back.
         let d = h.receive(w1, .heartbeat(Heartbeat(credits: 0, progress: [ShardProgress(ref: ref(1), step: 0, total: 1)])))
-        #expect(commits(d) == [[.failShard(workerID: 11, ref: ref(3), reason: "handed back unsent: worker draining", retryable: true)]])
+        #expect(commits(d) == [[.unleaseShard(workerID: 11, ref: ref(3))]])
         #expect(sends(d, to: w1).isEmpty)
     }
 
@@ -397,13 +397,39 @@ struct CoordinatorStateMachineTests {
         ]])
         // The queue is dry: w2 idles while shard 1 waits on w1 behind shard 0. It is handed back for w2 to claim.
         let dry = h.feed(.committed([claimed([]), claimed([])]))
-        #expect(commits(dry) == [[.failShard(workerID: 11, ref: ref(1), reason: "handed back unsent: rebalanced", retryable: true)]])
+        #expect(commits(dry) == [[.unleaseShard(workerID: 11, ref: ref(1))]])
         let back = h.feed(.committed([.shardFailed(.requeued, stop: [])]))
         // w2's free slot first; only then the shards leased ahead for each.
         #expect(commits(back) == [[
             .claimShards(workerID: 12, limit: 1, capabilities: ["rl/noop"]),
             .claimShards(workerID: 11, limit: 1, capabilities: ["rl/noop"]),
             .claimShards(workerID: 12, limit: 1, capabilities: ["rl/noop"]),
+        ]])
+    }
+
+    @Test("Claims are tracked per capability set: idle workers that can run nothing queued are not asked again until the queue changes")
+    func dryCapabilitySets() {
+        var h = Self.withTwoLeases()  // w1 (rl/noop) holds shards 0 and 1
+        // Three workers that can run only sampling/ddim register; each registration's batch claims for it alone.
+        for (i, peer) in [[UInt8]([21]), [22], [23]].enumerated() {
+            let a = h.register(peer, name: "s\(i)", slots: 4, workerID: Int64(21 + i), capabilities: ["sampling/ddim"])
+            #expect(commits(a) == [[.claimShards(workerID: Int64(21 + i), limit: 4, capabilities: ["sampling/ddim"])]])
+            #expect(commits(h.feed(.committed([claimed([])]))).isEmpty)
+        }
+        // w1 finishes a shard: its completion and a claim for w1 alone go out; the dry sampling workers are skipped.
+        let done = h.receive(w1, .shardDone(ShardDone(ref: ref(0), summary: Array("{}".utf8))))
+        #expect(commits(done) == [[
+            .completeShard(workerID: 11, ref: ref(0), summary: "{}", resultSHA256: nil),
+            .claimShards(workerID: 11, limit: 1, capabilities: ["rl/noop"]),
+        ]])
+        // w1's claim was full (its set may have more), the batch released nothing: still nobody else is asked.
+        let full = h.feed(.committed([.shardCompleted(accepted: true, jobComplete: false), claimed([ref(2)])]))
+        #expect(commits(full).isEmpty)
+        // A submission may have brought anything: every idle worker is asked again, in worker-id order.
+        #expect(commits(h.feed(.queueChanged)) == [[
+            .claimShards(workerID: 21, limit: 4, capabilities: ["sampling/ddim"]),
+            .claimShards(workerID: 22, limit: 4, capabilities: ["sampling/ddim"]),
+            .claimShards(workerID: 23, limit: 4, capabilities: ["sampling/ddim"]),
         ]])
     }
 }

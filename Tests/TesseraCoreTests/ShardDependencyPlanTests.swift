@@ -13,7 +13,7 @@ private struct Planned: Algorithm {
     var summary: String { "test plan" }
     func plan(_ spec: JobSpec) throws -> [ShardSlice] { slices }
     func run(_ task: ShardTask, sink: any ShardSink) throws -> ShardOutput { ShardOutput(summary: .object([:]), result: nil) }
-    func makeReducer(_ spec: JobSpec) throws -> any ShardReducer { SummaryReducer { _ in .null } }
+    func makeReducer(_ spec: JobSpec) throws -> any ShardReducer { SummaryReducer<JSONValue> { _ in .null } }
 }
 
 @Suite struct ShardDependencyPlanTests {

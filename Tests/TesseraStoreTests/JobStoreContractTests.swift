@@ -84,6 +84,42 @@ struct JobStoreContractTests {
         #expect(f.state(f.job, 2) == ("leased", 1))
     }
 
+    @Test("Claims of one batch, many workers at once: the outcome of running them one after another", arguments: ContractFixture.Backend.available)
+    func bulkClaims(_ backend: ContractFixture.Backend) throws {
+        let f = try ContractFixture.make(backend, shards: 7)
+        defer { f.close() }
+        let ddim = ["sampling/ddim"]
+        let claimed = try f.store.claimShards([
+            (f.w1, 2, ddim), (f.w2, 0, ddim), (f.w2, 3, ddim),  // one run of equal capabilities
+            (f.w1, 4, ["rl/rloo"]),  // a run that can claim nothing
+            (f.w1, 5, ddim), (f.w2, 5, ddim),  // the rest of the queue, then nothing
+        ])
+        #expect(claimed.map { $0.map(\.ref.shardIndex) } == [[0, 1], [], [2, 3, 4], [], [5, 6], []])
+        #expect(claimed.joined().allSatisfy { $0.ref.attempt == 1 })
+        // Each shard is leased to the worker whose request got it: only that worker may complete it.
+        let done = try f.store.completeShards([
+            (f.ref(2), f.w1, "{}", nil), (f.ref(2), f.w2, "{}", nil), (f.ref(5), f.w2, "{}", nil), (f.ref(5), f.w1, "{}", nil),
+        ])
+        #expect(done.map(\.accepted) == [false, true, false, true])
+        #expect(f.state(f.job, 6) == ("leased", 1))
+    }
+
+    @Test("An unsent lease handed back: queued at its old attempt, so the next claim reuses the number; fenced on holder and attempt", arguments: ContractFixture.Backend.available)
+    func unlease(_ backend: ContractFixture.Backend) throws {
+        let f = try ContractFixture.make(backend, shards: 2)
+        defer { f.close() }
+        let ddim = ["sampling/ddim"]
+        #expect(try f.store.claimShards(workerID: f.w1, limit: 2, capabilities: ddim).map(\.ref) == [f.ref(0), f.ref(1)])
+        #expect(try !f.store.unleaseShard(f.ref(1), workerID: f.w2), "not w2's lease")
+        #expect(try !f.store.unleaseShard(f.ref(1, attempt: 2), workerID: f.w1), "not the current attempt")
+        #expect(try f.store.unleaseShard(f.ref(1), workerID: f.w1))
+        #expect(f.state(f.job, 1) == ("queued", 0))
+        #expect(try !f.store.unleaseShard(f.ref(1), workerID: f.w1), "already back")
+        #expect(try f.store.claimShards(workerID: f.w2, limit: 2, capabilities: ddim).map(\.ref) == [f.ref(1)])
+        // Only the new holder may finish it.
+        #expect(try f.store.completeShards([(f.ref(1), f.w1, "{}", nil), (f.ref(1), f.w2, "{}", nil)]).map(\.accepted) == [false, true])
+    }
+
     @Test("Fencing: metrics, DONE, FAILED and blobs only from the leaseholder's current attempt", arguments: ContractFixture.Backend.available)
     func fencing(_ backend: ContractFixture.Backend) throws {
         let f = try ContractFixture.make(backend, shards: 2)

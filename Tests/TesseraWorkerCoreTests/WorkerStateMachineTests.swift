@@ -110,6 +110,31 @@ struct WorkerStateMachineTests {
         #expect(h.machine.runningShards.isEmpty && h.machine.credits == 2)
     }
 
+    @Test("METRICS window: at most `metricsWindow` batches unacknowledged per shard; past `metricsBacklog` the loop must hold points back")
+    func metricsWindow() {
+        var h = WorkerHarness.running([wref(0), wref(1)]) {
+            $0.metricsWindow = 2
+            $0.metricsBacklog = 4
+        }
+        // 5 batches of shard 0 (3 points each): two go out, three wait.
+        let a = h.feed(.computed(wref(0), WSM.ComputeOutput(step: 1, points: points(15))))
+        #expect(metricBatches(a).map(\.sequence) == [0, 1])
+        #expect(!h.machine.acceptsMetrics(wref(0)), "5 batches held > backlog 4")
+        #expect(h.machine.acceptsMetrics(wref(1)), "the window and backlog are per shard")
+        #expect(metricBatches(h.feed(.computed(wref(1), WSM.ComputeOutput(step: 1, points: points(3))))).map(\.ref) == [wref(1)])
+        // Each ACK lets the oldest waiting batch go, in sequence order.
+        #expect(metricBatches(h.receive(.ack(Ack(ref: wref(0), kind: .metrics, sequence: 1)))).map(\.sequence) == [2])
+        #expect(h.machine.acceptsMetrics(wref(0)), "4 held: at the backlog, not above it")
+        #expect(metricBatches(h.receive(.ack(Ack(ref: wref(0), kind: .metrics, sequence: 0)))).map(\.sequence) == [3])
+        // The outcome waits for every batch; no more than the window is ever in flight on the way there.
+        let o = h.feed(.computed(wref(0), WSM.ComputeOutput(step: 2, outcome: .done(summary: []))))
+        #expect(metricBatches(o).isEmpty && finals(o).isEmpty)
+        #expect(metricBatches(h.receive(.ack(Ack(ref: wref(0), kind: .metrics, sequence: 2)))).map(\.sequence) == [4])
+        #expect(finals(h.receive(.ack(Ack(ref: wref(0), kind: .metrics, sequence: 3)))).isEmpty)
+        let done = h.receive(.ack(Ack(ref: wref(0), kind: .metrics, sequence: 4)))
+        #expect(finals(done) == [.shardDone(ShardDone(ref: wref(0), summary: [], resultSHA256: ""))])
+    }
+
     @Test("CHUNK: a window of chunks in flight, more as ACKs come; the result's sha256 goes into DONE")
     func chunkWindow() {
         var h = WorkerHarness.running([wref(0)])

@@ -36,15 +36,18 @@ struct ToyLMSweepTests {
         #expect(slices[1].slice["seed"] == .string("18446744073709551615"))
         #expect(slices.map { $0.slice["point"]!.intValue! } == Array(0..<6))
         // A stored slice (PostgreSQL jsonb reorders keys) still names its point; a stale one is refused.
-        let config = try RLOO().config(spec).0
+        let config = try RLOO().configure(spec).training
+        func point(_ slice: JSONValue) throws -> ToyLMSweepPoint {
+            try config.point(try TypedCoding.decodeExactly(ToyLMSweepPoint.self, from: slice, "slice"))
+        }
         let reordered: JSONValue = .object([
             "seed": .string("18446744073709551615"), "beta": .number(0.5), "point": .int(1),
         ])
-        #expect(try config.point(reordered) == config.points[1])
+        #expect(try point(reordered) == config.points[1])
         #expect(throws: ShardError.self) {
-            try config.point(.object(["seed": .int(1), "beta": .number(2), "point": .int(1)]))
+            try point(.object(["seed": .int(1), "beta": .number(2), "point": .int(1)]))
         }
-        #expect(throws: ShardError.self) { try config.point(.object(["point": .int(6)])) }
+        #expect(throws: ShardError.self) { try point(.object(["point": .int(6)])) }
         // Without a sweep: one shard with params.beta and the job seed.
         let single = try RLOO().plan(try Self.spec("rl", "rloo", "  beta: 0.3"))
         #expect(single.map(\.slice) == [.object(["point": .int(0), "beta": .number(0.3), "seed": .int(5)])])

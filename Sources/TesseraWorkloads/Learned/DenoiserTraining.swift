@@ -7,7 +7,7 @@
 import TesseraCompute
 import TesseraCore
 
-public struct DenoiserTraining: Algorithm {
+public struct DenoiserTraining: TypedAlgorithm {
     public var kind: JobKind { .sampling }
     public var name: String { DenoiserTrainer.algorithmName }
     public var summary: String {
@@ -70,19 +70,48 @@ public struct DenoiserTraining: Algorithm {
     /// The params as stored in checkpoints (canonical JSON text), so a resume can check it continues the same run.
     static func configText(_ spec: JobSpec) -> String { JSONValue.object(spec.params).render() }
 
-    public func plan(_ spec: JobSpec) throws -> [ShardSlice] {
-        let c = try config(spec)
+    /// `{"role": "train"}`: the one training shard.
+    public struct Slice: Codable, Sendable, Hashable {
+        public enum Role: String, Codable, Sendable {
+            case train
+        }
+        public var role: Role
+    }
+
+    /// The training shard's summary: the last update's numbers and the final evaluation.
+    public struct Summary: Codable, Sendable, Equatable {
+        public var steps: Int
+        public var loss: Double?
+        public var gradNorm: Double?
+        public var lr: Double?
+        public var excess: Double
+        /// Per timestep bucket; nil (null) for a bucket with no evaluation samples.
+        public var excessBuckets: [Double?]
+        public var evalLoss: Double
+        public var evalLossExact: Double
+        public var parameters: Int
+
+        enum CodingKeys: String, CodingKey {
+            case steps, loss, gradNorm = "grad_norm", lr, excess, excessBuckets = "excess_buckets"
+            case evalLoss = "eval_loss", evalLossExact = "eval_loss_exact", parameters
+        }
+    }
+
+    public func configure(_ spec: JobSpec) throws -> DenoiserTrainingConfig { try config(spec) }
+
+    public func plan(_ spec: JobSpec, config c: DenoiserTrainingConfig) throws -> [TypedShardSlice<Slice>] {
         guard spec.shards == 1 else {
             throw spec.source.error(
                 "shards",
                 "ddpm-train runs as one training shard (it is not data-parallel); use shards: 1 and give the "
                     + "sampling job that reads the network (params.model.from_job) the shards")
         }
-        return [ShardSlice(slice: .object(["role": .string("train")]), totalSteps: Int64(c.steps))]
+        return [TypedShardSlice(Slice(role: .train), totalSteps: Int64(c.steps))]
     }
 
-    public func run(_ task: ShardTask, sink: any ShardSink) throws -> ShardOutput {
-        let c = try config(task.spec)
+    public func run(_ slice: Slice, config c: DenoiserTrainingConfig, task: ShardTask, sink: any ShardSink) throws
+        -> TypedShardOutput<Summary>
+    {
         let text = Self.configText(task.spec)
         let trainer: DenoiserTrainer
         if let resume = task.resume {
@@ -112,19 +141,12 @@ public struct DenoiserTraining: Algorithm {
         if sink.shouldStop { throw ShardStopped() }
         let final = trainer.evaluate()
         emit(final, step: c.steps, sink: sink)
-        var s = JSONObject()
-        s["steps"] = .int(c.steps)
-        if let last = trainer.last {
-            s["loss"] = .number(last.loss)
-            s["grad_norm"] = .number(last.gradNorm)
-            s["lr"] = .number(last.learningRate)
-        }
-        s["excess"] = .number(final.excess)
-        s["excess_buckets"] = .array(final.bucketExcess.map { $0.isFinite ? .number($0) : .null })
-        s["eval_loss"] = .number(final.evalLoss)
-        s["eval_loss_exact"] = .number(final.evalLossExact)
-        s["parameters"] = .int(trainer.network.parameterCount)
-        return ShardOutput(summary: .object(s), result: nil)
+        return TypedShardOutput(
+            summary: Summary(
+                steps: c.steps, loss: trainer.last?.loss, gradNorm: trainer.last?.gradNorm,
+                lr: trainer.last?.learningRate, excess: final.excess,
+                excessBuckets: final.bucketExcess.map { $0.isFinite ? $0 : nil }, evalLoss: final.evalLoss,
+                evalLossExact: final.evalLossExact, parameters: trainer.network.parameterCount))
     }
 
     func emit(_ e: DenoiserEvaluation, step: Int, sink: any ShardSink) {
@@ -137,32 +159,23 @@ public struct DenoiserTraining: Algorithm {
         }
     }
 
-    public func makeReducer(_ spec: JobSpec) throws -> any ShardReducer {
-        let c = try config(spec)
-        return SummaryReducer { try Self.merge(c, summaries: $0) }
+    public func makeReducer(_ spec: JobSpec, config c: DenoiserTrainingConfig) throws -> SummaryReducer<Summary> {
+        SummaryReducer { try Self.merge(c, summaries: $0) }
     }
 
     /// The result: the one shard's summary plus what describes the network and its checkpoint.
-    static func merge(_ c: DenoiserTrainingConfig, summaries: [JSONValue]) throws -> JSONValue {
-        guard summaries.count == 1, let s = summaries[0].objectValue else {
+    static func merge(_ c: DenoiserTrainingConfig, summaries: [Summary]) throws -> JSONValue {
+        guard summaries.count == 1, case .object(var o) = try TypedCoding.encode(summaries[0], "the summary") else {
             throw ShardError("ddpm-train has one shard; got \(summaries.count) outputs")
         }
-        var o = s
         o["network"] = .object([
             "sizes": .array(c.architecture.sizes.map { .int($0) }), "activation": .string("silu"),
             "time_embedding": .int(c.architecture.timeEmbedding), "input": .string("[x, temb(t)]"),
         ])
         o["eval_samples"] = .int(c.evalSamples)
         o["checkpoint"] = .object(["shard": .int(0), "step": .int(c.steps), "format": .string("worker-ckpt/1")])
-        o["target"] = .object([
-            "weights": .array(c.target.weights.map { .number($0) }),
-            "means": .array(c.target.means.map { .array($0.map { .number($0) }) }),
-            "stds": .array(c.target.stds.map { .number($0) }),
-        ])
-        o["schedule"] = .object([
-            "type": .string("linear"), "beta_start": .number(c.schedule.betaStart),
-            "beta_end": .number(c.schedule.betaEnd), "steps": .int(c.schedule.steps),
-        ])
+        o["target"] = SamplingJSON(spelling: .shortest).target(c.target)
+        o["schedule"] = SamplingJSON(spelling: .shortest).schedule(c.schedule)
         return .object(o)
     }
 }

@@ -64,32 +64,26 @@ extension NetworkNoiseModel {
 
 extension DiffusionSampling {
     /// The network of `params.model` for one shard, or nil for the exact score.
-    func learnedModel(_ task: ShardTask, config: SamplingConfig, sink: any ShardSink) throws -> LoadedNoiseNetwork? {
-        guard let ref = try LearnedModelReference.parse(task.spec) else { return nil }
+    func learnedModel(_ ref: LearnedModelReference?, config: SamplingConfig, sink: any ShardSink) throws
+        -> LoadedNoiseNetwork?
+    {
+        guard let ref else { return nil }
         let blob = try sink.fetchJobBlob(jobID: ref.jobID, shard: 0, kind: .checkpoint, step: ref.step)
         let model = try NetworkNoiseModel.load(
             checkpoint: blob.bytes, target: config.target, schedule: config.schedule)
         return LoadedNoiseNetwork(model: model, step: blob.step, sha256: blob.sha256)
     }
-
-    /// Shard summary keys naming the checkpoint used.
-    static func learnedSummary(_ loaded: LoadedNoiseNetwork?, into summary: inout JSONObject) {
-        guard let loaded else { return }
-        summary["model_step"] = .number(Double(loaded.step))
-        summary["model_sha256"] = .string(loaded.sha256)
-    }
-
 }
 
 /// The checkpoints the shards of a learned sampling job say they sampled with (`model_sha256`@`model_step` from
 /// each summary), collected as the shards are merged.
 struct LearnedModelEcho {
     private var used: Set<String> = []
-    private var first: (sha256: String?, step: Int?)?
+    private var first: (sha256: String?, step: Int64?)?
 
-    mutating func add(_ summary: JSONValue) {
-        used.insert("\(summary["model_sha256"]?.stringValue ?? "?")@\(summary["model_step"]?.intValue ?? -1)")
-        if first == nil { first = (summary["model_sha256"]?.stringValue, summary["model_step"]?.intValue) }
+    mutating func add(sha256: String?, step: Int64?) {
+        used.insert("\(sha256 ?? "?")@\(step ?? -1)")
+        if first == nil { first = (sha256, step) }
     }
 
     /// Adds `model: {from_job, step, sha256}` to a learned job's merged result (`ref` non-nil); every shard must
@@ -101,7 +95,7 @@ struct LearnedModelEcho {
         }
         guard var o = result.objectValue else { return result }
         o["model"] = .object([
-            "from_job": .number(Double(ref.jobID)), "step": .int(step), "sha256": .string(sha),
+            "from_job": .number(Double(ref.jobID)), "step": .number(Double(step)), "sha256": .string(sha),
         ])
         return .object(o)
     }

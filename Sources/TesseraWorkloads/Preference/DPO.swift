@@ -19,7 +19,7 @@ import Foundation
 import TesseraCompute
 import TesseraCore
 
-public struct DPO: Algorithm {
+public struct DPO: TypedAlgorithm {
     public var kind: JobKind { .preference }
     public var name: String { "dpo" }
     public var summary: String {
@@ -34,8 +34,14 @@ public struct DPO: Algorithm {
     /// Population mode enumerates M K^2 ordered pairs per step.
     static let maxPopulationPairs = 1 << 21
 
+    /// A DPO job's validated params: the shared toy-LM training settings and DPO's own.
+    public struct Config: Sendable {
+        public var training: ToyLMTrainingConfig
+        var settings: DPOSettings
+    }
+
     /// Reads and validates `params`; every error carries the line of the key at fault.
-    func config(_ spec: JobSpec) throws -> (ToyLMTrainingConfig, DPOSettings) {
+    public func configure(_ spec: JobSpec) throws -> Config {
         let p = spec.paramsReader
         _ = try p.string("loss", default: "sigmoid", allowed: ["sigmoid"])
         let smoothing = try p.double("label_smoothing", range: 0...0.4999, default: 0)
@@ -75,24 +81,28 @@ public struct DPO: Algorithm {
                 )
             }
         }
-        return (config, DPOSettings(data: data, batchSize: batchSize, labelSmoothing: smoothing))
+        return Config(
+            training: config, settings: DPOSettings(data: data, batchSize: batchSize, labelSmoothing: smoothing))
     }
 
-    public func plan(_ spec: JobSpec) throws -> [ShardSlice] { try config(spec).0.slices }
-
-    public func run(_ task: ShardTask, sink: any ShardSink) throws -> ShardOutput {
-        let (config, settings) = try config(task.spec)
-        let point = try config.point(task.slice)
-        let rule = DPORule(settings: settings, problem: ToyLMProblem(config.problem), point: point)
-        let summary = try ToyLMTrainer.run(
-            rule: rule, config: config, params: task.spec.params, point: point, resume: task.resume, sink: sink)
-        return ShardOutput(summary: summary.json, result: nil)
+    public func plan(_ spec: JobSpec, config: Config) throws -> [TypedShardSlice<ToyLMSweepPoint>] {
+        config.training.slices
     }
 
-    public func makeReducer(_ spec: JobSpec) throws -> any ShardReducer {
-        let (config, _) = try config(spec)
+    public func run(_ slice: ToyLMSweepPoint, config: Config, task: ShardTask, sink: any ShardSink) throws
+        -> TypedShardOutput<ToyLMShardSummary>
+    {
+        let point = try config.training.point(slice)
+        let rule = DPORule(settings: config.settings, problem: ToyLMProblem(config.training.problem), point: point)
+        return TypedShardOutput(
+            summary: try ToyLMTrainer.run(
+                rule: rule, config: config.training, params: task.spec.params, point: point, resume: task.resume,
+                sink: sink))
+    }
+
+    public func makeReducer(_ spec: JobSpec, config: Config) throws -> SummaryReducer<ToyLMShardSummary> {
         let name = self.name
-        return SummaryReducer { try ToyLMSweepMerge.merge(algorithm: name, config: config, summaries: $0) }
+        return SummaryReducer { try ToyLMSweepMerge.merge(algorithm: name, config: config.training, summaries: $0) }
     }
 }
 

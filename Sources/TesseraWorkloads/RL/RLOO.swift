@@ -22,7 +22,7 @@ import Foundation
 import TesseraCompute
 import TesseraCore
 
-public struct RLOO: Algorithm {
+public struct RLOO: TypedAlgorithm {
     public var kind: JobKind { .rl }
     public var name: String { "rloo" }
     public var summary: String {
@@ -34,8 +34,14 @@ public struct RLOO: Algorithm {
     static let defaults = ToyLMTrainingConfig.Defaults(
         beta: 0.05, steps: 2000, learningRate: 0.01, schedule: "cosine", maxGradNorm: 1.0)
 
+    /// An RLOO job's validated params: the shared toy-LM training settings and the RLOO step.
+    public struct Config: Sendable {
+        public var training: ToyLMTrainingConfig
+        var rule: RLOORule
+    }
+
     /// Reads and validates `params`; every error carries the line of the key at fault.
-    func config(_ spec: JobSpec) throws -> (ToyLMTrainingConfig, RLOORule) {
+    public func configure(_ spec: JobSpec) throws -> Config {
         let p = spec.paramsReader
         let g = try p.int("num_generations", default: 2, range: 2...4096)
         let iterations = try p.int("num_iterations", default: 1, range: 1...64)
@@ -49,28 +55,29 @@ public struct RLOO: Algorithm {
         guard config.problem.contexts * g <= Int(UInt32.max) else {
             throw p.error("num_generations", "params.num_generations x contexts must fit 32 bits")
         }
-        return (
-            config,
-            RLOORule(
+        return Config(
+            training: config,
+            rule: RLOORule(
                 numGenerations: g, numIterations: iterations, epsilonLow: epsilon, epsilonHigh: epsilonHigh,
-                normalizeAdvantages: normalize)
-        )
+                normalizeAdvantages: normalize))
     }
 
-    public func plan(_ spec: JobSpec) throws -> [ShardSlice] { try config(spec).0.slices }
-
-    public func run(_ task: ShardTask, sink: any ShardSink) throws -> ShardOutput {
-        let (config, rule) = try config(task.spec)
-        let summary = try ToyLMTrainer.run(
-            rule: rule, config: config, params: task.spec.params, point: try config.point(task.slice),
-            resume: task.resume, sink: sink)
-        return ShardOutput(summary: summary.json, result: nil)
+    public func plan(_ spec: JobSpec, config: Config) throws -> [TypedShardSlice<ToyLMSweepPoint>] {
+        config.training.slices
     }
 
-    public func makeReducer(_ spec: JobSpec) throws -> any ShardReducer {
-        let (config, _) = try config(spec)
+    public func run(_ slice: ToyLMSweepPoint, config: Config, task: ShardTask, sink: any ShardSink) throws
+        -> TypedShardOutput<ToyLMShardSummary>
+    {
+        TypedShardOutput(
+            summary: try ToyLMTrainer.run(
+                rule: config.rule, config: config.training, params: task.spec.params,
+                point: try config.training.point(slice), resume: task.resume, sink: sink))
+    }
+
+    public func makeReducer(_ spec: JobSpec, config: Config) throws -> SummaryReducer<ToyLMShardSummary> {
         let name = self.name
-        return SummaryReducer { try ToyLMSweepMerge.merge(algorithm: name, config: config, summaries: $0) }
+        return SummaryReducer { try ToyLMSweepMerge.merge(algorithm: name, config: config.training, summaries: $0) }
     }
 }
 

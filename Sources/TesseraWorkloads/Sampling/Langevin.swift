@@ -5,6 +5,7 @@
 
 import Foundation
 import TesseraCompute
+import TesseraCore
 
 /// Which Langevin update to run.
 public enum LangevinMethod: String, Sendable, CaseIterable {
@@ -398,39 +399,35 @@ public struct LangevinResult: Sendable, Equatable {
     /// mala), `accepted`, `proposals`, `init_mode_weights`, `sampler` {algorithm "langevin", method, steps,
     /// step_size, total_steps, init, init_std | init_samples, sigma_max, sigma_min, levels (annealed), seed,
     /// samples}, `metric_setup`.
-    public var jsonText: String {
-        var o = SamplingJSONWriter()
-        statistics.writeJSON(into: &o, target: config.target)
-        o.add("accept_rate", acceptRate.map(samplingJSON) ?? "null")
-        o.add("accepted", String(accepted))
-        o.add("proposals", String(proposals))
-        o.add("init_mode_weights", samplingJSON(initModeWeights))
-        var sampler = SamplingJSONWriter()
-        sampler.add("algorithm", "\"langevin\"")
-        sampler.add("method", "\"\(config.method.rawValue)\"")
-        sampler.add("steps", String(config.steps))
-        sampler.add("step_size", samplingJSON(config.stepSize))
-        sampler.add("total_steps", String(config.totalSteps))
+    public func json(spelling: JSONNumber.Spelling) -> JSONValue {
+        let j = SamplingJSON(spelling: spelling)
+        var o = statistics.json(j, target: config.target)
+        o["accept_rate"] = acceptRate.map(j.number) ?? .null
+        o["accepted"] = j.integer(accepted)
+        o["proposals"] = j.integer(proposals)
+        o["init_mode_weights"] = j.numbers(initModeWeights)
+        var sampler: JSONObject = [
+            "algorithm": .string("langevin"), "method": .string(config.method.rawValue), "steps": .int(config.steps),
+            "step_size": j.number(config.stepSize), "total_steps": .int(config.totalSteps),
+        ]
         switch config.initialization {
         case .normal(let std):
-            sampler.add("init", "\"normal\"")
-            sampler.add("init_std", samplingJSON(std))
+            sampler["init"] = .string("normal")
+            sampler["init_std"] = j.number(std)
         case .data(let m):
-            sampler.add("init", "\"data\"")
-            sampler.add("init_samples", String(m))
+            sampler["init"] = .string("data")
+            sampler["init_samples"] = .int(m)
         }
         if let a = config.annealing {
-            sampler.add("sigma_max", samplingJSON(a.sigmaMax))
-            sampler.add("sigma_min", samplingJSON(a.sigmaMin))
-            sampler.add("levels", String(a.levels))
+            sampler["sigma_max"] = j.number(a.sigmaMax)
+            sampler["sigma_min"] = j.number(a.sigmaMin)
+            sampler["levels"] = .int(a.levels)
         }
-        sampler.add("seed", String(config.seed))
-        sampler.add("samples", String(config.samples))
-        o.add("sampler", sampler.text)
-        o.add("metric_setup", samplingMetricSetupJSON())
-        return o.text
+        return j.result(o, sampler: sampler, seed: config.seed, samples: config.samples)
     }
 }
+
+extension LangevinResult: SamplingResultJSON {}
 
 /// Merges Langevin shards (any order, covering [0, N)): the block statistics as `mergeSampling` does, the accept
 /// and init-mode counters as integer sums. Bitwise identical for any shard count.

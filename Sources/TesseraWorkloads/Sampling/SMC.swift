@@ -12,6 +12,7 @@
 
 import Foundation
 import TesseraCompute
+import TesseraCore
 
 /// What corrects the wrong-model sampler.
 public enum SMCCorrection: String, Sendable, CaseIterable {
@@ -388,47 +389,40 @@ public struct SMCResult: Sendable, Equatable {
     /// `resample_count`, `weighted_mode_weights`, `log_normalizer`, `population_ess`, `population_resamples`,
     /// `sampler` {algorithm "smc", sampler, eta (ddim), sampling_steps, schedule, proposal {weights, means, stds},
     /// correction, ess_threshold, particles, populations, seed, samples}, `metric_setup`.
-    public var jsonText: String {
-        var o = SamplingJSONWriter()
-        statistics.writeJSON(into: &o, target: config.target)
-        o.add("ess", samplingJSON(ess))
-        o.add("min_ess", samplingJSON(minESS))
-        o.add("resample_count", String(resampleCount))
-        o.add("weighted_mode_weights", samplingJSON(weightedModeWeights))
-        o.add("log_normalizer", samplingJSON(logNormalizer))
-        o.add("population_ess", samplingJSON(populationESS))
-        o.add("population_resamples", "[" + populationResamples.map(String.init).joined(separator: ",") + "]")
+    public func json(spelling: JSONNumber.Spelling) -> JSONValue {
+        let j = SamplingJSON(spelling: spelling)
+        var o = statistics.json(j, target: config.target)
+        o["ess"] = j.number(ess)
+        o["min_ess"] = j.number(minESS)
+        o["resample_count"] = j.integer(resampleCount)
+        o["weighted_mode_weights"] = j.numbers(weightedModeWeights)
+        o["log_normalizer"] = j.number(logNormalizer)
+        o["population_ess"] = j.numbers(populationESS)
+        o["population_resamples"] = .array(populationResamples.map { j.integer($0) })
         if let rmse = discriminatorRMSE, let loss = discriminatorLoss {
-            o.add("discriminator_log_ratio_rmse", samplingJSON(rmse))
-            o.add("discriminator_loss", samplingJSON(loss))
+            o["discriminator_log_ratio_rmse"] = j.number(rmse)
+            o["discriminator_loss"] = j.number(loss)
         }
-        var sampler = SamplingJSONWriter()
-        sampler.add("algorithm", "\"smc\"")
-        sampler.add("sampler", "\"\(config.sampler.algorithmName)\"")
-        if case .ddim(let eta) = config.sampler { sampler.add("eta", samplingJSON(eta)) }
-        sampler.add("sampling_steps", String(config.samplingSteps))
-        sampler.add("schedule", samplingScheduleJSON(config.schedule))
-        sampler.add("proposal", samplingTargetJSON(config.proposal))
-        sampler.add("correction", "\"\(config.correction.rawValue)\"")
+        var sampler: JSONObject = ["algorithm": .string("smc"), "sampler": .string(config.sampler.algorithmName)]
+        if case .ddim(let eta) = config.sampler { sampler["eta"] = j.number(eta) }
+        sampler["sampling_steps"] = .int(config.samplingSteps)
+        sampler["schedule"] = j.schedule(config.schedule)
+        sampler["proposal"] = j.target(config.proposal)
+        sampler["correction"] = .string(config.correction.rawValue)
         if let settings = config.discriminator {
-            var w = SamplingJSONWriter()
-            w.add("width", String(settings.width))
-            w.add("steps", String(settings.steps))
-            w.add("batch", String(settings.batch))
-            w.add("learning_rate", samplingJSON(settings.learningRate))
-            w.add("eval_samples", String(settings.evalSamples))
-            sampler.add("discriminator", w.text)
+            sampler["discriminator"] = .object([
+                "width": .int(settings.width), "steps": .int(settings.steps), "batch": .int(settings.batch),
+                "learning_rate": j.number(settings.learningRate), "eval_samples": .int(settings.evalSamples),
+            ])
         }
-        sampler.add("ess_threshold", samplingJSON(config.essThreshold))
-        sampler.add("particles", String(config.particles))
-        sampler.add("populations", String(config.populations))
-        sampler.add("seed", String(config.seed))
-        sampler.add("samples", String(config.samples))
-        o.add("sampler", sampler.text)
-        o.add("metric_setup", samplingMetricSetupJSON())
-        return o.text
+        sampler["ess_threshold"] = j.number(config.essThreshold)
+        sampler["particles"] = .int(config.particles)
+        sampler["populations"] = .int(config.populations)
+        return j.result(o, sampler: sampler, seed: config.seed, samples: config.samples)
     }
 }
+
+extension SMCResult: SamplingResultJSON {}
 
 /// Merges SMC shards (any order; together they must cover every population once): block statistics as
 /// `mergeSampling`, per-population numbers concatenated in population order and averaged in that order. Identical

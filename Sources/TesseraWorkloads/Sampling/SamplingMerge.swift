@@ -2,6 +2,7 @@
 
 import Foundation
 import TesseraCompute
+import TesseraCore
 
 /// The three headline metrics of one population of N points.
 public struct SamplingMetrics: Sendable, Equatable {
@@ -285,34 +286,32 @@ private func populationMetrics(
 // MARK: - Output forms
 
 extension SamplingResult {
-    /// The result as one JSON object, with fixed key order. Doubles are printed with Swift's shortest round-trip
-    /// `description` (parsing them back gives the same bits); non-finite values print as `null`. Keys: n, mean, cov,
-    /// mode_weights, mode_weight_error, sw1, mmd (RFF-MMD, not squared), noise_floor {sw1, mmd, mode_weight_error}, per_mode
-    /// [{count, weight, mean, cov}], nan_count, out_of_range, target {weights, means, stds}, sampler {algorithm, eta
-    /// (ddim only), sampling_steps, seed, samples, schedule {type, beta_start, beta_end, steps}}, metric_setup
-    /// {rff_features, rff_bandwidth, projections, bins, probe_seed}.
-    public var jsonText: String {
-        var o = SamplingJSONWriter()
-        statistics.writeJSON(into: &o, target: config.target)
-        var sampler = SamplingJSONWriter()
-        sampler.add("algorithm", "\"\(config.sampler.algorithmName)\"")
-        if case .ddim(let eta) = config.sampler { sampler.add("eta", samplingJSON(eta)) }
-        sampler.add("sampling_steps", String(config.samplingSteps))
-        sampler.add("seed", String(config.seed))
-        sampler.add("samples", String(config.samples))
-        sampler.add("schedule", samplingScheduleJSON(config.schedule))
+    /// The result as one JSON object, with fixed key order, its doubles spelled `spelling` (non-finite values are
+    /// `null` either way). Keys: n, mean, cov, mode_weights, mode_weight_error, sw1, mmd (RFF-MMD, not squared),
+    /// noise_floor {sw1, mmd, mode_weight_error}, per_mode [{count, weight, mean, cov}], nan_count, out_of_range,
+    /// target {weights, means, stds}, sampler {algorithm, eta (ddim only), sampling_steps, seed, samples, schedule
+    /// {type, beta_start, beta_end, steps}}, metric_setup {rff_features, rff_bandwidth, projections, bins,
+    /// probe_seed}.
+    public func json(spelling: JSONNumber.Spelling) -> JSONValue {
+        let j = SamplingJSON(spelling: spelling)
+        var o = statistics.json(j, target: config.target)
+        var sampler: JSONObject = ["algorithm": .string(config.sampler.algorithmName)]
+        if case .ddim(let eta) = config.sampler { sampler["eta"] = j.number(eta) }
+        sampler["sampling_steps"] = .int(config.samplingSteps)
+        sampler["seed"] = j.integer(config.seed)
+        sampler["samples"] = .int(config.samples)
+        sampler["schedule"] = j.schedule(config.schedule)
         if let g = config.guidance {
             // Only guided results carry this key, so unguided results are unchanged.
-            var guidance = SamplingJSONWriter()
-            guidance.add("guidance_scale", samplingJSON(g.scale))
-            guidance.add("class", String(g.component))
-            guidance.add("conditional_mean", samplingJSON(g.conditional.means[g.component]))
-            guidance.add("conditional_std", samplingJSON(g.conditional.stds[g.component]))
-            sampler.add("guidance", guidance.text)
+            sampler["guidance"] = .object([
+                "guidance_scale": j.number(g.scale), "class": .int(g.component),
+                "conditional_mean": j.numbers(g.conditional.means[g.component]),
+                "conditional_std": j.number(g.conditional.stds[g.component]),
+            ])
         }
-        o.add("sampler", sampler.text)
-        o.add("metric_setup", samplingMetricSetupJSON())
-        return o.text
+        o["sampler"] = .object(sampler)
+        o["metric_setup"] = j.metricSetup
+        return .object(o)
     }
 
     /// The statistics part, as every sampling algorithm reports it.
@@ -335,31 +334,23 @@ extension SamplingResult {
 extension SamplingStatisticsResult {
     /// Keys n, mean, cov, mode_weights, mode_weight_error, sw1, mmd, noise_floor, per_mode, nan_count, out_of_range,
     /// and target {weights, means, stds} (the echo of `target`), in that order.
-    func writeJSON(into o: inout SamplingJSONWriter, target echo: GaussianMixture) {
-        o.add("n", String(n))
-        o.add("mean", samplingJSON(mean))
-        o.add("cov", samplingJSON(cov))
-        o.add("mode_weights", samplingJSON(modeWeights))
-        o.add("mode_weight_error", samplingJSON(modeWeightError))
-        o.add("sw1", samplingJSON(sw1))
-        o.add("mmd", samplingJSON(mmd))
-        var floor = SamplingJSONWriter()
-        floor.add("sw1", samplingJSON(noiseFloor.sw1))
-        floor.add("mmd", samplingJSON(noiseFloor.mmd))
-        floor.add("mode_weight_error", samplingJSON(noiseFloor.modeWeightError))
-        o.add("noise_floor", floor.text)
-        let modes = perMode.map { m -> String in
-            var w = SamplingJSONWriter()
-            w.add("count", String(m.count))
-            w.add("weight", samplingJSON(m.weight))
-            w.add("mean", samplingJSON(m.mean))
-            w.add("cov", samplingJSON(m.cov))
-            return w.text
-        }
-        o.add("per_mode", "[" + modes.joined(separator: ",") + "]")
-        o.add("nan_count", String(nanCount))
-        o.add("out_of_range", String(outOfRange))
-        o.add("target", samplingTargetJSON(echo))
+    func json(_ j: SamplingJSON, target echo: GaussianMixture) -> JSONObject {
+        [
+            "n": .int(n), "mean": j.numbers(mean), "cov": j.matrix(cov), "mode_weights": j.numbers(modeWeights),
+            "mode_weight_error": j.number(modeWeightError), "sw1": j.number(sw1), "mmd": j.number(mmd),
+            "noise_floor": .object([
+                "sw1": j.number(noiseFloor.sw1), "mmd": j.number(noiseFloor.mmd),
+                "mode_weight_error": j.number(noiseFloor.modeWeightError),
+            ]),
+            "per_mode": .array(
+                perMode.map { m in
+                    .object([
+                        "count": .int(m.count), "weight": j.number(m.weight), "mean": j.numbers(m.mean),
+                        "cov": j.matrix(m.cov),
+                    ])
+                }),
+            "nan_count": .int(nanCount), "out_of_range": .int(outOfRange), "target": j.target(echo),
+        ]
     }
 
     /// See `SamplingResult.statisticsFile()`.
@@ -389,44 +380,63 @@ extension SamplingStatisticsResult {
     }
 }
 
-/// `{"weights":…,"means":…,"stds":…}`.
-func samplingTargetJSON(_ t: GaussianMixture) -> String {
-    var target = SamplingJSONWriter()
-    target.add("weights", samplingJSON(t.weights))
-    target.add("means", samplingJSON(t.means))
-    target.add("stds", samplingJSON(t.stds))
-    return target.text
+/// A merged sampling result as JSON (ddpm/ddim, langevin, smc).
+public protocol SamplingResultJSON {
+    /// The result as one JSON object, its doubles spelled `spelling`.
+    func json(spelling: JSONNumber.Spelling) -> JSONValue
 }
 
-/// `{"type":"linear","beta_start":…,"beta_end":…,"steps":…}`.
-func samplingScheduleJSON(_ s: BetaSchedule) -> String {
-    var schedule = SamplingJSONWriter()
-    schedule.add("type", "\"linear\"")
-    schedule.add("beta_start", samplingJSON(s.betaStart))
-    schedule.add("beta_end", samplingJSON(s.betaEnd))
-    schedule.add("steps", String(s.steps))
-    return schedule.text
+extension SamplingResultJSON {
+    /// `json` as text with Swift's `description` for every double (`1.0`, not `1`), as the result file's
+    /// `result_json` has always had it; parsing it back gives the same bits.
+    public var jsonText: String { json(spelling: .swiftDescription).render() }
 }
 
-/// `{"rff_features":512,…,"probe_seed":"…"}`.
-func samplingMetricSetupJSON() -> String {
-    var setup = SamplingJSONWriter()
-    setup.add("rff_features", String(SamplingProbeSetup.rffFeatures))
-    setup.add("rff_bandwidth", samplingJSON(SamplingProbeSetup.rffBandwidth))
-    setup.add("projections", String(SamplingProbeSetup.projections))
-    setup.add("bins", String(SamplingProbeSetup.bins))
-    setup.add("probe_seed", "\"\(SamplingProbeSetup.probeSeed)\"")  // a string: 64-bit integers do not survive JSON doubles
-    return setup.text
-}
+extension SamplingResult: SamplingResultJSON {}
 
-/// Shortest round-trip decimal (Swift's `description`), or `null` when not finite.
-func samplingJSON(_ x: Double) -> String { x.isFinite ? x.description : "null" }
-func samplingJSON(_ xs: [Double]) -> String { "[" + xs.map(samplingJSON).joined(separator: ",") + "]" }
-func samplingJSON(_ xss: [[Double]]) -> String { "[" + xss.map(samplingJSON).joined(separator: ",") + "]" }
+/// The JSON pieces every sampling result shares, with one spelling for all its doubles: `.swiftDescription` for
+/// the text the result file embeds, `.shortest` for the job result the coordinator stores (which has always been
+/// that text parsed back and rendered again, so spelled the shortest way).
+struct SamplingJSON {
+    let spelling: JSONNumber.Spelling
 
-/// Builds `{"k":v,...}` in insertion order from already-encoded values.
-struct SamplingJSONWriter {
-    private var parts: [String] = []
-    mutating func add(_ key: String, _ encodedValue: String) { parts.append("\"\(key)\":\(encodedValue)") }
-    var text: String { "{" + parts.joined(separator: ",") + "}" }
+    func number(_ x: Double) -> JSONValue { .number(JSONNumber(x, spelling: spelling)) }
+    func numbers(_ xs: [Double]) -> JSONValue { .array(xs.map(number)) }
+    func matrix(_ xss: [[Double]]) -> JSONValue { .array(xss.map(numbers)) }
+    /// Integers are digits whatever the spelling (seeds up to 2^64 - 1 included).
+    func integer(_ i: some BinaryInteger) -> JSONValue { .number(JSONNumber(exactly: i)) }
+
+    /// `{"weights":…,"means":…,"stds":…}`.
+    func target(_ t: GaussianMixture) -> JSONValue {
+        .object(["weights": numbers(t.weights), "means": matrix(t.means), "stds": numbers(t.stds)])
+    }
+
+    /// `{"type":"linear","beta_start":…,"beta_end":…,"steps":…}`.
+    func schedule(_ s: BetaSchedule) -> JSONValue {
+        .object([
+            "type": .string("linear"), "beta_start": number(s.betaStart), "beta_end": number(s.betaEnd),
+            "steps": .int(s.steps),
+        ])
+    }
+
+    /// Closes an smc or langevin result: the sampler's `seed` and `samples`, then `sampler` and `metric_setup`.
+    func result(_ o: JSONObject, sampler: JSONObject, seed: UInt64, samples: Int) -> JSONValue {
+        var o = o, sampler = sampler
+        sampler["seed"] = integer(seed)
+        sampler["samples"] = .int(samples)
+        o["sampler"] = .object(sampler)
+        o["metric_setup"] = metricSetup
+        return .object(o)
+    }
+
+    /// `{"rff_features":512,…,"probe_seed":"…"}`.
+    var metricSetup: JSONValue {
+        .object([
+            "rff_features": .int(SamplingProbeSetup.rffFeatures),
+            "rff_bandwidth": number(SamplingProbeSetup.rffBandwidth),
+            "projections": .int(SamplingProbeSetup.projections), "bins": .int(SamplingProbeSetup.bins),
+            // A string: 64-bit integers did not survive the JSON doubles of the readers this was written for.
+            "probe_seed": .string("\(SamplingProbeSetup.probeSeed)"),
+        ])
+    }
 }

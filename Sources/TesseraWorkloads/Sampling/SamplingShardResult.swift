@@ -35,9 +35,9 @@ public struct SamplingShardResult: Sendable, Equatable {
     /// `format` value in the safetensors metadata of `serialize()`.
     public static let format = "tessera.sampling.shard/2"
 
-    /// A small status summary: n, finite count, nan_count, mean_sq_norm (mean |x|^2 of the finite samples),
-    /// out_of_range (histogram clamps), and the shard's own mode-weight vector as mode_weight_<k>.
-    public var summary: [String: Double] {
+    /// The status part of the shard's summary: n, finite count, nan_count, mean_sq_norm (mean |x|^2 of the finite
+    /// samples), out_of_range (histogram clamps), and the shard's own mode-weight vector.
+    public var statistics: SamplingShardStatistics {
         let moments = sampled.nodes.dropFirst().reduce(sampled.nodes[0].moments) { SampleMoments.merge($0, $1.moments) }
         let total = sampled.nodes.reduce(Int64(0)) { $0 + $1.total }
         var meanSquaredNorm = 0.0
@@ -49,18 +49,13 @@ public struct SamplingShardResult: Sendable, Equatable {
         } else {
             meanSquaredNorm = .nan
         }
-        var result: [String: Double] = [
-            "n": Double(total),
-            "finite": Double(moments.count),
-            "nan_count": Double(total - moments.count),
-            "mean_sq_norm": meanSquaredNorm,
-            "out_of_range": Double(sampled.outOfRange),
-        ]
-        for k in 0..<componentCount {
+        let modeWeights = (0..<componentCount).map { k in
             let count = sampled.nodes.reduce(Int64(0)) { $0 + $1.modes[k].count }
-            result["mode_weight_\(k)"] = moments.count > 0 ? Double(count) / Double(moments.count) : .nan
+            return moments.count > 0 ? Double(count) / Double(moments.count) : .nan
         }
-        return result
+        return SamplingShardStatistics(
+            n: total, finite: moments.count, nanCount: total - moments.count, meanSquaredNorm: meanSquaredNorm,
+            outOfRange: sampled.outOfRange, modeWeights: modeWeights)
     }
 
     /// The samples as a safetensors file: tensor `samples` F32 [n, d]; metadata `range_lower`, `range_upper`

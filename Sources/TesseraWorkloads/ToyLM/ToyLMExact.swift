@@ -32,8 +32,8 @@ public struct ToyLMExactMetrics: Sendable, Equatable {
     }
 }
 
-/// A point of the reward-KL plane.
-public struct ToyLMFrontierPoint: Sendable, Equatable {
+/// A point of the reward-KL plane, `{"kl_to_ref", "expected_reward"}`.
+public struct ToyLMFrontierPoint: Codable, Sendable, Equatable {
     /// E_x KL(pi || pi_ref).
     public var klToReference: Double
     /// E_x E_pi r.
@@ -42,6 +42,10 @@ public struct ToyLMFrontierPoint: Sendable, Equatable {
     public init(klToReference: Double, expectedReward: Double) {
         self.klToReference = klToReference
         self.expectedReward = expectedReward
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case klToReference = "kl_to_ref", expectedReward = "expected_reward"
     }
 
     public func distance(to o: ToyLMFrontierPoint) -> Double {

@@ -10,36 +10,42 @@ enum ToyLMSweepMerge {
     /// Fields of a shard summary that are aggregated across seeds, in output order.
     static let aggregated = ["kl_to_ref", "expected_reward", "frontier_distance", "kl_to_optimum", "objective_gap"]
 
-    /// `summaries`: the shards' summaries in shard order (a `SummaryReducer` collects them; the blobs are not read).
-    static func merge(algorithm: String, config: ToyLMTrainingConfig, summaries: [JSONValue]) throws -> JSONValue {
+    /// The aggregated fields of a summary, by the names of `aggregated`.
+    static func aggregatedValues(_ s: ToyLMShardSummary) -> [Double] {
+        [s.exact.klToReference, s.exact.expectedReward, s.frontierDistance, s.exact.klToOptimum, s.exact.objectiveGap]
+    }
+
+    /// `summaries`: the shards' summaries in shard order (a `SummariesReducer` collects them; the blobs are not read).
+    static func merge(algorithm: String, config: ToyLMTrainingConfig, summaries: [ToyLMShardSummary]) throws -> JSONValue {
         guard summaries.count == config.points.count else {
             throw ToyLMError(
                 .malformedSummary, "\(summaries.count) shard outputs for \(config.points.count) sweep points")
         }
         var points: [JSONValue] = []
         for (i, (s, point)) in zip(summaries, config.points).enumerated() {
-            guard s["point"]?.intValue == point.index, s["beta"] == .number(point.beta), s["seed"] == point.seedJSON
-            else {
-                throw ToyLMError(.malformedSummary, "shard \(i)'s summary is not sweep point \(i): \(s.render())")
+            guard s.point == point else {
+                throw ToyLMError(.malformedSummary, "shard \(i)'s summary is not sweep point \(i): \(s.point.slice.render())")
             }
-            for key in aggregated + ["beta_point_distance"] where s[key]?.doubleValue == nil {
+            // Stored, a non-finite number is null: it cannot be aggregated.
+            for (key, value) in zip(aggregated + ["beta_point_distance"], aggregatedValues(s) + [s.betaPointDistance])
+            where !value.isFinite {
                 throw ToyLMError(.malformedSummary, "shard \(i)'s summary has no number \(key)")
             }
-            points.append(s)
+            points.append(try TypedCoding.encode(s, "shard \(i)'s summary"))
         }
         var byBeta: [JSONValue] = []
         var seen: [Double] = []
         for point in config.points where !seen.contains(point.beta) {
             seen.append(point.beta)
-            let rows = points.filter { $0["beta"]?.doubleValue == point.beta }
+            let rows = summaries.filter { $0.point.beta == point.beta }
             var o: JSONObject = ["beta": .number(point.beta), "seeds": .int(rows.count)]
-            if let f = rows.first?["frontier"] { o["frontier"] = f }
-            for key in aggregated {
-                o[key] = interval(rows.compactMap { $0[key]?.doubleValue })
+            if let f = rows.first?.frontier { o["frontier"] = try TypedCoding.encode(f, "the frontier point") }
+            for (k, key) in aggregated.enumerated() {
+                o[key] = interval(rows.map { aggregatedValues($0)[k] })
             }
             byBeta.append(.object(o))
         }
-        let distances = points.compactMap { $0["frontier_distance"]?.doubleValue }
+        let distances = summaries.map(\.frontierDistance)
         return .object([
             "algorithm": .string(algorithm),
             "problem": config.problem.json,

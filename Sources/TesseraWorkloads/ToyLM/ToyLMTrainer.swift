@@ -49,8 +49,10 @@ public struct ToyLMOptimizer: Sendable {
     }
 }
 
-/// The final state of a shard, as its summary reports it.
-public struct ToyLMShardSummary: Sendable, Equatable {
+/// The final state of a shard, as its summary reports it: `{"point", "beta", "seed", "steps", "kl_to_ref",
+/// "expected_reward", "frontier_distance", "beta_point_distance", "kl_to_optimum", "objective_gap", "objective",
+/// "optimal_objective", "frontier": {"kl_to_ref", "expected_reward"}}`.
+public struct ToyLMShardSummary: Codable, Sendable, Equatable {
     public var point: ToyLMSweepPoint
     public var steps: Int
     public var exact: ToyLMExactMetrics
@@ -61,17 +63,55 @@ public struct ToyLMShardSummary: Sendable, Equatable {
     /// Distance to the frontier point of the shard's own beta.
     public var betaPointDistance: Double
 
-    var json: JSONValue {
-        .object([
-            "point": .int(point.index), "beta": .number(point.beta), "seed": point.seedJSON, "steps": .int(steps),
-            "kl_to_ref": .number(exact.klToReference), "expected_reward": .number(exact.expectedReward),
-            "frontier_distance": .number(frontierDistance), "beta_point_distance": .number(betaPointDistance),
-            "kl_to_optimum": .number(exact.klToOptimum), "objective_gap": .number(exact.objectiveGap),
-            "objective": .number(exact.objective), "optimal_objective": .number(exact.optimalObjective),
-            "frontier": .object([
-                "kl_to_ref": .number(frontier.klToReference), "expected_reward": .number(frontier.expectedReward),
-            ]),
-        ])
+    init(
+        point: ToyLMSweepPoint, steps: Int, exact: ToyLMExactMetrics, frontier: ToyLMFrontierPoint,
+        frontierDistance: Double, betaPointDistance: Double
+    ) {
+        self.point = point
+        self.steps = steps
+        self.exact = exact
+        self.frontier = frontier
+        self.frontierDistance = frontierDistance
+        self.betaPointDistance = betaPointDistance
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case steps, klToReference = "kl_to_ref", expectedReward = "expected_reward"
+        case frontierDistance = "frontier_distance", betaPointDistance = "beta_point_distance"
+        case klToOptimum = "kl_to_optimum", objectiveGap = "objective_gap", objective
+        case optimalObjective = "optimal_objective", frontier
+    }
+
+    // The point's keys come first, at the top level.
+    public func encode(to encoder: any Encoder) throws {
+        try point.encode(to: encoder)
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(steps, forKey: .steps)
+        try c.encode(exact.klToReference, forKey: .klToReference)
+        try c.encode(exact.expectedReward, forKey: .expectedReward)
+        try c.encode(frontierDistance, forKey: .frontierDistance)
+        try c.encode(betaPointDistance, forKey: .betaPointDistance)
+        try c.encode(exact.klToOptimum, forKey: .klToOptimum)
+        try c.encode(exact.objectiveGap, forKey: .objectiveGap)
+        try c.encode(exact.objective, forKey: .objective)
+        try c.encode(exact.optimalObjective, forKey: .optimalObjective)
+        try c.encode(frontier, forKey: .frontier)
+    }
+
+    public init(from decoder: any Decoder) throws {
+        point = try ToyLMSweepPoint(from: decoder)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        steps = try c.decode(Int.self, forKey: .steps)
+        exact = ToyLMExactMetrics(
+            klToOptimum: try c.decode(Double.self, forKey: .klToOptimum),
+            objectiveGap: try c.decode(Double.self, forKey: .objectiveGap),
+            klToReference: try c.decode(Double.self, forKey: .klToReference),
+            expectedReward: try c.decode(Double.self, forKey: .expectedReward),
+            objective: try c.decode(Double.self, forKey: .objective),
+            optimalObjective: try c.decode(Double.self, forKey: .optimalObjective))
+        frontierDistance = try c.decode(Double.self, forKey: .frontierDistance)
+        betaPointDistance = try c.decode(Double.self, forKey: .betaPointDistance)
+        frontier = try c.decode(ToyLMFrontierPoint.self, forKey: .frontier)
     }
 }
 

@@ -5,8 +5,9 @@ import Foundation
 import TesseraCompute
 import TesseraCore
 
-/// One shard of a training job: a (beta, seed) point of the sweep.
-public struct ToyLMSweepPoint: Sendable, Hashable {
+/// One shard of a training job: a (beta, seed) point of the sweep. Its JSON, `{"point", "beta", "seed"}`, is the
+/// shard's slice.
+public struct ToyLMSweepPoint: Codable, Sendable, Hashable {
     /// Position in the sweep (beta-major: for each beta, each seed), = the shard index.
     public var index: Int
     /// The KL coefficient of the objective E r - beta KL(pi || pi_ref).
@@ -20,10 +21,40 @@ public struct ToyLMSweepPoint: Sendable, Hashable {
         self.seed = seed
     }
 
+    /// The seed as the spec spells seeds: a number up to 2^53, above that a decimal string.
     var seedJSON: JSONValue { seed <= (1 << 53) ? .number(Double(seed)) : .string(String(seed)) }
 
-    /// The shard slice: {"point", "beta", "seed"}.
-    public var slice: JSONValue { .object(["point": .int(index), "beta": .number(beta), "seed": seedJSON]) }
+    /// The shard slice (and the `point` of the checkpoints' config text).
+    public var slice: JSONValue {
+        // Encoding three numbers into a JSONValue has no way to fail.
+        (try? JSONValueEncoder().encode(self)) ?? .null
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case index = "point", beta, seed
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(index, forKey: .index)
+        try c.encode(beta, forKey: .beta)
+        try c.encode(seedJSON, forKey: .seed)
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        index = try c.decode(Int.self, forKey: .index)
+        beta = try c.decode(Double.self, forKey: .beta)
+        if let text = try? c.decode(String.self, forKey: .seed) {
+            guard let u = UInt64(text) else {
+                throw DecodingError.dataCorruptedError(
+                    forKey: .seed, in: c, debugDescription: "expected a whole number from 0 to 2^64-1, found \"\(text)\"")
+            }
+            seed = u
+        } else {
+            seed = try c.decode(UInt64.self, forKey: .seed)
+        }
+    }
 }
 
 /// Settings shared by every toy-LM training algorithm, validated.
@@ -177,15 +208,13 @@ public struct ToyLMTrainingConfig: Sendable {
     }
 
     /// The slices of `plan`: one per sweep point, `steps` each.
-    var slices: [ShardSlice] { points.map { ShardSlice(slice: $0.slice, totalSteps: Int64(steps)) } }
+    var slices: [TypedShardSlice<ToyLMSweepPoint>] { points.map { TypedShardSlice($0, totalSteps: Int64(steps)) } }
 
-    /// The sweep point a dispatched slice names (checked against the plan; stored slices may reorder keys).
-    func point(_ slice: JSONValue) throws -> ToyLMSweepPoint {
-        guard let i = slice["point"]?.intValue, points.indices.contains(i),
-            slice["beta"] == .number(points[i].beta), slice["seed"] == points[i].seedJSON
-        else {
-            throw ShardError("slice \(slice.render()) is not a point of this job's sweep")
+    /// The sweep point a dispatched slice names, checked against the plan.
+    func point(_ slice: ToyLMSweepPoint) throws -> ToyLMSweepPoint {
+        guard points.indices.contains(slice.index), points[slice.index] == slice else {
+            throw ShardError("slice \(slice.slice.render()) is not a point of this job's sweep")
         }
-        return points[i]
+        return slice
     }
 }
