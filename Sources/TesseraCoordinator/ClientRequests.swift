@@ -173,8 +173,15 @@ final class ReadPool: @unchecked Sendable {
                 }
                 replyRaw(identity, r, json: "{\"job\":\(json)}")
             } else {
-                let limit = min(max(body["limit"]?.intValue ?? 50, 1), 10_000)
-                let json = try store.jobListJSON(limit: limit, state: body["state"]?.stringValue)
+                let limit = body["limit"].map { $0.intValue ?? 0 } ?? 50
+                guard (1...10_000).contains(limit) else {
+                    return bad("'limit' must be a whole number from 1 to 10000 (got \(body["limit"]!.render()))")
+                }
+                let state = body["state"]?.stringValue
+                if let state, JobState(rawValue: state) == nil {
+                    return bad("unknown job state '\(state)'; known: \(JobState.allCases.map(\.rawValue).joined(separator: ", "))")
+                }
+                let json = try store.jobListJSON(limit: limit, state: state)
                 replyRaw(identity, r, json: "{\"jobs\":\(json)}")
             }
 

@@ -61,9 +61,17 @@ struct Status: ParsableCommand {
     @Argument(help: "A job id; without it, recent jobs are listed.") var job: Int?
     @Flag(help: "One JSON document on stdout.") var json = false
     @Flag(help: "With JOB: include the job's event log.") var events = false
-    @Option(help: "How many jobs to list.") var limit = 50
+    @Option(help: "How many jobs to list (1 to 10000).") var limit = 50
     @Option(help: "List only jobs in this state (queued, running, succeeded, failed, cancelled).") var state: String?
     @OptionGroup var client: ClientOptions
+
+    func validate() throws {
+        guard (1...10_000).contains(limit) else { throw ValidationError("--limit must be from 1 to 10000 (got \(limit))") }
+        if let state, JobState(rawValue: state) == nil {
+            throw ValidationError(
+                "unknown state '\(state)'; known: \(JobState.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+    }
 
     func run() throws {
         try runCLI {

@@ -4,7 +4,9 @@
 
 import Foundation
 import LibPQ
+import TesseraProtocol
 import TesseraTesting
+import ZeroMQ
 
 enum IntegrationEnv {
     /// The repository root, from this file's path.
@@ -168,6 +170,29 @@ final class Cluster {
     @discardableResult
     func cli(_ args: [String], stdin: String? = nil) throws -> CommandResult {
         try tessera(args + ["--coordinator", endpoint], stdin: stdin)
+    }
+
+    /// One client request straight over the wire (SPEC §8), not through the CLI: the reply's status and body.
+    func request(_ method: String, _ body: [String: Any], timeout: Double = 10) throws -> (status: UInt16, body: String) {
+        let ctx = try ZMQContext()
+        let s = try ZMQSocket(context: ctx, type: .dealer)
+        defer {
+            s.close()
+            ctx.terminate()
+        }
+        try s.connect(endpoint)
+        let json = try JSONSerialization.data(withJSONObject: body)
+        try s.send(WireCodec.encodeForDealer(.request(ClientRequest(requestID: 1, method: method, body: Array(json)))))
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            guard try ZMQ.poll([ZMQPollItem(socket: s)], timeoutMilliseconds: 100)[0] else { continue }
+            while let frames = try s.receive(dontWait: true) {
+                if case .reply(let r) = try WireCodec.decode(WireCodec.splitDealerEnvelope(frames)), r.requestID == 1 {
+                    return (r.status, String(decoding: r.body, as: UTF8.self))
+                }
+            }
+        }
+        throw TestFailure("no reply to \(method) within \(timeout) s")
     }
 
     func json(_ args: [String]) throws -> Any {

@@ -117,6 +117,30 @@ struct EndToEndTests {
         #expect(r.stderr.contains("--gemm must be auto or openblas, not 'openblass'"), "\(r.stderr)")
     }
 
+    @Test func statusValidatesItsFiltersAndLimit() throws {
+        let c = try Cluster(workers: 0)
+        defer { c.shutdown() }
+        let small = ringSpec(shards: 1, samples: 4096, keep: false)
+        let first = try c.submit(text: small)
+        let second = try c.submit(text: small, name: "small2.yaml")
+        let bogus = try c.cli(["status", "--state", "bogus"])
+        #expect(bogus.status != 0 && bogus.stderr.contains("unknown state 'bogus'"), "\(bogus.stderr)")
+        let zero = try c.cli(["status", "--limit", "0"])
+        #expect(zero.status != 0 && zero.stderr.contains("--limit"), "\(zero.stderr)")
+        func ids(_ args: [String]) throws -> [Int] {
+            let list = try #require(try c.json(["status"] + args) as? [String: Any])
+            return try #require(list["jobs"] as? [[String: Any]]).compactMap { $0["id"] as? Int }
+        }
+        #expect(try ids(["--state", "queued"]) == [second, first])
+        #expect(try ids(["--state", "succeeded"]).isEmpty)
+        #expect(try ids(["--limit", "1"]) == [second])
+        // The coordinator checks the same, for clients other than this CLI (200: badRequest, SPEC §8).
+        let raw = try c.request("status", ["state": "bogus"])
+        #expect(raw.status == 200 && raw.body.contains("unknown job state 'bogus'"), "\(raw)")
+        let rawZero = try c.request("status", ["limit": 0])
+        #expect(rawZero.status == 200 && rawZero.body.contains("'limit'"), "\(rawZero)")
+    }
+
     @Test func waitExitCodes() throws {
         // No workers yet: the job cannot finish, so wait times out (2); cancelled gives 1; succeeded gives 0.
         let c = try Cluster(workers: 0)
