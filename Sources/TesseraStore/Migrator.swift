@@ -83,6 +83,7 @@ public struct Migrator: Sendable {
     /// `pg_advisory_xact_lock` key held while migrating (ASCII "tessmigr").
     public static let advisoryLockKey: Int64 = 0x7465_7373_6D69_6772
 
+    /// Where the migrations came from: a directory, or "built into this executable".
     public let directory: String
     public let migrations: [Migration]
 
@@ -102,20 +103,35 @@ public struct Migrator: Sendable {
             throw MigrationError(
                 code: .directoryNotFound, message: "cannot list migrations directory \(directory)", underlying: error)
         }
+        var texts: [(file: String, sql: String)] = []
+        for file in files where file.hasSuffix(".sql") {
+            let path = (directory as NSString).appendingPathComponent(file)
+            do {
+                texts.append((file, try String(contentsOfFile: path, encoding: .utf8)))
+            } catch {
+                throw MigrationError(code: .unreadableFile, message: "cannot read \(path)", underlying: error)
+            }
+        }
+        try self.init(files: texts, source: directory)
+    }
+
+    /// The migrations built into this executable (Sources/TesseraStore/EmbeddedMigrations.swift, generated from
+    /// migrations/ by `ops/embed-migrations`; a unit test keeps the two identical), so a copied or installed binary
+    /// needs no migrations directory.
+    public static func builtIn() throws -> Migrator {
+        try Migrator(files: EmbeddedMigrations.files, source: "built into this executable")
+    }
+
+    /// The migrations of `files` (name `NNNN_name.up.sql` / `.down.sql` and its SQL); `source` names where they came
+    /// from in messages and in `directory`.
+    public init(files: [(file: String, sql: String)], source directory: String) throws {
         struct Parts { var name: String; var up: String?; var down: String? }
         var byVersion = [Int: Parts]()
-        for file in files where file.hasSuffix(".sql") {
+        for (file, sql) in files.sorted(by: { $0.file < $1.file }) {
             guard let (version, name, direction) = Migrator.parseFileName(file) else {
                 throw MigrationError(
                     code: .badFileName,
                     message: "\(directory)/\(file): migration files are named NNNN_name.up.sql and NNNN_name.down.sql")
-            }
-            let path = (directory as NSString).appendingPathComponent(file)
-            let sql: String
-            do {
-                sql = try String(contentsOfFile: path, encoding: .utf8)
-            } catch {
-                throw MigrationError(code: .unreadableFile, message: "cannot read \(path)", underlying: error)
             }
             var parts = byVersion[version] ?? Parts(name: name)
             if parts.name != name {
@@ -172,50 +188,6 @@ public struct Migrator: Sendable {
             name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_" || $0 == "-") })
         else { return nil }
         return (version, String(name), direction)
-    }
-
-    // MARK: - Finding the directory
-
-    /// `explicit` if given; otherwise the first of `<exe dir>/../share/tessera/migrations`, then `migrations/` in
-    /// the executable's directory or any parent of it, then `migrations/` in the current directory or any parent,
-    /// that contains a `0001_*.up.sql`. Reads the executable path (`/proc/self/exe`, else `argv[0]`) and the cwd,
-    /// never the environment.
-    public static func locateDirectory(explicit: String?) -> String? {
-        if let explicit { return explicit }
-        let fm = FileManager.default
-        var starts = [String]()
-        if let exe = executablePath() {
-            let exeDir = (exe as NSString).deletingLastPathComponent
-            let share = ((exeDir as NSString).appendingPathComponent("../share/tessera/migrations") as NSString)
-                .standardizingPath
-            if looksLikeMigrations(share) { return share }
-            starts.append(exeDir)
-        }
-        starts.append(fm.currentDirectoryPath)
-        for start in starts {
-            var dir = (start as NSString).standardizingPath
-            while true {
-                let candidate = (dir as NSString).appendingPathComponent("migrations")
-                if looksLikeMigrations(candidate) { return candidate }
-                let parent = (dir as NSString).deletingLastPathComponent
-                if parent == dir || parent.isEmpty { break }
-                dir = parent
-            }
-        }
-        return nil
-    }
-
-    private static func executablePath() -> String? {
-        if let p = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") { return p }
-        guard let arg0 = CommandLine.arguments.first, arg0.contains("/") else { return nil }
-        let abs = arg0.hasPrefix("/") ? arg0 : (FileManager.default.currentDirectoryPath as NSString)
-            .appendingPathComponent(arg0)
-        return (abs as NSString).resolvingSymlinksInPath
-    }
-
-    private static func looksLikeMigrations(_ dir: String) -> Bool {
-        guard let files = try? FileManager.default.contentsOfDirectory(atPath: dir) else { return false }
-        return files.contains { $0.hasPrefix("0001_") && $0.hasSuffix(".up.sql") }
     }
 
     // MARK: - Applying

@@ -157,11 +157,8 @@ struct Dev: AsyncParsableCommand {
             try pg.start()
             logger.info("postgres started", metadata: ["url": "\(pg.url)", "seconds": "\(String(format: "%.2f", Date().timeIntervalSince(t0)))"])
 
-            guard let migrations = Migrator.locateDirectory(explicit: nil) else {
-                throw CLIError("cannot find the migrations directory (expected next to the executable or in the source tree)")
-            }
             let conn = try PGConnection(pg.url)
-            try Migrator(directory: migrations).migrateUp(conn)
+            try Migrator.builtIn().migrateUp(conn)
             conn.close()
 
             var config = CoordinatorConfiguration(bind: bind, databaseURL: pg.url, dataDir: "\(base)/data")

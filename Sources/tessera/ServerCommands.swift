@@ -29,20 +29,18 @@ struct DatabaseOptions: ParsableArguments {
 struct Migrate: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Bring the database schema up to date (or down to a version).",
-        discussion: "Migrations are the numbered SQL files in migrations/; each runs in its own transaction."
+        discussion: "Migrations are the numbered SQL files of migrations/, built into the executable; each runs in its own transaction."
     )
     @OptionGroup var db: DatabaseOptions
-    @Option(help: "Directory of NNNN_name.up.sql/.down.sql files (default: found next to the executable or the source tree).")
+    @Option(help: "Directory of NNNN_name.up.sql/.down.sql files (default: the migrations built into this executable).")
     var dir: String?
     @Option(help: "Migrate down to this version (0 removes everything).") var down: Int?
     @Flag(help: "Only print the current and latest versions.") var status = false
 
     func run() throws {
         try runCLI {
-            guard let directory = Migrator.locateDirectory(explicit: dir) else {
-                throw CLIError("cannot find the migrations directory; pass --dir PATH/TO/migrations")
-            }
-            let migrator = try Migrator(directory: directory)
+            let migrator = try dir.map { try Migrator(directory: $0) } ?? Migrator.builtIn()
+            let directory = migrator.directory
             let conn = try PGConnection(try db.url())
             defer { conn.close() }
             let current = try migrator.currentVersion(conn)

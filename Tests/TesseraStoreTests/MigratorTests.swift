@@ -80,13 +80,15 @@ private func tableExists(_ db: PGConnection, _ name: String) throws -> Bool {
         _ = expectMigrationError(.directoryNotFound) { _ = try Migrator(directory: "/nonexistent/tessera/migrations") }
     }
 
-    @Test func locateDirectory() throws {
-        #expect(Migrator.locateDirectory(explicit: "/some/where") == "/some/where")
-        // Run from the repository (swift test in the package root), it finds migrations/ once it exists.
-        if let found = Migrator.locateDirectory(explicit: nil) {
-            let files = try FileManager.default.contentsOfDirectory(atPath: found)
-            #expect(files.contains { $0.hasPrefix("0001_") && $0.hasSuffix(".up.sql") })
-        }
+    @Test func builtInMigrationsAreTheRepositorysMigrations() throws {
+        // The binary carries migrations/ (EmbeddedMigrations.swift, from ops/embed-migrations): byte for byte the same
+        // versions, names and SQL, or a copied binary would build another schema than the source tree's.
+        let builtIn = try Migrator.builtIn()
+        let repository = try Migrator(directory: PostgresTestDatabase.repositoryMigrationsDirectory)
+        #expect(builtIn.migrations.map(\.fileStem) == repository.migrations.map(\.fileStem), "run ops/embed-migrations")
+        let differing = zip(builtIn.migrations, repository.migrations).filter { $0 != $1 }.map(\.0.fileStem)
+        #expect(differing.isEmpty, "built-in SQL differs from migrations/ for \(differing): run ops/embed-migrations")
+        #expect(builtIn.latestVersion == repository.latestVersion && builtIn.latestVersion >= 4)
     }
 }
 
