@@ -54,7 +54,7 @@ public final class Coordinator: Service, @unchecked Sendable {
     // the endpoint are the cross-thread parts (an atomic and a Mutex).
 
     /// The migration (migrations/NNNN_*) this build's SQL is written for.
-    public static let schemaVersion = 4
+    public static let schemaVersion = 5
 
     let config: CoordinatorConfiguration
     let catalogue: AlgorithmCatalogue

@@ -54,7 +54,11 @@ extension PostgresJobStore {
                         'worker', w.name, 'step', s.step, 'total', s.total_steps,
                         'checkpoint_step', s.checkpoint_step, 'last_metrics', s.last_metrics,
                         'summary', s.summary, 'error', s.error, 'updated_at', s.updated_at) ORDER BY s.idx), '[]'::json)
-                    FROM tessera_shards s LEFT JOIN tessera_workers w ON w.id = s.worker_id WHERE s.job_id = j.id),
+                    FROM tessera_shards s
+                    -- The leaseholder; for a finished shard, the worker of its last lease (who ran it).
+                    LEFT JOIN tessera_workers w ON w.id = CASE WHEN s.state = 'leased' THEN s.worker_id
+                                                               WHEN s.state IN ('succeeded', 'failed') THEN s.last_worker_id END
+                    WHERE s.job_id = j.id),
                 'events', CASE WHEN $2 THEN (SELECT coalesce(json_agg(json_build_object(
                         'at', e.at, 'actor', e.actor, 'kind', e.kind, 'shard', e.shard_idx, 'detail', e.detail)
                         ORDER BY e.id), '[]'::json) FROM tessera_events e WHERE e.job_id = j.id) END

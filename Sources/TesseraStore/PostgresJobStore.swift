@@ -182,7 +182,7 @@ public final class PostgresJobStore: JobStore, @unchecked Sendable {
                 CROSS JOIN LATERAL (SELECT ord, worker_id FROM wanted WHERE wanted.upto >= n.rn ORDER BY ord LIMIT 1) w
             ), leased AS (
                 UPDATE tessera_shards s
-                SET state = 'leased', attempt = s.attempt + 1, worker_id = picked.worker_id,
+                SET state = 'leased', attempt = s.attempt + 1, worker_id = picked.worker_id, last_worker_id = picked.worker_id,
                     lease_expires_at = now() + make_interval(secs => $4), updated_at = now()
                 FROM picked
                 WHERE s.job_id = picked.job_id AND s.idx = picked.idx
@@ -736,7 +736,8 @@ public final class PostgresJobStore: JobStore, @unchecked Sendable {
         let r = try db.execute(
             """
             UPDATE tessera_shards s
-            SET state = 'leased', worker_id = $4, lease_expires_at = now() + make_interval(secs => $5), updated_at = now()
+            SET state = 'leased', worker_id = $4, last_worker_id = $4, lease_expires_at = now() + make_interval(secs => $5),
+                updated_at = now()
             FROM unnest($1::bigint[], $2::int[], $3::int[]) AS k(job_id, idx, attempt)
             WHERE s.job_id = k.job_id AND s.idx = k.idx AND s.attempt = k.attempt
               AND (s.state = 'leased' OR (s.state = 'queued' AND s.waiting_on = 0))

@@ -30,6 +30,15 @@ struct EndToEndTests {
             [.int(Int64(job))]
         )
         #expect(workersUsed.int(0, "n") == 2)
+        // `status JOB` names, for each finished shard, the worker that ran it: the one whose DONE was accepted.
+        let jobStatus = try #require(try c.json(["status", String(job)]) as? [String: Any])
+        let shown = try #require(jobStatus["shards"] as? [[String: Any]]).map { $0["worker"] as? String }
+        let ran = try c.query(
+            """
+            SELECT w.name FROM tessera_events e JOIN tessera_workers w ON w.id = e.worker_id
+            WHERE e.job_id = $1 AND e.kind = 'shard.succeeded' ORDER BY e.shard_idx
+            """, [.int(Int64(job))])
+        #expect(shown == (0..<ran.rowCount).map { ran[$0, "name"] }, "status shows \(shown)")
         let perShard = try c.query(
             """
             SELECT s.idx,
