@@ -211,7 +211,9 @@ final class ReadPool: @unchecked Sendable {
             guard let json = try store.metricsJSON(jobID: id, shard: shard, name: body["name"]?.stringValue, limit: limit) else {
                 return notFound("no job \(id)")
             }
-            replyRaw(identity, r, json: "{\"metrics\":\(json)}")
+            // Nothing matched: say what there is, so a mistyped name or shard is not just an empty table.
+            let available = json == "[]" ? ",\"available\":\(try store.metricNamesJSON(jobID: id))" : ""
+            replyRaw(identity, r, json: "{\"metrics\":\(json)\(available)}")
 
         case "result":
             guard let id = jobID() else { return bad("'job' must be a positive job id") }

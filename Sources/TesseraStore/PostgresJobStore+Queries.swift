@@ -89,6 +89,20 @@ extension PostgresJobStore {
         return r[0, "workers"]!
     }
 
+    /// What a job has to filter on: `{"shards": S, "names": [metric names any shard reported]}` (from each shard's
+    /// latest values, so it does not scan the metric rows).
+    public func metricNamesJSON(jobID: Int64) throws -> String {
+        let r = try db.execute(
+            """
+            SELECT json_build_object(
+                'shards', (SELECT shard_count FROM tessera_jobs WHERE id = $1),
+                'names', (SELECT coalesce(json_agg(DISTINCT k.name ORDER BY k.name), '[]'::json)
+                          FROM tessera_shards s, jsonb_object_keys(s.last_metrics) AS k(name) WHERE s.job_id = $1)
+            )::text AS available
+            """, [.int(jobID)])
+        return r[0, "available"]!
+    }
+
     /// Metric rows of a job, filtered by shard and name, in (shard, name, step) order.
     public func metricsJSON(jobID: Int64, shard: Int32?, name: String?, limit: Int) throws -> String? {
         let exists = try db.execute("SELECT 1 FROM tessera_jobs WHERE id = $1", [.int(jobID)])

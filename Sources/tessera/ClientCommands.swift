@@ -187,6 +187,19 @@ struct Metrics: ParsableCommand {
             let (reply, _) = try client.client().call("metrics", body, timeout: max(client.requestTimeout, 60))
             let rows = reply["metrics"]?.arrayValue ?? []
             if json { return printOut(reply.render()) }
+            if rows.isEmpty, let available = reply["available"] {
+                let names = available["names"]?.arrayValue?.compactMap(\.stringValue) ?? []
+                let shards = available["shards"]?.intValue ?? 0
+                if let shard, shard < 0 || shard >= shards {
+                    throw CLIError("job \(job) has no shard \(shard); its shards are 0 to \(shards - 1)")
+                }
+                if let name, !names.contains(name) {
+                    throw CLIError(
+                        "job \(job) has no metric '\(name)'; "
+                            + (names.isEmpty ? "it has no metric points yet" : "its metrics: \(names.joined(separator: ", "))"))
+                }
+                if names.isEmpty { return printErr("job \(job) has no metric points yet") }
+            }
             if csv {
                 var out = "shard,name,step,value\n"
                 for r in rows {

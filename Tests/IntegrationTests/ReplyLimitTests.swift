@@ -25,6 +25,16 @@ struct ReplyLimitTests {
         #expect(small.status == 0, "stderr: \(small.stderr)")
         let parsed = try JSONSerialization.jsonObject(with: Data(small.stdout.utf8)) as? [String: Any]
         #expect((parsed?["metrics"] as? [Any])?.count == 1000)
+        // A filter that matches nothing says what there is instead of printing an empty table.
+        let names = try c.query(
+            "SELECT DISTINCT jsonb_object_keys(last_metrics) AS k FROM tessera_shards WHERE job_id = $1 ORDER BY k",
+            [.int(Int64(job))])
+        #expect(names.rowCount > 0)
+        let typo = try c.cli(["metrics", String(job), "--name", "no-such-metric"])
+        #expect(typo.status != 0, "stdout: \(typo.stdout)")
+        #expect(typo.stderr.contains("has no metric 'no-such-metric'; its metrics: \((0..<names.rowCount).map { names[$0, "k"]! }.joined(separator: ", "))"), "stderr: \(typo.stderr)")
+        let shard = try c.cli(["metrics", String(job), "--shard", "5"])
+        #expect(shard.status != 0 && shard.stderr.contains("has no shard 5; its shards are 0 to 0"), "stderr: \(shard.stderr)")
         // The coordinator is still serving and counted the refusal.
         let w = try #require(try c.json(["workers"]) as? [String: Any])
         let counters = try #require(w["coordinator"] as? [String: Any])
