@@ -37,6 +37,9 @@ public struct SpecSource: Sendable, Hashable {
     public var file: String
     /// Key path ("params.target.means" or "params.sweep.beta[2]") → 1-based line.
     public var lines: [String: Int]
+    /// Key paths set on the command line (`tessera submit --set PATH=VALUE`): errors at or under them name the
+    /// option instead of a line of the file.
+    public var overridden: [String] = []
 
     public init(file: String, lines: [String: Int] = [:]) {
         self.file = file
@@ -44,6 +47,9 @@ public struct SpecSource: Sendable, Hashable {
     }
 
     public func error(_ path: String, _ message: String) -> SpecError {
+        if let o = overridden.last(where: { path == $0 || path.hasPrefix($0 + ".") || path.hasPrefix($0 + "[") }) {
+            return SpecError(file: file, line: nil, path: path, message: "--set \(o): \(message)")
+        }
         // Fall back to the nearest enclosing key that has a line.
         var p = path
         while !p.isEmpty, lines[p] == nil {
@@ -99,6 +105,30 @@ public struct JobSpec: Sendable, Hashable {
     /// Parses YAML or JSON text. Throws `SpecError` with the line of the offending key.
     public static func parse(_ text: String, file: String) throws -> JobSpec {
         let (value, source) = try SpecYAML.load(text, file: file)
+        return try fromJSON(value, source: source)
+    }
+
+    /// Parses the text, then applies `overrides` ("PATH=VALUE", as `tessera submit --set` takes them, in order):
+    /// PATH is a key path like `params.model.from_job` or `params.sweep.beta[1]` (missing mappings on the way are
+    /// created), VALUE is YAML (`7`, `[7, 9]`, `{type: linear}`, `ring`). Validation errors about an overridden key
+    /// name the option.
+    public static func parse(_ text: String, file: String, overrides: [String]) throws -> JobSpec {
+        var (value, source) = try SpecYAML.load(text, file: file)
+        for o in overrides {
+            guard let eq = o.firstIndex(of: "="), eq != o.startIndex else {
+                throw SpecError(file: file, line: nil, path: "", message: "--set \(o): expected PATH=VALUE, e.g. params.model.from_job=7")
+            }
+            let path = String(o[..<eq])
+            let text = String(o[o.index(after: eq)...])
+            let parsed: JSONValue
+            do {
+                parsed = text.isEmpty ? .string("") : try SpecYAML.load(text, file: "--set \(path)").0
+            } catch let e as SpecError {
+                throw SpecError(file: file, line: nil, path: path, message: "--set \(path): the value is not YAML: \(e.message)")
+            }
+            value = try SpecOverride.set(value, path: SpecOverride.segments(path, file: file), to: parsed, file: file, whole: path)
+            source.overridden.append(path)
+        }
         return try fromJSON(value, source: source)
     }
 
@@ -381,6 +411,55 @@ enum SpecYAML {
             return .object(obj)
         case .alias:
             throw SpecError(file: source.file, line: node.mark?.line, path: path, message: "YAML aliases are not supported in job specs")
+        }
+    }
+}
+
+/// `--set PATH=VALUE` on the parsed spec.
+enum SpecOverride {
+    enum Segment { case key(String), index(Int) }
+
+    static func segments(_ path: String, file: String) throws -> [Segment] {
+        func bad() -> SpecError {
+            SpecError(file: file, line: nil, path: path, message: "--set \(path): not a key path (like params.model.from_job or params.sweep.beta[1])")
+        }
+        var out: [Segment] = []
+        for part in path.split(separator: ".", omittingEmptySubsequences: false) {
+            var rest = Substring(part)
+            let key = rest.prefix { $0 != "[" }
+            guard !key.isEmpty else { throw bad() }
+            out.append(.key(String(key)))
+            rest = rest.dropFirst(key.count)
+            while !rest.isEmpty {
+                guard rest.first == "[", let close = rest.firstIndex(of: "]"),
+                      let i = Int(rest[rest.index(after: rest.startIndex)..<close]), i >= 0 else { throw bad() }
+                out.append(.index(i))
+                rest = rest[rest.index(after: close)...]
+            }
+        }
+        return out
+    }
+
+    static func set(_ node: JSONValue, path: [Segment], to value: JSONValue, file: String, whole: String) throws -> JSONValue {
+        guard let first = path.first else { return value }
+        let rest = Array(path.dropFirst())
+        switch first {
+        case .key(let k):
+            var o: JSONObject
+            switch node {
+            case .object(let existing): o = existing
+            case .null: o = JSONObject()
+            default:
+                throw SpecError(file: file, line: nil, path: whole, message: "--set \(whole): '\(k)' is inside a value that is not a mapping")
+            }
+            o[k] = try set(o[k] ?? .null, path: rest, to: value, file: file, whole: whole)
+            return .object(o)
+        case .index(let i):
+            guard case .array(var a) = node, i < a.count else {
+                throw SpecError(file: file, line: nil, path: whole, message: "--set \(whole): there is no list element [\(i)] to set")
+            }
+            a[i] = try set(a[i], path: rest, to: value, file: file, whole: whole)
+            return .array(a)
         }
     }
 }

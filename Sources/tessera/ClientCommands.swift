@@ -17,6 +17,12 @@ struct Submit: ParsableCommand {
     @Argument(help: "Job spec file (YAML or JSON); - reads standard input.") var file: String
     @Flag(help: "Print {\"job_id\": N}.") var json = false
     @Flag(help: "Only check the spec; store nothing.") var dryRun = false
+    @Option(
+        name: .customLong("set"),
+        help: ArgumentHelp(
+            "Override one key of the spec, e.g. --set params.model.from_job=7 --set depends_on=[7] (repeatable).",
+            discussion: "PATH is a key path (params.sweep.beta[1] for a list element); VALUE is YAML.",
+            valueName: "PATH=VALUE")) var overrides: [String] = []
     @OptionGroup var client: ClientOptions
 
     func run() throws {
@@ -36,7 +42,7 @@ struct Submit: ParsableCommand {
             let spec: JobSpec
             let slices: [ShardSlice]
             do {
-                spec = try JobSpec.parse(text, file: name)
+                spec = try JobSpec.parse(text, file: name, overrides: overrides)
                 (_, slices) = try Workloads.catalogue.validate(spec)
             } catch let e as SpecError {
                 throw CLIError(e.description)
@@ -46,7 +52,10 @@ struct Submit: ParsableCommand {
                               : "\(name): valid \(spec.kind.rawValue)/\(spec.algorithm) job, \(slices.count) shard(s)")
                 return
             }
-            let (reply, _) = try client.client().call("submit", ["spec": spec.json, "source": .string(text), "file": .string(name)])
+            // The stored source is what was submitted: the file, and the overrides applied to it.
+            let source = overrides.isEmpty ? text : text + (text.hasSuffix("\n") ? "" : "\n")
+                + overrides.map { "# tessera submit --set \($0)\n" }.joined()
+            let (reply, _) = try client.client().call("submit", ["spec": spec.json, "source": .string(source), "file": .string(name)])
             guard let id = reply["job_id"]?.intValue else { throw CLIError("the coordinator did not return a job id") }
             printOut(json ? JSONValue.object(["job_id": .int(id)]).render() : String(id))
         }

@@ -63,6 +63,25 @@ struct LearnedSamplingTests {
         #expect(bad.status != 0)
         #expect(bad.stderr.contains("<stdin>:12: params.model.from_job is job \(train), which is not in depends_on"), "\(bad.stderr)")
 
+        // The example spec takes the training job's id on the command line, without editing the file; its stored
+        // source records the overrides.
+        let example = IntegrationEnv.example("sampling-ddim-learned.yaml")
+        let overridden = try c.cli([
+            "submit", example, "--set", "depends_on=[\(train)]", "--set", "params.model.from_job=\(train)",
+            "--set", "params.samples=4096", "--set", "shards=1",
+        ])
+        #expect(overridden.status == 0, "\(overridden.stderr)")
+        if let id = Int64(overridden.stdout.trimmingCharacters(in: .whitespacesAndNewlines)) {
+            let stored = try c.query("SELECT spec::text AS spec, source_text FROM tessera_jobs WHERE id = $1", [.int(id)])
+            #expect(stored[0, "spec"]?.contains("\"from_job\": \(train)") == true, "\(stored[0, "spec"] ?? "")")
+            #expect(stored[0, "source_text"]?.hasSuffix("# tessera submit --set shards=1\n") == true)
+            // (This test's network is trained on a four-mode target, not the example's ring: the sampler would refuse it.)
+            #expect(try c.cli(["cancel", String(id)]).status == 0)
+        }
+        let other = train + 1000
+        let unfilled = try c.cli(["submit", example, "--set", "params.model.from_job=\(other)"])
+        #expect(unfilled.status != 0 && unfilled.stderr.contains("--set params.model.from_job: params.model.from_job is job \(other), which is not in depends_on"), "\(unfilled.stderr)")
+
         let waitTrain = try c.cli(["wait", String(train), "--timeout", "600"])
         #expect(waitTrain.status == 0, "train: \(waitTrain.stdout) \(waitTrain.stderr)\n\(c.log("coordinator"))")
         let waitSample = try c.cli(["wait", String(sample), "--timeout", "600"])

@@ -48,6 +48,37 @@ import TesseraCore
         }
     }
 
+    @Test func overridesSetKeysAndTheirErrorsNameTheOption() throws {
+        let text = "name: x\nkind: sampling\nalgorithm: ddim\nseed: 1\nshards: 2\nparams:\n  sweep: {beta: [0.1, 0.2]}\n"
+        let spec = try JobSpec.parse(text, file: "f.yaml", overrides: [
+            "depends_on=[7, 9]", "params.model.from_job=7", "params.sweep.beta[1]=0.5", "shards=3", "name=renamed",
+        ])
+        #expect(spec.dependsOn == [7, 9] && spec.shards == 3 && spec.name == "renamed")
+        #expect(spec.params["model"]?["from_job"]?.intValue == 7)
+        #expect(spec.params["sweep"]?["beta"] == .array([.number(0.1), .number(0.5)]))
+        // Later overrides win; the file is otherwise untouched.
+        #expect(try JobSpec.parse(text, file: "f.yaml", overrides: ["seed=2", "seed=3"]).seed == 3)
+        func err(_ overrides: [String]) -> String? {
+            do { _ = try JobSpec.parse(text, file: "f.yaml", overrides: overrides); return nil } catch let e as SpecError {
+                return e.description
+            } catch { return nil }
+        }
+        #expect(err(["shards=0"])?.hasPrefix("f.yaml: --set shards: shards must be between 1") == true, "\(err(["shards=0"]) ?? "")")
+        #expect(err(["depends_on=[-1]"])?.hasPrefix("f.yaml: --set depends_on: depends_on entries must be positive") == true)
+        #expect(err(["noequals"]) == "f.yaml: --set noequals: expected PATH=VALUE, e.g. params.model.from_job=7")
+        #expect(err(["params.sweep.beta[5]=1"]) == "f.yaml: --set params.sweep.beta[5]: there is no list element [5] to set")
+        #expect(err(["name.first=a"]) == "f.yaml: --set name.first: 'first' is inside a value that is not a mapping")
+        #expect(err(["params..x=1"])?.contains("not a key path") == true)
+        // An error elsewhere still names its line.
+        #expect(err(["params.model.from_job=7", "colour=blue"])?.hasPrefix("f.yaml: --set colour: unknown key 'colour'") == true)
+        do {
+            _ = try JobSpec.parse("name: x\nkind: sampling\nalgorithm: ddim\nseed: -1\n", file: "g.yaml", overrides: ["shards=2"])
+            Issue.record("seed -1 must be refused")
+        } catch let e as SpecError {
+            #expect(e.description.hasPrefix("g.yaml:4: seed must be"), "\(e)")
+        }
+    }
+
     @Test func badValuesNameTheirLine() throws {
         func err(_ text: String) -> SpecError? {
             do { _ = try JobSpec.parse(text, file: "s.yaml"); return nil } catch let e as SpecError { return e } catch { return nil }
