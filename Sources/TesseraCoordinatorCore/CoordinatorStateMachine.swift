@@ -27,6 +27,13 @@ public struct CoordinatorStateMachine: Sendable {
         /// When the queue runs dry, shards leased ahead of busy workers go back (unsent, at their old attempt) to
         /// workers with idle slots, so a small job never waits on one worker while another idles.
         public var prefetch = 64
+        /// A worker with nothing running or leased ahead has its liveness row (`last_heartbeat`) written at most this
+        /// often; leases are renewed at every tick. With thousands of idle workers, one row update each per second
+        /// was most of the writer's work.
+        public var idleRenewalInterval: Duration = .seconds(5)
+        /// Every this many ticks, workers whose capability set found nothing queued are asked again even if nothing
+        /// signalled a change (a safety net: submissions, requeues, rescues and finished dependencies signal).
+        public var reclaimTicks = 5
         public init() {}
         var deadline: Duration { heartbeatInterval * liveness }
     }
@@ -104,6 +111,8 @@ public struct CoordinatorStateMachine: Sendable {
         var draining = false
         /// Latest heartbeat progress, renewed in the next batch.
         var progress: [ShardProgressStep]?
+        /// When its liveness was last put in a renewal.
+        var lastRenewal: Instant?
         /// Messages that arrived while READY was being committed, processed once it is.
         var held: [Message] = []
 
@@ -150,6 +159,7 @@ public struct CoordinatorStateMachine: Sendable {
     /// to claim for their workers until something changes the queue. Kept per set so that workers that can run
     /// nothing queued (another kind, an algorithm no job uses) cost no claim per batch while others dispatch.
     private var dryCapabilities: Set<[String]> = []
+    private var ticks = 0
     /// Sessions registered since the last claim round: asked once whatever their capability set's state.
     private var freshlyReady: Set<Peer> = []
     private var nextRegistration: UInt64 = 1
@@ -348,13 +358,20 @@ public struct CoordinatorStateMachine: Sendable {
             guard s.phase == .ready else { continue }
             // Leased-ahead shards are renewed with the running ones: the worker does not report them.
             let ahead = s.leasedAhead.map { ShardProgressStep(ref: $0.ref, step: 0) }
-            renewals.append(LeaseRenewal(workerID: s.workerID, progress: (s.progress ?? []) + ahead))
-            peers[s.workerID] = peer
+            let progress = (s.progress ?? []) + ahead
             sessions[peer]!.progress = nil
+            // Leases every tick; an idle worker's liveness row only every idleRenewalInterval.
+            if progress.isEmpty && s.inFlight.isEmpty, let last = s.lastRenewal, now - last < configuration.idleRenewalInterval {
+                continue
+            }
+            renewals.append(LeaseRenewal(workerID: s.workerID, progress: progress))
+            peers[s.workerID] = peer
+            sessions[peer]!.lastRenewal = now
         }
         if !renewals.isEmpty { enqueue(.renewLeases(renewals), .renew(peers)) }
         enqueue(.requeueExpiredLeases, .rescue)
-        queueMayHaveChanged()
+        ticks += 1
+        if ticks % max(1, configuration.reclaimTicks) == 0 { queueMayHaveChanged() }
     }
 
     // MARK: Outcomes

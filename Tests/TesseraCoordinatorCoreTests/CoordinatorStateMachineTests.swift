@@ -234,12 +234,10 @@ struct CoordinatorStateMachineTests {
                 LeaseRenewal(workerID: 12, progress: []),
             ]),
             .requeueExpiredLeases,
-            // A tick also retries the claim for w2's idle slot (queued work may have appeared: leases rescued).
-            .claimShards(workerID: 12, limit: 1, capabilities: ["rl/noop"]),
         ]])
         // The store says w1's shard 0 is no longer its lease: w1 is told to stop it.
         let c = h.feed(.committed([
-            .leasesRenewed(stale: [Lease(ref: ref(0), workerID: 11)]), .expiredLeasesRequeued(count: 0), claimed([]),
+            .leasesRenewed(stale: [Lease(ref: ref(0), workerID: 11)]), .expiredLeasesRequeued(count: 0),
         ]))
         #expect(sends(c, to: w1).contains(.cancel(Cancel(ref: ref(0), reason: "lease lost: the shard was re-leased or cancelled"))))
         // ...and its messages about it are fenced from now on.
@@ -373,8 +371,9 @@ struct CoordinatorStateMachineTests {
         h.advance(.seconds(1))
         let t = h.feed(.tick)
         #expect(commits(t).first?.first == .renewLeases([LeaseRenewal(workerID: 11, progress: [ShardProgressStep(ref: ref(3), step: 0)])]))
-        #expect(commits(t).first?.last == .claimShards(workerID: 11, limit: 1, capabilities: ["rl/noop"]))
-        _ = h.feed(.committed([.leasesRenewed(stale: []), .expiredLeasesRequeued(count: 0), claimed([])]))
+        // The last claim came back short and nothing was rescued: the tick asks for nothing.
+        #expect(commits(t).first?.last == .requeueExpiredLeases)
+        _ = h.feed(.committed([.leasesRenewed(stale: []), .expiredLeasesRequeued(count: 0)]))
         // The worker starts draining: no credit though one slot is idle. Shard 3 was never sent: it goes back.
         let d = h.receive(w1, .heartbeat(Heartbeat(credits: 0, progress: [ShardProgress(ref: ref(1), step: 0, total: 1)])))
         #expect(commits(d) == [[.unleaseShard(workerID: 11, ref: ref(3))]])
@@ -431,5 +430,47 @@ struct CoordinatorStateMachineTests {
             .claimShards(workerID: 22, limit: 4, capabilities: ["sampling/ddim"]),
             .claimShards(workerID: 23, limit: 4, capabilities: ["sampling/ddim"]),
         ]])
+    }
+
+    @Test("Idle workers: liveness rows written every idleRenewalInterval, leases every tick; dry claims retried every reclaimTicks or when a rescue requeued")
+    func idleWorkersCostLittlePerTick() {
+        var h = Self.withTwoLeases()  // w1 holds shards 0 and 1
+        _ = h.register(w2, name: "w2", slots: 1, workerID: 12)
+        _ = h.feed(.committed([claimed([])]))  // w2's claim: nothing queued
+        func tick() -> [StoreCommand] {
+            h.advance(.seconds(1))
+            _ = h.receive(w1, .heartbeat(Heartbeat(credits: 0, progress: [ShardProgress(ref: ref(0), step: 1, total: 9)])))
+            _ = h.receive(w2, .heartbeat(Heartbeat(credits: 1, progress: [])))
+            let batch = commits(h.feed(.tick)).first ?? []
+            var outcomes: [StoreOutcome] = []
+            for c in batch {
+                switch c {
+                case .renewLeases: outcomes.append(.leasesRenewed(stale: []))
+                case .requeueExpiredLeases: outcomes.append(.expiredLeasesRequeued(count: 0))
+                case .claimShards: outcomes.append(claimed([]))
+                default: Issue.record("unexpected \(c)")
+                }
+            }
+            _ = h.feed(.committed(outcomes))
+            return batch
+        }
+        let renewed = { (batch: [StoreCommand]) -> [Int64] in
+            batch.compactMap { if case .renewLeases(let r) = $0 { r.map(\.workerID) } else { nil } }.flatMap { $0 }
+        }
+        let claims = { (batch: [StoreCommand]) -> Int in batch.count { if case .claimShards = $0 { true } else { false } } }
+        var batches = (1...10).map { _ in tick() }
+        // w1 runs shards: renewed every tick. w2 is idle: on the first tick, then 5 s later.
+        #expect(batches.map { renewed($0).contains(11) } == Array(repeating: true, count: 10))
+        #expect(batches.map { renewed($0).contains(12) } == [true, false, false, false, false, true, false, false, false, false])
+        // w2's capability set found nothing: asked again on every 5th tick only.
+        #expect(batches.map(claims) == [0, 0, 0, 0, 1, 0, 0, 0, 0, 1])
+        // A rescue that requeued something makes everyone ask at once.
+        h.advance(.seconds(1))
+        let t = commits(h.feed(.tick)).first ?? []
+        let after = h.feed(.committed(t.map {
+            if case .requeueExpiredLeases = $0 { .expiredLeasesRequeued(count: 1) } else { .leasesRenewed(stale: []) }
+        }))
+        #expect(commits(after) == [[.claimShards(workerID: 12, limit: 1, capabilities: ["rl/noop"])]])
+        batches.removeAll()
     }
 }
