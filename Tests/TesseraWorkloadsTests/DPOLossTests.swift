@@ -309,13 +309,7 @@ struct DPOLossTests {
                   steps: 90
                   log_every: 1
                 """, checkpointEvery: 25))
-        let (fullOutput, full) = try ToyLMFixtures.runShard(spec)
-        let (_, stopped) = try ToyLMFixtures.runShard(spec, stopAfter: 60)
-        let from = try #require(stopped.checkpoints.last)
-        let (resumedOutput, resumed) = try ToyLMFixtures.runShard(spec, resume: from)
-        #expect(resumedOutput == fullOutput)
-        #expect(resumed.checkpoints.last?.bytes == full.checkpoints.last?.bytes)
-        #expect(resumed.rows == full.rows.filter { $0.step > 50 })
+        try DPOTests.expectBitwiseResume(spec)
     }
 
     @Test("label noise: the annotator's pairs keep their draws and only the labels' law changes")
@@ -338,14 +332,7 @@ struct DPOLossTests {
 
     @Test("loss and label_smoothing are validated")
     func validation() throws {
-        func error(_ params: String) -> String? {
-            do {
-                _ = try Workloads.catalogue.validate(try JobSpec.parse(DPOTests.yaml(params), file: "d.yaml"))
-                return nil
-            } catch {
-                return "\(error)"
-            }
-        }
+        let error = DPOTests.specError
         #expect(
             error("  loss: kto")?.hasPrefix(
                 "d.yaml:7: params.loss must be one of sigmoid, robust, ipo, exo_pair, nca_pair, bco_pair, apo_zero, apo_down, not 'kto'"
