@@ -141,6 +141,12 @@ struct DPOTests {
                   steps: 90
                   log_every: 1
                 """, checkpointEvery: 25))
+        try Self.expectBitwiseResume(spec)
+    }
+
+    /// Runs `spec` (90 steps, checkpoints every 25) whole, and stopped after step 60 then resumed from its step-50
+    /// checkpoint: output, last checkpoint and the metric rows after step 50 must be equal bit for bit.
+    static func expectBitwiseResume(_ spec: JobSpec) throws {
         let (fullOutput, full) = try ToyLMFixtures.runShard(spec)
         let (_, stopped) = try ToyLMFixtures.runShard(spec, stopAfter: 60)
         let from = try #require(stopped.checkpoints.last)
@@ -151,16 +157,19 @@ struct DPOTests {
         #expect(resumed.rows == full.rows.filter { $0.step > 50 })
     }
 
+    /// The validation error of a DPO spec with these params (file d.yaml, params from line 7), or nil.
+    static func specError(_ params: String) -> String? {
+        do {
+            _ = try Workloads.catalogue.validate(try JobSpec.parse(yaml(params), file: "d.yaml"))
+            return nil
+        } catch {
+            return "\(error)"
+        }
+    }
+
     @Test("DPO parameters are validated")
     func validation() throws {
-        func error(_ params: String) -> String? {
-            do {
-                _ = try Workloads.catalogue.validate(try JobSpec.parse(Self.yaml(params), file: "d.yaml"))
-                return nil
-            } catch {
-                return "\(error)"
-            }
-        }
+        let error = Self.specError
         #expect(error("  loss: hinge")?.hasPrefix("d.yaml:7: params.loss must be one of sigmoid") == true)
         #expect(
             error("  data: {source: population}\n  batch_size: 8")?.hasPrefix(

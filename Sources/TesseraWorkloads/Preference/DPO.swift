@@ -1,15 +1,20 @@
-// `kind: preference`, `algorithm: dpo`, `loss: sigmoid`: Direct Preference Optimization with TRL's sigmoid loss
-// (WORKLOADS.md §3 P1; huggingface/trl trl/trainer/dpo_trainer.py `dpo_loss`), on the toy LM.
+// `kind: preference`, `algorithm: dpo`: Direct Preference Optimization with TRL's loss types
+// (WORKLOADS.md §3 P1; huggingface/trl trl/trainer/dpo_trainer.py), on the toy LM.
 //
-// With u(y) = log pi_theta(y|x) - log pi_ref(y|x) and delta = u(y_w) - u(y_l), a pair's loss is
-// -(1 - s) log sigma(beta delta) - s log sigma(-beta delta) (s = label_smoothing, TRL's conservative DPO).
+// With u(y) = log pi_theta(y|x) - log pi_ref(y|x) and delta = u(y_w) - u(y_l), a pair's loss is `loss:`'s
+// (`DPOLoss`: sigmoid, robust, ipo, exo_pair, nca_pair, bco_pair, apo_zero, apo_down). The default, sigmoid, is
+// -(1 - s) log sigma(beta delta) - s log sigma(-beta delta) (s = label_smoothing, TRL's conservative DPO); it keeps
+// its own soft-label code path below, so its trajectories are bitwise those of the sigmoid-only version.
 // The data come from the Bradley-Terry annotator of the toy reward (`BradleyTerryAnnotator`):
 //  - `data.source: annotator`: N pairs drawn by index (Philox stream 6), each step on all of them (summed once per
 //    distinct (x, chosen, rejected) with its share of the N pairs as weight: the same mean loss, at most M K^2 terms)
 //    or on a minibatch of `batch_size` indices drawn with replacement (Philox(point seed; j, step, stream 3));
 //  - `data.source: population`: the expected loss over x uniform, (y, y') ~ mu x mu and the BT label, i.e. every
 //    ordered pair weighted by mu(y|x) mu(y'|x) / M with the soft label P(y > y'). Its minimiser is exactly the Gibbs
-//    policy pi_ref e^{r/beta} / Z (beta u(y) - beta u(y') = r(y) - r(y') on every pair).
+//    policy pi_ref e^{r/beta} / Z (beta u(y) - beta u(y') = r(y) - r(y') on every pair) for sigmoid.
+//  - `data.label_noise: f` (either source) labels with the flipped law (1 - f) P + f (1 - P): the law of the BT label
+//    flipped with probability f (what `robust` with label_smoothing = f is unbiased against).
+// Other losses on population data: each ordered pair contributes P l(y, y') + (1 - P) l(y', y).
 //
 // Metrics (TRL names; population mode reports their expectations): loss, rewards/chosen (mean beta u(y_w)),
 // rewards/rejected, rewards/accuracies (share with beta u(y_w) > beta u(y_l)), rewards/margins, logps/chosen,
@@ -23,7 +28,8 @@ public struct DPO: TypedAlgorithm {
     public var kind: JobKind { .preference }
     public var name: String { "dpo" }
     public var summary: String {
-        "DPO (TRL sigmoid loss) on Bradley-Terry preference pairs of the toy LM's reward"
+        "DPO (TRL loss types: sigmoid, robust, ipo, exo_pair, nca_pair, bco_pair, apo_zero, apo_down) on "
+            + "Bradley-Terry preference pairs of the toy LM's reward"
     }
 
     public init() {}
@@ -43,21 +49,38 @@ public struct DPO: TypedAlgorithm {
     /// Reads and validates `params`; every error carries the line of the key at fault.
     public func configure(_ spec: JobSpec) throws -> Config {
         let p = spec.paramsReader
-        _ = try p.string("loss", default: "sigmoid", allowed: ["sigmoid"])
-        let smoothing = try p.double("label_smoothing", range: 0...0.4999, default: 0)
+        let loss = DPOLoss(
+            rawValue: try p.string("loss", default: "sigmoid", allowed: DPOLoss.allCases.map(\.rawValue)))!
+        let smoothing: Double
+        if loss == .exoPair {
+            smoothing = try p.double("label_smoothing", range: 0...0.4999, default: DPOLoss.exoDefaultSmoothing)
+            guard smoothing > 0 else {
+                throw p.error(
+                    "label_smoothing", "params.label_smoothing must be > 0 for loss exo_pair (it takes log eps)")
+            }
+        } else {
+            smoothing = try p.double("label_smoothing", range: 0...0.4999, default: 0)
+            if smoothing != 0, !loss.usesLabelSmoothing {
+                throw p.error(
+                    "label_smoothing",
+                    "params.label_smoothing applies to loss sigmoid, robust or exo_pair, not \(loss.rawValue)")
+            }
+        }
         var data = DPOSettings.Data.annotator(proposal: .reference, pairs: 65_536, seed: nil)
         var batchSize: Int?
+        var labelNoise = 0.0
         if p.has("data") {
             let d = try p.object("data")
             let source = try d.string("source", default: "annotator", allowed: ["annotator", "population"])
             let proposal = BradleyTerryAnnotator.Proposal(
                 rawValue: try d.string(
                     "proposal", default: "reference", allowed: BradleyTerryAnnotator.Proposal.allCases.map(\.rawValue)))!
+            labelNoise = try d.double("label_noise", range: 0...0.4999, default: 0)
             if source == "population" {
-                try d.rejectUnknown(["source", "proposal"])
+                try d.rejectUnknown(["source", "proposal", "label_noise"])
                 data = .population(proposal: proposal)
             } else {
-                try d.rejectUnknown(["source", "proposal", "pairs", "seed"])
+                try d.rejectUnknown(["source", "proposal", "pairs", "seed", "label_noise"])
                 data = .annotator(
                     proposal: proposal, pairs: try d.int("pairs", default: 65_536, range: 1...Self.maxPairs),
                     seed: d.has("seed") ? try d.seed("seed") : nil)
@@ -82,7 +105,9 @@ public struct DPO: TypedAlgorithm {
             }
         }
         return Config(
-            training: config, settings: DPOSettings(data: data, batchSize: batchSize, labelSmoothing: smoothing))
+            training: config,
+            settings: DPOSettings(
+                data: data, batchSize: batchSize, labelSmoothing: smoothing, loss: loss, labelNoise: labelNoise))
     }
 
     public func plan(_ spec: JobSpec, config: Config) throws -> [TypedShardSlice<ToyLMSweepPoint>] {
@@ -116,6 +141,9 @@ struct DPOSettings: Sendable {
     /// Minibatch size (annotator data); nil = every pair every step.
     var batchSize: Int?
     var labelSmoothing: Double
+    var loss: DPOLoss = .sigmoid
+    /// f: labels follow (1 - f) P + f (1 - P), the Bradley-Terry label flipped with probability f.
+    var labelNoise: Double = 0
 }
 
 /// One DPO step on a fixed data set (built once per shard).
@@ -140,7 +168,8 @@ struct DPORule: ToyLMStepRule {
         let K = problem.responses
         switch settings.data {
         case .annotator(let proposal, let count, let seed):
-            let annotator = BradleyTerryAnnotator(problem: problem, proposal: proposal, seed: seed ?? point.seed)
+            let annotator = BradleyTerryAnnotator(
+                problem: problem, proposal: proposal, seed: seed ?? point.seed, labelNoise: settings.labelNoise)
             pairs = (0..<count).map { annotator.pair($0) }
             if settings.batchSize == nil {
                 var counts: [Int: Int] = [:]
@@ -157,7 +186,8 @@ struct DPORule: ToyLMStepRule {
             self.proposal = []
             preference = []
         case .population(let proposal):
-            let annotator = BradleyTerryAnnotator(problem: problem, proposal: proposal, seed: point.seed)
+            let annotator = BradleyTerryAnnotator(
+                problem: problem, proposal: proposal, seed: point.seed, labelNoise: settings.labelNoise)
             pairs = []
             distinctPairs = []
             self.proposal = annotator.proposalProbabilities
@@ -165,7 +195,7 @@ struct DPORule: ToyLMStepRule {
             for x in 0..<problem.contexts {
                 for y in 0..<K {
                     for y2 in 0..<K {
-                        p[(x * K + y) * K + y2] = annotator.preferenceProbability(context: x, y, over: y2)
+                        p[(x * K + y) * K + y2] = annotator.labelProbability(context: x, y, over: y2)
                     }
                 }
             }
@@ -183,7 +213,10 @@ struct DPORule: ToyLMStepRule {
         var gradient = [Double](repeating: 0, count: M * K)
         var loss = 0.0, chosen = 0.0, rejected = 0.0, accuracy = 0.0, logpChosen = 0.0, logpRejected = 0.0
 
-        if pairs.isEmpty {
+        if settings.loss != .sigmoid {
+            (loss, chosen, rejected, accuracy, logpChosen, logpRejected) = genericStep(
+                step, point: point, logProb: logProb, gradient: &gradient)
+        } else if pairs.isEmpty {
             // Population: sum over ordered pairs, weights mu mu' / M summing to 1, soft labels.
             let invM = 1 / Double(M)
             for x in 0..<M {
@@ -215,11 +248,7 @@ struct DPORule: ToyLMStepRule {
             for j in 0..<n {
                 let pair: ToyLMPreferencePair, w: Double
                 if let batchSize = settings.batchSize {
-                    let word = Philox4x32.words(
-                        seed: point.seed, index: UInt64(j), step: UInt32(truncatingIfNeeded: step),
-                        stream: PhiloxStreamID.minibatch.rawValue
-                    ).0
-                    pair = pairs[min(pairs.count - 1, Int(Philox4x32.uniform(word) * Double(pairs.count)))]
+                    pair = minibatchPair(j, step: step, seed: point.seed)
                     w = 1 / Double(batchSize)
                 } else {
                     (pair, w) = distinctPairs[j]
@@ -245,5 +274,64 @@ struct DPORule: ToyLMStepRule {
             ("rewards/accuracies", accuracy), ("rewards/margins", chosen - rejected), ("logps/chosen", logpChosen),
             ("logps/rejected", logpRejected), ("grad_norm", update.gradNorm), ("learning_rate", update.learningRate),
         ]
+    }
+
+    /// The pair at minibatch slot j of `step` (annotator data with `batch_size`).
+    func minibatchPair(_ j: Int, step: Int, seed: UInt64) -> ToyLMPreferencePair {
+        let word = Philox4x32.words(
+            seed: seed, index: UInt64(j), step: UInt32(truncatingIfNeeded: step),
+            stream: PhiloxStreamID.minibatch.rawValue
+        ).0
+        return pairs[min(pairs.count - 1, Int(Philox4x32.uniform(word) * Double(pairs.count)))]
+    }
+
+    /// Every loss but sigmoid: the loss, its gradient in log pi(y|x) (added to `gradient`) and the TRL metrics.
+    /// Population data: each ordered pair (y, y') with weight mu mu' / M contributes P l(y, y') + (1 - P) l(y', y).
+    func genericStep(_ step: Int, point: ToyLMSweepPoint, logProb: [Double], gradient: inout [Double]) -> (
+        Double, Double, Double, Double, Double, Double
+    ) {
+        let beta = point.beta, eps = settings.labelSmoothing, loss = settings.loss, L = problem.length
+        let M = problem.contexts, K = problem.responses
+        let ref = problem.referenceLogProb
+        var total = 0.0, chosen = 0.0, rejected = 0.0, accuracy = 0.0, logpChosen = 0.0, logpRejected = 0.0
+        // One labelled pair (c chosen over r) with weight w.
+        func add(_ c: Int, _ r: Int, _ w: Double) {
+            let uc = logProb[c] - ref[c], ur = logProb[r] - ref[r]
+            let l = loss.pair(chosen: uc, rejected: ur, beta: beta, smoothing: eps, length: L)
+            total += w * l.loss
+            gradient[c] += w * l.dChosen
+            gradient[r] += w * l.dRejected
+            chosen += w * beta * uc
+            rejected += w * beta * ur
+            accuracy += w * (beta * uc > beta * ur ? 1 : 0)
+            logpChosen += w * logProb[c]
+            logpRejected += w * logProb[r]
+        }
+        if pairs.isEmpty {
+            let invM = 1 / Double(M)
+            for x in 0..<M {
+                for y in 0..<K {
+                    let wy = proposal[x * K + y] * invM
+                    if wy == 0 { continue }
+                    for y2 in 0..<K {
+                        let w = wy * proposal[x * K + y2]
+                        if w == 0 { continue }
+                        let p = preference[(x * K + y) * K + y2]
+                        add(x * K + y, x * K + y2, w * p)
+                        add(x * K + y2, x * K + y, w * (1 - p))
+                    }
+                }
+            }
+        } else if let batchSize = settings.batchSize {
+            for j in 0..<batchSize {
+                let pair = minibatchPair(j, step: step, seed: point.seed)
+                add(pair.context * K + pair.chosen, pair.context * K + pair.rejected, 1 / Double(batchSize))
+            }
+        } else {
+            for (pair, w) in distinctPairs {
+                add(pair.context * K + pair.chosen, pair.context * K + pair.rejected, w)
+            }
+        }
+        return (total, chosen, rejected, accuracy, logpChosen, logpRejected)
     }
 }

@@ -7,6 +7,9 @@
 //
 // The population form (used by exact tests and `data.source: population`) weights every ordered pair (y, y') of
 // every context by mu(y|x) mu(y'|x) / M, with the soft label P(y > y' | x).
+//
+// Label noise f (default 0): labels follow (1 - f) P + f (1 - P) instead of P, which is the law of the BT label
+// flipped with probability f; the pair's draws are unchanged (the label uniform is compared with that probability).
 
 import Foundation
 import TesseraCompute
@@ -29,17 +32,27 @@ public struct BradleyTerryAnnotator: Sendable {
     public let problem: ToyLMProblem
     public let proposal: Proposal
     public let seed: UInt64
+    /// f in [0, 1/2): the probability that a label is flipped.
+    public let labelNoise: Double
 
-    public init(problem: ToyLMProblem, proposal: Proposal, seed: UInt64) {
+    public init(problem: ToyLMProblem, proposal: Proposal, seed: UInt64, labelNoise: Double = 0) {
+        precondition(labelNoise >= 0 && labelNoise < 0.5, "label noise must be in [0, 1/2)")
         self.problem = problem
         self.proposal = proposal
         self.seed = seed
+        self.labelNoise = labelNoise
     }
 
     /// P(y beats y' | x) = sigma(r(x, y) - r(x, y')).
     public func preferenceProbability(context x: Int, _ y: Int, over y2: Int) -> Double {
         let K = problem.responses
         return ToyLMMath.sigmoid(problem.reward[x * K + y] - problem.reward[x * K + y2])
+    }
+
+    /// The probability that the label says y beats y': P, or (1 - f) P + f (1 - P) with label noise f.
+    public func labelProbability(context x: Int, _ y: Int, over y2: Int) -> Double {
+        let p = preferenceProbability(context: x, y, over: y2)
+        return labelNoise == 0 ? p : (1 - labelNoise) * p + labelNoise * (1 - p)
     }
 
     /// mu(y | x), [M, K].
@@ -67,7 +80,7 @@ public struct BradleyTerryAnnotator: Sendable {
             }
         }
         let y = draw(), y2 = draw()
-        let firstWins = s.nextUniform() < preferenceProbability(context: x, y, over: y2)
+        let firstWins = s.nextUniform() < labelProbability(context: x, y, over: y2)
         return firstWins
             ? ToyLMPreferencePair(context: x, chosen: y, rejected: y2)
             : ToyLMPreferencePair(context: x, chosen: y2, rejected: y)
