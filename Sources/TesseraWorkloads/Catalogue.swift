@@ -14,6 +14,7 @@ public enum Workloads {
         SMCSampling(),
         // kind: rl (RL/)
         RLOO(),
+        GRPO(),
         // kind: preference (Preference/)
         DPO(),
         // Every kind: the benchmark / test shard (Noop.swift).
