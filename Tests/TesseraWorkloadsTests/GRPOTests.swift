@@ -148,8 +148,11 @@ struct GRPOTests {
         }
     }
 
-    @Test("scale_rewards: none reaches GRPO's own fixed point (KL < 1e-3), which is >= 0.1 from the Gibbs optimum")
-    func reachesItsOwnFixedPoint() throws {
+    /// Seed 7 is the problem of examples/rl-grpo-toy.yaml.
+    @Test(
+        "scale_rewards: none reaches GRPO's own fixed point (KL < 1e-3), which is >= 0.1 from the Gibbs optimum",
+        arguments: [3, 7])
+    func reachesItsOwnFixedPoint(seed: Int) throws {
         let beta = 0.3, G = 8
         let spec = try ToyLMFixtures.spec(
             Self.yaml(
@@ -159,10 +162,10 @@ struct GRPOTests {
                   num_generations: \(G)
                   scale_rewards: none
                   loss_type: grpo
-                  steps: 3000
+                  steps: 12000
                   learning_rate: 0.01
                   log_every: 100
-                """))
+                """, seed: seed))
         let (output, sink) = try ToyLMFixtures.runShard(spec)
         let summary = try #require(output?.summary)
         let config = try GRPO().configure(spec).training
@@ -190,8 +193,14 @@ struct GRPOTests {
         let fixedPointToGibbs = Self.kl(fixedPoint, gibbs, contexts: M)
         let trainedToGibbs = Self.kl(trained, gibbs, contexts: M)
         print(
-            "GRPO none M=32 V=16 beta=0.3 G=8 3000 steps: KL(pi||fwd*) = \(toFixedPoint), KL(fwd*||Gibbs) = \(fixedPointToGibbs), KL(pi||Gibbs) = \(trainedToGibbs)"
+            "GRPO none, problem seed \(seed), M=32 V=16 beta=0.3 G=8 12000 steps: KL(pi||fwd*) = \(toFixedPoint), KL(fwd*||Gibbs) = \(fixedPointToGibbs), KL(pi||Gibbs) = \(trainedToGibbs)"
         )
+        // The bound is WORKLOADS.md's criterion. The fixed point is exact to a few ulps (bisection), so what remains
+        // is the training's own error: unlike RLOO at pi*, GRPO's advantages do not vanish at its fixed point, so
+        // every step's gradient carries sampling noise, which the cosine schedule (learning rate -> 0) averages out:
+        // the residual falls with the run's length (seed 3: 1.9e-4 after 3000 steps, 7.9e-5 after 12000; seed 7:
+        // 7.4e-4 and 2.1e-4; the gradient norm stays below 0.2, so max_grad_norm = 1 never clips).
+        // KL >= 0 up to the rounding of 512 float64 terms (1e-15).
         #expect(toFixedPoint >= -1e-15 && toFixedPoint < 1e-3)
         #expect(fixedPointToGibbs >= 0.1)
         #expect(trainedToGibbs >= 0.1, "the policy is at GRPO's fixed point, not at the Gibbs optimum")
@@ -199,7 +208,7 @@ struct GRPOTests {
         let reported = try #require(summary["kl_to_optimum"]?.doubleValue)
         #expect(abs(reported - trainedToGibbs) < 1e-9 * max(1, trainedToGibbs))
 
-        let names = Set(sink.rows.filter { $0.step == 3000 }.map(\.name))
+        let names = Set(sink.rows.filter { $0.step == 12000 }.map(\.name))
         for name in [
             "loss", "reward", "reward_std", "frac_reward_zero_std", "completions/mean_length", "kl", "entropy",
             "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean", "grad_norm", "learning_rate",
