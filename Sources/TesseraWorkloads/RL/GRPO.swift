@@ -64,30 +64,21 @@ public struct GRPO: TypedAlgorithm {
     /// Reads and validates `params`; every error carries the line of the key at fault.
     public func configure(_ spec: JobSpec) throws -> Config {
         let p = spec.paramsReader
-        let g = try p.int("num_generations", default: 8, range: 2...4096)
-        let iterations = try p.int("num_iterations", default: 1, range: 1...64)
-        let epsilon = try p.double("epsilon", range: 0...1, default: 0.2)
-        let epsilonHigh = try p.double("epsilon_high", range: 0...100, default: epsilon)
+        let settings = try OnPolicySettings.parse(p, generations: 8)
         let scale = GRPORule.ScaleRewards(
             rawValue: try p.string(
                 "scale_rewards", default: "group", allowed: GRPORule.ScaleRewards.allCases.map(\.rawValue)))!
         let lossType = GRPORule.LossType(
             rawValue: try p.string("loss_type", default: "dapo", allowed: GRPORule.LossType.allCases.map(\.rawValue)))!
         let config = try ToyLMTrainingConfig.parse(
-            spec,
-            algorithmKeys: [
-                "num_generations", "num_iterations", "epsilon", "epsilon_high", "scale_rewards", "loss_type",
-            ],
-            defaults: Self.defaults, updatesPerStep: iterations)
-        guard config.problem.contexts * g <= Int(UInt32.max) else {
-            throw p.error("num_generations", "params.num_generations x contexts must fit 32 bits")
-        }
+            spec, algorithmKeys: OnPolicySettings.keys + ["scale_rewards", "loss_type"], defaults: Self.defaults,
+            updatesPerStep: settings.numIterations)
+        try settings.check(config, p)
         return Config(
             training: config,
             rule: GRPORule(
-                numGenerations: g, numIterations: iterations,
-                surrogate: ClippedSurrogate(epsilonLow: epsilon, epsilonHigh: epsilonHigh), scaleRewards: scale,
-                lossType: lossType))
+                numGenerations: settings.numGenerations, numIterations: settings.numIterations,
+                surrogate: settings.surrogate, scaleRewards: scale, lossType: lossType))
     }
 
     public func plan(_ spec: JobSpec, config: Config) throws -> [TypedShardSlice<ToyLMSweepPoint>] {
@@ -97,15 +88,11 @@ public struct GRPO: TypedAlgorithm {
     public func run(_ slice: ToyLMSweepPoint, config: Config, task: ShardTask, sink: any ShardSink) throws
         -> TypedShardOutput<ToyLMShardSummary>
     {
-        TypedShardOutput(
-            summary: try ToyLMTrainer.run(
-                rule: config.rule, config: config.training, params: task.spec.params,
-                point: try config.training.point(slice), resume: task.resume, sink: sink))
+        try ToyLMTrainer.shard(rule: { _ in config.rule }, config: config.training, slice: slice, task: task, sink: sink)
     }
 
     public func makeReducer(_ spec: JobSpec, config: Config) throws -> SummaryReducer<ToyLMShardSummary> {
-        let name = self.name
-        return SummaryReducer { try ToyLMSweepMerge.merge(algorithm: name, config: config.training, summaries: $0) }
+        ToyLMTrainer.reducer(algorithm: name, config: config.training)
     }
 }
 

@@ -43,22 +43,17 @@ public struct RLOO: TypedAlgorithm {
     /// Reads and validates `params`; every error carries the line of the key at fault.
     public func configure(_ spec: JobSpec) throws -> Config {
         let p = spec.paramsReader
-        let g = try p.int("num_generations", default: 2, range: 2...4096)
-        let iterations = try p.int("num_iterations", default: 1, range: 1...64)
-        let epsilon = try p.double("epsilon", range: 0...1, default: 0.2)
-        let epsilonHigh = try p.double("epsilon_high", range: 0...100, default: epsilon)
+        let settings = try OnPolicySettings.parse(p, generations: 2)
         let normalize = try p.bool("normalize_advantages", default: false)
         let config = try ToyLMTrainingConfig.parse(
-            spec,
-            algorithmKeys: ["num_generations", "num_iterations", "epsilon", "epsilon_high", "normalize_advantages"],
-            defaults: Self.defaults, updatesPerStep: iterations)
-        guard config.problem.contexts * g <= Int(UInt32.max) else {
-            throw p.error("num_generations", "params.num_generations x contexts must fit 32 bits")
-        }
+            spec, algorithmKeys: OnPolicySettings.keys + ["normalize_advantages"], defaults: Self.defaults,
+            updatesPerStep: settings.numIterations)
+        try settings.check(config, p)
         return Config(
             training: config,
             rule: RLOORule(
-                numGenerations: g, numIterations: iterations, epsilonLow: epsilon, epsilonHigh: epsilonHigh,
+                numGenerations: settings.numGenerations, numIterations: settings.numIterations,
+                epsilonLow: settings.surrogate.epsilonLow, epsilonHigh: settings.surrogate.epsilonHigh,
                 normalizeAdvantages: normalize))
     }
 
@@ -69,15 +64,11 @@ public struct RLOO: TypedAlgorithm {
     public func run(_ slice: ToyLMSweepPoint, config: Config, task: ShardTask, sink: any ShardSink) throws
         -> TypedShardOutput<ToyLMShardSummary>
     {
-        TypedShardOutput(
-            summary: try ToyLMTrainer.run(
-                rule: config.rule, config: config.training, params: task.spec.params,
-                point: try config.training.point(slice), resume: task.resume, sink: sink))
+        try ToyLMTrainer.shard(rule: { _ in config.rule }, config: config.training, slice: slice, task: task, sink: sink)
     }
 
     public func makeReducer(_ spec: JobSpec, config: Config) throws -> SummaryReducer<ToyLMShardSummary> {
-        let name = self.name
-        return SummaryReducer { try ToyLMSweepMerge.merge(algorithm: name, config: config.training, summaries: $0) }
+        ToyLMTrainer.reducer(algorithm: name, config: config.training)
     }
 }
 

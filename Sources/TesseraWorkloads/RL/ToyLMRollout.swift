@@ -1,9 +1,41 @@
-// What the on-policy RL algorithms of the toy LM share (WORKLOADS.md §2 R1): the generation of a batch of G
-// responses per context, the clipped surrogate of one sample (or token) with TRL's clip accounting, and torch's
-// mean / unbiased std. `rloo` and `grpo` are built from these; each keeps its own advantage and loss.
+// What the on-policy RL algorithms of the toy LM share (WORKLOADS.md §2 R1): their common params (G, updates per
+// batch, clip ranges), the generation of a batch of G responses per context, the clipped surrogate of one sample (or
+// token) with TRL's clip accounting, and torch's mean / unbiased std. `rloo` and `grpo` are built from these; each
+// keeps its own advantage and loss.
 
 import Foundation
 import TesseraCompute
+import TesseraCore
+
+/// The params every on-policy toy-LM algorithm reads the same way (TRL names).
+struct OnPolicySettings: Sendable {
+    /// G, responses per context (num_generations).
+    var numGenerations: Int
+    /// Optimiser updates per generated batch (num_iterations, TRL's mu).
+    var numIterations: Int
+    /// The clip ranges epsilon (low) and epsilon_high.
+    var surrogate: ClippedSurrogate
+
+    static let keys = ["num_generations", "num_iterations", "epsilon", "epsilon_high"]
+
+    /// Reads `keys` from `p`; `generations` is the algorithm's default G.
+    static func parse(_ p: Params, generations: Int) throws -> OnPolicySettings {
+        let g = try p.int("num_generations", default: generations, range: 2...4096)
+        let iterations = try p.int("num_iterations", default: 1, range: 1...64)
+        let epsilon = try p.double("epsilon", range: 0...1, default: 0.2)
+        let epsilonHigh = try p.double("epsilon_high", range: 0...100, default: epsilon)
+        return OnPolicySettings(
+            numGenerations: g, numIterations: iterations,
+            surrogate: ClippedSurrogate(epsilonLow: epsilon, epsilonHigh: epsilonHigh))
+    }
+
+    /// Sample indices x G + g are Philox indices: the batch must fit 32 bits.
+    func check(_ config: ToyLMTrainingConfig, _ p: Params) throws {
+        guard config.problem.contexts * numGenerations <= Int(UInt32.max) else {
+            throw p.error("num_generations", "params.num_generations x contexts must fit 32 bits")
+        }
+    }
+}
 
 /// One generated batch: G responses for every context, drawn from the policy of the last `evaluate()`.
 ///

@@ -116,6 +116,23 @@ public struct ToyLMShardSummary: Codable, Sendable, Equatable {
 }
 
 enum ToyLMTrainer {
+    /// `run` of a toy-LM `TypedAlgorithm`: the dispatched sweep point trained with `rule`.
+    static func shard(
+        rule: (ToyLMSweepPoint) -> some ToyLMStepRule, config: ToyLMTrainingConfig, slice: ToyLMSweepPoint,
+        task: ShardTask, sink: any ShardSink
+    ) throws -> TypedShardOutput<ToyLMShardSummary> {
+        let point = try config.point(slice)
+        return TypedShardOutput(
+            summary: try run(
+                rule: rule(point), config: config, params: task.spec.params, point: point, resume: task.resume,
+                sink: sink))
+    }
+
+    /// `makeReducer` of a toy-LM `TypedAlgorithm`: the sweep merge of `ToyLMSweepMerge`.
+    static func reducer(algorithm: String, config: ToyLMTrainingConfig) -> SummaryReducer<ToyLMShardSummary> {
+        SummaryReducer { try ToyLMSweepMerge.merge(algorithm: algorithm, config: config, summaries: $0) }
+    }
+
     /// Runs one shard of `config` at `point` with `rule`, resuming from `resume` if given.
     static func run(
         rule: some ToyLMStepRule, config: ToyLMTrainingConfig, params: JSONObject, point: ToyLMSweepPoint,
