@@ -115,7 +115,7 @@ struct DPOSettings: Sendable {
 }
 
 /// One DPO step on a fixed data set (built once per shard).
-struct DPORule: ToyLMStepRule {
+struct DPORule: ToyLMPolicyStepRule {
     let settings: DPOSettings
     let problem: ToyLMProblem
     /// Annotator pairs (empty in population mode).

@@ -97,7 +97,7 @@ public struct GRPO: TypedAlgorithm {
 }
 
 /// One GRPO training step.
-struct GRPORule: ToyLMStepRule {
+struct GRPORule: ToyLMPolicyStepRule {
     /// TRL's `scale_rewards`.
     enum ScaleRewards: String, Sendable, CaseIterable {
         case group, batch, none

@@ -73,7 +73,7 @@ public struct RLOO: TypedAlgorithm {
 }
 
 /// One RLOO training step.
-struct RLOORule: ToyLMStepRule {
+struct RLOORule: ToyLMPolicyStepRule {
     /// G, responses per context (TRL num_generations).
     var numGenerations: Int
     /// Optimiser updates per generated batch (TRL num_iterations).

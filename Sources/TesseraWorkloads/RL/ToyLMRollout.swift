@@ -88,6 +88,8 @@ struct ClippedSurrogate: Sendable {
         /// d objective / d log pi: rho A where the unclipped term is the minimum (ties included: there clip is
         /// inactive and both terms have that derivative), else 0.
         var logProbDerivative: Double
+        /// The clipped term is the smaller objective (TRL PPO's pg_losses2 > pg_losses: clipping acts).
+        var clipped: Bool
         /// TRL's is_low_clipped (rho < 1 - eps_low and A < 0) and is_high_clipped (rho > 1 + eps_high and A > 0).
         var isLow: Bool
         var isHigh: Bool
@@ -99,6 +101,7 @@ struct ClippedSurrogate: Sendable {
         let active = unclippedTerm <= clippedTerm
         return Term(
             objective: min(unclippedTerm, clippedTerm), logProbDerivative: active ? unclippedTerm : 0,
+            clipped: clippedTerm < unclippedTerm,
             isLow: rho < 1 - epsilonLow && a < 0, isHigh: rho > 1 + epsilonHigh && a > 0)
     }
 }
