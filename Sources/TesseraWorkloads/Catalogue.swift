@@ -15,6 +15,7 @@ public enum Workloads {
         // kind: rl (RL/)
         RLOO(),
         GRPO(),
+        PPO(),
         // kind: preference (Preference/)
         DPO(),
         // Every kind: the benchmark / test shard (Noop.swift).

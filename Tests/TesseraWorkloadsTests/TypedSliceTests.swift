@@ -37,6 +37,7 @@ struct TypedSliceTests {
              ["steps", "loss", "grad_norm", "lr", "excess", "excess_buckets", "eval_loss", "eval_loss_exact", "parameters"]),
             ("kind: rl\nalgorithm: grpo\nseed: 3\nparams:\n  problem: {contexts: 2, vocab: 3, length: 1}\n  steps: 2\n"
                 + "  num_generations: 2\n  scale_rewards: batch\n", toy),
+            ("kind: rl\nalgorithm: ppo\nseed: 3\nparams:\n  problem: {contexts: 2, vocab: 3, length: 1}\n  steps: 2\n", toy),
         ]
     }()
 
