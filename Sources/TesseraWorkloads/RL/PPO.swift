@@ -65,6 +65,9 @@ public struct PPO: TypedAlgorithm {
         let settings = OnPolicySettings(
             numGenerations: g, numIterations: epochs, surrogate: ClippedSurrogate(epsilonLow: clip, epsilonHigh: clip))
         try settings.check(config, p)
+        guard config.problem.contexts * g >= 2 else {
+            throw p.error("num_generations", "params.num_generations x contexts must be at least 2 (advantages are whitened over the batch)")
+        }
         return Config(
             training: config,
             rule: PPORule(settings: settings, clipRangeValue: clipValue, valueCoefficient: vfCoef))
