@@ -142,6 +142,28 @@ struct TrainingTests {
         #expect(finals.int(0, "n") == 4)
     }
 
+    /// examples/rl-ppo-toy.yaml through the coordinator: PPO reaches the Gibbs optimum (WORKLOADS.md §2's criteria).
+    @Test func ppoExampleReachesTheGibbsOptimum() throws {
+        let c = try Cluster(workers: 2)
+        defer { c.shutdown() }
+        let started = Date()
+        let job = try c.submit(IntegrationEnv.example("rl-ppo-toy.yaml"))
+        let wait = try c.cli(["wait", String(job), "--timeout", "900"])
+        #expect(wait.status == 0, "job \(job): \(wait.stdout) \(wait.stderr)\n\(c.log("coordinator"))")
+        print("PPO example (1 shard x 2000 steps): \(Date().timeIntervalSince(started)) s")
+        let r = try result(c, job)
+        #expect(r["algorithm"] as? String == "ppo")
+        let point = try #require((r["points"] as? [[String: Any]])?.first)
+        let kl = try #require(point["kl_to_optimum"] as? Double), gap = try #require(point["objective_gap"] as? Double)
+        print("PPO example: KL(pi || pi*) \(kl), J* - J \(gap)")
+        #expect(kl < 1e-3 && gap < 1e-3)
+        let names = try c.query("SELECT DISTINCT name FROM tessera_metrics WHERE job_id = $1", [.int(Int64(job))])
+        let metricNames = Set((0..<names.rowCount).compactMap { names[$0, "name"] })
+        for n in ["objective/kl", "objective/rlhf_reward", "policy/clipfrac_avg", "loss/value_avg", "val/ratio", "lr"] {
+            #expect(metricNames.contains(n), "PPO metric \(n)")
+        }
+    }
+
     /// A single RLOO shard long enough to be killed mid-run in a debug build.
     static let victim = """
         name: rloo-victim
