@@ -256,21 +256,22 @@ struct GRPOTests {
 
     @Test("a shard stopped after a checkpoint and resumed from it is bitwise the uninterrupted run")
     func stopAndResumeIsBitwise() throws {
-        let spec = try ToyLMFixtures.spec(
-            Self.yaml(
-                """
-                  problem: {contexts: 6, vocab: 5, length: 2}
-                  policy: {hidden: [8]}
-                  beta: 0.4
-                  num_generations: 4
-                  num_iterations: 2
-                  epsilon: 0.05
-                  scale_rewards: batch
-                  steps: 150
-                  log_every: 1
-                """, checkpointEvery: 40))
-        let (fullOutput, full) = try ToyLMFixtures.runShard(spec)
-        #expect(full.checkpoints.map(\.step) == [40, 80, 120, 150])
+        func spec(scale: String) throws -> JobSpec {
+            try ToyLMFixtures.spec(
+                Self.yaml(
+                    """
+                      problem: {contexts: 6, vocab: 5, length: 2}
+                      policy: {hidden: [8]}
+                      beta: 0.4
+                      num_generations: 4
+                      num_iterations: 2
+                      epsilon: 0.05
+                      scale_rewards: \(scale)
+                      steps: 150
+                      log_every: 1
+                    """, checkpointEvery: 40))
+        }
+        let (full, resumeFrom) = try ToyLMFixtures.expectBitwiseResume(try spec(scale: "batch"))
         // Two updates per batch with a small clip range: tokens are clipped.
         #expect(full.rows.contains { $0.name == "clip_ratio/region_mean" && $0.value > 0 })
         for row in full.rows where row.name == "clip_ratio/region_mean" {
@@ -278,39 +279,13 @@ struct GRPOTests {
             let high = full.rows.first { $0.name == "clip_ratio/high_mean" && $0.step == row.step }!.value
             #expect(abs(row.value - low - high) < 1e-12)
         }
-
-        let (stoppedOutput, stopped) = try ToyLMFixtures.runShard(spec, stopAfter: 100)
-        #expect(stoppedOutput == nil, "the shard stops between steps")
-        #expect(stopped.rows == full.rows.filter { $0.step <= 100 })
-        let resumeFrom = try #require(stopped.checkpoints.last)
-        #expect(resumeFrom.step == 80)
-        #expect(resumeFrom.bytes == full.checkpoints[1].bytes)
-
-        let (resumedOutput, resumed) = try ToyLMFixtures.runShard(spec, resume: resumeFrom)
-        #expect(resumedOutput == fullOutput)
-        #expect(resumed.checkpoints.map(\.bytes) == Array(full.checkpoints.suffix(2).map(\.bytes)))
-        #expect(resumed.rows == full.rows.filter { $0.step > 80 }, "rows after the checkpoint repeat exactly")
-
         let file = try SafeTensorsFile.parse(full.checkpoints.last!.bytes)
         #expect(
             file.metadata["algo"] == "grpo" && file.metadata["step"] == "150" && file.metadata["rng_counter"] == "150")
         #expect(file["optim.step"].flatMap { try? $0.int64Values() } == [300], "two updates per step")
 
         // A checkpoint of another configuration, or of RLOO, is refused.
-        let other = try ToyLMFixtures.spec(
-            Self.yaml(
-                """
-                  problem: {contexts: 6, vocab: 5, length: 2}
-                  policy: {hidden: [8]}
-                  beta: 0.4
-                  num_generations: 4
-                  num_iterations: 2
-                  epsilon: 0.05
-                  scale_rewards: group
-                  steps: 150
-                  log_every: 1
-                """, checkpointEvery: 40))
-        #expect(throws: ToyLMError.self) { _ = try ToyLMFixtures.runShard(other, resume: resumeFrom) }
+        #expect(throws: ToyLMError.self) { _ = try ToyLMFixtures.runShard(try spec(scale: "group"), resume: resumeFrom) }
         let rloo = try ToyLMFixtures.spec(
             RLOOTests.yaml(
                 """
@@ -326,15 +301,7 @@ struct GRPOTests {
 
     @Test("parameters are validated with the line of the key at fault; the example spec plans its shards")
     func validationAndExample() throws {
-        func error(_ params: String) -> String? {
-            do {
-                let spec = try JobSpec.parse(Self.yaml(params), file: "g.yaml")
-                _ = try Workloads.catalogue.validate(spec)
-                return nil
-            } catch {
-                return "\(error)"
-            }
-        }
+        func error(_ params: String) -> String? { ToyLMFixtures.validationError(Self.yaml(params), file: "g.yaml") }
         #expect(error("  scale_rewards: true")?.hasPrefix("g.yaml:7: params.scale_rewards") == true)
         #expect(error("  loss_type: sapo")?.hasPrefix("g.yaml:7: params.loss_type") == true)
         #expect(error("  num_generations: 1")?.hasPrefix("g.yaml:7: params.num_generations must be between 2") == true)
@@ -342,12 +309,8 @@ struct GRPOTests {
         #expect(error("  scale_rewards: none\n  loss_type: dr_grpo\n  sweep: {beta: [0.3, 1], seed: [1, 2]}") == nil)
         #expect(Workloads.catalogue.capabilities.contains("rl/grpo"))
 
-        var root = URL(fileURLWithPath: #filePath)
-        for _ in 0..<3 { root.deleteLastPathComponent() }
-        let path = root.appendingPathComponent("examples/rl-grpo-toy.yaml").path
-        let spec = try JobSpec.parse(String(contentsOfFile: path, encoding: .utf8), file: path)
-        let (algorithm, slices) = try Workloads.catalogue.validate(spec)
-        #expect(algorithm.name == "grpo")
-        #expect(slices.count == 4, "2 betas x 2 seeds")
+        let (algorithm, shards) = try ToyLMFixtures.example("rl-grpo-toy.yaml")
+        #expect(algorithm == "grpo")
+        #expect(shards == 4, "2 betas x 2 seeds")
     }
 }

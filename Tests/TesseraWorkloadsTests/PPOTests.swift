@@ -99,21 +99,9 @@ struct PPOTests {
                   steps: 150
                   log_every: 1
                 """, checkpointEvery: 40))
-        let (fullOutput, full) = try ToyLMFixtures.runShard(spec)
-        #expect(full.checkpoints.map(\.step) == [40, 80, 120, 150])
+        let (full, _) = try ToyLMFixtures.expectBitwiseResume(spec)
         #expect(full.rows.contains { $0.name == "policy/clipfrac_avg" && $0.value > 0 })
         #expect(full.rows.contains { $0.name == "val/clipfrac_avg" && $0.value > 0 })
-
-        let (stoppedOutput, stopped) = try ToyLMFixtures.runShard(spec, stopAfter: 100)
-        #expect(stoppedOutput == nil)
-        #expect(stopped.rows == full.rows.filter { $0.step <= 100 })
-        let resumeFrom = try #require(stopped.checkpoints.last)
-        #expect(resumeFrom.step == 80 && resumeFrom.bytes == full.checkpoints[1].bytes)
-
-        let (resumedOutput, resumed) = try ToyLMFixtures.runShard(spec, resume: resumeFrom)
-        #expect(resumedOutput == fullOutput)
-        #expect(resumed.checkpoints.map(\.bytes) == Array(full.checkpoints.suffix(2).map(\.bytes)))
-        #expect(resumed.rows == full.rows.filter { $0.step > 80 }, "rows after the checkpoint repeat exactly")
 
         let file = try SafeTensorsFile.parse(full.checkpoints.last!.bytes)
         #expect(file.metadata["algo"] == "ppo")
@@ -136,25 +124,14 @@ struct PPOTests {
 
     @Test("parameters are validated with the line of the key at fault; the example spec plans its shards")
     func validationAndExample() throws {
-        func error(_ params: String) -> String? {
-            do {
-                _ = try Workloads.catalogue.validate(try JobSpec.parse(Self.yaml(params), file: "p.yaml"))
-                return nil
-            } catch {
-                return "\(error)"
-            }
-        }
+        func error(_ params: String) -> String? { ToyLMFixtures.validationError(Self.yaml(params), file: "p.yaml") }
         #expect(error("  cliprange: 2")?.hasPrefix("p.yaml:7: params.cliprange") == true)
         #expect(error("  num_ppo_epochs: 0")?.hasPrefix("p.yaml:7: params.num_ppo_epochs") == true)
         #expect(error("  epsilon: 0.2")?.hasPrefix("p.yaml:7: unknown key 'epsilon'") == true)
         #expect(error("  vf_coef: 0.5\n  sweep: {beta: [0.5, 1], seed: [1, 2]}") == nil)
         #expect(Workloads.catalogue.capabilities.contains("rl/ppo"))
 
-        var root = URL(fileURLWithPath: #filePath)
-        for _ in 0..<3 { root.deleteLastPathComponent() }
-        let path = root.appendingPathComponent("examples/rl-ppo-toy.yaml").path
-        let spec = try JobSpec.parse(String(contentsOfFile: path, encoding: .utf8), file: path)
-        let (algorithm, slices) = try Workloads.catalogue.validate(spec)
-        #expect(algorithm.name == "ppo" && slices.count == 1)
+        let (algorithm, shards) = try ToyLMFixtures.example("rl-ppo-toy.yaml")
+        #expect(algorithm == "ppo" && shards == 1)
     }
 }
