@@ -14,6 +14,8 @@ public enum Workloads {
         SMCSampling(),
         // kind: rl (RL/)
         RLOO(),
+        GRPO(),
+        PPO(),
         // kind: preference (Preference/)
         DPO(),
         // Every kind: the benchmark / test shard (Noop.swift).

@@ -102,6 +102,68 @@ struct TrainingTests {
         #expect(finals.int(0, "n") == 8)
     }
 
+    /// examples/rl-grpo-toy.yaml through the coordinator and 2 workers: 4 shards (2 betas x 2 seeds) that stay away
+    /// from the Gibbs optimum, at GRPO's own fixed point (GRPOTests checks that point on this problem, seed 7: its
+    /// KL to the Gibbs optimum at beta = 0.3 is 0.41, and a run is within 1e-3 of it).
+    @Test func grpoExampleRunsShardedAndStaysAtItsOwnFixedPoint() throws {
+        let c = try Cluster(workers: 2)
+        defer { c.shutdown() }
+        let started = Date()
+        let job = try c.submit(IntegrationEnv.example("rl-grpo-toy.yaml"))
+        let wait = try c.cli(["wait", String(job), "--timeout", "900"])
+        #expect(wait.status == 0, "job \(job): \(wait.stdout) \(wait.stderr)\n\(c.log("coordinator"))")
+        print("GRPO example (4 shards x 6000 steps) on 2 workers: \(Date().timeIntervalSince(started)) s")
+
+        let r = try result(c, job)
+        #expect(r["algorithm"] as? String == "grpo")
+        let points = try #require(r["points"] as? [[String: Any]])
+        #expect(points.count == 4)
+        for p in points {
+            let kl = try #require(p["kl_to_optimum"] as? Double)
+            print("GRPO beta \(p["beta"]!) seed \(p["seed"]!): KL(pi || Gibbs) \(kl)")
+            // GRPOTests: on this problem GRPO's fixed point is 0.41 from the Gibbs optimum, and so is a trained
+            // policy; 0.1 is the separation WORKLOADS.md §2 asks for.
+            if p["beta"] as? Double == 0.3 { #expect(kl >= 0.1) }
+        }
+        let byBeta = try #require(r["by_beta"] as? [[String: Any]])
+        #expect(byBeta.count == 2 && byBeta.allSatisfy { $0["seeds"] as? Int == 2 })
+        let names = try c.query(
+            "SELECT DISTINCT name FROM tessera_metrics WHERE job_id = $1 ORDER BY name", [.int(Int64(job))])
+        let metricNames = Set((0..<names.rowCount).compactMap { names[$0, "name"] })
+        for n in [
+            "reward", "reward_std", "kl", "entropy", "completions/mean_length", "frac_reward_zero_std",
+            "clip_ratio/region_mean", "exact/kl_to_optimum",
+        ] {
+            #expect(metricNames.contains(n), "GRPO metric \(n)")
+        }
+        let finals = try c.query(
+            "SELECT count(*) AS n FROM tessera_checkpoints WHERE job_id = $1 AND kind = 'checkpoint' AND step = 6000",
+            [.int(Int64(job))])
+        #expect(finals.int(0, "n") == 4)
+    }
+
+    /// examples/rl-ppo-toy.yaml through the coordinator: PPO reaches the Gibbs optimum (WORKLOADS.md §2's criteria).
+    @Test func ppoExampleReachesTheGibbsOptimum() throws {
+        let c = try Cluster(workers: 2)
+        defer { c.shutdown() }
+        let started = Date()
+        let job = try c.submit(IntegrationEnv.example("rl-ppo-toy.yaml"))
+        let wait = try c.cli(["wait", String(job), "--timeout", "900"])
+        #expect(wait.status == 0, "job \(job): \(wait.stdout) \(wait.stderr)\n\(c.log("coordinator"))")
+        print("PPO example (1 shard x 2000 steps): \(Date().timeIntervalSince(started)) s")
+        let r = try result(c, job)
+        #expect(r["algorithm"] as? String == "ppo")
+        let point = try #require((r["points"] as? [[String: Any]])?.first)
+        let kl = try #require(point["kl_to_optimum"] as? Double), gap = try #require(point["objective_gap"] as? Double)
+        print("PPO example: KL(pi || pi*) \(kl), J* - J \(gap)")
+        #expect(kl < 1e-3 && gap < 1e-3)
+        let names = try c.query("SELECT DISTINCT name FROM tessera_metrics WHERE job_id = $1", [.int(Int64(job))])
+        let metricNames = Set((0..<names.rowCount).compactMap { names[$0, "name"] })
+        for n in ["objective/kl", "objective/rlhf_reward", "policy/clipfrac_avg", "loss/value_avg", "val/ratio", "lr"] {
+            #expect(metricNames.contains(n), "PPO metric \(n)")
+        }
+    }
+
     /// A single RLOO shard long enough to be killed mid-run in a debug build.
     static let victim = """
         name: rloo-victim

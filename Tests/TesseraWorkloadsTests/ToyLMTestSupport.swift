@@ -5,6 +5,7 @@ import Synchronization
 import TesseraCompute
 import TesseraCore
 import TesseraWorkloads
+import Testing
 
 /// A `ShardSink` that records everything a shard emits, and can ask the shard to stop once it reports a step.
 final class RecordingSink: ShardSink, @unchecked Sendable {
@@ -74,5 +75,51 @@ enum ToyLMFixtures {
         let count = try algorithm.plan(spec).count
         let outputs = try (0..<count).map { try runShard(spec, index: $0).output! }
         return (try algorithm.merge(spec, outputs: outputs), outputs)
+    }
+}
+
+extension ToyLMFixtures {
+    /// The error `Workloads.catalogue.validate` reports for a job spec, or nil if it validates.
+    static func validationError(_ yaml: String, file: String) -> String? {
+        do {
+            _ = try Workloads.catalogue.validate(try JobSpec.parse(yaml, file: file))
+            return nil
+        } catch {
+            return "\(error)"
+        }
+    }
+
+    /// An example spec of examples/, validated: its algorithm's name and its shard count.
+    static func example(_ name: String) throws -> (algorithm: String, shards: Int) {
+        var root = URL(fileURLWithPath: #filePath)
+        for _ in 0..<3 { root.deleteLastPathComponent() }
+        let path = root.appendingPathComponent("examples/\(name)").path
+        let (algorithm, slices) = try Workloads.catalogue.validate(
+            try JobSpec.parse(String(contentsOfFile: path, encoding: .utf8), file: path))
+        return (algorithm.name, slices.count)
+    }
+
+    /// Runs a 150-step shard that checkpoints every 40 steps three ways -- uninterrupted, stopped after step 100,
+    /// resumed from the stopped run's last checkpoint (step 80) -- and checks that the three agree bit for bit: the
+    /// checkpoints, the metric rows and the summary. Returns the uninterrupted run and the resume checkpoint.
+    static func expectBitwiseResume(
+        _ spec: JobSpec, sourceLocation: SourceLocation = #_sourceLocation
+    ) throws -> (full: RecordingSink, resumeFrom: (step: Int64, bytes: [UInt8])) {
+        let (fullOutput, full) = try runShard(spec)
+        #expect(full.checkpoints.map(\.step) == [40, 80, 120, 150], sourceLocation: sourceLocation)
+        let (stoppedOutput, stopped) = try runShard(spec, stopAfter: 100)
+        #expect(stoppedOutput == nil, "the shard stops between steps", sourceLocation: sourceLocation)
+        #expect(stopped.rows == full.rows.filter { $0.step <= 100 }, sourceLocation: sourceLocation)
+        let resumeFrom = try #require(stopped.checkpoints.last, sourceLocation: sourceLocation)
+        #expect(resumeFrom.step == 80 && resumeFrom.bytes == full.checkpoints[1].bytes, sourceLocation: sourceLocation)
+        let (resumedOutput, resumed) = try runShard(spec, resume: resumeFrom)
+        #expect(resumedOutput == fullOutput, sourceLocation: sourceLocation)
+        #expect(
+            resumed.checkpoints.map(\.bytes) == Array(full.checkpoints.suffix(2).map(\.bytes)),
+            sourceLocation: sourceLocation)
+        #expect(
+            resumed.rows == full.rows.filter { $0.step > 80 }, "rows after the checkpoint repeat exactly",
+            sourceLocation: sourceLocation)
+        return (full, resumeFrom)
     }
 }

@@ -35,6 +35,9 @@ struct TypedSliceTests {
             ("kind: sampling\nalgorithm: ddpm-train\nseed: 1\nparams:\n  target: \(target)\n  steps: 2\n  batch: 8\n"
                 + "  eval_samples: 16\n  network: {hidden: [8]}\n",
              ["steps", "loss", "grad_norm", "lr", "excess", "excess_buckets", "eval_loss", "eval_loss_exact", "parameters"]),
+            ("kind: rl\nalgorithm: grpo\nseed: 3\nparams:\n  problem: {contexts: 2, vocab: 3, length: 1}\n  steps: 2\n"
+                + "  num_generations: 2\n  scale_rewards: batch\n", toy),
+            ("kind: rl\nalgorithm: ppo\nseed: 3\nparams:\n  problem: {contexts: 2, vocab: 3, length: 1}\n  steps: 2\n", toy),
         ]
     }()
 

@@ -117,17 +117,13 @@ public struct DPO: TypedAlgorithm {
     public func run(_ slice: ToyLMSweepPoint, config: Config, task: ShardTask, sink: any ShardSink) throws
         -> TypedShardOutput<ToyLMShardSummary>
     {
-        let point = try config.training.point(slice)
-        let rule = DPORule(settings: config.settings, problem: ToyLMProblem(config.training.problem), point: point)
-        return TypedShardOutput(
-            summary: try ToyLMTrainer.run(
-                rule: rule, config: config.training, params: task.spec.params, point: point, resume: task.resume,
-                sink: sink))
+        try ToyLMTrainer.shard(
+            rule: { DPORule(settings: config.settings, problem: ToyLMProblem(config.training.problem), point: $0) },
+            config: config.training, slice: slice, task: task, sink: sink)
     }
 
     public func makeReducer(_ spec: JobSpec, config: Config) throws -> SummaryReducer<ToyLMShardSummary> {
-        let name = self.name
-        return SummaryReducer { try ToyLMSweepMerge.merge(algorithm: name, config: config.training, summaries: $0) }
+        ToyLMTrainer.reducer(algorithm: name, config: config.training)
     }
 }
 
@@ -147,7 +143,7 @@ struct DPOSettings: Sendable {
 }
 
 /// One DPO step on a fixed data set (built once per shard).
-struct DPORule: ToyLMStepRule {
+struct DPORule: ToyLMPolicyStepRule {
     let settings: DPOSettings
     let problem: ToyLMProblem
     /// Annotator pairs (empty in population mode).

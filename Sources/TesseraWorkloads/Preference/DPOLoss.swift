@@ -19,7 +19,7 @@
 //
 // Not here: `hinge` (SLiC, relu(1 - z)): its TRL formula is easy, but the optimum WORKLOADS.md states for it (every
 // expected margin z >= 1 on pairs with P > 1/2) does not hold for Bradley-Terry labels, so it has no check yet
-// (docs/training.md §5). `sppo_hard`, `aot`, `aot_unpaired`, `discopop` and `sft` are not implemented yet.
+// (docs/training.md §7). `sppo_hard`, `aot`, `aot_unpaired`, `discopop` and `sft` are not implemented yet.
 //
 // Each loss is given with its exact partial derivatives in (u_w, u_l); the chain rule through the policy is the
 // toy LM's (`ToyLMPolicy.backward(sequenceGradient:)`). With s(v) = sigma(v) and s'(v) = s(v) s(-v):

@@ -43,22 +43,17 @@ public struct RLOO: TypedAlgorithm {
     /// Reads and validates `params`; every error carries the line of the key at fault.
     public func configure(_ spec: JobSpec) throws -> Config {
         let p = spec.paramsReader
-        let g = try p.int("num_generations", default: 2, range: 2...4096)
-        let iterations = try p.int("num_iterations", default: 1, range: 1...64)
-        let epsilon = try p.double("epsilon", range: 0...1, default: 0.2)
-        let epsilonHigh = try p.double("epsilon_high", range: 0...100, default: epsilon)
+        let settings = try OnPolicySettings.parse(p, generations: 2)
         let normalize = try p.bool("normalize_advantages", default: false)
         let config = try ToyLMTrainingConfig.parse(
-            spec,
-            algorithmKeys: ["num_generations", "num_iterations", "epsilon", "epsilon_high", "normalize_advantages"],
-            defaults: Self.defaults, updatesPerStep: iterations)
-        guard config.problem.contexts * g <= Int(UInt32.max) else {
-            throw p.error("num_generations", "params.num_generations x contexts must fit 32 bits")
-        }
+            spec, algorithmKeys: OnPolicySettings.keys + ["normalize_advantages"], defaults: Self.defaults,
+            updatesPerStep: settings.numIterations)
+        try settings.check(config, p)
         return Config(
             training: config,
             rule: RLOORule(
-                numGenerations: g, numIterations: iterations, epsilonLow: epsilon, epsilonHigh: epsilonHigh,
+                numGenerations: settings.numGenerations, numIterations: settings.numIterations,
+                epsilonLow: settings.surrogate.epsilonLow, epsilonHigh: settings.surrogate.epsilonHigh,
                 normalizeAdvantages: normalize))
     }
 
@@ -69,20 +64,16 @@ public struct RLOO: TypedAlgorithm {
     public func run(_ slice: ToyLMSweepPoint, config: Config, task: ShardTask, sink: any ShardSink) throws
         -> TypedShardOutput<ToyLMShardSummary>
     {
-        TypedShardOutput(
-            summary: try ToyLMTrainer.run(
-                rule: config.rule, config: config.training, params: task.spec.params,
-                point: try config.training.point(slice), resume: task.resume, sink: sink))
+        try ToyLMTrainer.shard(rule: { _ in config.rule }, config: config.training, slice: slice, task: task, sink: sink)
     }
 
     public func makeReducer(_ spec: JobSpec, config: Config) throws -> SummaryReducer<ToyLMShardSummary> {
-        let name = self.name
-        return SummaryReducer { try ToyLMSweepMerge.merge(algorithm: name, config: config.training, summaries: $0) }
+        ToyLMTrainer.reducer(algorithm: name, config: config.training)
     }
 }
 
 /// One RLOO training step.
-struct RLOORule: ToyLMStepRule {
+struct RLOORule: ToyLMPolicyStepRule {
     /// G, responses per context (TRL num_generations).
     var numGenerations: Int
     /// Optimiser updates per generated batch (TRL num_iterations).
@@ -104,98 +95,64 @@ struct RLOORule: ToyLMStepRule {
         try policy.evaluate()
 
         // Generate and score: the KL-folded reward of every sample.
-        var responses = [Int](repeating: 0, count: N)
-        var oldLogProb = [Double](repeating: 0, count: N)
-        var scores = [Double](repeating: 0, count: N)
+        let batch = ToyLMRollout(policy: policy, point: point, step: step, groupSize: G)
+        let responses = batch.responses, oldLogProb = batch.logProb, scores = batch.scores
         var rewards = [Double](repeating: 0, count: N)
         var klSum = 0.0
-        for x in 0..<M {
-            for g in 0..<G {
-                let i = x * G + g
-                var stream = PhiloxStream(
-                    seed: point.seed, index: UInt32(i), step: UInt32(truncatingIfNeeded: step), stream: .action)
-                let y = policy.sample(context: x, stream: &stream)
-                responses[i] = y
-                oldLogProb[i] = policy.logProb[x * K + y]
-                let kl = oldLogProb[i] - problem.referenceLogProb[x * K + y]
-                klSum += kl
-                scores[i] = problem.reward[x * K + y]
-                rewards[i] = scores[i] - beta * kl
-            }
+        for i in 0..<N {
+            let kl = oldLogProb[i] - problem.referenceLogProb[batch.context(i) * K + responses[i]]
+            klSum += kl
+            rewards[i] = scores[i] - beta * kl
         }
 
         // Leave-one-out advantages.
         var advantages = [Double](repeating: 0, count: N)
         var zeroStdGroups = 0
-        for x in 0..<M {
-            var sum = 0.0
-            for g in 0..<G { sum += rewards[x * G + g] }
-            let mean = sum / Double(G)
-            var ss = 0.0
+        for (x, group) in ToyLMStatistics.groupStatistics(rewards, groupSize: G).enumerated() {
             for g in 0..<G {
                 let i = x * G + g
-                advantages[i] = rewards[i] - (sum - rewards[i]) / Double(G - 1)
-                ss += (rewards[i] - mean) * (rewards[i] - mean)
+                advantages[i] = rewards[i] - (group.sum - rewards[i]) / Double(G - 1)
             }
-            if (ss / Double(G - 1)).squareRoot() <= 1e-8 { zeroStdGroups += 1 }  // torch.isclose(std, 0)
+            if group.std <= 1e-8 { zeroStdGroups += 1 }  // torch.isclose(std, 0)
         }
         if normalizeAdvantages {
-            let (mean, std) = Self.meanAndStd(advantages)
+            let (mean, std) = ToyLMStatistics.meanAndStd(advantages)
             for i in 0..<N { advantages[i] = (advantages[i] - mean) / (std + 1e-4) }
         }
 
-        // num_iterations updates of the clipped surrogate on this batch.
-        var loss = 0.0, entropy = 0.0, low = 0.0, high = 0.0, region = 0.0, gradNorm = 0.0, learningRate = 0.0
+        // num_iterations updates of the clipped surrogate on this batch (sequence-level ratio).
+        let surrogate = ClippedSurrogate(epsilonLow: epsilonLow, epsilonHigh: epsilonHigh)
+        var averages = UpdateAverages()
         var gradient = [Double](repeating: 0, count: M * K)
         for iteration in 0..<numIterations {
             if iteration > 0 { try policy.evaluate() }
             for i in gradient.indices { gradient[i] = 0 }
             var lossSum = 0.0, entropySum = 0.0
-            var lowCount = 0, highCount = 0, regionCount = 0
+            var clip = ClipCounts()
             for i in 0..<N {
                 let x = i / G, y = responses[i]
-                let a = advantages[i]
-                let rho = exp(policy.logProb[x * K + y] - oldLogProb[i])
-                let clipped = min(max(rho, 1 - epsilonLow), 1 + epsilonHigh)
-                let unclippedTerm = rho * a, clippedTerm = clipped * a
-                lossSum -= min(unclippedTerm, clippedTerm)
-                // d/dlog pi of -min(rho A, clip(rho) A): -rho A where the unclipped term is the minimum (ties
-                // included: there clip is inactive and both terms have that derivative), else 0.
-                if unclippedTerm <= clippedTerm { gradient[x * K + y] -= unclippedTerm / Double(N) }
-                let isLow = rho < 1 - epsilonLow && a < 0, isHigh = rho > 1 + epsilonHigh && a > 0
-                if isLow { lowCount += 1 }
-                if isHigh { highCount += 1 }
-                if isLow || isHigh { regionCount += 1 }
+                let term = surrogate.term(
+                    rho: exp(policy.logProb[x * K + y] - oldLogProb[i]), advantage: advantages[i])
+                lossSum -= term.objective
+                gradient[x * K + y] -= term.logProbDerivative / Double(N)
+                clip.record(term)
                 for t in 0..<L {
                     entropySum += policy.entropy(
                         row: problem.row(context: x, level: t, node: problem.prefix(y, length: t)))
                 }
             }
             try policy.backward(sequenceGradient: gradient)
-            let update = optimizer.update(&policy)
-            loss += lossSum / Double(N)
-            entropy += entropySum / Double(N * L)
-            low += Double(lowCount) / Double(N)
-            high += Double(highCount) / Double(N)
-            region += Double(regionCount) / Double(N)
-            gradNorm += update.gradNorm
-            learningRate += update.learningRate
+            averages.add(
+                loss: lossSum / Double(N), entropySum: entropySum, entropyCount: N * L, clip: clip, clipCount: N,
+                update: optimizer.update(&policy))
         }
-        let u = Double(numIterations)
-        let (rewardMean, rewardStd) = Self.meanAndStd(scores)
+        let (rewardMean, rewardStd) = ToyLMStatistics.meanAndStd(scores)
+        let a = averages.rows
         return [
-            ("loss", loss / u), ("reward", rewardMean), ("reward_std", rewardStd), ("kl", klSum / Double(N * L)),
-            ("entropy", entropy / u), ("clip_ratio/low_mean", low / u), ("clip_ratio/high_mean", high / u),
-            ("clip_ratio/region_mean", region / u), ("frac_reward_zero_std", Double(zeroStdGroups) / Double(M)),
-            ("grad_norm", gradNorm / u), ("learning_rate", learningRate / u),
+            ("loss", a.loss), ("reward", rewardMean), ("reward_std", rewardStd), ("kl", klSum / Double(N * L)),
+            ("entropy", a.entropy), ("clip_ratio/low_mean", a.low), ("clip_ratio/high_mean", a.high),
+            ("clip_ratio/region_mean", a.region), ("frac_reward_zero_std", Double(zeroStdGroups) / Double(M)),
+            ("grad_norm", a.gradNorm), ("learning_rate", a.learningRate),
         ]
-    }
-
-    /// Mean and unbiased (n - 1) standard deviation, as torch's `mean()` and `std()`.
-    static func meanAndStd(_ v: [Double]) -> (Double, Double) {
-        let n = Double(v.count)
-        let mean = v.reduce(0, +) / n
-        let ss = v.reduce(0) { $0 + ($1 - mean) * ($1 - mean) }
-        return (mean, v.count > 1 ? (ss / (n - 1)).squareRoot() : .nan)
     }
 }

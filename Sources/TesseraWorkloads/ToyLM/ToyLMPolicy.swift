@@ -152,6 +152,27 @@ public struct ToyLMPolicy: Sendable {
         try logitGradient.withUnsafeBufferPointer { try model.backward($0, workspace: &workspace) }
     }
 
+    /// Writes dLoss/dtheta into `model.gradients` for a loss of the token log-probabilities: `tokenGradient`
+    /// ([M P, V]) holds dLoss/dlog pi(v | x, prefix) for every row, at the policy of the last `evaluate()`.
+    /// Per row, d/dlogit_v = T_v - pi(v | row) sum_u T_u. (A loss of sequence log-probs is the special case
+    /// T(p, v) = G(p v), which `backward(sequenceGradient:)` computes without the table.)
+    public mutating func backward(tokenGradient g: [Double]) throws {
+        let V = problem.vocabulary
+        precondition(g.count == tokenLogProb.count, "tokenGradient must be [M P, V]")
+        tokenLogProb.withUnsafeBufferPointer { tlp in
+            logitGradient.withUnsafeMutableBufferPointer { lg in
+                g.withUnsafeBufferPointer { gp in
+                    for r in stride(from: 0, to: gp.count, by: V) {
+                        var total = 0.0
+                        for v in 0..<V { total += gp[r + v] }
+                        for v in 0..<V { lg[r + v] = gp[r + v] - exp(tlp[r + v]) * total }
+                    }
+                }
+            }
+        }
+        try logitGradient.withUnsafeBufferPointer { try model.backward($0, workspace: &workspace) }
+    }
+
     // MARK: Sampling and per-token statistics
 
     /// Draws a response for context x from the policy of the last `evaluate()`, one uniform per token (inverse CDF

@@ -21,17 +21,56 @@ import Foundation
 import TesseraCompute
 import TesseraCore
 
-/// What one training algorithm contributes: its step.
+/// What one training algorithm contributes: its step, and any state it keeps across steps besides the policy and
+/// its optimiser (`Auxiliary`: PPO's value head).
 protocol ToyLMStepRule: Sendable {
+    associatedtype Auxiliary: ToyLMAuxiliaryState
     /// The `algo` name written into checkpoints.
     var name: String { get }
     /// Optimiser updates per training step (sizes the learning-rate schedule).
     var updatesPerStep: Int { get }
+    /// The auxiliary state of a fresh shard; `optimizer` is the policy's AdamW setting.
+    func makeAuxiliary(problem: ToyLMProblem, optimizer: AdamConfiguration) throws -> Auxiliary
     /// Training step number `step` (1-based) at the sweep point: evaluate the policy, compute gradients, update
     /// through `optimizer` (`updatesPerStep` times), and return the step's metrics in a fixed order.
     func step(
+        _ step: Int, point: ToyLMSweepPoint, policy: inout ToyLMPolicy, optimizer: inout ToyLMOptimizer,
+        auxiliary: inout Auxiliary
+    ) throws -> [(String, Double)]
+}
+
+/// A rule's state besides the policy, saved bit for bit in its checkpoints as extra tensors.
+protocol ToyLMAuxiliaryState: Sendable {
+    /// The tensors to save (names outside `layers.`, `optim.` and `ref.`).
+    var tensors: [SafeTensor] { get throws }
+    /// Restores the state `tensors` saved (from a resume checkpoint's extra tensors).
+    mutating func restore(from tensors: [SafeTensor]) throws
+}
+
+/// No state besides the policy: nothing more in the checkpoint.
+struct ToyLMNoAuxiliaryState: ToyLMAuxiliaryState {
+    var tensors: [SafeTensor] { [] }
+    mutating func restore(from tensors: [SafeTensor]) throws {}
+}
+
+/// A rule whose whole state is the policy and its optimiser.
+protocol ToyLMPolicyStepRule: ToyLMStepRule where Auxiliary == ToyLMNoAuxiliaryState {
+    func step(
         _ step: Int, point: ToyLMSweepPoint, policy: inout ToyLMPolicy, optimizer: inout ToyLMOptimizer
     ) throws -> [(String, Double)]
+}
+
+extension ToyLMPolicyStepRule {
+    func makeAuxiliary(problem: ToyLMProblem, optimizer: AdamConfiguration) -> ToyLMNoAuxiliaryState {
+        ToyLMNoAuxiliaryState()
+    }
+
+    func step(
+        _ step: Int, point: ToyLMSweepPoint, policy: inout ToyLMPolicy, optimizer: inout ToyLMOptimizer,
+        auxiliary: inout ToyLMNoAuxiliaryState
+    ) throws -> [(String, Double)] {
+        try self.step(step, point: point, policy: &policy, optimizer: &optimizer)
+    }
 }
 
 /// Adam(W) plus gradient clipping, applied to the policy's network.
@@ -116,6 +155,23 @@ public struct ToyLMShardSummary: Codable, Sendable, Equatable {
 }
 
 enum ToyLMTrainer {
+    /// `run` of a toy-LM `TypedAlgorithm`: the dispatched sweep point trained with `rule`.
+    static func shard(
+        rule: (ToyLMSweepPoint) -> some ToyLMStepRule, config: ToyLMTrainingConfig, slice: ToyLMSweepPoint,
+        task: ShardTask, sink: any ShardSink
+    ) throws -> TypedShardOutput<ToyLMShardSummary> {
+        let point = try config.point(slice)
+        return TypedShardOutput(
+            summary: try run(
+                rule: rule(point), config: config, params: task.spec.params, point: point, resume: task.resume,
+                sink: sink))
+    }
+
+    /// `makeReducer` of a toy-LM `TypedAlgorithm`: the sweep merge of `ToyLMSweepMerge`.
+    static func reducer(algorithm: String, config: ToyLMTrainingConfig) -> SummaryReducer<ToyLMShardSummary> {
+        SummaryReducer { try ToyLMSweepMerge.merge(algorithm: algorithm, config: config, summaries: $0) }
+    }
+
     /// Runs one shard of `config` at `point` with `rule`, resuming from `resume` if given.
     static func run(
         rule: some ToyLMStepRule, config: ToyLMTrainingConfig, params: JSONObject, point: ToyLMSweepPoint,
@@ -125,6 +181,7 @@ enum ToyLMTrainer {
         let configText = JSONValue.object(["params": .object(params), "point": point.slice]).render()
         var policy: ToyLMPolicy
         var optimizer: ToyLMOptimizer
+        var auxiliary = try rule.makeAuxiliary(problem: problem, optimizer: config.optimizer)
         var start = 0
         if let resume {
             let checkpoint: TrainingCheckpoint<Double>
@@ -136,6 +193,7 @@ enum ToyLMTrainer {
             try verify(checkpoint, rule: rule, configText: configText, problem: problem, config: config)
             policy = try ToyLMPolicy(problem: problem, model: checkpoint.model)
             optimizer = ToyLMOptimizer(adam: checkpoint.optimizer, maxGradNorm: config.maxGradNorm)
+            try auxiliary.restore(from: checkpoint.extraTensors)
             start = checkpoint.step
         } else {
             policy = try ToyLMPolicy(
@@ -154,7 +212,8 @@ enum ToyLMTrainer {
         while step < config.steps {
             if sink.shouldStop { throw ShardStopped() }
             step += 1
-            let metrics = try rule.step(step, point: point, policy: &policy, optimizer: &optimizer)
+            let metrics = try rule.step(
+                step, point: point, policy: &policy, optimizer: &optimizer, auxiliary: &auxiliary)
             let log = step % config.logEvery == 0 || step == config.steps
             let save = step == config.steps || config.checkpointEvery.map { step % $0 == 0 } == true
             if log || save {
@@ -173,7 +232,7 @@ enum ToyLMTrainer {
                             try SafeTensor(
                                 name: "ref.logits", float64: problem.referenceLogits,
                                 shape: [problem.contexts * problem.prefixes, problem.vocabulary])
-                        ],
+                        ] + (try auxiliary.tensors),
                         extraMetadata: ["problem": config.problem.json.render()])
                     try sink.blob(.checkpoint, step: Int64(step), bytes: try checkpoint.safeTensorsFile().serialize())
                 }
