@@ -50,7 +50,8 @@ extension PostgresJobStore {
                 'steps_done', (SELECT coalesce(sum(s.step), 0) FROM tessera_shards s WHERE s.job_id = j.id),
                 'steps_total', (SELECT coalesce(sum(s.total_steps), 0) FROM tessera_shards s WHERE s.job_id = j.id),
                 'shards', (SELECT coalesce(json_agg(json_build_object(
-                        'index', s.idx, 'state', s.state, 'waiting_on', s.waiting_on, 'attempt', s.attempt, 'failures', s.failures,
+                        'index', s.idx, 'slice', s.slice, 'state', s.state, 'waiting_on', s.waiting_on, 'attempt', s.attempt,
+                        'failures', s.failures,
                         'worker', w.name, 'step', s.step, 'total', s.total_steps,
                         'checkpoint_step', s.checkpoint_step, 'last_metrics', s.last_metrics,
                         'summary', s.summary, 'error', s.error, 'updated_at', s.updated_at) ORDER BY s.idx), '[]'::json)

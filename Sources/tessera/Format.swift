@@ -59,7 +59,7 @@ enum Format {
         out += "seed:     \(j["seed"]?.stringValue ?? "?")   priority: \(number(j["priority"]))   max_attempts: \(number(j["max_attempts"]))\n"
         out += "progress: \(number(j["steps_done"]))/\(number(j["steps_total"])) steps\n"
         if let e = j["error"]?.stringValue { out += "error:    \(e)\n" }
-        var rows = [["SHARD", "STATE", "ATTEMPT", "WORKER", "STEP", "LAST METRICS"]]
+        var rows = [["SHARD", "SLICE", "STATE", "ATTEMPT", "WORKER", "STEP", "LAST METRICS"]]
         for s in j["shards"]?.arrayValue ?? [] {
             var metrics: [String] = []
             for (name, v) in s["last_metrics"]?.objectValue?.pairs ?? [] {
@@ -68,7 +68,7 @@ enum Format {
             var state = s["state"]?.stringValue ?? ""
             if let e = s["error"]?.stringValue, state != "succeeded" { state += " (\(e.prefix(60)))" }
             rows.append([
-                number(s["index"]), state, number(s["attempt"]), s["worker"]?.stringValue ?? "-",
+                number(s["index"]), sliceLabel(s["slice"]), state, number(s["attempt"]), s["worker"]?.stringValue ?? "-",
                 "\(number(s["step"]))/\(number(s["total"]))", metrics.prefix(4).joined(separator: " "),
             ])
         }
@@ -85,6 +85,23 @@ enum Format {
             out += table(ev)
         }
         return out
+    }
+
+    /// What a shard is, from its slice: its scalar keys as `key=value` (a sweep point's `beta=0.3 seed=1 point=2`, a
+    /// sampling range's `start=0 end=25000`), at most 40 characters; `-` without any.
+    static func sliceLabel(_ slice: JSONValue?) -> String {
+        var parts: [String] = []
+        for (key, value) in slice?.objectValue?.pairs ?? [] where key != "depends_on" {
+            switch value {
+            case .number: parts.append("\(key)=\(number(value))")
+            case .string(let s): parts.append("\(key)=\(s)")
+            case .bool(let b): parts.append("\(key)=\(b)")
+            default: continue
+            }
+        }
+        let label = parts.joined(separator: " ")
+        if label.isEmpty { return "-" }
+        return label.count <= 40 ? label : String(label.prefix(39)) + "…"
     }
 
     static func progressLine(_ j: JSONValue) -> String {

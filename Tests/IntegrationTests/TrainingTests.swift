@@ -31,6 +31,9 @@ struct TrainingTests {
         try #require(try c.json(["result", String(job)]) as? [String: Any])
     }
 
+    /// A number as the CLI's tables print it (%.6g unless whole).
+    static func format(_ d: Double) -> String { d == d.rounded() ? String(Int64(d)) : String(format: "%.6g", d) }
+
     @Test func betaSweepsOfRLOOAndDPOLandOnTheFrontierAndCoincide() throws {
         let c = try Cluster(workers: 2)
         defer { c.shutdown() }
@@ -43,6 +46,20 @@ struct TrainingTests {
                 wait.status == 0, "job \(job): \(wait.stdout) \(wait.stderr)\n\(c.log("coordinator"))\n\(c.log("w1"))")
         }
         print("RLOO (8 shards) and DPO (4 shards) sweeps on 2 workers: \(Date().timeIntervalSince(started)) s")
+        // `status JOB` labels each sweep shard with its point, and --json carries the slice.
+        let shown = try c.cli(["status", String(rloo)])
+        let status = try #require(try c.json(["status", String(rloo)]) as? [String: Any])
+        let slices = try #require(status["shards"] as? [[String: Any]]).map { $0["slice"] as? [String: Any] }
+        #expect(slices.count == 8)
+        let rows = shown.stdout.split(separator: "\n").map(String.init)
+        for (i, s) in slices.enumerated() {
+            let s = try #require(s)
+            // The shard's row (it starts with its index) names its sweep point, in the stored slice's key order.
+            let row = try #require(rows.first { $0.hasPrefix("\(i) ") }, "no row for shard \(i) in\n\(shown.stdout)")
+            for token in ["point=\(s["point"]!)", "beta=\(Self.format(s["beta"] as! Double))", "seed=\(s["seed"]!)"] {
+                #expect(row.contains(token), "no '\(token)' in '\(row)'")
+            }
+        }
 
         let a = try result(c, rloo), b = try result(c, dpo)
         let pa = try #require(a["points"] as? [[String: Any]]), pb = try #require(b["points"] as? [[String: Any]])
