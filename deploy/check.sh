@@ -119,7 +119,6 @@ STUB
             chmod 0755 "$keygen"
         fi
         ks() { TESSERA="$keygen" TESSERA_K8S_KEYS="$k8s/keys" "$k8s/keys.sh" "$@" 2>&1; }
-        client_pub() { sed -n 's/.*public-key = "\(.*\)".*/\1/p' "$1"; }
         if out=$(ks init && ks client alice && ks authorize bob "$k8s/keys/clients/alice/client.key" \
                 && ks revoke bob && ks client k8s-workers-2 && ks worker-key k8s-workers-2 \
                 && ks rotate-coordinator && ks list); then

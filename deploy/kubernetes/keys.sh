@@ -92,7 +92,8 @@ case "$cmd" in
         new_client "$worker"
         echo "$worker" > "$keys/worker-key"
         manifests
-        echo "next: kubectl apply -k $here"
+        if [ "$keys" = "$here/keys" ]; then echo "next: kubectl apply -k $here"
+        else echo "next: kubectl apply -f $keys/keys.yaml (kustomization.yaml lists keys/keys.yaml, not this one)"; fi
         ;;
     client)
         [ $# -eq 1 ] || die "usage: keys.sh client NAME"
