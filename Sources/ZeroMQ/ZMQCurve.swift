@@ -24,8 +24,38 @@ extension ZMQ {
             secretKey.withUnsafeMutableBufferPointer { s in zmq_curve_keypair(p.baseAddress, s.baseAddress) }
         }
         guard rc == 0 else { throw ZMQError(errno: zmq_errno(), operation: "zmq_curve_keypair") }
-        func text(_ key: [CChar]) -> String { String(decoding: key.prefix(40).map { UInt8(bitPattern: $0) }, as: UTF8.self) }
-        return ZMQCurveKeyPair(publicKey: text(publicKey), secretKey: text(secretKey))
+        return ZMQCurveKeyPair(publicKey: z85Text(publicKey), secretKey: z85Text(secretKey))
+    }
+
+    /// The public key belonging to a secret key (zmq_curve_public), both Z85. Throws EINVAL for a malformed key.
+    public static func curvePublicKey(secretKey: String) throws -> String {
+        guard isZ85Key(secretKey) else { throw ZMQError(errno: EINVAL, operation: "curve secret key: not 40 Z85 characters") }
+        var publicKey = [CChar](repeating: 0, count: 41)
+        let rc = publicKey.withUnsafeMutableBufferPointer { p in secretKey.withCString { zmq_curve_public(p.baseAddress, $0) } }
+        guard rc == 0 else { throw ZMQError(errno: zmq_errno(), operation: "zmq_curve_public") }
+        return z85Text(publicKey)
+    }
+
+    /// Z85 text of 32 key bytes (zmq_z85_encode), e.g. the credentials of a CURVE ZAP request.
+    public static func z85Encode(_ bytes: [UInt8]) -> String? {
+        guard bytes.count % 4 == 0 else { return nil }
+        var text = [CChar](repeating: 0, count: bytes.count * 5 / 4 + 1)
+        let ok = text.withUnsafeMutableBufferPointer { t in
+            bytes.withUnsafeBufferPointer { zmq_z85_encode(t.baseAddress, $0.baseAddress, $0.count) }
+        } != nil
+        return ok ? z85Text(text, count: bytes.count * 5 / 4) : nil
+    }
+
+    /// Whether `key` has the form of a Z85 CURVE key: 40 characters of the Z85 alphabet.
+    public static func isZ85Key(_ key: String) -> Bool {
+        key.utf8.count == 40 && key.utf8.allSatisfy { z85Alphabet.contains($0) }
+    }
+
+    private static let z85Alphabet = Set(
+        "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#".utf8)
+
+    private static func z85Text(_ key: [CChar], count: Int = 40) -> String {
+        String(decoding: key.prefix(count).map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 }
 

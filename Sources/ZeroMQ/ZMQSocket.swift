@@ -207,9 +207,20 @@ public final class ZMQSocket: @unchecked Sendable {
 
     /// Receives one whole multipart message; nil when dontWait and nothing is ready.
     public func receive(dontWait: Bool = false) throws -> [[UInt8]]? {
+        try receiveMessage(dontWait: dontWait, userID: false)?.frames
+    }
+
+    /// Receives one whole multipart message with its connection's ZAP user id (zmq_msg_gets "User-Id": what the
+    /// ZAP handler answered when the peer's connection was authenticated; nil on unauthenticated connections).
+    public func receiveWithUserID(dontWait: Bool = false) throws -> (frames: [[UInt8]], userID: String?)? {
+        try receiveMessage(dontWait: dontWait, userID: true)
+    }
+
+    private func receiveMessage(dontWait: Bool, userID wantsUserID: Bool) throws -> (frames: [[UInt8]], userID: String?)? {
         let s = raw
         let msg = message
         var frames: [[UInt8]] = []
+        var userID: String?
         while true {
             guard zmq_msg_init(msg) == 0 else { throw ZMQError(errno: zmq_errno(), operation: "zmq_msg_init") }
             // Once the first frame has arrived the rest of the message is already here: wait for it.
@@ -233,8 +244,11 @@ public final class ZMQSocket: @unchecked Sendable {
                 frames.append([])
             }
             let more = zmq_msg_more(msg) != 0
+            // A ROUTER's identity frame is made locally; the frames that came off the wire carry the connection's
+            // metadata, so the last frame is the one to ask.
+            if wantsUserID, !more, let p = zmq_msg_gets(msg, "User-Id") { userID = String(cString: p) }
             zmq_msg_close(msg)
-            if !more { return frames }
+            if !more { return (frames, userID) }
         }
     }
 
