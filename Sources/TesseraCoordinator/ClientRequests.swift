@@ -16,6 +16,11 @@ struct CoordinatorStatus: Sendable {
     var counters = CoordinatorStateMachine.Counters()
     var connectedWorkers = 0
     var repliesTooLarge = 0
+    /// CURVE: handshakes the ZAP handler refused (key not on the allow-list), and messages dropped because their
+    /// connection's key was revoked.
+    var handshakesDenied = 0
+    var messagesRefused = 0
+    var authenticated = false
 }
 
 final class SharedStatus: Sendable {
@@ -193,7 +198,9 @@ final class ReadPool: @unchecked Sendable {
 
         case "workers":
             let json = try store.workersJSON()
-            let (c, connected, tooLarge) = status.value.withLock { ($0.counters, $0.connectedWorkers, $0.repliesTooLarge) }
+            let (c, connected, tooLarge, auth) = status.value.withLock {
+                ($0.counters, $0.connectedWorkers, $0.repliesTooLarge, ($0.authenticated, $0.handshakesDenied, $0.messagesRefused))
+            }
             let stats: JSONObject = [
                 "connected_workers": .int(connected), "messages_in": .int(c.messagesIn),
                 "malformed_frames": .int(c.malformedFrames), "stale_dropped": .int(c.staleDropped),
@@ -201,6 +208,8 @@ final class ReadPool: @unchecked Sendable {
                 "dispatched": .int(c.dispatched), "workers_lost": .int(c.workersLost),
                 "errors_received": .int(c.errorsReceived), "errors_suppressed": .int(c.errorsSuppressed),
                 "replies_too_large": .int(tooLarge), "commits": .int(c.commits),
+                "auth": .string(auth.0 ? "curve" : "none"), "handshakes_denied": .int(auth.1),
+                "messages_refused": .int(auth.2), "sessions_revoked": .int(c.sessionsRevoked),
             ]
             replyRaw(identity, r, json: "{\"workers\":\(json),\"coordinator\":\(JSONValue.object(stats).render())}")
 

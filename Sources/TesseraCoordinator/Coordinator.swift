@@ -41,6 +41,10 @@ public struct CoordinatorConfiguration: Sendable {
     public var readers: Int = 2
     /// If set, the bound endpoint is written here once the coordinator listens (for scripts binding `:*`).
     public var endpointFile: String?
+    /// CURVE keys (`coordinator.key_secret`, `authorized/`): when set, every peer must authenticate with a key on
+    /// the allow-list (docs/operations.md, "Keys"); when nil, peers are not authenticated (loopback only, checked
+    /// by the CLI).
+    public var keysDir: String?
 
     public init(bind: String, databaseURL: String, dataDir: String) {
         self.bind = bind
@@ -60,6 +64,7 @@ public final class Coordinator: Service, @unchecked Sendable {
     let catalogue: AlgorithmCatalogue
     let logger: Logger
     private let stopRequested = Atomic<Bool>(false)
+    private let reloadRequested = Atomic<Bool>(false)
     private let endpointBox = Mutex<String?>(nil)
     private let status = SharedStatus()
     private var wake: Wakeup?
@@ -92,6 +97,13 @@ public final class Coordinator: Service, @unchecked Sendable {
         wake?.signal()
     }
 
+    /// Re-reads the allow-list (SIGHUP): added keys may connect, revoked keys' sessions end. The directory is also
+    /// watched, so this only makes a change take effect at once.
+    public func reloadKeys() {
+        reloadRequested.store(true, ordering: .relaxed)
+        wake?.signal()
+    }
+
     /// The `Service` entry point: runs until graceful shutdown (SIGTERM/SIGINT in a `ServiceGroup`) or cancellation.
     public func run() async throws {
         try await withTaskCancellationOrGracefulShutdownHandler {
@@ -118,6 +130,20 @@ public final class Coordinator: Service, @unchecked Sendable {
 
     /// Runs the coordinator on the calling thread until `requestStop()`.
     public func runBlocking() throws {
+        // One active coordinator per database: a second one waits here as a standby until the lock is free.
+        let lock = CoordinatorLock(databaseURL: config.databaseURL, logger: logger)
+        guard lock.acquire(shouldStop: { stopRequested.load(ordering: .relaxed) }) else {
+            logger.info("standby stopped before taking over")
+            return
+        }
+        defer { lock.release() }
+        let steppedDown = Mutex<String?>(nil)
+        lock.watch { [self] reason in
+            logger.error("stepping down", metadata: ["reason": "\(reason)"])
+            steppedDown.withLock { $0 = reason }
+            requestStop()
+        }
+
         let first = try openStore()
         let version: Int
         do {
@@ -165,8 +191,17 @@ public final class Coordinator: Service, @unchecked Sendable {
 
         let context = try ZMQContext(ioThreads: 1)
         defer { context.terminate() }
+        // The ZAP handler is bound before the ROUTER and closed after it: libzmq lets a CURVE handshake through
+        // unasked when no handler is bound.
+        let keys = try config.keysDir.map(CurveKeysDirectory.coordinator)
+        let auth = try keys.map { try Authenticator(context: context, keys: $0, logger: logger) }
+        defer { auth?.close() }
         router = try ZMQSocket(context: context, type: .router)
         defer { router.close() }
+        if let keys {
+            try router.setCurveServer(secretKey: keys.keyPair.secretKey)
+            try router.setZAPDomain("tessera")
+        }
         try router.setRouterMandatory(true)
         try router.setLinger(milliseconds: 2000)
         try router.setSendHighWaterMark(1_000_000)
@@ -181,21 +216,50 @@ public final class Coordinator: Service, @unchecked Sendable {
                 throw CoordinatorError("cannot write the endpoint file \(file)")
             }
         }
-        logger.info("coordinator listening", metadata: ["zmq.endpoint": "\(endpoint)"])
+        logger.info(
+            "coordinator listening",
+            metadata: ["zmq.endpoint": "\(endpoint)", "auth": "\(auth == nil ? "none (loopback)" : "CURVE, allow-list")"])
 
         let interval = Duration.milliseconds(Int64(config.heartbeatInterval * 1000))
         var nextTick = ContinuousClock.now + interval
-        let items = [ZMQPollItem(socket: router), ZMQPollItem(wakeup: inbox.wakeup)]
+        var items = [ZMQPollItem(socket: router), ZMQPollItem(wakeup: inbox.wakeup)]
+        if let auth { items.append(ZMQPollItem(socket: auth.zap.socket)) }
         while !stopRequested.load(ordering: .relaxed) {
             let wait = max(0, (nextTick - ContinuousClock.now).wholeMilliseconds)
             let ready = try ZMQ.poll(items, timeoutMilliseconds: wait)
             if ready[1] { inbox.wakeup.reset() }
-            var n = 0
-            while n < 10_000, let frames = try router.receive(dontWait: true) {
-                n += 1
-                received(frames)
+            if let auth {
+                try auth.serveHandshakes()
+                var n = 0
+                while n < 10_000, let (frames, userID) = try router.receiveWithUserID(dontWait: true) {
+                    n += 1
+                    guard let identity = frames.first, auth.admit(identity: identity, userID: userID, now: .now) else {
+                        // Only a revoked key's connection can get here (ZAP refuses unknown keys at the handshake).
+                        if let identity = frames.first, !identity.isEmpty {
+                            perform(machine.handle(.revoked(identity, reason: "key revoked"), now: .now))
+                        }
+                        continue
+                    }
+                    received(frames)
+                }
+            } else {
+                var n = 0
+                while n < 10_000, let frames = try router.receive(dontWait: true) {
+                    n += 1
+                    received(frames)
+                }
             }
             drain(inbox)
+            let force = reloadRequested.exchange(false, ordering: .relaxed)
+            if ContinuousClock.now >= nextTick || force {
+                if let auth {
+                    let revoked = auth.reloadIfNeeded(force: force, now: .now, livePeers: Set(machine.peers))
+                    for identity in revoked {
+                        logger.notice("key revoked: ending the session", metadata: ["peer": "\(identity.hexPrefix)"])
+                        perform(machine.handle(.revoked(identity, reason: "key revoked"), now: .now))
+                    }
+                }
+            }
             if ContinuousClock.now >= nextTick {
                 nextTick = ContinuousClock.now + interval
                 perform(machine.handle(.tick, now: ContinuousClock.now))
@@ -204,6 +268,9 @@ public final class Coordinator: Service, @unchecked Sendable {
                 $0.counters = machine.counters
                 $0.connectedWorkers = machine.sessionCount
                 $0.repliesTooLarge = repliesTooLarge
+                $0.handshakesDenied = auth?.handshakesDenied ?? 0
+                $0.messagesRefused = auth?.messagesRefused ?? 0
+                $0.authenticated = auth != nil
             }
         }
 
@@ -225,6 +292,7 @@ public final class Coordinator: Service, @unchecked Sendable {
             }
         }
         for peer in machine.peers { send(peer, .disconnect(Disconnect(reason: "coordinator shutting down"))) }
+        if let reason = steppedDown.withLock({ $0 }) { throw CoordinatorError("stepped down: \(reason)") }
         logger.info("coordinator stopped")
     }
 
@@ -303,6 +371,10 @@ public struct CoordinatorError: Error, Sendable, CustomStringConvertible {
     public var message: String
     public init(_ message: String) { self.message = message }
     public var description: String { message }
+}
+
+extension [UInt8] {
+    var hexPrefix: String { prefix(8).map { String(format: "%02x", $0) }.joined() }
 }
 
 extension Duration {

@@ -55,6 +55,9 @@ public struct CoordinatorStateMachine: Sendable {
         case leasesEnded([Lease], reason: String)
         /// A client submitted a job or something else may have made shards claimable.
         case queueChanged
+        /// The peer's key was taken off the allow-list: its session ends now (its leases go back to the queue at the
+        /// next attempt, as for a lost worker) and it is told DISCONNECT. Nothing more from it is accepted.
+        case revoked(Peer, reason: String)
     }
 
     public enum Action: Sendable, Equatable {
@@ -83,6 +86,8 @@ public struct CoordinatorStateMachine: Sendable {
         public var workersLost = 0
         public var errorsReceived = 0
         public var errorsSuppressed = 0
+        /// Sessions ended because their key was revoked.
+        public var sessionsRevoked = 0
         public init() {}
     }
 
@@ -212,6 +217,13 @@ public struct CoordinatorStateMachine: Sendable {
             queueMayHaveChanged()
         case .queueChanged:
             queueMayHaveChanged()
+        case .revoked(let peer, let reason):
+            out.append(.send(peer, .disconnect(Disconnect(reason: reason))))
+            if let s = sessions.removeValue(forKey: peer) {
+                counters.sessionsRevoked += 1
+                end(s, lost: true, reason: reason, into: &out)
+                queueMayHaveChanged()
+            }
         }
         flush(now: now, into: &out)
         return out

@@ -23,7 +23,13 @@ import TesseraWorkerCore
 import ZeroMQ
 
 public struct WorkerConfiguration: Sendable {
+    /// The coordinator's endpoint, or several separated by commas (an active coordinator and its standbys): the
+    /// worker connects to one at a time and moves to the next each time it reconnects.
     public var coordinator: String
+    public var endpoints: [String] {
+        let list = coordinator.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        return list.isEmpty ? [coordinator] : list
+    }
     public var slots: Int
     public var name: String
     public var host: String
@@ -46,6 +52,8 @@ public struct WorkerConfiguration: Sendable {
     /// Metric points per batch, and how long points may wait before a batch is sent.
     public var metricsBatchSize: Int = 512
     public var metricsFlushInterval: Double = 0.05
+    /// CURVE keys (own pair, coordinator's public key): when set, the connection is authenticated and encrypted.
+    public var keys: ClientKeys?
 
     public init(coordinator: String, slots: Int, name: String, host: String) {
         self.coordinator = coordinator
@@ -65,6 +73,7 @@ public final class WorkerDaemon: Service, @unchecked Sendable {
     private let stopNow = Atomic<Bool>(false)
 
     private var socket: ZMQSocket?
+    private var connects = 0
     private var channels: [ShardRef: ShardChannel] = [:]
     /// Compute threads wake the loop through this when they have output (ShardChannel); a drain request does too.
     private let wakeup: Wakeup
@@ -206,7 +215,14 @@ public final class WorkerDaemon: Service, @unchecked Sendable {
                 try s.setSendHighWaterMark(100_000)
                 try s.setReceiveHighWaterMark(100_000)
                 try s.setMaxMessageSize(Int64(WireCodec.limits.maxMessageBytes))
-                try s.connect(config.coordinator)
+                if let keys = config.keys {
+                    try s.setCurveClient(serverPublicKey: keys.coordinatorPublicKey, keys: keys.keyPair)
+                }
+                // A list of coordinators (an active one and standbys): each reconnect tries the next.
+                let endpoint = config.endpoints[connects % config.endpoints.count]
+                connects += 1
+                try s.connect(endpoint)
+                if config.endpoints.count > 1 { logger.info("connecting", metadata: ["zmq.endpoint": "\(endpoint)"]) }
                 socket = s
             case .disconnect:
                 socket?.close()

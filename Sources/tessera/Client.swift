@@ -22,19 +22,35 @@ final class CoordinatorClient {
     var nextID: UInt64 = 1
     let timeout: Double
 
-    init(endpoint: String, timeout: Double = 10) throws {
+    let keys: ClientKeys?
+
+    init(endpoint: String, timeout: Double = 10, keys: ClientKeys? = nil) throws {
         self.endpoint = endpoint
         self.timeout = timeout
+        self.keys = keys
+        let endpoints = endpoint.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        waitsForConnection = endpoints.count > 1
         context = try ZMQContext(ioThreads: 1)
         socket = try ZMQSocket(context: context, type: .dealer)
         try socket.setLinger(milliseconds: 0)
         try socket.setMaxMessageSize(Int64(WireCodec.limits.maxMessageBytes))
-        do {
-            try socket.connect(endpoint)
-        } catch {
-            throw CLIError("cannot connect to the coordinator at \(endpoint): \(error)", exitCode: 3)
+        if let keys {
+            try socket.setCurveClient(serverPublicKey: keys.coordinatorPublicKey, keys: keys.keyPair)
+        }
+        // Several endpoints (an active coordinator and standbys, comma-separated): connect to all, and let a request
+        // go only over a completed connection (ZMQ_IMMEDIATE). Only the active coordinator binds, so that is where
+        // it goes.
+        if endpoints.count > 1 { try socket.setImmediate(true) }
+        for e in endpoints.isEmpty ? [endpoint] : endpoints {
+            do {
+                try socket.connect(e)
+            } catch {
+                throw CLIError("cannot connect to the coordinator at \(e): \(error)", exitCode: 3)
+            }
         }
     }
+
+    private let waitsForConnection: Bool
 
     deinit {
         socket.close()
@@ -47,10 +63,18 @@ final class CoordinatorClient {
         let id = nextID
         nextID += 1
         let request = ClientRequest(requestID: id, method: method, body: JSONValue.object(body).utf8Bytes)
-        guard try socket.send(WireCodec.encodeForDealer(.request(request)), dontWait: true) else {
-            throw CLIError("cannot send to the coordinator at \(endpoint)", exitCode: 3)
-        }
         let deadline = Date().addingTimeInterval(timeout ?? self.timeout)
+        if waitsForConnection {
+            // Writable once a connection to one of the endpoints is complete.
+            while Date() < deadline,
+                try !ZMQ.pollEvents([ZMQPollItem(socket: socket, readable: false, writable: true)], timeoutMilliseconds: 100)[0].writable
+            {}
+        }
+        guard try socket.send(WireCodec.encodeForDealer(.request(request)), dontWait: true) else {
+            throw CLIError(
+                "cannot reach the coordinator at \(endpoint) within \(Int(timeout ?? self.timeout)) s "
+                    + "(is `tessera coordinator` running? set --coordinator or TESSERA_COORDINATOR)", exitCode: 3)
+        }
         while Date() < deadline {
             let ms = max(1, Int(deadline.timeIntervalSinceNow * 1000))
             guard try ZMQ.poll([ZMQPollItem(socket: socket)], timeoutMilliseconds: min(ms, 200))[0] else { continue }
@@ -77,7 +101,10 @@ final class CoordinatorClient {
         }
         throw CLIError(
             "no answer from the coordinator at \(endpoint) within \(Int(timeout ?? self.timeout)) s "
-                + "(is `tessera coordinator` or `tessera dev` running? set --coordinator or TESSERA_COORDINATOR)",
+                + "(is `tessera coordinator` or `tessera dev` running? set --coordinator or TESSERA_COORDINATOR"
+                + (keys == nil
+                    ? "; a coordinator off loopback needs keys: --keys-dir or TESSERA_KEYS_DIR)"
+                    : "; is this machine's client.key on the coordinator's allow-list, and its coordinator.key current?)"),
             exitCode: 3
         )
     }

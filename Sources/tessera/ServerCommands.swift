@@ -13,6 +13,7 @@ import TesseraCore
 import TesseraStore
 import TesseraWorker
 import TesseraWorkloads
+import ZeroMQ
 
 struct DatabaseOptions: ParsableArguments {
     @Option(name: .long, help: "libpq conninfo or postgres:// URL (default: $TESSERA_DATABASE_URL).")
@@ -60,11 +61,13 @@ struct Migrate: ParsableCommand {
     }
 }
 
-/// Loopback-only unless keys are configured (ARCHITECTURE.md §Processes).
+/// Loopback-only unless keys are configured (ARCHITECTURE.md §Processes): without keys nothing authenticates the
+/// peers, so only this host may reach the coordinator.
 func checkBindIsSafe(_ endpoint: String, keysDir: String?) throws {
     let lower = endpoint.lowercased()
     if lower.hasPrefix("ipc://") || lower.hasPrefix("inproc://") { return }
     guard lower.hasPrefix("tcp://") else { throw CLIError("unsupported endpoint \(endpoint): use tcp://HOST:PORT") }
+    if keysDir != nil { return }
     let hostPort = String(lower.dropFirst(6))
     let host: String
     if hostPort.hasPrefix("[") {
@@ -74,17 +77,26 @@ func checkBindIsSafe(_ endpoint: String, keysDir: String?) throws {
     }
     let loopback = host == "localhost" || host.hasPrefix("127.") || host == "::1"
     if loopback { return }
-    if keysDir == nil {
-        throw CLIError(
-            "refusing to serve unauthenticated peers on \(endpoint): without keys the coordinator binds only to "
-                + "loopback (tcp://127.0.0.1:PORT). Authenticated binds need CURVE keys (--keys-dir), which this "
-                + "version does not support yet; reach a loopback coordinator through an SSH tunnel (deploy/README.md)."
-        )
-    }
     throw CLIError(
-        "--keys-dir is given, but CURVE authentication is not built into this version yet; bind to loopback "
-            + "(tcp://127.0.0.1:PORT) and reach it through an SSH tunnel or a private network namespace"
+        "refusing to serve unauthenticated peers on \(endpoint): without keys the coordinator binds only to "
+            + "loopback (tcp://127.0.0.1:PORT). To serve other hosts, create keys and pass them: "
+            + "`tessera keygen coordinator --keys-dir DIR`, one `tessera keygen client NAME --keys-dir DIR2 "
+            + "--authorize-in DIR` per worker or user, then `tessera coordinator --keys-dir DIR --bind \(endpoint)` "
+            + "(docs/operations.md, \"Keys\")"
     )
+}
+
+/// SIGHUP: re-read the allow-list now (it is also watched, so this only saves up to a second).
+struct ReloadKeysOnHangup: Service {
+    let coordinator: Coordinator
+    let logger: Logger
+
+    func run() async throws {
+        for await _ in await UnixSignalsSequence(trapping: .sighup).cancelOnGracefulShutdown() {
+            logger.info("SIGHUP: reloading the allow-list")
+            coordinator.reloadKeys()
+        }
+    }
 }
 
 struct CoordinatorCommand: AsyncParsableCommand {
@@ -97,7 +109,11 @@ struct CoordinatorCommand: AsyncParsableCommand {
     @Option(help: "ZeroMQ endpoint to bind (default: $TESSERA_COORDINATOR or tcp://127.0.0.1:5555).") var bind: String?
     @Option(help: "HOST:PORT for the HTTP status endpoint (default: $TESSERA_HTTP; not served by this version).") var http: String?
     @Option(help: "Checkpoint store directory (default: $TESSERA_DATA_DIR or ./tessera-data).") var dataDir: String?
-    @Option(help: "CURVE keys directory (default: $TESSERA_KEYS_DIR).") var keysDir: String?
+    @Option(
+        help: ArgumentHelp(
+            "CURVE keys directory (default: $TESSERA_KEYS_DIR).",
+            discussion: "Holds coordinator.key_secret and authorized/ (one public key per worker and user). With keys, every peer must authenticate and any bind is allowed; without, only loopback. SIGHUP re-reads authorized/ (it is also watched): a removed key's session ends."))
+    var keysDir: String?
     @Option(help: "Heartbeat interval in seconds.") var heartbeat: Double = 1.0
     @Option(help: "Missed heartbeats before a worker is declared lost.") var liveness: Int = 3
     @Option(help: "Write the bound endpoint to this file once listening (useful with --bind tcp://127.0.0.1:*).")
@@ -108,7 +124,11 @@ struct CoordinatorCommand: AsyncParsableCommand {
         try await runCLI {
             let logger = log.bootstrap(label: "tessera.coordinator")
             let endpoint = bind ?? Env.get("TESSERA_COORDINATOR") ?? "tcp://127.0.0.1:5555"
-            try checkBindIsSafe(endpoint, keysDir: keysDir ?? Env.get("TESSERA_KEYS_DIR"))
+            let keys = keysDir ?? Env.get("TESSERA_KEYS_DIR")
+            try checkBindIsSafe(endpoint, keysDir: keys)
+            if let keys {
+                do { _ = try CurveKeysDirectory.coordinator(keys) } catch { throw CLIError("\(error)") }
+            }
             if let h = http ?? Env.get("TESSERA_HTTP") {
                 logger.warning("the HTTP status endpoint is not served by this version", metadata: ["http": "\(h)"])
             }
@@ -119,11 +139,14 @@ struct CoordinatorCommand: AsyncParsableCommand {
             config.heartbeatInterval = heartbeat
             config.liveness = liveness
             config.endpointFile = endpointFile
+            config.keysDir = keys
             let coordinator = Coordinator(config: config, catalogue: Workloads.catalogue, logger: logger)
             // SIGTERM / SIGINT: graceful shutdown through the ServiceGroup (finish the batch being committed, tell
-            // the workers, exit 0).
+            // the workers, exit 0). SIGHUP: reload the allow-list. The reload service is listed last so that it
+            // stops first.
             let group = ServiceGroup(configuration: ServiceGroupConfiguration(
-                services: [.init(service: coordinator)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+                services: [.init(service: coordinator), .init(service: ReloadKeysOnHangup(coordinator: coordinator, logger: logger))],
+                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
             try await group.run()
         }
     }
@@ -138,7 +161,11 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(help: "Coordinator endpoint (default: $TESSERA_COORDINATOR or tcp://127.0.0.1:5555).") var coordinator: String?
     @Option(help: "Compute slots (shards run at once).") var slots: Int = 1
     @Option(help: "Worker name (default: HOST-PID).") var name: String?
-    @Option(help: "CURVE keys directory (default: $TESSERA_KEYS_DIR).") var keysDir: String?
+    @Option(
+        help: ArgumentHelp(
+            "CURVE keys directory (default: $TESSERA_KEYS_DIR).",
+            discussion: "Holds this worker's key pair (client.key_secret) and the coordinator's public key (coordinator.key); needed for a coordinator that is not on loopback."))
+    var keysDir: String?
     @Option(help: "OpenBLAS threads per slot.") var blasThreads: Int = 1
     @Option(
         help: ArgumentHelp(
@@ -167,8 +194,9 @@ struct WorkerCommand: AsyncParsableCommand {
     func run() async throws {
         try await runCLI {
             let logger = log.bootstrap(label: "tessera.worker")
-            if keysDir ?? Env.get("TESSERA_KEYS_DIR") != nil {
-                throw CLIError("CURVE authentication is not built into this version yet; connect over loopback without --keys-dir")
+            let keys: ClientKeys?
+            do { keys = try (keysDir ?? Env.get("TESSERA_KEYS_DIR")).map(CurveKeysDirectory.client) } catch {
+                throw CLIError("\(error)")
             }
             let host = ProcessInfo.processInfo.hostName
             var config = WorkerConfiguration(
@@ -179,6 +207,7 @@ struct WorkerCommand: AsyncParsableCommand {
             config.gemm = try gemmChoice()
             config.drainTimeout = drainTimeout
             config.heartbeatInterval = heartbeat
+            config.keys = keys
             let worker = try WorkerDaemon(config: config, catalogue: Workloads.catalogue, logger: logger)
             // SIGTERM / SIGINT: drain (graceful shutdown); if that outlasts the drain timeout plus the time to send
             // the last messages, the group cancels and the worker stops at once.
@@ -192,13 +221,138 @@ struct WorkerCommand: AsyncParsableCommand {
 
 struct Keygen: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Create CURVE key pairs for authenticated, encrypted ZeroMQ (not available in this version)."
+        abstract: "Create CURVE key pairs for authenticated, encrypted connections to a coordinator.",
+        discussion: """
+            tessera keygen coordinator --keys-dir DIR
+                the coordinator's key pair (DIR/coordinator.key_secret, DIR/coordinator.key) and the empty allow-list
+                DIR/authorized/. Start it with `tessera coordinator --keys-dir DIR --bind tcp://ADDRESS:PORT`.
+            tessera keygen client NAME --keys-dir DIR [--authorize-in COORDINATOR_DIR]
+                a worker's or user's key pair (DIR/client.key_secret, DIR/client.key). With --authorize-in (on the
+                coordinator's host, or with its keys directory at hand) it also copies DIR/client.key to
+                COORDINATOR_DIR/authorized/NAME.key and COORDINATOR_DIR/coordinator.key to DIR; otherwise copy those
+                two public files yourself. Then `tessera worker --keys-dir DIR` or `tessera status --keys-dir DIR`.
+
+            Revoke a key by deleting its file from authorized/; the coordinator notices within a second (or at once
+            on SIGHUP) and ends that peer's session. Secret files are written mode 600 and refused if others can
+            read them. Files are in ZeroMQ's certificate format (Z85 keys), readable by other ZeroMQ tools.
+            """
     )
-    @Option(help: "Directory to write keys into.") var keysDir: String?
+    @Argument(help: "coordinator or client.") var role: String
+    @Argument(help: "For client: a name for the key (the allow-list file is NAME.key).") var name: String?
+    @Option(help: "Directory to write the keys into (created if missing).") var keysDir: String
+    @Option(help: "For client: the coordinator's keys directory, to authorize the new key in.") var authorizeIn: String?
+    @Flag(help: "Replace existing keys (peers holding the old ones can no longer connect).") var force = false
+
+    func validate() throws {
+        switch role {
+        case "coordinator":
+            guard name == nil else { throw ValidationError("keygen coordinator takes no NAME") }
+            guard authorizeIn == nil else { throw ValidationError("--authorize-in is for client keys") }
+        case "client":
+            guard let name else { throw ValidationError("keygen client needs a NAME (e.g. the worker's host name)") }
+            guard Self.isValidName(name) else {
+                throw ValidationError("NAME must be 1 to 64 letters, digits, '.', '_' or '-', not starting with '.'")
+            }
+        default:
+            throw ValidationError("role must be coordinator or client, not '\(role)'")
+        }
+    }
+
+    static func isValidName(_ name: String) -> Bool {
+        (1...64).contains(name.utf8.count) && !name.hasPrefix(".")
+            && name.utf8.allSatisfy { $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: "-")
+                || (UInt8(ascii: "a")...UInt8(ascii: "z")).contains($0) || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains($0)
+                || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }
+    }
 
     func run() throws {
         try runCLI {
-            throw CLIError("CURVE keys are not supported by this version yet; run coordinator and workers over loopback or a private network")
+            guard ZMQ.has("curve") else { throw CLIError("this libzmq was built without CURVE") }
+            try makeDirectory(keysDir, mode: 0o700)
+            let pair = try ZMQ.curveKeyPair()
+            if role == "coordinator" {
+                if FileManager.default.fileExists(atPath: path(CurveKeysDirectory.coordinatorSecret)), !force {
+                    throw CLIError(
+                        "\(path(CurveKeysDirectory.coordinatorSecret)) exists; pass --force to replace it (every worker and user then needs the new coordinator.key)")
+                }
+                let cert = ZMQCertificate(publicKey: pair.publicKey, secretKey: pair.secretKey, metadata: [("role", "coordinator")])
+                try writePair(cert, secret: CurveKeysDirectory.coordinatorSecret, publicFile: CurveKeysDirectory.coordinatorPublic)
+                let authorized = (keysDir as NSString).appendingPathComponent(CurveKeysDirectory.authorized)
+                try makeDirectory(authorized, mode: 0o755)
+                printOut("wrote \(path(CurveKeysDirectory.coordinatorSecret)) (secret) and \(path(CurveKeysDirectory.coordinatorPublic))")
+                printOut("public key \(pair.publicKey)")
+                printOut("allow-list: \(authorized)/ (add keys with `tessera keygen client NAME --keys-dir DIR --authorize-in \(keysDir)`)")
+                return
+            }
+            let name = name!
+            let cert: ZMQCertificate
+            let existing = path(CurveKeysDirectory.clientSecret)
+            if FileManager.default.fileExists(atPath: existing), !force {
+                // Keep the key this directory already has: authorize it (again) rather than make a new one.
+                guard authorizeIn != nil else {
+                    throw CLIError("\(existing) exists; pass --force to replace it, or --authorize-in DIR to authorize the existing key")
+                }
+                do {
+                    let pair = try CurveKeysDirectory.client(keysDir, requireCoordinatorKey: false).keyPair
+                    cert = ZMQCertificate(publicKey: pair.publicKey, secretKey: pair.secretKey, metadata: [("name", name)])
+                } catch { throw CLIError("\(error)") }
+                printOut("kept the existing key pair in \(existing)")
+            } else {
+                cert = ZMQCertificate(publicKey: pair.publicKey, secretKey: pair.secretKey, metadata: [("name", name)])
+                try writePair(cert, secret: CurveKeysDirectory.clientSecret, publicFile: CurveKeysDirectory.clientPublic)
+                printOut("wrote \(existing) (secret) and \(path(CurveKeysDirectory.clientPublic))")
+            }
+            printOut("public key \(cert.publicKey)")
+            guard let coordinatorDir = authorizeIn else {
+                printOut("next: copy \(path(CurveKeysDirectory.clientPublic)) to the coordinator's authorized/\(name).key, and its coordinator.key to \(keysDir)/")
+                return
+            }
+            let server = try loadPublic((coordinatorDir as NSString).appendingPathComponent(CurveKeysDirectory.coordinatorPublic))
+            let target = ((coordinatorDir as NSString).appendingPathComponent(CurveKeysDirectory.authorized) as NSString)
+                .appendingPathComponent("\(name).key")
+            if FileManager.default.fileExists(atPath: target), !force,
+                (try? CurveKeysDirectory.certificate(target, hint: ""))?.publicKey != cert.publicKey
+            {
+                throw CLIError("\(target) exists with another key named \(name); pass --force to replace it")
+            }
+            try atomicWrite(target, cert.render(secret: false, generatedBy: "tessera keygen"), mode: 0o644)
+            try atomicWrite(path(CurveKeysDirectory.coordinatorPublic), server.render(secret: false, generatedBy: "tessera keygen"), mode: 0o644)
+            printOut("authorized: \(target)")
+            printOut("wrote \(path(CurveKeysDirectory.coordinatorPublic)) (the coordinator's public key \(server.publicKey))")
+        }
+    }
+
+    private func path(_ file: String) -> String { (keysDir as NSString).appendingPathComponent(file) }
+
+    private func loadPublic(_ file: String) throws -> ZMQCertificate {
+        do {
+            let cert = try CurveKeysDirectory.certificate(file, hint: "is it a coordinator's keys directory (`tessera keygen coordinator`)?")
+            return ZMQCertificate(publicKey: cert.publicKey, metadata: cert.metadata)
+        } catch { throw CLIError("\(error)") }
+    }
+
+    private func writePair(_ cert: ZMQCertificate, secret: String, publicFile: String) throws {
+        try atomicWrite(path(secret), cert.render(secret: true, generatedBy: "tessera keygen"), mode: 0o600)
+        try atomicWrite(path(publicFile), cert.render(secret: false, generatedBy: "tessera keygen"), mode: 0o644)
+    }
+
+    private func makeDirectory(_ dir: String, mode: Int) throws {
+        do {
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: mode])
+        } catch { throw CLIError("cannot create \(dir): \(error.localizedDescription)") }
+    }
+
+    /// Temp file with its final mode, fsync, rename: a reader (the coordinator's watcher) never sees half a key.
+    private func atomicWrite(_ file: String, _ text: String, mode: mode_t) throws {
+        let tmp = file + ".tmp-\(getpid())"
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
+        guard fd >= 0 else { throw CLIError("cannot write \(tmp): \(String(cString: strerror(errno)))") }
+        let bytes = Array(text.utf8)
+        let ok = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) == $0.count } && fchmod(fd, mode) == 0 && fsync(fd) == 0
+        close(fd)
+        guard ok, rename(tmp, file) == 0 else {
+            unlink(tmp)
+            throw CLIError("cannot write \(file): \(String(cString: strerror(errno)))")
         }
     }
 }

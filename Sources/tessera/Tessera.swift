@@ -4,6 +4,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import ZeroMQ
 
 @main
 struct Tessera: AsyncParsableCommand {
@@ -33,12 +34,25 @@ struct ClientOptions: ParsableArguments {
     @Option(name: .long, help: "Seconds to wait for the coordinator to answer.")
     var requestTimeout: Double = 10
 
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "CURVE keys directory (default: $TESSERA_KEYS_DIR).",
+            discussion: "Holds this user's key pair (client.key_secret) and the coordinator's public key (coordinator.key); see `tessera keygen --help`."))
+    var keysDir: String?
+
     var endpoint: String {
         coordinator ?? Env.get("TESSERA_COORDINATOR") ?? "tcp://127.0.0.1:5555"
     }
 
     func client() throws -> CoordinatorClient {
-        try CoordinatorClient(endpoint: endpoint, timeout: requestTimeout)
+        let keys: ClientKeys?
+        do {
+            keys = try (keysDir ?? Env.get("TESSERA_KEYS_DIR")).map(CurveKeysDirectory.client)
+        } catch {
+            throw CLIError("\(error)")
+        }
+        return try CoordinatorClient(endpoint: endpoint, timeout: requestTimeout, keys: keys)
     }
 }
 

@@ -218,6 +218,26 @@ struct CoordinatorStateMachineTests {
         #expect(commits(late).isEmpty)
     }
 
+    @Test("A revoked key ends its session at once: DISCONNECT, its shards requeued as for a lost worker, nothing more taken")
+    func revokedSession() {
+        var h = Self.withTwoLeases()
+        let r = h.feed(.revoked(w1, reason: "key revoked"))
+        #expect(sends(r, to: w1) == [.disconnect(Disconnect(reason: "key revoked"))])
+        #expect(commits(r) == [[.workerGone(workerID: 11, lost: true, reason: "key revoked")]])
+        #expect(r.contains(.dropTransfers(w1)))
+        #expect(h.machine.counters.sessionsRevoked == 1)
+        #expect(h.machine.sessionCount == 0)
+        _ = h.feed(.committed([.workerGone(requeued: 2)]))
+        // Whatever it still sends is not taken for the leases it held.
+        let late = h.receive(w1, .shardDone(ShardDone(ref: ref(0), summary: [])))
+        #expect(commits(late).isEmpty)
+        // A second revocation of a peer without a session only repeats the DISCONNECT.
+        let again = h.feed(.revoked(w1, reason: "key revoked"))
+        #expect(sends(again, to: w1) == [.disconnect(Disconnect(reason: "key revoked"))])
+        #expect(commits(again).isEmpty)
+        #expect(h.machine.counters.sessionsRevoked == 1)
+    }
+
     @Test("Ticks: HEARTBEAT to every worker, every worker's progress renewed in one command, one lease sweep")
     func tickRenewsAllWorkersInOneCommand() {
         var h = Self.withTwoLeases()
