@@ -211,6 +211,10 @@ public struct WorkerStateMachine: Sendable {
     private var delay: Duration
     private var drainStarted: ContinuousClock.Instant?
     private var drainStopSent = false
+    /// When the READY not yet taken by the coordinator was sent (nil once any non-ERROR message arrived).
+    private var readySent: ContinuousClock.Instant?
+    /// notReady ERRORs that answered messages sent before our READY, and so asked for nothing new.
+    public private(set) var ignoredNotReady = 0
 
     public init(configuration: Configuration) {
         self.configuration = configuration
@@ -301,6 +305,7 @@ public struct WorkerStateMachine: Sendable {
 
     /// READY on the current connection, then everything not yet acknowledged again.
     private mutating func register(now: ContinuousClock.Instant, into out: inout [Action]) {
+        readySent = now
         out.append(
             .send(
                 .ready(
@@ -376,6 +381,9 @@ public struct WorkerStateMachine: Sendable {
     // MARK: Inbound
 
     private mutating func receive(_ message: Message, now: ContinuousClock.Instant, into out: inout [Action]) {
+        // The coordinator sends a peer nothing but ERRORs until it has a session for it, and one connection keeps
+        // order: so the first message that is not an ERROR means our READY has been taken.
+        if case .error = message {} else { readySent = nil }
         switch message {
         case .heartbeat:
             break
@@ -400,7 +408,15 @@ public struct WorkerStateMachine: Sendable {
             // The coordinator does not know us (it restarted): register again on a fresh connection.
             loseConnection(now: now, reason: "coordinator asked to re-register: \(d.reason)", into: &out)
         case .error(let e) where e.code == WireStatus.notReady:
-            // The coordinator does not know us (it restarted or declared us lost): READY again, then replay.
+            // A notReady that arrives after our READY and before the coordinator took it answers a message we sent
+            // before that READY (every heartbeat, metric batch and chunk in flight gets one): the READY already
+            // covers it. Answering each with a fresh READY was a storm of registrations after every outage, each
+            // requeueing and re-taking our shards. After a liveness period without any sign that the READY was
+            // taken, a notReady does ask for a new one (a coordinator that restarted again meanwhile).
+            if let sent = readySent, now - sent < configuration.heartbeatInterval * configuration.liveness {
+                ignoredNotReady += 1
+                break
+            }
             out.append(.log("coordinator asked to re-register", [:]))
             register(now: now, into: &out)
         case .error(let e):

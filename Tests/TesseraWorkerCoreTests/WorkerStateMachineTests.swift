@@ -295,6 +295,29 @@ struct WorkerStateMachineTests {
         #expect(h.advance(.seconds(1)).first == .connect)
     }
 
+    @Test("No re-registration storm: the notReady answers to what was in flight before a READY ask for no second READY")
+    func oneReadyPerOutage() {
+        var h = WorkerHarness.running([wref(0)])
+        _ = h.feed(.computed(wref(0), WSM.ComputeOutput(step: 1, points: points(1))))
+        // The coordinator restarted: every message in flight (heartbeat, metrics, ...) comes back as notReady.
+        let notReady = Message.error(ErrorMessage(code: WireStatus.notReady, message: "unknown worker: send READY"))
+        let first = h.receive(notReady)
+        #expect(sent(first).filter { if case .ready = $0 { true } else { false } }.count == 1)
+        for _ in 0..<20 {
+            #expect(sent(h.receive(notReady)).isEmpty, "answers to messages sent before the READY: covered by it")
+        }
+        #expect(h.machine.ignoredNotReady == 20)
+        // The coordinator took the READY (its HEARTBEAT): a later notReady (it forgot us again) asks for a new one.
+        _ = h.receive(.heartbeat(Heartbeat()))
+        let again = h.receive(notReady)
+        #expect(sent(again).filter { if case .ready = $0 { true } else { false } }.count == 1)
+        // And if no sign ever comes, a notReady a liveness period later asks again (it restarted once more).
+        _ = h.advance(.milliseconds(2900))
+        #expect(sent(h.receive(notReady)).isEmpty)
+        _ = h.advance(.milliseconds(200))
+        #expect(sent(h.receive(notReady)).contains { if case .ready = $0 { true } else { false } })
+    }
+
     @Test("FETCH and REQUEST: sent with fresh ids, replies delivered to the asking shard, re-asked after a reconnect")
     func fetchesAndRequests() {
         var h = WorkerHarness.running([wref(0), wref(1)])
