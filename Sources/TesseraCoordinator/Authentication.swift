@@ -25,6 +25,10 @@ final class Authenticator {
 
     private(set) var handshakesDenied = 0
     private(set) var messagesRefused = 0
+    /// Handshakes that failed before the ZAP question (plaintext peers, wrong coordinator key), from the monitor.
+    private(set) var handshakesFailed = 0
+    private(set) var monitor: ZMQHandshakeMonitor?
+    private var lastFailureLog: ContinuousClock.Instant?
 
     init(context: ZMQContext, keys: CoordinatorKeys, logger: Logger) throws {
         self.directory = keys.authorizedDirectory
@@ -35,7 +39,27 @@ final class Authenticator {
         report(allowed, reloaded: false)
     }
 
-    func close() { zap.close() }
+    func close() {
+        monitor?.close()
+        zap.close()
+    }
+
+    /// Watches the ROUTER's handshake failures (they never reach the ZAP handler).
+    func watchHandshakes(of router: ZMQSocket) throws {
+        monitor = try ZMQHandshakeMonitor(router, name: "tessera-handshakes")
+    }
+
+    /// Counts and logs (at most every 10 s) the handshake failures reported since the last call.
+    func serveMonitor(now: ContinuousClock.Instant) throws {
+        guard let failures = try monitor?.take(), !failures.isEmpty else { return }
+        handshakesFailed += failures.count
+        if lastFailureLog.map({ now - $0 >= .seconds(10) }) ?? true {
+            lastFailureLog = now
+            logger.warning(
+                "CURVE handshake failed: a plaintext peer, or one holding another coordinator.key",
+                metadata: ["kind": "\(failures[0].kind)", "endpoint": "\(failures[0].endpoint)", "total": "\(handshakesFailed)"])
+        }
+    }
 
     /// Answers pending ZAP requests.
     func serveHandshakes() throws {

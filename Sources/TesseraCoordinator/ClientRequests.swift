@@ -19,6 +19,7 @@ struct CoordinatorStatus: Sendable {
     /// CURVE: handshakes the ZAP handler refused (key not on the allow-list), and messages dropped because their
     /// connection's key was revoked.
     var handshakesDenied = 0
+    var handshakesFailed = 0
     var messagesRefused = 0
     var authenticated = false
 }
@@ -199,7 +200,8 @@ final class ReadPool: @unchecked Sendable {
         case "workers":
             let json = try store.workersJSON()
             let (c, connected, tooLarge, auth) = status.value.withLock {
-                ($0.counters, $0.connectedWorkers, $0.repliesTooLarge, ($0.authenticated, $0.handshakesDenied, $0.messagesRefused))
+                ($0.counters, $0.connectedWorkers, $0.repliesTooLarge,
+                 ($0.authenticated, $0.handshakesDenied, $0.messagesRefused, $0.handshakesFailed))
             }
             let stats: JSONObject = [
                 "connected_workers": .int(connected), "messages_in": .int(c.messagesIn),
@@ -208,7 +210,7 @@ final class ReadPool: @unchecked Sendable {
                 "dispatched": .int(c.dispatched), "workers_lost": .int(c.workersLost),
                 "errors_received": .int(c.errorsReceived), "errors_suppressed": .int(c.errorsSuppressed),
                 "replies_too_large": .int(tooLarge), "commits": .int(c.commits),
-                "auth": .string(auth.0 ? "curve" : "none"), "handshakes_denied": .int(auth.1),
+                "auth": .string(auth.0 ? "curve" : "none"), "handshakes_denied": .int(auth.1), "handshakes_failed": .int(auth.3),
                 "messages_refused": .int(auth.2), "sessions_revoked": .int(c.sessionsRevoked),
             ]
             replyRaw(identity, r, json: "{\"workers\":\(json),\"coordinator\":\(JSONValue.object(stats).render())}")

@@ -201,6 +201,7 @@ public final class Coordinator: Service, @unchecked Sendable {
         if let keys {
             try router.setCurveServer(secretKey: keys.keyPair.secretKey)
             try router.setZAPDomain("tessera")
+            try auth?.watchHandshakes(of: router)
         }
         try router.setRouterMandatory(true)
         try router.setLinger(milliseconds: 2000)
@@ -223,13 +224,17 @@ public final class Coordinator: Service, @unchecked Sendable {
         let interval = Duration.milliseconds(Int64(config.heartbeatInterval * 1000))
         var nextTick = ContinuousClock.now + interval
         var items = [ZMQPollItem(socket: router), ZMQPollItem(wakeup: inbox.wakeup)]
-        if let auth { items.append(ZMQPollItem(socket: auth.zap.socket)) }
+        if let auth {
+            items.append(ZMQPollItem(socket: auth.zap.socket))
+            if let m = auth.monitor { items.append(ZMQPollItem(socket: m.socket)) }
+        }
         while !stopRequested.load(ordering: .relaxed) {
             let wait = max(0, (nextTick - ContinuousClock.now).wholeMilliseconds)
             let ready = try ZMQ.poll(items, timeoutMilliseconds: wait)
             if ready[1] { inbox.wakeup.reset() }
             if let auth {
                 try auth.serveHandshakes()
+                try auth.serveMonitor(now: .now)
                 var n = 0
                 while n < 10_000, let (frames, userID) = try router.receiveWithUserID(dontWait: true) {
                     n += 1
@@ -269,6 +274,7 @@ public final class Coordinator: Service, @unchecked Sendable {
                 $0.connectedWorkers = machine.sessionCount
                 $0.repliesTooLarge = repliesTooLarge
                 $0.handshakesDenied = auth?.handshakesDenied ?? 0
+                $0.handshakesFailed = auth?.handshakesFailed ?? 0
                 $0.messagesRefused = auth?.messagesRefused ?? 0
                 $0.authenticated = auth != nil
             }

@@ -85,3 +85,57 @@ extension ZMQSocket {
         try setOptionBytes(ZMQ_ZAP_DOMAIN, "ZMQ_ZAP_DOMAIN", Array(domain.utf8))
     }
 }
+
+/// Handshake failures a socket reports through zmq_socket_monitor: a peer that speaks another security mechanism
+/// (plaintext against CURVE) or whose CURVE handshake cannot be decrypted (it holds a wrong server key). Libzmq
+/// drops such connections before any message; this is how their owner gets to see and count them.
+public final class ZMQHandshakeMonitor {
+    public struct Failure: Sendable, Equatable {
+        /// ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL, _PROTOCOL or _AUTH.
+        public var event: UInt16
+        /// The errno or protocol error code libzmq reports.
+        public var value: UInt32
+        /// The connection's endpoint as libzmq reports it (the local side for a bound socket).
+        public var endpoint: String
+        public var kind: String {
+            switch Int32(event) {
+            case ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL: "protocol"
+            case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH: "auth"
+            default: "no detail"
+            }
+        }
+    }
+
+    public let socket: ZMQSocket
+
+    /// Starts monitoring `target`'s handshake failures on a PAIR socket in the same context.
+    public init(_ target: ZMQSocket, name: String) throws {
+        let endpoint = "inproc://\(name)"
+        let events = ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH
+        let handle = target.pollHandle
+        _ = try zmqCall("zmq_socket_monitor") { endpoint.withCString { zmq_socket_monitor(handle, $0, events) } }
+        socket = try ZMQSocket(context: target.context, type: .pair)
+        do {
+            try socket.setLinger(milliseconds: 0)
+            try socket.connect(endpoint)
+        } catch {
+            socket.close()
+            throw error
+        }
+    }
+
+    public func close() { socket.close() }
+
+    /// The failures reported since the last call. Never blocks.
+    public func take() throws -> [Failure] {
+        var out: [Failure] = []
+        while let frames = try socket.receive(dontWait: true) {
+            guard frames.count >= 2, frames[0].count >= 6 else { continue }
+            let f = frames[0]
+            let event = UInt16(f[0]) | UInt16(f[1]) << 8
+            let value = UInt32(f[2]) | UInt32(f[3]) << 8 | UInt32(f[4]) << 16 | UInt32(f[5]) << 24
+            out.append(Failure(event: event, value: value, endpoint: String(decoding: frames[1], as: UTF8.self)))
+        }
+        return out
+    }
+}
