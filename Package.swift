@@ -11,8 +11,10 @@ let swiftSettings: [SwiftSetting] = [
 
 #if arch(x86_64)
 let avx512Settings: [SwiftSetting] = [.unsafeFlags(["-target-cpu", "skylake-avx512", "-O"])]
+let avx2Settings: [SwiftSetting] = [.unsafeFlags(["-target-cpu", "haswell", "-O"])]
 #else
 let avx512Settings: [SwiftSetting] = []
+let avx2Settings: [SwiftSetting] = []
 #endif
 
 let package = Package(
@@ -42,7 +44,8 @@ let package = Package(
 
         // Compute runtime: tensors on OpenBLAS, MLPs, Adam, Philox, safetensors. No ZeroMQ, no PostgreSQL.
         .target(
-            name: "TesseraCompute", dependencies: ["COpenBLAS", "TesseraKernels", "TesseraAVX512", "TesseraJSON"],
+            name: "TesseraCompute",
+            dependencies: ["COpenBLAS", "TesseraKernels", "TesseraAVX512", "TesseraAVX2", "TesseraJSON"],
             swiftSettings: swiftSettings
         ),
         // Inlinable SIMD kernels (exp, SiLU), compiled by each module that calls them for that module's target.
@@ -51,6 +54,9 @@ let package = Package(
         // TesseraCompute checked the CPU. Always optimised: the debug build would otherwise run every MLP in the tests
         // 50x slower.
         .target(name: "TesseraAVX512", dependencies: ["TesseraKernels"], swiftSettings: swiftSettings + avx512Settings),
+        // The same gemm and passes for AVX2 + FMA CPUs without AVX-512 (`-target-cpu haswell`), entered only after
+        // the same check; always optimised, like TesseraAVX512.
+        .target(name: "TesseraAVX2", dependencies: ["TesseraKernels"], swiftSettings: swiftSettings + avx2Settings),
 
         // Tessera's one JSON codec: JSONValue (exact doubles and integers, ordered objects), a strict mode for
         // safetensors headers, and the Codable bridge. A leaf: the standard library only.
@@ -124,7 +130,7 @@ let package = Package(
         .target(name: "TesseraTesting", dependencies: ["LibPQ", "TesseraStore", "TesseraModel"], swiftSettings: swiftSettings),
 
         .testTarget(
-            name: "TesseraComputeTests", dependencies: ["TesseraCompute", "TesseraKernels", "TesseraAVX512"],
+            name: "TesseraComputeTests", dependencies: ["TesseraCompute", "TesseraKernels", "TesseraAVX512", "TesseraAVX2"],
             exclude: ["Fixtures"],
             swiftSettings: swiftSettings
         ),

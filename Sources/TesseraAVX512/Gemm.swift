@@ -4,219 +4,99 @@
 // CPU (TesseraCompute's `GemmBackend` does, from /proc/cpuinfo). Every entry point is `@inline(never)` so no
 // AVX-512 code is inlined into the baseline modules that call it.
 //
-// The arithmetic contract, which makes results independent of blocking, threads and vector width:
-//   C[i, j] = fma(alpha*A[i, K-1], B[K-1, j], ... fma(alpha*A[i, 1], B[1, j], fma(alpha*A[i, 0], B[0, j], c0)))
-// with c0 = 0 when beta == 0 and c0 = beta*C[i, j] otherwise: one fused multiply-add per k, in k order, in Float.
-// A scalar loop with `Float.addingProduct` gives the same bits (GemmTests checks exactly that); so does any other
-// tiling of the same chain. OpenBLAS promises nothing of the sort: its results change with its kernel family.
-//
-// Blocking (Goto style): K in blocks of `kc`, the rows of C in blocks of `mc`. op(B) is packed once per call
-// (`packB`) into panels of kc x nr contiguous floats, zero-padded past n, 64-byte aligned: reading B in place was up
-// to 2x slower whenever the caller's rows were not 64-byte aligned. A is only broadcast, so whole mr-row panels are
-// read in place (strided); a ragged last panel, or every panel when alpha != 1, is packed (`packA`, k-major, mr
-// floats per k). The micro-kernel keeps an 8 x 32 tile of C in 16 zmm registers; between K blocks the partial sums
-// go through C itself, which continues the same fma chain.
+// The blocking and packing are TesseraKernels' `GemmDriver`, specialised here for `AVX512Tile` (so compiled for
+// AVX-512); its header states the arithmetic contract (one fma chain per element of C, in k order), which makes
+// results independent of blocking, threads, tile shape and vector width. The micro-kernel keeps an 8 x 32 tile of
+// C in 16 zmm registers.
 
 #if arch(x86_64)
+import TesseraKernels
 
 public enum AVX512Gemm {
     public typealias V = SIMD16<Float>
+    typealias Driver = GemmDriver<AVX512Tile>
     /// Rows of C per micro-kernel tile.
-    public static let mr = 8
+    public static var mr: Int { AVX512Tile.mr }
     /// Columns of C per micro-kernel tile (two zmm vectors).
-    public static let nr = 32
-    /// K block: a 256 x 32 panel of B is 32 KiB and stays in L1 across the A panels of a row block.
-    public static let kc = 256
-    /// Row block: 128 rows x 256 k of A (128 KiB) stay in L2 while the B panels pass.
-    public static let mc = 128
+    public static var nr: Int { AVX512Tile.nr }
 
     /// Floats of per-thread scratch `gemmRows` needs.
-    public static var scratchCount: Int { mc * kc + mr * nr }
+    public static func scratchCount(_ blocking: GemmBlocking) -> Int { Driver.scratchCount(blocking) }
 
     /// Floats needed to pack a B of logical shape [k, n] (`packB`).
-    public static func packedCount(k: Int, n: Int) -> Int { k * paddedColumns(n) }
-
-    public static func paddedColumns(_ n: Int) -> Int { (n + nr - 1) / nr * nr }
+    public static func packedCount(k: Int, n: Int) -> Int { Driver.packedCount(k: k, n: n) }
 
     /// Column panels of a [k, n] operand.
-    public static func panels(_ n: Int) -> Int { (n + nr - 1) / nr }
+    public static func panels(_ n: Int) -> Int { Driver.panels(n) }
 
-    /// Packs panels [panelStart, panelEnd) of op(B) in the layout `gemmRows` reads: K block pc (kc rows) starts at
-    /// pc * paddedColumns(n); within it, panel p holds kb x nr floats (nr per kk), zero past column n. op(B) is
-    /// src (row-major [k, n], leading dimension lds) or, with `trans`, src^T (src row-major [n, k]). Packing every
-    /// B, not only a transposed one, makes every vector load of B 64-byte aligned (`dst` must be) and contiguous.
+    /// `GemmDriver.packB`, compiled for AVX-512.
     @inline(never)
     public static func packB(
         trans: Bool, _ src: UnsafePointer<Float>, lds: Int, k: Int, n: Int, panelStart: Int, panelEnd: Int,
-        into dst: UnsafeMutablePointer<Float>
+        kc: Int, into dst: UnsafeMutablePointer<Float>
     ) {
-        let ldp = paddedColumns(n)
-        for p in panelStart..<panelEnd {
-            let j0 = p * nr
-            let live = min(nr, n - j0)
-            for pc in stride(from: 0, to: k, by: kc) {
-                let kb = min(kc, k - pc)
-                let d = dst + pc * ldp + p * nr * kb
-                if !trans {
-                    for kk in 0..<kb {
-                        let s = src + (pc + kk) * lds + j0
-                        let o = d + kk * nr
-                        if live == nr {
-                            o.update(from: s, count: nr)
-                        } else {
-                            o.update(from: s, count: live)
-                            (o + live).update(repeating: 0, count: nr - live)
-                        }
-                    }
-                } else if live == nr {
-                    // Four k at a time: 4 x 32 loads from 32 rows, four sequential 32-float stores.
-                    var kk = 0
-                    while kk + 4 <= kb {
-                        let o = d + kk * nr
-                        for jj in 0..<nr {
-                            let s = src + (j0 + jj) * lds + pc + kk
-                            o[jj] = s[0]
-                            o[nr + jj] = s[1]
-                            o[2 * nr + jj] = s[2]
-                            o[3 * nr + jj] = s[3]
-                        }
-                        kk += 4
-                    }
-                    while kk < kb {
-                        for jj in 0..<nr { d[kk * nr + jj] = src[(j0 + jj) * lds + pc + kk] }
-                        kk += 1
-                    }
-                } else {
-                    for kk in 0..<kb {
-                        for jj in 0..<live { d[kk * nr + jj] = src[(j0 + jj) * lds + pc + kk] }
-                        for jj in live..<nr { d[kk * nr + jj] = 0 }
-                    }
-                }
-            }
-        }
+        Driver.packB(
+            trans: trans, src, lds: lds, k: k, n: n, panelStart: panelStart, panelEnd: panelEnd, kc: kc, into: dst)
     }
 
-    /// Rows [rowStart, rowEnd) of C = alpha op(A) op(B) + beta C, with op(B) already packed by `packB` (all its
-    /// panels). `scratch` holds `scratchCount` floats owned by the calling thread, 64-byte aligned.
+    /// `GemmDriver.gemmRows`, compiled for AVX-512.
     @inline(never)
     public static func gemmRows(
         rowStart: Int, rowEnd: Int, transA: Bool, n: Int, k: Int, alpha: Float,
         a: UnsafePointer<Float>, lda: Int, packedB b: UnsafePointer<Float>,
-        beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int, scratch: UnsafeMutablePointer<Float>
+        beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int, blocking: GemmBlocking,
+        scratch: UnsafeMutablePointer<Float>
     ) {
-        guard rowEnd > rowStart, n > 0 else { return }
-        // beta != 0 and != 1: scale C first; the chain then starts from beta*C[i, j].
-        if beta != 0 && beta != 1 {
-            for i in rowStart..<rowEnd {
-                let row = c + i * ldc
-                for j in 0..<n { row[j] *= beta }
-            }
-        }
-        if k == 0 {
-            if beta == 0 {
-                for i in rowStart..<rowEnd { (c + i * ldc).update(repeating: 0, count: n) }
-            }
-            return
-        }
-        let packedA = scratch
-        let tile = scratch + mc * kc
-        let fullPanels = n / nr
-        let edgeCols = n - fullPanels * nr
-        let panels = fullPanels + (edgeCols > 0 ? 1 : 0)
-
-        for pc in stride(from: 0, to: k, by: kc) {
-            let kb = min(kc, k - pc)
-            let startFromC = pc > 0 || beta != 0
-            for ic in stride(from: rowStart, to: rowEnd, by: mc) {
-                let mb = min(mc, rowEnd - ic)
-                let rowPanels = (mb + mr - 1) / mr
-                // With alpha = 1, whole 8-row panels of A are read where they are (only broadcasts, so alignment
-                // does not matter, and packing would cost as much as a third of the multiply at H = 128); a ragged
-                // last panel, or any panel when alpha scales A, is packed.
-                let inPlace = alpha == 1
-                let packedRows = inPlace ? mb % mr : mb
-                let firstPacked = inPlace ? mb / mr : 0
-                if packedRows > 0 {
-                    packA(
-                        transA: transA, a: a, lda: lda, row0: ic + firstPacked * mr, rows: packedRows, k0: pc, kb: kb,
-                        alpha: alpha, into: packedA)
-                }
-                for jr in 0..<panels {
-                    let bp = b + pc * paddedColumns(n) + jr * nr * kb
-                    let cols = jr == fullPanels ? edgeCols : nr
-                    for ir in 0..<rowPanels {
-                        let rows = min(mr, mb - ir * mr)
-                        let ap: UnsafePointer<Float>
-                        let (rs, ks): (Int, Int)
-                        if ir < firstPacked {
-                            let row = ic + ir * mr
-                            ap = transA ? a + pc * lda + row : a + row * lda + pc
-                            (rs, ks) = transA ? (1, lda) : (lda, 1)
-                        } else {
-                            ap = UnsafePointer(packedA + (ir - firstPacked) * mr * kb)
-                            (rs, ks) = (1, mr)
-                        }
-                        let cp = c + (ic + ir * mr) * ldc + jr * nr
-                        if rows == mr && cols == nr {
-                            micro(kb, ap, rs, ks, bp, cp, ldc, startFromC)
-                        } else {
-                            if startFromC {
-                                for r in 0..<rows {
-                                    (tile + r * nr).update(from: cp + r * ldc, count: cols)
-                                }
-                            }
-                            micro(kb, ap, rs, ks, bp, tile, nr, startFromC)
-                            for r in 0..<rows {
-                                (cp + r * ldc).update(from: tile + r * nr, count: cols)
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        Driver.gemmRows(
+            rowStart: rowStart, rowEnd: rowEnd, transA: transA, n: n, k: k, alpha: alpha, a: a, lda: lda, packedB: b,
+            beta: beta, c: c, ldc: ldc, blocking: blocking, scratch: scratch)
     }
 
-    /// Packs alpha * op(A)[row0 ..< row0+rows, k0 ..< k0+kb] into panels of mr rows: panel p holds, for each kk,
-    /// the mr values of rows p*mr ..< p*mr+mr (zero past `rows`).
-    @inline(__always)
-    static func packA(
-        transA: Bool, a: UnsafePointer<Float>, lda: Int, row0: Int, rows: Int, k0: Int, kb: Int, alpha: Float,
-        into dst: UnsafeMutablePointer<Float>
+    /// `GemmDriver.oneRow` (m = 1, B not transposed, unpacked), compiled for AVX-512.
+    @inline(never)
+    public static func oneRow(
+        k: Int, n: Int, alpha: Float, x: UnsafePointer<Float>, incx: Int, b: UnsafePointer<Float>, ldb: Int,
+        beta: Float, c: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>
     ) {
-        let panels = (rows + mr - 1) / mr
-        for p in 0..<panels {
-            let d = dst + p * mr * kb
-            let r0 = row0 + p * mr
-            let live = min(mr, rows - p * mr)
-            if transA {
-                // op(A)[i, kk] = a[kk * lda + i]: mr contiguous floats per kk.
-                for kk in 0..<kb {
-                    let s = a + (k0 + kk) * lda + r0
-                    let o = d + kk * mr
-                    for r in 0..<live { o[r] = s[r] }
-                    for r in live..<mr { o[r] = 0 }
-                }
-            } else {
-                for r in 0..<live {
-                    let s = a + (r0 + r) * lda + k0
-                    for kk in 0..<kb { d[kk * mr + r] = s[kk] }
-                }
-                if live < mr {
-                    for kk in 0..<kb {
-                        for r in live..<mr { d[kk * mr + r] = 0 }
-                    }
-                }
-            }
-            if alpha != 1 {
-                for i in 0..<(kb * mr) { d[i] *= alpha }
-            }
-        }
+        Driver.oneRow(k: k, n: n, alpha: alpha, x: x, incx: incx, b: b, ldb: ldb, beta: beta, c: c, scratch: scratch)
     }
+
+    /// The roofline probe: `iterations` x 16 independent zmm fmas (32 flops each) on registers only, no loads.
+    /// Returns a value derived from every accumulator so the loop cannot be dropped.
+    @inline(never)
+    public static func fmaLoop(iterations: Int) -> Float {
+        var a0 = V(repeating: 0.1), a1 = V(repeating: 0.2), a2 = V(repeating: 0.3), a3 = V(repeating: 0.4)
+        var a4 = V(repeating: 0.5), a5 = V(repeating: 0.6), a6 = V(repeating: 0.7), a7 = V(repeating: 0.8)
+        var a8 = V(repeating: 0.9), a9 = V(repeating: 1.0), a10 = V(repeating: 1.1), a11 = V(repeating: 1.2)
+        var a12 = V(repeating: 1.3), a13 = V(repeating: 1.4), a14 = V(repeating: 1.5), a15 = V(repeating: 1.6)
+        // a = fma(a, x, y) converges to y / (1 - x) = 1: no infinities, no subnormals.
+        let x = V(repeating: 0.999_9), y = V(repeating: 1e-4)
+        for _ in 0..<iterations {
+            a0 = y.addingProduct(a0, x); a1 = y.addingProduct(a1, x)
+            a2 = y.addingProduct(a2, x); a3 = y.addingProduct(a3, x)
+            a4 = y.addingProduct(a4, x); a5 = y.addingProduct(a5, x)
+            a6 = y.addingProduct(a6, x); a7 = y.addingProduct(a7, x)
+            a8 = y.addingProduct(a8, x); a9 = y.addingProduct(a9, x)
+            a10 = y.addingProduct(a10, x); a11 = y.addingProduct(a11, x)
+            a12 = y.addingProduct(a12, x); a13 = y.addingProduct(a13, x)
+            a14 = y.addingProduct(a14, x); a15 = y.addingProduct(a15, x)
+        }
+        let s0 = (a0 + a1) + (a2 + a3), s1 = (a4 + a5) + (a6 + a7)
+        let s2 = (a8 + a9) + (a10 + a11), s3 = (a12 + a13) + (a14 + a15)
+        return ((s0 + s1) + (s2 + s3)).sum()
+    }
+}
+
+/// The 8 x 32 register tile (16 zmm accumulators; per k two aligned loads of B, eight broadcasts of A).
+public enum AVX512Tile: GemmMicroKernel {
+    public typealias V = SIMD16<Float>
+    public static var mr: Int { 8 }
+    public static var nr: Int { 32 }
 
     /// The 8 x 32 tile: c[r, 0..<32] = chain over kk of fma(a[r*rs + kk*ks], b[kk*32 + 0..<32], .), starting from
     /// c's current values when `load`, else from zero. (rs, ks) = (1, 8) for a packed panel.
     @inline(__always)
-    static func micro(
+    public static func tile(
         _ kb: Int, _ a: UnsafePointer<Float>, _ rs: Int, _ ks: Int, _ b: UnsafePointer<Float>,
         _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ load: Bool
     ) {
@@ -268,6 +148,56 @@ public enum AVX512Gemm {
         st(c50, c + 5 * ldc); st(c51, c + 5 * ldc + 16)
         st(c60, c + 6 * ldc); st(c61, c + 6 * ldc + 16)
         st(c70, c + 7 * ldc); st(c71, c + 7 * ldc + 16)
+    }
+
+    /// One row of C from unpacked B rows: 128 columns (8 zmm chains) at a time, then 16, then scalar fmas.
+    @inline(__always)
+    public static func row(
+        _ k: Int, _ x: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ ldb: Int, _ n: Int,
+        _ c: UnsafeMutablePointer<Float>, _ load: Bool
+    ) {
+        @inline(__always) func ld(_ p: UnsafePointer<Float>) -> V { UnsafeRawPointer(p).loadUnaligned(as: V.self) }
+        @inline(__always) func st(_ v: V, _ p: UnsafeMutablePointer<Float>) {
+            UnsafeMutableRawPointer(p).storeBytes(of: v, as: V.self)
+        }
+        var j = 0
+        while j + 128 <= n {
+            let cc = UnsafePointer(c + j)
+            var c0 = V(), c1 = V(), c2 = V(), c3 = V(), c4 = V(), c5 = V(), c6 = V(), c7 = V()
+            if load {
+                c0 = ld(cc); c1 = ld(cc + 16); c2 = ld(cc + 32); c3 = ld(cc + 48)
+                c4 = ld(cc + 64); c5 = ld(cc + 80); c6 = ld(cc + 96); c7 = ld(cc + 112)
+            }
+            var p = b + j
+            for kk in 0..<k {
+                let xv = V(repeating: x[kk])
+                c0.addProduct(xv, ld(p)); c1.addProduct(xv, ld(p + 16))
+                c2.addProduct(xv, ld(p + 32)); c3.addProduct(xv, ld(p + 48))
+                c4.addProduct(xv, ld(p + 64)); c5.addProduct(xv, ld(p + 80))
+                c6.addProduct(xv, ld(p + 96)); c7.addProduct(xv, ld(p + 112))
+                p += ldb
+            }
+            let o = c + j
+            st(c0, o); st(c1, o + 16); st(c2, o + 32); st(c3, o + 48)
+            st(c4, o + 64); st(c5, o + 80); st(c6, o + 96); st(c7, o + 112)
+            j += 128
+        }
+        while j + 16 <= n {
+            var c0 = load ? ld(UnsafePointer(c + j)) : V()
+            var p = b + j
+            for kk in 0..<k {
+                c0.addProduct(V(repeating: x[kk]), ld(p))
+                p += ldb
+            }
+            st(c0, c + j)
+            j += 16
+        }
+        while j < n {
+            var acc: Float = load ? c[j] : 0
+            for kk in 0..<k { acc = acc.addingProduct(x[kk], b[kk * ldb + j]) }
+            c[j] = acc
+            j += 1
+        }
     }
 }
 

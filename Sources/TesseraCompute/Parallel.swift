@@ -37,12 +37,12 @@ final class ForkJoinHelper: @unchecked Sendable {
     /// Passes smaller than this many elements run on the caller alone.
     /// With OpenBLAS doing the gemms the helper sleeps between jobs (below), so a pass pays a futex wake-up and
     /// must be larger to gain from the split.
-    static var minimumElements: Int { GemmBackend.current == .avx512 ? 1 << 15 : 1 << 17 }
+    static var minimumElements: Int { GemmBackend.current.isTessera ? 1 << 15 : 1 << 17 }
 
     /// How long the helper spins for the next job before it sleeps.
     /// Only with Tessera's own gemm: OpenBLAS's pool threads spin (with sched_yield) after each cblas call too,
     /// and on a 2-core machine two spinning helpers slowed the cblas step by 15% and its forward pass by 70%.
-    static var spinSeconds: Double { GemmBackend.current == .avx512 ? 200e-6 : 0 }
+    static var spinSeconds: Double { GemmBackend.current.isTessera ? 200e-6 : 0 }
     /// Checks of `finished` before a waiting caller starts yielding its core.
     static let spinLimit = 100_000
 

@@ -4,7 +4,7 @@
 // specialization. So every loop over elements that sits on the training path is a *requirement* of this protocol,
 // implemented per type (and specialised there by the compiler), and generic code only makes one dynamic call per
 // operation, never one per element. Float's exp-heavy kernels use a vectorised exp (TesseraKernels/FastMath.swift), in
-// its AVX-512 build (TesseraAVX512) when the CPU has it.
+// its AVX-512 build (TesseraAVX512) or AVX2 build (TesseraAVX2) with the matching gemm backend.
 
 #if canImport(Glibc)
 import Glibc
@@ -15,6 +15,7 @@ import Darwin
 #endif
 import TesseraKernels
 #if arch(x86_64)
+import TesseraAVX2
 import TesseraAVX512
 #endif
 
@@ -210,10 +211,11 @@ extension Float: TensorScalar {
         a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
         beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int
     ) {
-        if GemmBackend.current == .avx512 {
+        let backend = GemmBackend.current
+        if backend.isTessera {
             TesseraGemm.sgemm(
                 transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb,
-                beta: beta, c: c, ldc: ldc)
+                beta: beta, c: c, ldc: ldc, backend: backend)
             return
         }
         blasGemm(
@@ -225,17 +227,18 @@ extension Float: TensorScalar {
         trans: Bool, m: Int, n: Int, alpha: Float, a: UnsafePointer<Float>, lda: Int,
         x: UnsafePointer<Float>, beta: Float, y: UnsafeMutablePointer<Float>
     ) {
-        if GemmBackend.current == .avx512 {
+        let backend = GemmBackend.current
+        if backend.isTessera {
             // As a one-row gemm, so the same fma-chain contract holds, and OpenBLAS's thread pool (which spins with
             // sched_yield after every call) never wakes during a training step.
             if trans {  // y[n] = alpha A^T x + beta y: the row x^T [1, m] times A [m, n]
                 TesseraGemm.sgemm(
                     transA: false, transB: false, m: 1, n: n, k: m, alpha: alpha, a: x, lda: m, b: a, ldb: lda,
-                    beta: beta, c: y, ldc: n)
+                    beta: beta, c: y, ldc: n, backend: backend)
             } else {  // y[m] = alpha A x + beta y: the row x^T [1, n] times A^T [n, m]
                 TesseraGemm.sgemm(
                     transA: false, transB: true, m: 1, n: m, k: n, alpha: alpha, a: x, lda: n, b: a, ldb: lda,
-                    beta: beta, c: y, ldc: m)
+                    beta: beta, c: y, ldc: m, backend: backend)
             }
             return
         }
@@ -250,9 +253,10 @@ extension Float: TensorScalar {
             let (z, out) = (z + lo * cols, out + lo * cols)
             if activation == .silu {
                 #if arch(x86_64)
-                if GemmBackend.current == .avx512 {
-                    AVX512Elementwise.biasSiLU(z: z, bias: bias, out: out, rows: hi - lo, cols: cols)
-                    return
+                switch GemmBackend.current {
+                case .avx512: return AVX512Elementwise.biasSiLU(z: z, bias: bias, out: out, rows: hi - lo, cols: cols)
+                case .avx2: return AVX2Elementwise.biasSiLU(z: z, bias: bias, out: out, rows: hi - lo, cols: cols)
+                case .openblas: break
                 }
                 #endif
                 FastMath.biasSiLU(z: z, bias: bias, out: out, rows: hi - lo, cols: cols)
@@ -270,9 +274,10 @@ extension Float: TensorScalar {
             let end = hi == count / 8 ? count : hi * 8
             if activation == .silu {
                 #if arch(x86_64)
-                if GemmBackend.current == .avx512 {
-                    AVX512Elementwise.siluBackward(z: z + lo * 8, grad: grad + lo * 8, count: end - lo * 8)
-                    return
+                switch GemmBackend.current {
+                case .avx512: return AVX512Elementwise.siluBackward(z: z + lo * 8, grad: grad + lo * 8, count: end - lo * 8)
+                case .avx2: return AVX2Elementwise.siluBackward(z: z + lo * 8, grad: grad + lo * 8, count: end - lo * 8)
+                case .openblas: break
                 }
                 #endif
                 FastMath.siluBackward(z: z + lo * 8, grad: grad + lo * 8, count: end - lo * 8)
@@ -287,9 +292,10 @@ extension Float: TensorScalar {
     ) {
         if activation == .silu {
             #if arch(x86_64)
-            if GemmBackend.current == .avx512 {
-                AVX512Elementwise.silu(x: x, out: out, count: count)
-                return
+            switch GemmBackend.current {
+            case .avx512: return AVX512Elementwise.silu(x: x, out: out, count: count)
+            case .avx2: return AVX2Elementwise.silu(x: x, out: out, count: count)
+            case .openblas: break
             }
             #endif
             FastMath.silu(x: x, out: out, count: count)
@@ -317,14 +323,31 @@ extension Float: TensorScalar {
         params: UnsafeMutablePointer<Float>, grads: UnsafePointer<Float>, expAvg: UnsafeMutablePointer<Float>,
         expAvgSq: UnsafeMutablePointer<Float>, count: Int, coefficients: AdamCoefficients
     ) {
+        // Elementwise, so splitting the range between the two threads changes no bit (as for the SiLU passes).
+        let backend = GemmBackend.current
+        Parallel.rows(count / 16, cols: 16) { lo, hi in
+            let end = hi == count / 16 ? count : hi * 16
+            let o = lo * 16
+            kernelAdam(
+                params: params + o, grads: grads + o, expAvg: expAvg + o, expAvgSq: expAvgSq + o, count: end - o,
+                coefficients: coefficients, backend: backend)
+        }
+    }
+
+    /// The Adam update with the given backend's build (tests run the AVX2 build on an AVX-512 CPU this way).
+    static func kernelAdam(
+        params: UnsafeMutablePointer<Float>, grads: UnsafePointer<Float>, expAvg: UnsafeMutablePointer<Float>,
+        expAvgSq: UnsafeMutablePointer<Float>, count: Int, coefficients: AdamCoefficients, backend: GemmBackend
+    ) {
         #if arch(x86_64)
-        if GemmBackend.current == .avx512 {
+        if backend.isTessera {
             // The same operations in the same order as KernelImpl.adam, 16 lanes at a time (AdamKernelTests).
             let c = coefficients
             let vectors = count / 16 * 16
-            AVX512Elementwise.adam(
-                params: params, grads: grads, expAvg: expAvg, expAvgSq: expAvgSq, count: vectors,
-                coefficients: AdamKernel.Coefficients(
+            let adam = backend == .avx2 ? AVX2Elementwise.adam : AVX512Elementwise.adam
+            adam(
+                params, grads, expAvg, expAvgSq, vectors,
+                AdamKernel.Coefficients(
                     lerpWeight: Float(c.lerpWeight), beta2: Float(c.beta2), oneMinusBeta2: Float(c.oneMinusBeta2),
                     biasCorrection2Sqrt: Float(c.biasCorrection2Sqrt), eps: Float(c.eps), stepSize: Float(c.stepSize),
                     smallWeight: abs(c.lerpWeight) < 0.5, decoupledDecayFactor: c.decoupledDecayFactor.map { Float($0) },

@@ -3,7 +3,9 @@
 // Model 34 -> H -> H -> H -> 2 with SiLU and MSE, float32, Adam; for every (B, H) it reports ms per training step
 // (forward + backward + Adam), forward-only ms (inference pass), the GFLOP/s these reach, and the GFLOP/s of the raw
 // gemm calls of the same forward pass (same shapes, no bias, no activation), both straight to cblas_sgemm (the
-// issue's reference) and through `Float.gemm` (Tessera's own AVX-512 gemm where the CPU has it, Gemm.swift).
+// issue's reference) and through `Float.gemm` (Tessera's own AVX-512 or AVX2 gemm where the CPU has it, Gemm.swift).
+// It also measures the roofline: the peak Float FMA rate of a register-only fma loop (Tessera's widest build for this
+// CPU) on 1 thread and on the thread count the gemms use, and gives each figure as a fraction of it.
 //
 // `ops/bench compute` runs three phases so that Tessera and PyTorch never share the CPU:
 //   1. `tessera-bench compute --export DIR` writes DIR/mlp_B<b>_H<h>.safetensors (weights, x, y, Tessera's forward
@@ -24,19 +26,26 @@ struct ComputeBench: ParsableCommand {
     @Option(help: "Batch sizes, comma separated.") var batches: String = "256,1024,4096"
     @Option(help: "Hidden widths, comma separated.") var widths: String = "128,256,512"
     @Option(help: "OpenBLAS threads.") var threads: Int = 2
-    @Option(help: "Float gemm: auto (Tessera's AVX-512 kernels where the CPU has them) or openblas (default: $TESSERA_GEMM or auto).")
+    @Option(help: "Float gemm: auto (Tessera's AVX-512, else AVX2 kernels), avx2 (Tessera's AVX2 kernels even on an AVX-512 CPU) or openblas (default: $TESSERA_GEMM or auto).")
     var gemm: String?
+    @Option(help: "Force Tessera's gemm blocking, 'kc,mc' (tuning only: results do not depend on it).")
+    var blocking: String?
     @Option(help: "Seconds of timing per measurement.") var seconds: Double = 2
     @Option(help: "Each figure is the best of this many rounds of seconds/rounds.") var rounds: Int = 5
     @Option(help: "Write model/data safetensors for PyTorch into this directory and exit.") var export: String?
     @Option(help: "PyTorch results (JSON from ops/bench_torch.py) to print alongside.") var torchJson: String?
     @Flag(help: "Also time each gemm of the training step alone (forward, dW, dX per layer shape), Tessera vs cblas.")
     var perGemm = false
+    @Flag(help: "Time only Tessera's training step, nothing else (to run under a profiler).")
+    var stepOnly = false
 
     func validate() throws {
         guard threads >= 1 else { throw ValidationError("--threads must be >= 1") }
         guard seconds > 0, rounds >= 1 else { throw ValidationError("--seconds and --rounds must be positive") }
         _ = try gemmChoice()
+        if let blocking, parse(blocking)?.count != 2 {
+            throw ValidationError("--blocking takes 'kc,mc' (two positive integers)")
+        }
         guard parse(batches) != nil, parse(widths) != nil else {
             throw ValidationError("--batches and --widths take comma-separated positive integers")
         }
@@ -45,7 +54,7 @@ struct ComputeBench: ParsableCommand {
     func gemmChoice() throws -> GemmChoice {
         let value = gemm ?? ProcessInfo.processInfo.environment["TESSERA_GEMM"] ?? "auto"
         guard let choice = GemmChoice(rawValue: value.lowercased()) else {
-            throw ValidationError("--gemm / TESSERA_GEMM must be auto or openblas, not '\(value)'")
+            throw ValidationError("--gemm / TESSERA_GEMM must be auto, avx2 or openblas, not '\(value)'")
         }
         return choice
     }
@@ -57,6 +66,7 @@ struct ComputeBench: ParsableCommand {
 
     func run() throws {
         BLASRuntime.configure(threads: threads, gemm: try gemmChoice())
+        if let blocking, let v = parse(blocking) { GemmTuning.setBlocking(kc: v[0], mc: v[1]) }
         let bs = parse(batches)!, hs = parse(widths)!
         if let export {
             for h in hs {
@@ -77,17 +87,41 @@ struct ComputeBench: ParsableCommand {
         print(
             "Tessera gemm backend: \(GemmBackend.current.rawValue); OpenBLAS \(BLASRuntime.coreName) (the raw cblas column), "
                 + "threads = \(BLASRuntime.threads); \(torchInfo)")
+        print("Tessera gemm blocking: \(GemmTuning.describe(GemmBackend.current))")
         print("timing: mean ms per call, best of \(rounds) rounds of \(seconds / Double(rounds)) s each, after warm-up")
+        // The roofline: a register-only fma loop, on one thread and on as many as the gemms use (at most 2).
+        // The loop is the backend's own ISA (the AVX2 backend against the AVX2 roofline), else the widest one.
+        let gemmThreads = min(threads, 2)
+        let current = GemmBackend.current
+        let roofBackend: GemmBackend? = current.isTessera ? current : nil
+        let peak1 = GemmTuning.fmaPeakGflops(threads: 1, backend: roofBackend)
+        let peak = gemmThreads == 1 ? peak1 : GemmTuning.fmaPeakGflops(threads: gemmThreads, backend: roofBackend)
+        let roofline = peak ?? .nan
+        if let peak1, let peak {
+            let isa = current == .avx2 || !GemmBackend.cpuHasAVX512 ? "AVX2" : "AVX-512"
+            print(
+                "roofline (register-only fma loop, \(isa) build): " + String(format: "%.1f", peak1)
+                    + " GFLOP/s on 1 thread, " + String(format: "%.1f", peak) + " on \(gemmThreads) threads; "
+                    + "% roof = figure / the \(gemmThreads)-thread roofline")
+        } else {
+            print("roofline: not measured (no AVX2/AVX-512 build for this CPU)")
+        }
         print("")
         let header = [
             "B", "H", "Tessera ms/step", "PyTorch ms/step", "PyTorch 1-thr ms/step", "speed-up", "Tessera fwd ms",
             "PyTorch fwd ms", "step GFLOP/s", "fwd GFLOP/s", "raw cblas_sgemm GFLOP/s", "fwd/raw cblas",
-            "raw Tessera gemm GFLOP/s", "fwd/raw Tessera", "max|Δ fwd|",
+            "raw Tessera gemm GFLOP/s", "fwd/raw Tessera", "step % roof", "fwd % roof", "raw Tessera % roof",
+            "max|Δ fwd|",
         ]
         var rows: [[String]] = []
         for h in hs {
             for b in bs {
                 var c = try BenchCase(batch: b, width: h)
+                if stepOnly {
+                    let step = try BenchCase.time(seconds: seconds, rounds: rounds) { try c.trainStep() }
+                    print("B=\(b) H=\(h): \(fmt(step * 1e3)) ms/step")
+                    continue
+                }
                 let m = try c.measure(seconds: seconds, rounds: rounds)
                 let t = torch["\(b)x\(h)"]
                 // Speed-up and PyTorch forward are against PyTorch's better thread setting (see ops/bench).
@@ -102,16 +136,17 @@ struct ComputeBench: ParsableCommand {
                     String(format: "%.1f", m.rawCblasGflops),
                     String(format: "%.0f%%", 100 * m.forwardGflops / m.rawCblasGflops),
                     String(format: "%.1f", m.rawGflops), String(format: "%.0f%%", 100 * m.forwardGflops / m.rawGflops),
+                    pct(m.stepGflops, roofline), pct(m.forwardGflops, roofline), pct(m.rawGflops, roofline),
                     t.map { String(format: "%.1e", $0.max_abs_forward_diff) } ?? "-",
                 ])
             }
         }
         printTable(header: header, rows: rows)
-        if perGemm { try printPerGemm(bs: bs, hs: hs) }
+        if perGemm { try printPerGemm(bs: bs, hs: hs, roofline: roofline) }
     }
 
     /// The three gemm kinds of a training step at the hidden layer's shape, each timed alone.
-    func printPerGemm(bs: [Int], hs: [Int]) throws {
+    func printPerGemm(bs: [Int], hs: [Int], roofline: Double) throws {
         print("")
         print("Each gemm of a hidden layer alone (GFLOP/s; Tessera = `Float.gemm` as the MLP calls it, backend \(GemmBackend.current.rawValue)):")
         print("")
@@ -121,6 +156,7 @@ struct ComputeBench: ParsableCommand {
                 // (label, transA, transB, m, n, k): forward Z = X W^T, dW = G^T X, dX = G W.
                 let kinds: [(String, Bool, Bool, Int, Int, Int)] = [
                     ("fwd X·Wᵀ", false, true, b, h, h), ("dW Gᵀ·X", true, false, h, h, b), ("dX G·W", false, false, b, h, h),
+                    ("out fwd H→2", false, true, b, 2, h), ("out dW", true, false, 2, h, b), ("db Gᵀ·1", false, false, 1, h, b),
                 ]
                 for (label, tA, tB, m, n, k) in kinds {
                     let a = [Float](repeating: 0.25, count: m * k), bb = [Float](repeating: 0.5, count: k * n)
@@ -146,11 +182,19 @@ struct ComputeBench: ParsableCommand {
                     rows.append([
                         "\(b)", "\(h)", label, "\(m)x\(n)x\(k)", String(format: "%.1f", flops / ours / 1e9),
                         String(format: "%.1f", flops / theirs / 1e9), String(format: "%.2fx", theirs / ours),
+                        pct(flops / ours / 1e9, roofline),
                     ])
                 }
             }
         }
-        printTable(header: ["B", "H", "gemm", "m x n x k", "Tessera GFLOP/s", "cblas GFLOP/s", "Tessera/cblas"], rows: rows)
+        printTable(
+            header: ["B", "H", "gemm", "m x n x k", "Tessera GFLOP/s", "cblas GFLOP/s", "Tessera/cblas", "Tessera % roof"],
+            rows: rows)
+    }
+
+    /// GFLOP/s as a percentage of the measured roofline.
+    func pct(_ gflops: Double, _ roofline: Double) -> String {
+        roofline.isNaN ? "-" : String(format: "%.0f%%", 100 * gflops / roofline)
     }
 
     func fmt(_ ms: Double) -> String { ms < 10 ? String(format: "%.3f", ms) : String(format: "%.2f", ms) }

@@ -22,7 +22,7 @@ import TesseraAVX512
 
     #if arch(x86_64)
     @Test(
-        .enabled(if: GemmBackend.current == .avx512, "needs the avx512 backend"),
+        .enabled(if: GemmBackend.current.isTessera, "needs a Tessera backend (AVX-512 or AVX2)"),
         arguments: [
             // (1 - beta1, decoupled decay factor, L2 decay): Adam, AdamW, Adam + L2, and lerp's second branch.
             (0.1, nil, nil), (0.1, 0.9999, nil), (0.1, nil, 0.01), (0.7, nil, nil), (0.7, 0.99, nil),
@@ -45,6 +45,15 @@ import TesseraAVX512
             #expect(ma.map(\.bitPattern) == mb.map(\.bitPattern), "exp_avg, variant \(variant), step \(k)")
             #expect(va.map(\.bitPattern) == vb.map(\.bitPattern), "exp_avg_sq, variant \(variant), step \(k)")
             #expect(pa != p0)
+            // The AVX2 build (what an AVX2-only host runs) gives the same bits; an AVX-512 CPU runs it too.
+            if GemmBackend.cpuHasAVX2 {
+                var (pc, mc, vc) = (p0, m0, v0)
+                Float.kernelAdam(
+                    params: &pc, grads: g, expAvg: &mc, expAvgSq: &vc, count: n, coefficients: c, backend: .avx2)
+                #expect(pa.map(\.bitPattern) == pc.map(\.bitPattern), "avx2 params, variant \(variant), step \(k)")
+                #expect(ma.map(\.bitPattern) == mc.map(\.bitPattern), "avx2 exp_avg, variant \(variant), step \(k)")
+                #expect(va.map(\.bitPattern) == vc.map(\.bitPattern), "avx2 exp_avg_sq, variant \(variant), step \(k)")
+            }
         }
     }
     #endif

@@ -3,11 +3,13 @@ import Testing
 import TesseraCompute
 import TesseraKernels
 #if arch(x86_64)
+import TesseraAVX2
 import TesseraAVX512
 #endif
 
-/// The activation passes exist twice: TesseraCompute's baseline build of TesseraKernels/FastMath.swift and
-/// TesseraAVX512's build of the same source. They must give the same bits, or results would depend on the CPU.
+/// The activation passes exist three times: TesseraCompute's baseline build of TesseraKernels/FastMath.swift and
+/// TesseraAVX512's and TesseraAVX2's builds of the same source. They must give the same bits, or results would depend
+/// on the CPU.
 @Suite struct FastMathTests {
     /// Ordinary values across the clamp range, the clamp edges, and the special values.
     static var inputs: [Float] {
@@ -63,6 +65,48 @@ import TesseraAVX512
             zWide.withUnsafeMutableBufferPointer { z in
                 oWide.withUnsafeMutableBufferPointer { o in
                     AVX512Elementwise.biasSiLU(z: z.baseAddress!, bias: bp.baseAddress!, out: o.baseAddress!, rows: rows, cols: cols)
+                }
+            }
+        }
+        #expect(Self.same(zBase, zWide) == 0, "bias add")
+        #expect(Self.same(oBase, oWide) == 0, "bias + silu")
+    }
+    @Test(.enabled(if: GemmBackend.cpuHasAVX2, "needs a CPU with AVX2 and FMA"))
+    func avx2BuildGivesTheBaselineBits() {
+        let x = Self.inputs
+        let n = x.count
+        var base = [Float](repeating: 0, count: n), wide = base
+        x.withUnsafeBufferPointer { xp in
+            base.withUnsafeMutableBufferPointer { FastMath.silu(x: xp.baseAddress!, out: $0.baseAddress!, count: n) }
+            wide.withUnsafeMutableBufferPointer {
+                AVX2Elementwise.silu(x: xp.baseAddress!, out: $0.baseAddress!, count: n)
+            }
+        }
+        #expect(Self.same(base, wide) == 0, "silu")
+
+        var gBase = [Float](repeating: 0.75, count: n), gWide = gBase
+        x.withUnsafeBufferPointer { xp in
+            gBase.withUnsafeMutableBufferPointer { FastMath.siluBackward(z: xp.baseAddress!, grad: $0.baseAddress!, count: n) }
+            gWide.withUnsafeMutableBufferPointer {
+                AVX2Elementwise.siluBackward(z: xp.baseAddress!, grad: $0.baseAddress!, count: n)
+            }
+        }
+        #expect(Self.same(gBase, gWide) == 0, "silu backward")
+
+        // bias + SiLU on [rows, 37] (37 = two 16-lane vectors and a scalar tail per row), out-of-place.
+        let cols = 37, rows = n / cols
+        let bias = (0..<cols).map { Float($0) * 0.37 - 6 }
+        var zBase = Array(x[0..<(rows * cols)]), zWide = zBase
+        var oBase = [Float](repeating: 0, count: rows * cols), oWide = oBase
+        bias.withUnsafeBufferPointer { bp in
+            zBase.withUnsafeMutableBufferPointer { z in
+                oBase.withUnsafeMutableBufferPointer { o in
+                    FastMath.biasSiLU(z: z.baseAddress!, bias: bp.baseAddress!, out: o.baseAddress!, rows: rows, cols: cols)
+                }
+            }
+            zWide.withUnsafeMutableBufferPointer { z in
+                oWide.withUnsafeMutableBufferPointer { o in
+                    AVX2Elementwise.biasSiLU(z: z.baseAddress!, bias: bp.baseAddress!, out: o.baseAddress!, rows: rows, cols: cols)
                 }
             }
         }
