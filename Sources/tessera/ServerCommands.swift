@@ -169,8 +169,8 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(help: "OpenBLAS threads per slot.") var blasThreads: Int = 1
     @Option(
         help: ArgumentHelp(
-            "Float gemm: auto or openblas (default: $TESSERA_GEMM or auto).",
-            discussion: "auto runs Tessera's own AVX-512 kernels on CPUs that have AVX-512 (same bits on every such host), OpenBLAS elsewhere; openblas forces OpenBLAS and the portable kernels. Workers of one job should agree (docs/operations.md)."))
+            "Float gemm: auto, avx2 or openblas (default: $TESSERA_GEMM or auto).",
+            discussion: "auto runs Tessera's own kernels: the AVX-512 build on CPUs that have AVX-512, the AVX2 build on CPUs with only AVX2 (the same bits on every such host), OpenBLAS elsewhere; avx2 forces the AVX2 build where the CPU has AVX2; openblas forces OpenBLAS and the portable kernels. Workers of one job should agree (docs/operations.md)."))
     var gemm: String?
     @Option(help: "Seconds running shards may take to finish on SIGTERM.") var drainTimeout: Double = 30
     @Option(help: "Heartbeat interval in seconds.") var heartbeat: Double = 1.0
@@ -186,7 +186,7 @@ struct WorkerCommand: AsyncParsableCommand {
     func gemmChoice() throws -> GemmChoice {
         let (value, source) = gemm.map { ($0, "--gemm") } ?? Env.get("TESSERA_GEMM").map { ($0, "TESSERA_GEMM") } ?? ("auto", "")
         guard let choice = GemmChoice(rawValue: value.lowercased()) else {
-            throw ValidationError("\(source) must be auto or openblas, not '\(value)'")
+            throw ValidationError("\(source) must be auto, avx2 or openblas, not '\(value)'")
         }
         return choice
     }

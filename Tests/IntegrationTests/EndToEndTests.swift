@@ -123,7 +123,7 @@ struct EndToEndTests {
         // A typo must not silently fall back to the default backend: the bits of trained networks depend on it.
         let r = try tessera(["worker", "--gemm", "openblass"])
         #expect(r.status == 64, "\(r.stderr)")
-        #expect(r.stderr.contains("--gemm must be auto or openblas, not 'openblass'"), "\(r.stderr)")
+        #expect(r.stderr.contains("--gemm must be auto, avx2 or openblas, not 'openblass'"), "\(r.stderr)")
     }
 
     @Test func statusValidatesItsFiltersAndLimit() throws {
