@@ -3,7 +3,7 @@
 // 8 used), then per frame a u32 LE length (cut to what is left) and its bytes. So the committed fixtures are seeds
 // as they are, and any byte string is some set of frames.
 //
-// Properties: decoding never crashes or traps, whatever the bytes; a router envelope split never does either; and a
+// Properties: decoding never crashes or traps, whatever the bytes, bare or inside a ROUTER or DEALER envelope; and a
 // decoded message re-encodes to frames that decode and encode to the same bytes again (the codec is a bijection on
 // what it accepts).
 
@@ -13,9 +13,17 @@ import TesseraProtocol
 public func fuzzWire(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     let bytes = size == 0 ? [] : Array(UnsafeBufferPointer(start: data, count: size))
     let frames = frameSet(bytes)
-    _ = try? WireCodec.splitRouterEnvelope(frames)
+    // As received: bare, behind a ROUTER's identity and delimiter, behind a DEALER's delimiter.
+    var candidates = [frames]
+    if let split = try? WireCodec.splitRouterEnvelope(frames) { candidates.append(split.frames) }
+    if let inner = try? WireCodec.splitDealerEnvelope(frames) { candidates.append(inner) }
+    for c in candidates { roundTrip(c) }
+    return 0
+}
+
+func roundTrip(_ frames: [[UInt8]]) {
     _ = WireCodec.typeCodeIfPresent(frames)
-    guard let message = try? WireCodec.decode(frames) else { return 0 }
+    guard let message = try? WireCodec.decode(frames) else { return }
     let once = WireCodec.encode(message)
     let again: Message
     do {
@@ -25,7 +33,6 @@ public func fuzzWire(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     }
     let twice = WireCodec.encode(again)
     precondition(once == twice, "encode(decode(encode(m))) differs from encode(m) for \(message)")
-    return 0
 }
 
 func frameSet(_ bytes: [UInt8]) -> [[UInt8]] {
