@@ -155,18 +155,24 @@ final class ReadPool: @unchecked Sendable {
             guard let specJSON = body["spec"] else { return bad("submit needs 'spec'") }
             let spec: JobSpec
             let slices: [ShardSlice]
+            let inputs: [JobInput]
             do {
                 spec = try JobSpec.fromStored(specJSON)
-                (_, slices) = try catalogue.validate(spec)
+                let algorithm: any Algorithm
+                (algorithm, slices) = try catalogue.validate(spec)
+                inputs = try algorithm.jobInputs(spec)
             } catch {
                 return reply(identity, r, status: WireStatus.invalidSpec, ["error": .string("\(error)")])
             }
-            for dep in spec.dependsOn where try store.resultJSON(jobID: dep) == nil {
-                return bad("depends_on: job \(dep) does not exist")
+            // The jobs it depends on and reads from must exist, be able to succeed and be of the right algorithm.
+            let id: Int64
+            do {
+                id = try store.submitJob(
+                    spec: spec, sourceText: body["source"]?.stringValue ?? spec.json.render(pretty: true), slices: slices,
+                    inputs: inputs)
+            } catch let e as SubmitRefused {
+                return bad(e.message)
             }
-            let id = try store.submitJob(
-                spec: spec, sourceText: body["source"]?.stringValue ?? spec.json.render(pretty: true), slices: slices
-            )
             inbox.post(.event(.queueChanged))
             logger.info("job submitted", metadata: ["job.id": "\(id)", "job.kind": "\(spec.kind.rawValue)", "shards": "\(slices.count)"])
             reply(identity, r, ["job_id": .number(Double(id)), "shards": .int(slices.count)])

@@ -184,6 +184,29 @@ public protocol Algorithm: Sendable {
     /// The algorithm configured for one job, to run its shards without reading the params again. A
     /// `TypedAlgorithm` configures here; any other algorithm is returned as it is (its `run` reads the params).
     func prepare(_ spec: JobSpec) throws -> any PreparedAlgorithm
+    /// Other jobs whose outputs this job reads (each also in `depends_on`), with what they must be. The coordinator
+    /// checks them against the stored jobs at submit, so a reference to a missing job, or to a job that cannot have
+    /// the output, is refused then rather than failing every shard later. Default: none.
+    func jobInputs(_ spec: JobSpec) throws -> [JobInput]
+}
+
+extension Algorithm {
+    public func jobInputs(_ spec: JobSpec) throws -> [JobInput] { [] }
+}
+
+/// A job a spec reads the output of (`params.model.from_job`), as `Algorithm.jobInputs` declares it.
+public struct JobInput: Sendable, Equatable {
+    public var jobID: Int64
+    /// The spec's key path that names it, for the error ("params.model.from_job").
+    public var path: String
+    /// The capabilities ("kind/algorithm") the referenced job may have, e.g. ["sampling/ddpm-train"].
+    public var algorithms: [String]
+
+    public init(jobID: Int64, path: String, algorithms: [String]) {
+        self.jobID = jobID
+        self.path = path
+        self.algorithms = algorithms
+    }
 }
 
 /// Turns a job's shard outputs into its result, one output at a time. The coordinator calls `add` once per shard in

@@ -15,18 +15,23 @@ public enum JobKind: String, Sendable, CaseIterable, Codable {
 public struct SpecError: Error, Sendable, CustomStringConvertible, Equatable {
     public var file: String
     public var line: Int?
+    /// 1-based; set when the error is about a place rather than a key (a YAML anchor or alias, a limit).
+    public var column: Int?
     public var path: String
     public var message: String
 
-    public init(file: String, line: Int?, path: String, message: String) {
+    public init(file: String, line: Int?, column: Int? = nil, path: String, message: String) {
         self.file = file
         self.line = line
+        self.column = column
         self.path = path
         self.message = message
     }
 
-    /// `file:line: message` (or `file: message` when the error is about the document as a whole).
+    /// `file:line: message` or `file:line:column: message` (or `file: message` when the error is about the document
+    /// as a whole).
     public var description: String {
+        if let line, let column { return "\(file):\(line):\(column): \(message)" }
         if let line { return "\(file):\(line): \(message)" }
         return "\(file): \(message)"
     }
@@ -327,6 +332,8 @@ public struct Params: Sendable {
 enum SpecYAML {
     static func load(_ text: String, file: String) throws -> (JSONValue, SpecSource) {
         var source = SpecSource(file: file)
+        // Anchors, aliases, size, node count and depth: refused on the event stream, before any node exists.
+        try SpecYAMLLimits.check(text, file: file)
         let node: Node?
         do {
             node = try Yams.compose(yaml: text)

@@ -60,9 +60,14 @@ public final class PostgresJobStore: JobStore, @unchecked Sendable {
 
     // MARK: Jobs
 
-    /// Stores a validated job and its planned shards in one transaction; returns the job id.
-    public func submitJob(spec: JobSpec, sourceText: String, slices: [ShardSlice]) throws -> Int64 {
+    /// Stores a validated job and its planned shards in one transaction; returns the job id. Throws `SubmitRefused`,
+    /// storing nothing, when a `depends_on` job does not exist, failed or was cancelled (the job could never start),
+    /// or an input job (`Algorithm.jobInputs`, e.g. `params.model.from_job`) does not exist or is not of the
+    /// algorithm it must be. Those jobs stay locked (`FOR SHARE`) until the submission commits: a failure or
+    /// cancellation of one that races with it waits, then fails this job too (`failDependents`).
+    public func submitJob(spec: JobSpec, sourceText: String, slices: [ShardSlice], inputs: [JobInput] = []) throws -> Int64 {
         try atomically {
+            try checkDependencies(spec, inputs: inputs)
             let r = try db.execute(
                 """
                 INSERT INTO tessera_jobs (name, kind, algorithm, spec, source_text, seed, priority, max_attempts,
@@ -107,8 +112,38 @@ public final class PostgresJobStore: JobStore, @unchecked Sendable {
         }
     }
 
-    /// Cancels a job that is not finished. Returns the shards that were leased (to tell their workers), or nil
-    /// when the job does not exist.
+    private func checkDependencies(_ spec: JobSpec, inputs: [JobInput]) throws {
+        let ids = Array(Set(spec.dependsOn + inputs.map(\.jobID))).sorted()
+        guard !ids.isEmpty else { return }
+        let r = try db.execute(
+            """
+            SELECT id, state::text AS state, kind::text || '/' || algorithm AS capability, error
+            FROM tessera_jobs WHERE id = ANY($1::bigint[]) ORDER BY id FOR SHARE
+            """,
+            [.text(PGArray.ints(ids))])
+        var jobs: [Int64: (state: String, capability: String, error: String?)] = [:]
+        for i in 0..<r.rowCount { jobs[r.int(i, "id")!] = (r[i, "state"]!, r[i, "capability"]!, r[i, "error"]) }
+        for input in inputs {
+            guard let j = jobs[input.jobID] else { throw SubmitRefused("\(input.path): job \(input.jobID) does not exist") }
+            guard input.algorithms.contains(j.capability) else {
+                throw SubmitRefused(
+                    "\(input.path): job \(input.jobID) is a \(j.capability) job; it must be "
+                        + input.algorithms.joined(separator: " or "))
+            }
+        }
+        for dep in spec.dependsOn {
+            guard let j = jobs[dep] else { throw SubmitRefused("depends_on: job \(dep) does not exist") }
+            if j.state == JobState.failed.rawValue {
+                throw SubmitRefused("depends_on: job \(dep) failed, so this job could never start: \(j.error ?? "no error recorded")")
+            }
+            if j.state == JobState.cancelled.rawValue {
+                throw SubmitRefused("depends_on: job \(dep) was cancelled, so this job could never start")
+            }
+        }
+    }
+
+    /// Cancels a job that is not finished, and fails the jobs that depend on it (`failDependents`). Returns the
+    /// shards that were leased (to tell their workers), or nil when the job does not exist.
     public func cancelJob(_ id: Int64) throws -> (state: JobState, leased: [Lease])? {
         try atomically {
             let j = try db.execute("SELECT state::text FROM tessera_jobs WHERE id = $1 FOR UPDATE", [.int(id)])
@@ -120,8 +155,45 @@ public final class PostgresJobStore: JobStore, @unchecked Sendable {
                 [.int(id)]
             )
             try event(job: id, actor: "client", kind: "job.cancelled")
-            return (.cancelled, leased)
+            return (.cancelled, leased + (try failDependents(of: id, because: "was cancelled")))
         }
+    }
+
+    /// Fails every live job that depends on job `id` (which just failed or was cancelled), directly or through
+    /// other such jobs: none of them could ever start. Each gets `error` = "depends_on job N failed: …" (or "… was
+    /// cancelled"), naming the job it waited on, its `job.failed` event, and its shards cancelled. One statement;
+    /// `depends_on` only names older jobs, so the walk ends. Returns any of their leases (there are none unless
+    /// something re-adopted one) to stop.
+    private func failDependents(of id: Int64, because what: String) throws -> [Lease] {
+        let r = try db.execute(
+            """
+            WITH RECURSIVE dependents(id, error) AS (
+                SELECT j.id, 'depends_on job ' || $1::bigint || ' ' || $2::text
+                FROM tessera_jobs j WHERE j.state IN ('queued', 'running') AND $1::bigint = ANY(j.depends_on)
+                UNION
+                SELECT j.id, 'depends_on job ' || d.id || ' failed: ' || d.error
+                FROM dependents d JOIN tessera_jobs j ON d.id = ANY(j.depends_on)
+                WHERE j.state IN ('queued', 'running')
+            ), chosen AS (
+                SELECT DISTINCT ON (id) id, error FROM dependents ORDER BY id, length(error), error
+            ), failed AS (
+                UPDATE tessera_jobs j SET state = 'failed', error = c.error, finished_at = now()
+                FROM chosen c WHERE j.id = c.id
+                RETURNING j.id, j.error
+            ), events AS (
+                INSERT INTO tessera_events (job_id, actor, kind, detail)
+                SELECT id, 'coordinator', 'job.failed', jsonb_build_object('error', error) FROM failed
+            ), closed AS (
+                UPDATE tessera_shards s SET state = 'cancelled', worker_id = NULL, lease_expires_at = NULL, updated_at = now()
+                FROM tessera_shards old
+                WHERE s.job_id IN (SELECT id FROM failed) AND s.state IN ('queued', 'leased')
+                  AND old.job_id = s.job_id AND old.idx = s.idx
+                RETURNING s.job_id, s.idx, s.attempt, old.state::text AS was, old.worker_id
+            )
+            SELECT job_id, idx, attempt, worker_id FROM closed WHERE was = 'leased' ORDER BY job_id, idx
+            """,
+            [.int(id), .text(what)])
+        return (0..<r.rowCount).map { Lease(ref: ShardRef(r, $0), workerID: r.int($0, "worker_id")!) }
     }
 
     /// Leases up to `limit` queued shards to a worker: highest priority first, then oldest job, then shard order,
@@ -601,6 +673,7 @@ public final class PostgresJobStore: JobStore, @unchecked Sendable {
         try atomically { try failJobLocked(id, error: error) }
     }
 
+    /// Fails the job and, with the same reason, the jobs that depend on it (`failDependents`).
     private func failJobLocked(_ id: Int64, error: String) throws -> [Lease] {
         let leased = try closeOpenShards(ofJob: id)
         try db.execute(
@@ -611,7 +684,7 @@ public final class PostgresJobStore: JobStore, @unchecked Sendable {
             [.int(id), .text(error)]
         )
         try event(job: id, actor: "coordinator", kind: "job.failed", detail: ["error": .string(error)])
-        return leased
+        return leased + (try failDependents(of: id, because: "failed: \(error)"))
     }
 
     /// Cancels a job's queued and leased shards; returns the leased ones with their workers (to tell them to stop).
@@ -790,6 +863,13 @@ public final class PostgresJobStore: JobStore, @unchecked Sendable {
             ]
         )
     }
+}
+
+/// A submission refused for what it refers to (a `depends_on` or input job); nothing was stored.
+public struct SubmitRefused: Error, Sendable, CustomStringConvertible {
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
 }
 
 public struct StoreError: Error, Sendable, CustomStringConvertible {

@@ -142,6 +142,12 @@ public struct DiffusionSampling: TypedAlgorithm {
         Config(sampling: try config(spec), model: try LearnedModelReference.parse(spec))
     }
 
+    /// `params.model.from_job` must name a `ddpm-train` job (checked at submit: docs/jobspec.md §params.model).
+    public func jobInputs(_ spec: JobSpec) throws -> [JobInput] {
+        guard let model = try LearnedModelReference.parse(spec) else { return [] }
+        return [JobInput(jobID: model.jobID, path: "params.model.from_job", algorithms: ["sampling/ddpm-train"])]
+    }
+
     public func plan(_ spec: JobSpec, config: Config) throws -> [TypedShardSlice<SampleRangeSlice>] {
         let c = config.sampling
         let ranges = SamplingPlan.ranges(samples: c.samples, shards: spec.shards)

@@ -29,10 +29,15 @@ struct Submit: ParsableCommand {
         try runCLI {
             let text: String
             let name: String
+            // Never more than one byte past the spec size limit is read (JobSpec.parse names the limit).
             if file == "-" {
-                text = String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self)
+                let data = try FileHandle.standardInput.read(upToCount: SpecLimits.maxBytes + 1) ?? Data()
+                text = String(decoding: data, as: UTF8.self)
                 name = "<stdin>"
             } else {
+                if let size = (try? FileManager.default.attributesOfItem(atPath: file))?[.size] as? Int, size > SpecLimits.maxBytes {
+                    throw CLIError("\(file): the spec is \(size) bytes; a job spec may be at most \(SpecLimits.maxBytes) bytes (1 MiB)")
+                }
                 guard let data = FileManager.default.contents(atPath: file) else {
                     throw CLIError("\(file): cannot read the file")
                 }
