@@ -26,10 +26,7 @@ public struct WorkerConfiguration: Sendable {
     /// The coordinator's endpoint, or several separated by commas (an active coordinator and its standbys): the
     /// worker connects to one at a time and moves to the next each time it reconnects.
     public var coordinator: String
-    public var endpoints: [String] {
-        let list = coordinator.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
-        return list.isEmpty ? [coordinator] : list
-    }
+    public var endpoints: [String] { ZMQ.endpointList(coordinator) }
     public var slots: Int
     public var name: String
     public var host: String

@@ -1,4 +1,5 @@
 internal import CZeroMQ
+import Foundation
 import Synchronization
 
 /// A libzmq context. libzmq documents contexts as thread-safe; the handle itself sits behind a Mutex so
@@ -55,5 +56,14 @@ public final class ZMQContext: @unchecked Sendable {
         if let raw = handle.withLock({ $0.raw }) {
             while zmq_ctx_term(raw) != 0 && zmq_errno() == EINTR {}
         }
+    }
+}
+
+extension ZMQ {
+    /// A comma-separated list of endpoints (an active coordinator and its standbys), trimmed, empties dropped;
+    /// the text itself if it holds none.
+    public static func endpointList(_ text: String) -> [String] {
+        let list = text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        return list.isEmpty ? [text] : list
     }
 }

@@ -28,7 +28,7 @@ final class CoordinatorClient {
         self.endpoint = endpoint
         self.timeout = timeout
         self.keys = keys
-        let endpoints = endpoint.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        let endpoints = ZMQ.endpointList(endpoint)
         waitsForConnection = endpoints.count > 1
         context = try ZMQContext(ioThreads: 1)
         socket = try ZMQSocket(context: context, type: .dealer)
@@ -41,7 +41,7 @@ final class CoordinatorClient {
         // go only over a completed connection (ZMQ_IMMEDIATE). Only the active coordinator binds, so that is where
         // it goes.
         if endpoints.count > 1 { try socket.setImmediate(true) }
-        for e in endpoints.isEmpty ? [endpoint] : endpoints {
+        for e in endpoints {
             do {
                 try socket.connect(e)
             } catch {

@@ -67,6 +67,20 @@ func tessera(_ args: [String], stdin: String? = nil) throws -> CommandResult {
     )
 }
 
+/// Starts `tessera ARGS` in the background with stdout and stderr going to `log`.
+func spawnTessera(_ args: [String], log: String) throws -> Process {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: IntegrationEnv.binary)
+    p.arguments = args
+    _ = FileManager.default.createFile(atPath: log, contents: nil)
+    let fh = FileHandle(forWritingAtPath: log)
+    p.standardOutput = fh
+    p.standardError = fh
+    p.standardInput = FileHandle.nullDevice
+    try p.run()
+    return p
+}
+
 final class Locked<T>: @unchecked Sendable {
     private let lock = NSLock()
     private var v: T
@@ -149,18 +163,7 @@ final class Cluster {
         )
     }
 
-    private func spawn(_ args: [String], log: String) throws -> Process {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: IntegrationEnv.binary)
-        p.arguments = args
-        _ = FileManager.default.createFile(atPath: log, contents: nil)
-        let fh = FileHandle(forWritingAtPath: log)
-        p.standardOutput = fh
-        p.standardError = fh
-        p.standardInput = FileHandle.nullDevice
-        try p.run()
-        return p
-    }
+    private func spawn(_ args: [String], log: String) throws -> Process { try spawnTessera(args, log: log) }
 
     func log(_ name: String) -> String {
         ((try? String(contentsOfFile: "\(dir)/\(name).log", encoding: .utf8)) ?? "").suffix(4000).description

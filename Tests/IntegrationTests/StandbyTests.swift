@@ -29,18 +29,11 @@ struct StandbyTests {
     }
 
     final class Node {
-        let process = Process()
+        let process: Process
         let log: String
         init(_ args: [String], log: String) throws {
             self.log = log
-            process.executableURL = URL(fileURLWithPath: IntegrationEnv.binary)
-            process.arguments = args
-            _ = FileManager.default.createFile(atPath: log, contents: nil)
-            let fh = FileHandle(forWritingAtPath: log)
-            process.standardOutput = fh
-            process.standardError = fh
-            process.standardInput = FileHandle.nullDevice
-            try process.run()
+            process = try spawnTessera(args, log: log)
         }
         var text: String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
         func kill(_ sig: Int32) {
