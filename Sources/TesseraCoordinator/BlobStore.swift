@@ -9,8 +9,16 @@ import Foundation
 
 public struct BlobStoreError: Error, Sendable, CustomStringConvertible {
     public var message: String
-    public init(_ message: String) { self.message = message }
+    /// The errno of a failed system call, if that is what failed.
+    public var errno: Int32?
+    public init(_ message: String, errno: Int32? = nil) {
+        self.message = message
+        self.errno = errno
+    }
     public var description: String { message }
+    /// The file system is out of space or quota: nothing is wrong with the blob, and the same write can succeed
+    /// once space is freed (the transfer is deferred, SPEC §6.5).
+    public var isOutOfSpace: Bool { errno == ENOSPC || errno == EDQUOT }
 }
 
 public final class BlobStore: @unchecked Sendable {
@@ -74,7 +82,7 @@ public final class BlobStore: @unchecked Sendable {
             self.tmpPath = tmpPath
             self.totalSize = totalSize
             fd = open(tmpPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-            guard fd >= 0 else { throw BlobStoreError("cannot create \(tmpPath): errno \(errno)") }
+            guard fd >= 0 else { throw BlobStoreError("cannot create \(tmpPath): \(String(cString: strerror(errno)))", errno: errno) }
         }
 
         /// Appends the chunk at `offset`. A chunk already received (a resend) is ignored; a gap is an error.
@@ -92,7 +100,7 @@ public final class BlobStore: @unchecked Sendable {
                     let n = write(fd, buf.baseAddress! + done, buf.count - done)
                     if n < 0 {
                         if errno == EINTR { continue }
-                        throw BlobStoreError("write to \(tmpPath) failed: errno \(errno)")
+                        throw BlobStoreError("write to \(tmpPath) failed: \(String(cString: strerror(errno)))", errno: errno)
                     }
                     done += n
                 }
@@ -119,6 +127,18 @@ public final class BlobStore: @unchecked Sendable {
 
     private var nextTransfer: UInt64 = 0
 
+    /// Bytes the data dir's file system has free for this process (statvfs `f_bavail`), or nil if it cannot say.
+    public func freeBytes() -> UInt64? {
+        var st = statvfs()
+        guard statvfs(root, &st) == 0 else { return nil }
+        return UInt64(st.f_bavail) * UInt64(st.f_frsize)
+    }
+
+    /// The `.part` files of transfers in progress (for checks that none is left behind).
+    public func temporaryFiles() -> [String] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: "\(root)/tmp")) ?? []).filter { $0.hasSuffix(".part") }
+    }
+
     public func beginTransfer(totalSize: UInt64) throws -> Transfer {
         nextTransfer += 1
         return try Transfer(tmpPath: "\(root)/tmp/\(getpid())-\(nextTransfer).part", totalSize: totalSize)
@@ -136,16 +156,22 @@ public final class BlobStore: @unchecked Sendable {
             throw BlobStoreError("sha256 mismatch: announced \(expectedSHA256), received \(digest)")
         }
         guard fsync(t.fd) == 0 else {
+            let e = errno
             t.abort()
-            throw BlobStoreError("fsync failed: errno \(errno)")
+            throw BlobStoreError("fsync of \(t.tmpPath) failed: \(String(cString: strerror(e)))", errno: e)
         }
         close(t.fd)
         let rel = Self.relativePath(sha256: digest)
         let dir = "\(root)/checkpoints/\(digest.prefix(2))"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        guard rename(t.tmpPath, "\(root)/\(rel)") == 0 else {
+        if mkdir(dir, 0o755) != 0 && errno != EEXIST {
+            let e = errno
             unlink(t.tmpPath)
-            throw BlobStoreError("rename into the store failed: errno \(errno)")
+            throw BlobStoreError("cannot create \(dir): \(String(cString: strerror(e)))", errno: e)
+        }
+        guard rename(t.tmpPath, "\(root)/\(rel)") == 0 else {
+            let e = errno
+            unlink(t.tmpPath)
+            throw BlobStoreError("rename into the store failed: \(String(cString: strerror(e)))", errno: e)
         }
         let dfd = open(dir, O_RDONLY)
         if dfd >= 0 {

@@ -22,6 +22,30 @@ struct CoordinatorStatus: Sendable {
     var handshakesFailed = 0
     var messagesRefused = 0
     var authenticated = false
+    var storage = StorageStatus()
+}
+
+/// The data dir as the blob service last found it (BlobWriter).
+struct StorageStatus: Sendable {
+    /// Since when blob transfers are deferred for lack of space; nil while writes succeed.
+    var fullSince: Date?
+    var error: String?
+    /// Transfers answered `deferred` since the coordinator started (each counted once per deferral).
+    var transfersDeferred = 0
+    var transfersOpen = 0
+
+    var json: JSONValue {
+        var o: JSONObject = [
+            "state": .string(fullSince == nil ? "ok" : "full"), "transfers_deferred": .int(transfersDeferred),
+            "transfers_open": .int(transfersOpen),
+        ]
+        if let fullSince {
+            o["full_since"] = .string(ISO8601DateFormatter().string(from: fullSince))
+            o["full_seconds"] = .int(Int(Date().timeIntervalSince(fullSince)))
+        }
+        if let error { o["error"] = .string(error) }
+        return .object(o)
+    }
 }
 
 final class SharedStatus: Sendable {
@@ -205,9 +229,9 @@ final class ReadPool: @unchecked Sendable {
 
         case "workers":
             let json = try store.workersJSON()
-            let (c, connected, tooLarge, auth) = status.value.withLock {
+            let (c, connected, tooLarge, auth, storage) = status.value.withLock {
                 ($0.counters, $0.connectedWorkers, $0.repliesTooLarge,
-                 ($0.authenticated, $0.handshakesDenied, $0.messagesRefused, $0.handshakesFailed))
+                 ($0.authenticated, $0.handshakesDenied, $0.messagesRefused, $0.handshakesFailed), $0.storage)
             }
             let stats: JSONObject = [
                 "connected_workers": .int(connected), "messages_in": .int(c.messagesIn),
@@ -218,6 +242,7 @@ final class ReadPool: @unchecked Sendable {
                 "replies_too_large": .int(tooLarge), "commits": .int(c.commits),
                 "auth": .string(auth.0 ? "curve" : "none"), "handshakes_denied": .int(auth.1), "handshakes_failed": .int(auth.3),
                 "messages_refused": .int(auth.2), "sessions_revoked": .int(c.sessionsRevoked),
+                "storage": storage.json, "chunks_deferred": .int(c.chunksDeferred),
             ]
             replyRaw(identity, r, json: "{\"workers\":\(json),\"coordinator\":\(JSONValue.object(stats).render())}")
 

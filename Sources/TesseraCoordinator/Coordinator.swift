@@ -173,7 +173,7 @@ public final class Coordinator: Service, @unchecked Sendable {
             PostgresJobStore(db: try PGConnection(config.databaseURL), leaseSeconds: config.leaseSeconds)
         }
         writer = StoreWriter(connect: connect, inbox: inbox, logger: logger)
-        blobWriter = BlobWriter(blobs: blobs, inbox: inbox, logger: logger)
+        blobWriter = BlobWriter(blobs: blobs, inbox: inbox, status: status, logger: logger)
         merger = Merger(connect: connect, blobs: blobs, catalogue: catalogue, inbox: inbox, logger: logger)
         readers = ReadPool(
             connect: connect, blobs: blobs, catalogue: catalogue, inbox: inbox, status: status,
@@ -268,6 +268,7 @@ public final class Coordinator: Service, @unchecked Sendable {
             if ContinuousClock.now >= nextTick {
                 nextTick = ContinuousClock.now + interval
                 perform(machine.handle(.tick, now: ContinuousClock.now))
+                blobWriter.submit(.sweep)
             }
             status.value.withLock {
                 $0.counters = machine.counters
@@ -339,6 +340,7 @@ public final class Coordinator: Service, @unchecked Sendable {
             case .merge(let jobID): merger.submit(jobID)
             case .writeChunk(let peer, let c): blobWriter.submit(.chunk(peer, c))
             case .dropTransfers(let peer): blobWriter.submit(.drop(peer))
+            case .dropTransfer(let peer, let id): blobWriter.submit(.dropOne(peer, transferID: id))
             case .serve(let peer, let m): readers.submit(peer, m)
             }
         }

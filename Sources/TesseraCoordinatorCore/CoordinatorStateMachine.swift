@@ -49,8 +49,9 @@ public struct CoordinatorStateMachine: Sendable {
         case committed([StoreOutcome])
         /// A CHUNK transfer's last chunk is durable in the blob store (verified, fsynced, renamed).
         case blobStored(Peer, ref: ShardRef, transferID: UInt64, kind: BlobKind, step: Int64, sha256: String, size: Int64, path: String)
-        /// The blob service refused a chunk (gap, size, checksum) or acknowledges a non-final one.
-        case chunkAnswered(Peer, ref: ShardRef, transferID: UInt64, offset: UInt64, accepted: Bool)
+        /// The blob service refused a chunk (gap, size, checksum), deferred it (no space), or acknowledges a
+        /// non-final one.
+        case chunkAnswered(Peer, ref: ShardRef, transferID: UInt64, offset: UInt64, status: AckStatus)
         /// Leases ended outside the writer (a client cancelled the job, or its merge failed): tell their holders.
         case leasesEnded([Lease], reason: String)
         /// A client submitted a job or something else may have made shards claimable.
@@ -72,6 +73,8 @@ public struct CoordinatorStateMachine: Sendable {
         case serve(Peer, Message)
         /// The transfers of this peer are void (it is gone): the blob service drops their temp files.
         case dropTransfers(Peer)
+        /// One transfer is void (a chunk of it was fenced): the blob service drops its temp file.
+        case dropTransfer(Peer, transferID: UInt64)
     }
 
     public struct Counters: Sendable, Equatable {
@@ -88,6 +91,8 @@ public struct CoordinatorStateMachine: Sendable {
         public var errorsSuppressed = 0
         /// Sessions ended because their key was revoked.
         public var sessionsRevoked = 0
+        /// CHUNKs answered `deferred` (the data dir is out of space).
+        public var chunksDeferred = 0
         public init() {}
     }
 
@@ -179,6 +184,10 @@ public struct CoordinatorStateMachine: Sendable {
     public var sessionCount: Int { sessions.count }
     /// Their connections (to say DISCONNECT to at shutdown).
     public var peers: [Peer] { Array(sessions.keys) }
+    /// Until when claims are paused because the blob service deferred a transfer (out of space); nil otherwise.
+    public private(set) var storagePausedUntil: Instant?
+    /// How long one deferral pauses dispatch; every deferral extends it, a stored blob ends it.
+    public static let storagePause: Duration = .seconds(30)
     /// Whether a batch is being committed.
     public var isCommitting: Bool { committing != nil }
 
@@ -202,6 +211,10 @@ public struct CoordinatorStateMachine: Sendable {
         case .committed(let outcomes):
             committed(outcomes, now: now, into: &out)
         case .blobStored(let peer, let ref, let transferID, let kind, let step, let sha256, let size, let path):
+            if storagePausedUntil != nil {
+                storagePausedUntil = nil  // space is back
+                queueMayHaveChanged()
+            }
             if let s = sessions[peer], s.phase == .ready, holds(peer, ref) {
                 enqueue(
                     .registerBlob(workerID: s.workerID, ref: ref, kind: kind, step: step, sha256: sha256, size: size, path: path),
@@ -210,8 +223,12 @@ public struct CoordinatorStateMachine: Sendable {
                 counters.staleDropped += 1
                 out.append(.send(peer, .ack(Ack(ref: ref, kind: .chunk, sequence: transferID, offset: 0, accepted: false))))
             }
-        case .chunkAnswered(let peer, let ref, let transferID, let offset, let accepted):
-            out.append(.send(peer, .ack(Ack(ref: ref, kind: .chunk, sequence: transferID, offset: offset, accepted: accepted))))
+        case .chunkAnswered(let peer, let ref, let transferID, let offset, let status):
+            if status == .deferred {
+                counters.chunksDeferred += 1
+                storagePausedUntil = now + Self.storagePause
+            }
+            out.append(.send(peer, .ack(Ack(ref: ref, kind: .chunk, sequence: transferID, offset: offset, status: status))))
         case .leasesEnded(let ended, let reason):
             for lease in ended { stop(lease, reason: reason, into: &out) }
             queueMayHaveChanged()
@@ -316,6 +333,8 @@ public struct CoordinatorStateMachine: Sendable {
         case .chunk(let c):
             guard holds(peer, c.ref) else {
                 counters.staleDropped += 1
+                // The blob service may hold the start of this transfer (written while the attempt was current).
+                out.append(.dropTransfer(peer, transferID: c.transferID))
                 return out.append(.send(peer, .ack(Ack(ref: c.ref, kind: .chunk, sequence: c.transferID, offset: 0, accepted: false))))
             }
             out.append(.writeChunk(peer, c))
@@ -339,7 +358,7 @@ public struct CoordinatorStateMachine: Sendable {
                 return out.append(.send(peer, .ack(Ack(ref: f.ref, kind: .failed, accepted: false))))
             }
             enqueue(
-                .failShard(workerID: s.workerID, ref: f.ref, reason: f.reason, retryable: f.retryable),
+                .failShard(workerID: s.workerID, ref: f.ref, reason: f.reason, failure: f.failure),
                 .fail(peer, ref: f.ref))
         default:
             break
@@ -617,6 +636,13 @@ public struct CoordinatorStateMachine: Sendable {
             if let s = sessions[peer], s.phase == .ready, dryCapabilities.contains(s.capabilities) { consider(s) }
         }
         freshlyReady.removeAll(keepingCapacity: true)
+        // While the data dir is out of space nothing new is dispatched: it would compute outputs that cannot be stored
+        // and hold them in workers' memory. Running shards keep going; their transfers wait (`deferred`).
+        if let until = storagePausedUntil, now < until {
+            askable.removeAll()
+        } else {
+            storagePausedUntil = nil
+        }
         if !askable.isEmpty {
             // Two rounds: first every worker's free slots, then the shards leased ahead, so a worker never prefetches
             // what an idle one could run now (the writer runs claims in this order).

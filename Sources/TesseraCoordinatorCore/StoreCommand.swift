@@ -17,7 +17,7 @@ public enum StoreCommand: Sendable, Equatable {
     /// SHARD_DONE, fenced on attempt and sender.
     case completeShard(workerID: Int64, ref: ShardRef, summary: String, resultSHA256: String?)
     /// SHARD_FAILED, fenced on attempt and sender.
-    case failShard(workerID: Int64, ref: ShardRef, reason: String, retryable: Bool)
+    case failShard(workerID: Int64, ref: ShardRef, reason: String, failure: ShardFailureKind)
     /// A blob already durable in the content-addressed store, fenced on attempt and sender.
     case registerBlob(workerID: Int64, ref: ShardRef, kind: BlobKind, step: Int64, sha256: String, size: Int64, path: String)
     /// A lease never sent (leased ahead) goes back to the queue at its previous attempt, fenced on attempt and holder.

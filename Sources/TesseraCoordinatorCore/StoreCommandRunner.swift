@@ -99,8 +99,8 @@ public enum StoreCommandRunner {
             let requeued = try store.requeueShards(ofWorker: workerID, reason: reason)
             try store.markWorker(workerID, state: lost ? .lost : .gone, reason: reason)
             return .workerGone(requeued: requeued.count)
-        case .failShard(let workerID, let ref, let reason, let retryable):
-            let (outcome, stop) = try store.failShard(ref, workerID: workerID, reason: reason, retryable: retryable)
+        case .failShard(let workerID, let ref, let reason, let failure):
+            let (outcome, stop) = try store.failShard(ref, workerID: workerID, reason: reason, failure: failure)
             return .shardFailed(outcome, stop: stop)
         case .registerBlob(let workerID, let ref, let kind, let step, let sha256, let size, let path):
             return .blobRegistered(

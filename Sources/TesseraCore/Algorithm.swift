@@ -50,10 +50,14 @@ public struct ShardSlice: Sendable, Hashable {
             return
         }
         o[Self.dependsOnKey] = nil
-        guard let list = deps.arrayValue else { throw ShardError("slice: depends_on is not an array: \(deps.render())") }
+        guard let list = deps.arrayValue else {
+            throw ShardError("slice: depends_on is not an array: \(deps.render())", permanent: true)
+        }
         var indices: [Int] = []
         for d in list {
-            guard let i = d.intValue, i >= 0 else { throw ShardError("slice: depends_on holds \(d.render()), not a shard index") }
+            guard let i = d.intValue, i >= 0 else {
+                throw ShardError("slice: depends_on holds \(d.render()), not a shard index", permanent: true)
+            }
             indices.append(i)
         }
         self.init(slice: .object(o), totalSteps: totalSteps, dependsOn: indices)
@@ -163,9 +167,16 @@ public struct ShardStopped: Error, Sendable {
 }
 
 /// A shard's own, non-infrastructure error (bad numerics, invalid input discovered late). Consumes an attempt.
+/// `permanent`: no retry can fix it (the slice does not decode, an input the spec names does not exist); the worker
+/// reports it as such (SPEC §5 SHARD_FAILED `failure = 2`) and the job fails at once instead of spending its
+/// remaining attempts. A `SpecError` thrown while a shard runs is permanent too (the spec is the same on every try).
 public struct ShardError: Error, Sendable, CustomStringConvertible {
     public var message: String
-    public init(_ message: String) { self.message = message }
+    public var permanent: Bool
+    public init(_ message: String, permanent: Bool = false) {
+        self.message = message
+        self.permanent = permanent
+    }
     public var description: String { message }
 }
 

@@ -107,7 +107,10 @@ extension TypedAlgorithm {
 
     /// `run` with the job's config already built: decodes the slice, runs, encodes the summary.
     func run(_ task: ShardTask, config: Config, sink: any ShardSink) throws -> ShardOutput {
-        let slice = try TypedCoding.decodeExactly(Slice.self, from: task.slice, "slice")
+        let slice: Slice
+        do { slice = try TypedCoding.decodeExactly(Slice.self, from: task.slice, "slice") } catch let e as ShardError {
+            throw ShardError(e.message, permanent: true)  // the same slice is dispatched on every attempt
+        }
         let output = try run(slice, config: config, task: task, sink: sink)
         return ShardOutput(summary: try TypedCoding.encode(output.summary, "summary"), result: output.result)
     }

@@ -19,7 +19,7 @@ public protocol JobStore: AnyObject {
     func completeShards(
         _ items: [(ref: ShardRef, workerID: Int64, summary: String, resultSHA256: String?)]
     ) throws -> [(accepted: Bool, jobComplete: Bool, released: Int)]
-    func failShard(_ key: ShardRef, workerID: Int64, reason: String, retryable: Bool) throws -> (ShardFailureOutcome, [Lease])
+    func failShard(_ key: ShardRef, workerID: Int64, reason: String, failure: ShardFailureKind) throws -> (ShardFailureOutcome, [Lease])
     /// Takes back a lease whose DISPATCH was never sent (leased ahead, then handed back): the shard is queued again at
     /// the attempt it had before the claim, so the next claim gets the same attempt number, which no worker has
     /// seen. Fenced on attempt and holder; false when that is no longer the lease.

@@ -130,3 +130,14 @@ public enum WorkerState: String, Sendable, CaseIterable, Codable {
     /// Disconnected on its own (drained) or re-registered under the same name.
     case gone
 }
+
+/// How a failed attempt counts (SPEC §5, SHARD_FAILED `failure`). The byte was a bool before `permanent` existed:
+/// 0 and 1 mean what they meant.
+public enum ShardFailureKind: UInt8, Sendable, Hashable {
+    /// The shard's own error: charged against `max_attempts`, re-queued while attempts remain.
+    case shardError = 0
+    /// Infrastructure (drain, no free slot, cancelled by a lease move, a fetch timed out): re-queued, not charged.
+    case infrastructure = 1
+    /// An error no retry can fix (the spec, slice or inputs are wrong): charged, and the job fails at once.
+    case permanent = 2
+}

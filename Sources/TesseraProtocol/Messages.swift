@@ -151,13 +151,16 @@ public struct ShardDone: Sendable, Hashable {
 public struct ShardFailed: Sendable, Hashable {
     public var ref: ShardRef
     public var reason: String
-    /// true = infrastructure (drain, OOM-kill, ...): requeue without charging the retry budget policy;
-    /// false = the shard's own error.
-    public var retryable: Bool
-    public init(ref: ShardRef, reason: String, retryable: Bool) {
+    public var failure: ShardFailureKind
+    /// Re-queued without charging an attempt (`failure == .infrastructure`).
+    public var retryable: Bool { failure == .infrastructure }
+    public init(ref: ShardRef, reason: String, failure: ShardFailureKind) {
         self.ref = ref
         self.reason = reason
-        self.retryable = retryable
+        self.failure = failure
+    }
+    public init(ref: ShardRef, reason: String, retryable: Bool) {
+        self.init(ref: ref, reason: reason, failure: retryable ? .infrastructure : .shardError)
     }
 }
 
@@ -169,7 +172,20 @@ public enum AckKind: UInt8, Sendable {
     case failed = 4
 }
 
-/// coordinator -> worker: the referenced message is durable (or was refused because the attempt is fenced).
+/// What the coordinator did with an acknowledged message (SPEC §5, ACK `status`). The byte was a bool before
+/// `deferred` existed: 0 and 1 mean what they meant.
+public enum AckStatus: UInt8, Sendable, Hashable {
+    /// The attempt is stale (fenced): the worker must stop that shard and discard its outputs.
+    case refused = 0
+    /// Durable.
+    case accepted = 1
+    /// Not stored now, through no fault of the attempt (the coordinator's data dir is full): the worker keeps the
+    /// data and sends it again later, from `offset` for a chunk (SPEC §6.5).
+    case deferred = 2
+}
+
+/// coordinator -> worker: the referenced message is durable (or was refused because the attempt is fenced, or
+/// deferred because the coordinator cannot store it now).
 public struct Ack: Sendable, Hashable {
     public var ref: ShardRef
     public var kind: AckKind
@@ -177,14 +193,18 @@ public struct Ack: Sendable, Hashable {
     public var sequence: UInt64
     /// chunk: bytes durably received so far (the next offset the worker should send); otherwise 0.
     public var offset: UInt64
-    /// false = stale attempt / fenced: the worker must stop that shard and discard its outputs.
-    public var accepted: Bool
-    public init(ref: ShardRef, kind: AckKind, sequence: UInt64 = 0, offset: UInt64 = 0, accepted: Bool = true) {
+    public var status: AckStatus
+    /// `status == .accepted`.
+    public var accepted: Bool { status == .accepted }
+    public init(ref: ShardRef, kind: AckKind, sequence: UInt64 = 0, offset: UInt64 = 0, status: AckStatus) {
         self.ref = ref
         self.kind = kind
         self.sequence = sequence
         self.offset = offset
-        self.accepted = accepted
+        self.status = status
+    }
+    public init(ref: ShardRef, kind: AckKind, sequence: UInt64 = 0, offset: UInt64 = 0, accepted: Bool = true) {
+        self.init(ref: ref, kind: kind, sequence: sequence, offset: offset, status: accepted ? .accepted : .refused)
     }
 }
 

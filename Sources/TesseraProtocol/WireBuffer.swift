@@ -100,6 +100,18 @@ struct WireReader {
         }
     }
 
+    mutating func failureKind(_ f: StaticString) throws(ProtocolError) -> ShardFailureKind {
+        let v = try u8(f)
+        guard let k = ShardFailureKind(rawValue: v) else { throw error(.malformed, f, "failure must be 0, 1 or 2, got \(v)") }
+        return k
+    }
+
+    mutating func ackStatus(_ f: StaticString) throws(ProtocolError) -> AckStatus {
+        let v = try u8(f)
+        guard let s = AckStatus(rawValue: v) else { throw error(.malformed, f, "status must be 0, 1 or 2, got \(v)") }
+        return s
+    }
+
     /// Reads a u32 length and checks it against `maximum` and the bytes left.
     mutating func length(_ f: StaticString, maximum: Int) throws(ProtocolError) -> Int {
         let n = Int(try u32(f))

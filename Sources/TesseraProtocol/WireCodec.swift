@@ -87,13 +87,13 @@ public enum WireCodec {
         case .shardFailed(let m):
             w.ref(m.ref)
             w.string(m.reason)
-            w.bool(m.retryable)
+            w.u8(m.failure.rawValue)
         case .ack(let m):
             w.ref(m.ref)
             w.u8(m.kind.rawValue)
             w.u64(m.sequence)
             w.u64(m.offset)
-            w.bool(m.accepted)
+            w.u8(m.status.rawValue)
         case .fetch(let m):
             w.u64(m.requestID)
             w.string(m.sha256)
@@ -319,7 +319,7 @@ public enum WireCodec {
                     resultSHA256: try r.sha256("resultSHA256", allowEmpty: true)))
         case .shardFailed:
             return .shardFailed(
-                ShardFailed(ref: try r.ref("ref"), reason: try r.string("reason"), retryable: try r.bool("retryable")))
+                ShardFailed(ref: try r.ref("ref"), reason: try r.string("reason"), failure: try r.failureKind("failure")))
         case .ack:
             let ref = try r.ref("ref")
             let kindRaw = try r.u8("kind")
@@ -329,7 +329,7 @@ public enum WireCodec {
             return .ack(
                 Ack(
                     ref: ref, kind: kind, sequence: try r.u64("sequence"), offset: try r.u64("offset"),
-                    accepted: try r.bool("accepted")))
+                    status: try r.ackStatus("status")))
         case .fetch:
             return .fetch(
                 Fetch(

@@ -628,7 +628,7 @@ public final class PostgresJobStore: JobStore, @unchecked Sendable {
 
     /// Fenced like `completeShard`: only the leaseholder `workerID` may report its attempt failed.
     public func failShard(
-        _ key: ShardRef, workerID: Int64, reason: String, retryable: Bool
+        _ key: ShardRef, workerID: Int64, reason: String, failure: ShardFailureKind
     ) throws -> (ShardFailureOutcome, [Lease]) {
         try atomically {
             let r = try db.execute(
@@ -640,9 +640,9 @@ public final class PostgresJobStore: JobStore, @unchecked Sendable {
                 [.int(key.jobID), .int(Int64(key.shardIndex)), .int(Int64(key.attempt)), .int(workerID)]
             )
             guard r.rowCount == 1 else { return (.rejected, []) }
-            let failures = Int(r.int(0, "failures")!) + (retryable ? 0 : 1)
+            let failures = Int(r.int(0, "failures")!) + (failure == .infrastructure ? 0 : 1)
             let maxAttempts = Int(r.int(0, "max_attempts")!)
-            if failures < maxAttempts {
+            if failure != .permanent, failures < maxAttempts {
                 try db.execute(
                     """
                     UPDATE tessera_shards SET state = 'queued', failures = $4, error = $5, worker_id = NULL,
@@ -652,7 +652,7 @@ public final class PostgresJobStore: JobStore, @unchecked Sendable {
                     [.int(key.jobID), .int(Int64(key.shardIndex)), .int(Int64(key.attempt)), .int(Int64(failures)), .text(reason)]
                 )
                 try event(job: key.jobID, shard: key.shardIndex, actor: "coordinator", kind: "shard.retry",
-                          detail: ["attempt": .int(Int(key.attempt)), "reason": .string(reason), "retryable": .bool(retryable)])
+                          detail: ["attempt": .int(Int(key.attempt)), "reason": .string(reason), "retryable": .bool(failure == .infrastructure)])
                 return (.requeued, [])
             }
             try db.execute(
@@ -663,7 +663,10 @@ public final class PostgresJobStore: JobStore, @unchecked Sendable {
                 """,
                 [.int(key.jobID), .int(Int64(key.shardIndex)), .int(Int64(key.attempt)), .int(Int64(failures)), .text(reason)]
             )
-            let others = try failJobLocked(key.jobID, error: "shard \(key.shardIndex) failed after \(failures) attempts: \(reason)")
+            let why = failure == .permanent
+                ? "shard \(key.shardIndex) failed (not retryable): \(reason)"
+                : "shard \(key.shardIndex) failed after \(failures) attempts: \(reason)"
+            let others = try failJobLocked(key.jobID, error: why)
             return (.jobFailed, others)
         }
     }

@@ -206,15 +206,15 @@ public final class InMemoryJobStore: JobStore, @unchecked Sendable {
         return true
     }
 
-    public func failShard(_ key: ShardRef, workerID: Int64, reason: String, retryable: Bool) throws -> (ShardFailureOutcome, [Lease]) {
+    public func failShard(_ key: ShardRef, workerID: Int64, reason: String, failure: ShardFailureKind) throws -> (ShardFailureOutcome, [Lease]) {
         guard isCurrent(key, workerID: workerID) else { return (.rejected, []) }
         let k = ShardKey(job: key.jobID, idx: key.shardIndex)
-        let failures = s.shards[k]!.failures + (retryable ? 0 : 1)
+        let failures = s.shards[k]!.failures + (failure == .infrastructure ? 0 : 1)
         s.shards[k]!.failures = failures
         s.shards[k]!.error = reason
         s.shards[k]!.workerID = nil
         s.shards[k]!.leaseExpires = nil
-        if failures < s.jobs[key.jobID]!.maxAttempts {
+        if failure != .permanent, failures < s.jobs[key.jobID]!.maxAttempts {
             s.shards[k]!.state = "queued"
             return (.requeued, [])
         }

@@ -194,7 +194,9 @@ final class ShardChannel: ShardSink, @unchecked Sendable {
         let info = (try? JSONValue.parse(r.body)) ?? .null
         guard r.status == 0, let sha = info["sha256"]?.stringValue, let s = info["step"]?.intValue else {
             // Not retryable by waiting: the other job has no such blob.
-            throw ShardError("job \(jobID) shard \(shard) has no \(kind.rawValue): \(info["error"]?.stringValue ?? "status \(r.status)")")
+            throw ShardError(
+                "job \(jobID) shard \(shard) has no \(kind.rawValue): \(info["error"]?.stringValue ?? "status \(r.status)")",
+                permanent: r.status == WireStatus.notFound)
         }
         return (Int64(s), sha, try fetchBlob(sha256: sha))  // fetchBlob verifies the bytes against sha
     }
@@ -237,12 +239,13 @@ final class ShardChannel: ShardSink, @unchecked Sendable {
             progress(step: d.totalSteps)
             finish(.done(summary: output.summary.utf8Bytes))
         } catch is ShardStopped {
-            finish(.failed(reason: state.withLock { $0.stopReason } ?? "stopped", retryable: true))
+            finish(.failed(reason: state.withLock { $0.stopReason } ?? "stopped", failure: .infrastructure))
         } catch let e as FetchFailure {
-            finish(.failed(reason: e.message, retryable: true))
+            finish(.failed(reason: e.message, failure: .infrastructure))
         } catch {
-            logger.info("shard failed", metadata: ["shard": "\(d.ref)", "error": "\(error)"])
-            finish(.failed(reason: "\(error)", retryable: false))
+            let permanent = error is SpecError || (error as? ShardError)?.permanent == true
+            logger.info("shard failed", metadata: ["shard": "\(d.ref)", "error": "\(error)", "retry": "\(!permanent)"])
+            finish(.failed(reason: "\(error)", failure: permanent ? .permanent : .shardError))
         }
     }
 }

@@ -30,6 +30,12 @@ public struct WorkerStateMachine: Sendable {
         public var chunkSize: Int = 1 << 20
         /// Unacknowledged chunks in flight per transfer.
         public var chunkWindow: Int = 8
+        /// A transfer the coordinator deferred (its data dir is full, ACK `deferred`) is sent again after this
+        /// delay, doubling per deferral up to `maxDeferralDelay`; a blob still deferred after `deferralLimit`
+        /// fails its shard permanently (the job fails, with that reason, instead of waiting for ever).
+        public var deferralDelay: Duration = .seconds(1)
+        public var maxDeferralDelay: Duration = .seconds(30)
+        public var deferralLimit: Duration = .seconds(600)
         /// Metric points per METRICS batch.
         public var metricsBatchSize: Int = 512
         /// METRICS batches of one shard sent and not yet acknowledged; the rest wait unsent. With the loop taking a
@@ -66,7 +72,7 @@ public struct WorkerStateMachine: Sendable {
     /// How a shard's computation ended.
     public enum Outcome: Sendable, Hashable {
         case done(summary: [UInt8])
-        case failed(reason: String, retryable: Bool)
+        case failed(reason: String, failure: ShardFailureKind)
     }
 
     /// A blob read (FETCH) a shard waits for.
@@ -168,6 +174,11 @@ public struct WorkerStateMachine: Sendable {
         /// Restarted by an ACK at offset 0: the chunks sent before it are answered at 0 as well, and those answers
         /// must not restart it again (each would resend a window), so ACKs at 0 are ignored until one above 0.
         var restarted = false
+        /// Deferred by the coordinator: sent again from 0 at `deferredUntil`; `deferredSince` is the first deferral
+        /// of this run of deferrals (cleared by a chunk accepted above 0).
+        var deferredUntil: ContinuousClock.Instant?
+        var deferredSince: ContinuousClock.Instant?
+        var deferralDelay: Duration?
         var size: UInt64 { UInt64(blob.bytes.count) }
     }
 
@@ -184,6 +195,7 @@ public struct WorkerStateMachine: Sendable {
         var fenced = false
         var cancelled = false
         var transferFailed: String?
+        var transferFailure = ShardFailureKind.infrastructure
     }
 
     enum Waiter: Sendable {
@@ -215,6 +227,10 @@ public struct WorkerStateMachine: Sendable {
     private var readySent: ContinuousClock.Instant?
     /// notReady ERRORs that answered messages sent before our READY, and so asked for nothing new.
     public private(set) var ignoredNotReady = 0
+    /// The instant of the event being handled (for deferrals decided deep inside `ack`).
+    private var now: ContinuousClock.Instant?
+    /// Chunk ACKs with status `deferred` that started a wait (one per deferral, not per chunk in flight).
+    public private(set) var deferrals = 0
 
     public init(configuration: Configuration) {
         self.configuration = configuration
@@ -259,6 +275,7 @@ public struct WorkerStateMachine: Sendable {
             d.append(start + configuration.drainTimeout)
             d.append(start + configuration.drainTimeout + configuration.drainGrace)
         }
+        for s in shards.values { for t in s.transfers { if let u = t.deferredUntil { d.append(u) } } }
         return d.min()
     }
 
@@ -266,6 +283,7 @@ public struct WorkerStateMachine: Sendable {
 
     public mutating func handle(_ event: Event, now: ContinuousClock.Instant) -> [Action] {
         if case .exited = connection { return [] }
+        self.now = now
         var out: [Action] = []
         switch event {
         case .start:
@@ -370,6 +388,13 @@ public struct WorkerStateMachine: Sendable {
         case .idle, .exited:
             break
         }
+        // Deferred transfers whose wait is over go again.
+        for ref in order {
+            guard var s = shards[ref], s.transfers.contains(where: { $0.deferredUntil.map { $0 <= now } ?? false }) else { continue }
+            for i in s.transfers.indices where s.transfers[i].deferredUntil.map({ $0 <= now }) ?? false { s.transfers[i].deferredUntil = nil }
+            shards[ref] = s
+            flush(ref, into: &out)
+        }
     }
 
     private mutating func sendHeartbeat(now: ContinuousClock.Instant, into out: inout [Action]) {
@@ -447,6 +472,35 @@ public struct WorkerStateMachine: Sendable {
             if !a.accepted { fence(a.ref, into: &out) }
         case .chunk:
             guard let i = s.transfers.firstIndex(where: { $0.id == a.sequence }) else { return }
+            if a.status == .deferred {
+                if s.fenced || s.cancelled || s.transferFailed != nil { return }
+                var t = s.transfers[i]
+                // The other chunks in flight when the coordinator deferred the transfer are deferred too: one wait.
+                if t.deferredUntil != nil || t.complete { return }
+                let now = self.now ?? .now
+                let since = t.deferredSince ?? now
+                if now - since >= configuration.deferralLimit {
+                    s.transferFailed = "the coordinator could not store blob transfer \(a.sequence) for \(Int((now - since).components.seconds)) s (its data dir is out of space)"
+                    s.transferFailure = .permanent
+                    shards[a.ref] = s
+                    out.append(.log("blob transfer deferred too long: failing the shard", ["shard": "\(a.ref)", "transfer": "\(a.sequence)"]))
+                    return flush(a.ref, into: &out)
+                }
+                let delay = t.deferralDelay.map { min($0 * 2, configuration.maxDeferralDelay) } ?? configuration.deferralDelay
+                t.deferredSince = since
+                t.deferralDelay = delay
+                t.deferredUntil = now + delay
+                t.sent = 0
+                t.acked = 0
+                t.finalSent = false
+                t.restarted = false
+                s.transfers[i] = t
+                shards[a.ref] = s
+                deferrals += 1
+                out.append(.log("blob transfer deferred by the coordinator (out of space); sending it again later",
+                                ["shard": "\(a.ref)", "transfer": "\(a.sequence)", "retryIn": "\(delay)"]))
+                return
+            }
             if !a.accepted {
                 if s.fenced || s.cancelled { return }
                 // Rejected (checksum, size): a shard whose output cannot be stored fails, retryably, and sends no
@@ -466,7 +520,11 @@ public struct WorkerStateMachine: Sendable {
                 }
             } else {
                 t.acked = max(t.acked, a.offset)
-                if a.offset > 0 { t.restarted = false }
+                if a.offset > 0 {
+                    t.restarted = false
+                    t.deferredSince = nil
+                    t.deferralDelay = nil
+                }
             }
             if t.acked >= t.size && t.finalSent { t.complete = true }
             s.transfers[i] = t
@@ -550,7 +608,7 @@ public struct WorkerStateMachine: Sendable {
         }
         s.unsentMetrics.removeFirst(sending)
         let window = UInt64(configuration.chunkSize * configuration.chunkWindow)
-        for i in s.transfers.indices where !s.transfers[i].complete && s.transferFailed == nil {
+        for i in s.transfers.indices where !s.transfers[i].complete && s.transferFailed == nil && s.transfers[i].deferredUntil == nil {
             var t = s.transfers[i]
             while !t.finalSent && t.sent - min(t.sent, t.acked) < window {
                 let end = min(t.size, t.sent + UInt64(configuration.chunkSize))
@@ -576,15 +634,15 @@ public struct WorkerStateMachine: Sendable {
         s.transfers.removeAll { $0.complete && $0.blob.kind != .result }
         if !s.outcomeSent, let outcome = s.outcome {
             if let reason = s.transferFailed {
-                out.append(.send(.shardFailed(ShardFailed(ref: ref, reason: reason, retryable: true))))
+                out.append(.send(.shardFailed(ShardFailed(ref: ref, reason: reason, failure: s.transferFailure))))
                 s.outcomeSent = true
             } else if s.unackedMetrics.isEmpty && s.transfers.allSatisfy(\.complete) {
                 switch outcome {
                 case .done(let summary):
                     let sha = s.transfers.first(where: { $0.blob.kind == .result })?.sha256 ?? ""
                     out.append(.send(.shardDone(ShardDone(ref: ref, summary: summary, resultSHA256: sha))))
-                case .failed(let reason, let retryable):
-                    out.append(.send(.shardFailed(ShardFailed(ref: ref, reason: reason, retryable: retryable))))
+                case .failed(let reason, let failure):
+                    out.append(.send(.shardFailed(ShardFailed(ref: ref, reason: reason, failure: failure))))
                 }
                 s.outcomeSent = true
             }

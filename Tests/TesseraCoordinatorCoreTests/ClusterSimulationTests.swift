@@ -75,7 +75,7 @@ struct Cluster {
                     merges[job, default: 0] += 1
                     store.finishJob(job)
                 }
-            case .dropTransfers:
+            case .dropTransfers, .dropTransfer:
                 break  // no transfers in the simulation
             case .writeChunk, .serve:
                 Issue.record("the simulation sends no blobs or client requests: \(a)")
@@ -133,7 +133,7 @@ struct Cluster {
                 guard var c = workers[i].computing[ref], c.done < c.total || c.stop != nil else { continue }
                 var out = WorkerStateMachine.ComputeOutput(step: c.done)
                 if let reason = c.stop {
-                    out.outcome = .failed(reason: reason, retryable: true)
+                    out.outcome = .failed(reason: reason, failure: .infrastructure)
                     c.done = c.total
                     c.stop = nil
                 } else {

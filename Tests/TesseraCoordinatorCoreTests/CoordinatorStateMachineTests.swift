@@ -183,6 +183,12 @@ struct CoordinatorStateMachineTests {
         let ack = acks(a)
         #expect(ack.count == 1 && ack[0].accepted == false && ack[0].ref == ref(0, attempt: 0))
         #expect(h.machine.counters.staleDropped == 1)
+        // A stale CHUNK also voids what the blob service holds of that transfer (its temp file).
+        if case .chunk(let c) = message {
+            #expect(a.contains(.dropTransfer(w1, transferID: c.transferID)))
+        } else {
+            #expect(!a.contains { if case .dropTransfer = $0 { true } else { false } })
+        }
     }
 
     @Test("Fencing by sender: another registered worker cannot speak for w1's current attempt")
@@ -268,7 +274,7 @@ struct CoordinatorStateMachineTests {
     func drainHandsBackFree() {
         var h = Self.withTwoLeases()
         let a = h.receive(w1, .shardFailed(ShardFailed(ref: ref(1), reason: "worker drained", retryable: true)))
-        #expect(commits(a) == [[.failShard(workerID: 11, ref: ref(1), reason: "worker drained", retryable: true)]])
+        #expect(commits(a) == [[.failShard(workerID: 11, ref: ref(1), reason: "worker drained", failure: .infrastructure)]])
         let c = h.feed(.committed([.shardFailed(.requeued, stop: [])]))
         #expect(acks(c) == [Ack(ref: ref(1), kind: .failed, accepted: true)])
         // No claim back to the draining worker until its heartbeat advertises a credit.
@@ -281,11 +287,83 @@ struct CoordinatorStateMachineTests {
         // A shard's own error returns its slot's credit, so a claim rides along.
         let a = h.receive(w1, .shardFailed(ShardFailed(ref: ref(1), reason: "nan", retryable: false)))
         #expect(commits(a) == [[
-            .failShard(workerID: 11, ref: ref(1), reason: "nan", retryable: false),
+            .failShard(workerID: 11, ref: ref(1), reason: "nan", failure: .shardError),
             .claimShards(workerID: 11, limit: 1, capabilities: ["rl/noop"]),
         ]])
         let c = h.feed(.committed([.shardFailed(.jobFailed, stop: [Lease(ref: ref(0), workerID: 11)]), claimed([])]))
         #expect(sends(c, to: w1).contains(.cancel(Cancel(ref: ref(0), reason: "job failed"))))
+    }
+
+    @Test("A permanent SHARD_FAILED goes to the store as permanent (the store fails the job at once)")
+    func permanentFailure() {
+        var h = Self.withTwoLeases()
+        let a = h.receive(w1, .shardFailed(ShardFailed(ref: ref(1), reason: "bad slice", failure: .permanent)))
+        #expect(commits(a).first?.first == .failShard(workerID: 11, ref: ref(1), reason: "bad slice", failure: .permanent))
+    }
+
+    @Test("Out of space: a deferred CHUNK is answered deferred and pauses claims; a stored blob or the pause's end resumes them")
+    func storageDeferralPausesClaims() {
+        var h = Self.withTwoLeases()
+        let d = h.feed(.chunkAnswered(w1, ref: ref(0), transferID: 2, offset: 0, status: .deferred))
+        #expect(acks(d) == [Ack(ref: ref(0), kind: .chunk, sequence: 2, offset: 0, status: .deferred)])
+        #expect(h.machine.counters.chunksDeferred == 1)
+        #expect(h.machine.storagePausedUntil == h.now + CoordinatorStateMachine.storagePause)
+        // Shard 1 ends and frees a slot, but nothing new is claimed: it would compute outputs that cannot be stored.
+        let done = h.receive(w1, .shardDone(ShardDone(ref: ref(1), summary: Array("{}".utf8))))
+        #expect(commits(done) == [[.completeShard(workerID: 11, ref: ref(1), summary: "{}", resultSHA256: nil)]])
+        let c = h.feed(.committed([.shardCompleted(accepted: true, jobComplete: false)]))
+        #expect(commits(c).isEmpty)
+        // Each deferral extends the pause.
+        h.advance(.seconds(20))
+        _ = h.feed(.chunkAnswered(w1, ref: ref(0), transferID: 2, offset: 0, status: .deferred))
+        #expect(h.machine.storagePausedUntil == h.now + CoordinatorStateMachine.storagePause)
+        #expect(h.machine.counters.chunksDeferred == 2)
+        // Space is back: the blob is stored, the pause ends and the free slot is claimed.
+        let sha = String(repeating: "a", count: 64)
+        let s = h.feed(.blobStored(w1, ref: ref(0), transferID: 2, kind: .checkpoint, step: 1, sha256: sha, size: 3, path: "aa/x"))
+        #expect(h.machine.storagePausedUntil == nil)
+        #expect(commits(s) == [[
+            .registerBlob(workerID: 11, ref: ref(0), kind: .checkpoint, step: 1, sha256: sha, size: 3, path: "aa/x"),
+            .claimShards(workerID: 11, limit: 1, capabilities: ["rl/noop"]),
+        ]])
+    }
+
+    @Test("Out of space with no blob ever stored: claims resume when the pause runs out")
+    func storagePauseRunsOut() {
+        var h = Self.withTwoLeases()
+        _ = h.feed(.chunkAnswered(w1, ref: ref(0), transferID: 2, offset: 0, status: .deferred))
+        _ = h.receive(w1, .shardDone(ShardDone(ref: ref(1), summary: Array("{}".utf8))))
+        _ = h.feed(.committed([.shardCompleted(accepted: true, jobComplete: false)]))
+        func claims(_ batch: [StoreCommand]) -> [StoreCommand] { batch.filter { if case .claimShards = $0 { true } else { false } } }
+        // Every batch committed (renewals, sweeps, claims finding nothing), answered until the machine is quiet.
+        func settle(_ actions: [CoordinatorStateMachine.Action]) -> [StoreCommand] {
+            var all: [StoreCommand] = []
+            var pending = commits(actions)
+            while let batch = pending.first {
+                pending.removeFirst()
+                all += batch
+                pending += commits(h.feed(.committed(batch.map {
+                    switch $0 {
+                    case .renewLeases: .leasesRenewed(stale: [])
+                    case .requeueExpiredLeases: .expiredLeasesRequeued(count: 0)
+                    default: claimed([])
+                    }
+                })))
+            }
+            return all
+        }
+        func tick() -> [StoreCommand] {
+            h.advance(.seconds(1))
+            let hb = settle(h.receive(w1, .heartbeat(Heartbeat(credits: 1, progress: [ShardProgress(ref: ref(0), step: 1, total: 9)]))))
+            return hb + settle(h.feed(.tick))
+        }
+        let during = (1...29).flatMap { _ in claims(tick()) }
+        #expect(during.isEmpty)
+        // 30 s after the deferral the pause is over; the next pass asks for the free slot.
+        h.advance(.seconds(1))
+        let after = (1...5).flatMap { _ in claims(tick()) }
+        #expect(after.first == .claimShards(workerID: 11, limit: 1, capabilities: ["rl/noop"]))
+        #expect(h.machine.storagePausedUntil == nil)
     }
 
     @Test("The last shard's commit starts the merge")

@@ -87,10 +87,10 @@ struct MessageGenerator {
         case .shardDone:
             return .shardDone(ShardDone(ref: ref(), summary: bytes(), resultSHA256: bool() ? sha() : ""))
         case .shardFailed:
-            return .shardFailed(ShardFailed(ref: ref(), reason: string(), retryable: bool()))
+            return .shardFailed(ShardFailed(ref: ref(), reason: string(), failure: [.shardError, .infrastructure, .permanent].randomElement(using: &rng)!))
         case .ack:
             return .ack(Ack(ref: ref(), kind: [.metrics, .chunk, .done, .failed].randomElement(using: &rng)!,
-                sequence: int(), offset: int(), accepted: bool()))
+                sequence: int(), offset: int(), status: [.refused, .accepted, .deferred].randomElement(using: &rng)!))
         case .fetch:
             return .fetch(Fetch(requestID: int(), sha256: sha(), offset: int(), length: int()))
         case .fetchReply:

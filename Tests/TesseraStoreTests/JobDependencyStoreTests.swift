@@ -66,7 +66,7 @@ struct JobDependencyStoreTests {
 
         let lease = try #require(try b.store.claimShards(workerID: b.worker, limit: 1, capabilities: ["sampling/ddpm-train"]).first)
         #expect(lease.ref.jobID == train)
-        let (outcome, stop) = try b.store.failShard(lease.ref, workerID: b.worker, reason: "diverged", retryable: false)
+        let (outcome, stop) = try b.store.failShard(lease.ref, workerID: b.worker, reason: "diverged", failure: .shardError)
         #expect(outcome == .jobFailed && stop.isEmpty)
 
         #expect(try b.job(train) == ("failed", "shard 0 failed after 1 attempts: diverged", ["failed"]))

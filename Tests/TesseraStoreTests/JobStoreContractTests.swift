@@ -130,7 +130,7 @@ struct JobStoreContractTests {
         let sha = String(repeating: "0", count: 64)
         #expect(try f.store.registerBlob(f.ref(0), workerID: f.w2, kind: "checkpoint", step: 1, sha256: sha, size: 1, path: "/x") == false)
         #expect(try f.store.registerBlob(f.ref(0), workerID: f.w1, kind: "checkpoint", step: 1, sha256: sha, size: 1, path: "/x"))
-        #expect(try f.store.failShard(f.ref(1), workerID: f.w2, reason: "x", retryable: false).0 == .rejected)
+        #expect(try f.store.failShard(f.ref(1), workerID: f.w2, reason: "x", failure: .shardError).0 == .rejected)
         let done = try f.store.completeShards([
             (f.ref(0), f.w2, "{}", nil), (f.ref(0), f.w1, "{\"a\":1}", nil), (f.ref(0), f.w1, "{}", nil),
         ])
@@ -147,15 +147,31 @@ struct JobStoreContractTests {
         defer { f.close() }
         _ = try f.store.claimShards(workerID: f.w1, limit: 1, capabilities: ["sampling/ddim"])
         _ = try f.store.claimShards(workerID: f.w2, limit: 1, capabilities: ["sampling/ddim"])
-        #expect(try f.store.failShard(f.ref(0), workerID: f.w1, reason: "lost gpu", retryable: true) == (.requeued, []))
+        #expect(try f.store.failShard(f.ref(0), workerID: f.w1, reason: "lost gpu", failure: .infrastructure) == (.requeued, []))
         #expect(f.state(f.job, 0) == ("queued", 1))
         #expect(try f.store.claimShards(workerID: f.w1, limit: 1, capabilities: ["sampling/ddim"]).map(\.ref) == [f.ref(0, attempt: 2)])
-        #expect(try f.store.failShard(f.ref(0, attempt: 2), workerID: f.w1, reason: "bug", retryable: false) == (.requeued, []))
+        #expect(try f.store.failShard(f.ref(0, attempt: 2), workerID: f.w1, reason: "bug", failure: .shardError) == (.requeued, []))
         #expect(try f.store.claimShards(workerID: f.w1, limit: 1, capabilities: ["sampling/ddim"]).map(\.ref) == [f.ref(0, attempt: 3)])
-        let (outcome, stop) = try f.store.failShard(f.ref(0, attempt: 3), workerID: f.w1, reason: "bug", retryable: false)
+        let (outcome, stop) = try f.store.failShard(f.ref(0, attempt: 3), workerID: f.w1, reason: "bug", failure: .shardError)
         #expect(outcome == .jobFailed)
         #expect(stop == [Lease(ref: f.ref(1), workerID: f.w2)])
         #expect(f.state(f.job, 0).state == "failed" && f.state(f.job, 1).state == "cancelled" && f.state(f.job, 2).state == "cancelled")
+        #expect(try f.store.claimShards(workerID: f.w1, limit: 5, capabilities: ["sampling/ddim"]).isEmpty)
+    }
+
+    @Test("A permanent failure fails the job at once, attempts left or not, and its other leases come back", arguments: ContractFixture.Backend.available)
+    func permanentFailure(_ backend: ContractFixture.Backend) throws {
+        let f = try ContractFixture.make(backend, shards: 3, maxAttempts: 5)
+        defer { f.close() }
+        _ = try f.store.claimShards(workerID: f.w1, limit: 1, capabilities: ["sampling/ddim"])
+        _ = try f.store.claimShards(workerID: f.w2, limit: 1, capabilities: ["sampling/ddim"])
+        // Fenced like any other report: not the holder, nothing happens.
+        #expect(try f.store.failShard(f.ref(0), workerID: f.w2, reason: "bad slice", failure: .permanent).0 == .rejected)
+        let (outcome, stop) = try f.store.failShard(f.ref(0), workerID: f.w1, reason: "bad slice", failure: .permanent)
+        #expect(outcome == .jobFailed)
+        #expect(stop == [Lease(ref: f.ref(1), workerID: f.w2)])
+        #expect(f.state(f.job, 0) == ("failed", 1))
+        #expect(f.state(f.job, 1).state == "cancelled" && f.state(f.job, 2).state == "cancelled")
         #expect(try f.store.claimShards(workerID: f.w1, limit: 5, capabilities: ["sampling/ddim"]).isEmpty)
     }
 

@@ -66,7 +66,7 @@ struct JobStoreFencingTests {
         let b = try Self.setUp()
         defer { b.close() }
         let key = b.leased[0]
-        let (outcome, cancelled) = try b.store.failShard(key, workerID: b.other, reason: "boom", retryable: false)
+        let (outcome, cancelled) = try b.store.failShard(key, workerID: b.other, reason: "boom", failure: .shardError)
         #expect(outcome == .rejected)
         #expect(cancelled.isEmpty)
         let row = try b.db.execute(
@@ -74,7 +74,7 @@ struct JobStoreFencingTests {
             [.int(key.jobID), .int(Int64(key.shardIndex))])
         #expect(row[0, "s"] == "leased")
         #expect(row.int(0, "failures") == 0)
-        #expect(try b.store.failShard(key, workerID: b.holder, reason: "boom", retryable: false).0 == .requeued)
+        #expect(try b.store.failShard(key, workerID: b.holder, reason: "boom", failure: .shardError).0 == .requeued)
     }
 
     @Test("METRICS batches are accepted per sender: the holder's rows land, a foreign batch in the same commit does not")

@@ -139,11 +139,11 @@ struct ShardDependencyStoreTests {
         let claimed = try b.claim()
         #expect(try b.complete(claimed[1]).accepted)
         // A charged failure that leaves attempts re-queues the dependency; its dependents keep waiting.
-        #expect(try b.store.failShard(claimed[0], workerID: b.worker, reason: "boom", retryable: false).0 == .requeued)
+        #expect(try b.store.failShard(claimed[0], workerID: b.worker, reason: "boom", failure: .shardError).0 == .requeued)
         #expect(try b.shards().map(\.state) == ["queued", "succeeded", "queued", "queued"])
         let again = try b.claim()
         #expect(again.map(\.shardIndex) == [0])
-        let (outcome, _) = try b.store.failShard(again[0], workerID: b.worker, reason: "boom", retryable: false)
+        let (outcome, _) = try b.store.failShard(again[0], workerID: b.worker, reason: "boom", failure: .shardError)
         #expect(outcome == .jobFailed)
         #expect(try b.shards().map(\.state) == ["failed", "succeeded", "cancelled", "cancelled"])
         #expect(try b.claim().isEmpty)

@@ -206,6 +206,92 @@ struct WorkerStateMachineTests {
         #expect(finals(a) == [.shardFailed(ShardFailed(ref: wref(0), reason: "coordinator rejected blob transfer 1", retryable: true))])
     }
 
+    @Test("CHUNK deferred (coordinator out of space): one wait per deferral, resent from 0 after a doubling delay")
+    func deferredTransfer() {
+        var h = WorkerHarness.running([wref(0)]) { c in
+            c.deferralDelay = .seconds(1)
+            c.maxDeferralDelay = .seconds(3)
+            c.deferralLimit = .seconds(100)
+        }
+        let blob = WSM.Blob(kind: .result, step: 1, bytes: Array(0..<9), sha256: sha)
+        #expect(chunks(h.feed(.computed(wref(0), WSM.ComputeOutput(step: 1, blobs: [blob], outcome: .done(summary: []))))).map(\.offset) == [0, 4])
+        let d = h.receive(.ack(Ack(ref: wref(0), kind: .chunk, sequence: 1, offset: 0, status: .deferred)))
+        #expect(chunks(d).isEmpty && finals(d).isEmpty)
+        #expect(h.machine.deferrals == 1)
+        // The chunk at 4 was in flight too and is answered deferred: no second wait, nothing sent.
+        #expect(sent(h.receive(.ack(Ack(ref: wref(0), kind: .chunk, sequence: 1, offset: 0, status: .deferred)))).isEmpty)
+        #expect(h.machine.deferrals == 1)
+        #expect(h.machine.nextDeadline().map { $0 <= h.now + .seconds(1) } == true)
+        #expect(chunks(h.advance(.milliseconds(500))).isEmpty)
+        // After the delay the transfer starts over from 0 with a full window.
+        #expect(chunks(h.advance(.milliseconds(500))).map(\.offset) == [0, 4])
+        // Deferred again: the delay doubles (2 s), then is capped (3 s).
+        _ = h.receive(.ack(Ack(ref: wref(0), kind: .chunk, sequence: 1, offset: 0, status: .deferred)))
+        #expect(chunks(h.advance(.milliseconds(1900))).isEmpty)
+        #expect(chunks(h.advance(.milliseconds(100))).map(\.offset) == [0, 4])
+        _ = h.receive(.ack(Ack(ref: wref(0), kind: .chunk, sequence: 1, offset: 0, status: .deferred)))
+        #expect(chunks(h.advance(.milliseconds(2900))).isEmpty)
+        #expect(chunks(h.advance(.milliseconds(100))).map(\.offset) == [0, 4])
+        #expect(h.machine.deferrals == 3)
+        // Space is back: the transfer completes and the shard is DONE (never failed, no attempt spent).
+        #expect(chunks(h.receive(.ack(Ack(ref: wref(0), kind: .chunk, sequence: 1, offset: 4)))).map(\.offset) == [8])
+        _ = h.receive(.ack(Ack(ref: wref(0), kind: .chunk, sequence: 1, offset: 8)))
+        let done = h.receive(.ack(Ack(ref: wref(0), kind: .chunk, sequence: 1, offset: 9)))
+        #expect(finals(done) == [.shardDone(ShardDone(ref: wref(0), summary: [], resultSHA256: sha))])
+    }
+
+    @Test("CHUNK deferred past the limit: the shard fails permanently with the reason, once its computation ended")
+    func deferredTooLong() {
+        var h = WorkerHarness.running([wref(0)]) { c in
+            c.deferralDelay = .seconds(2)
+            c.maxDeferralDelay = .seconds(2)
+            c.deferralLimit = .seconds(5)
+        }
+        let blob = WSM.Blob(kind: .checkpoint, step: 1, bytes: Array(0..<9), sha256: sha)
+        _ = h.feed(.computed(wref(0), WSM.ComputeOutput(step: 1, blobs: [blob])))
+        for _ in 0..<3 {
+            _ = h.receive(.ack(Ack(ref: wref(0), kind: .chunk, sequence: 1, offset: 0, status: .deferred)))
+            #expect(chunks(h.advance(.seconds(2))).map(\.offset) == [0, 4])
+        }
+        // 6 s after the first deferral: over the 5 s limit.
+        let f = h.receive(.ack(Ack(ref: wref(0), kind: .chunk, sequence: 1, offset: 0, status: .deferred)))
+        #expect(chunks(f).isEmpty && finals(f).isEmpty)
+        #expect(chunks(h.advance(.seconds(1))).isEmpty)
+        let end = h.feed(.computed(wref(0), WSM.ComputeOutput(step: 3, outcome: .done(summary: []))))
+        let failed = finals(end)
+        #expect(failed.count == 1)
+        if case .shardFailed(let m) = failed.first {
+            #expect(m.failure == .permanent && m.ref == wref(0))
+            #expect(m.reason.contains("out of space") && m.reason.contains("transfer 1"))
+        } else {
+            Issue.record("expected SHARD_FAILED, got \(failed)")
+        }
+    }
+
+    @Test("A deferral run ends with an accepted chunk: the next deferral starts from the base delay and a fresh limit")
+    func deferralResets() {
+        var h = WorkerHarness.running([wref(0)]) { c in
+            c.deferralDelay = .seconds(1)
+            c.maxDeferralDelay = .seconds(8)
+            c.deferralLimit = .seconds(4)
+        }
+        let blob = WSM.Blob(kind: .checkpoint, step: 1, bytes: Array(0..<12), sha256: sha)
+        _ = h.feed(.computed(wref(0), WSM.ComputeOutput(step: 1, blobs: [blob])))
+        _ = h.receive(.ack(Ack(ref: wref(0), kind: .chunk, sequence: 1, offset: 0, status: .deferred)))
+        #expect(chunks(h.advance(.seconds(1))).map(\.offset) == [0, 4])
+        _ = h.receive(.ack(Ack(ref: wref(0), kind: .chunk, sequence: 1, offset: 0, status: .deferred)))
+        #expect(chunks(h.advance(.seconds(2))).map(\.offset) == [0, 4])
+        // Accepted above 0: the run of deferrals is over.
+        _ = h.receive(.ack(Ack(ref: wref(0), kind: .chunk, sequence: 1, offset: 4)))
+        h.now += .seconds(10)
+        // Long after the first deferral, but a new run: waits the base delay, not a failure.
+        let d = h.receive(.ack(Ack(ref: wref(0), kind: .chunk, sequence: 1, offset: 0, status: .deferred)))
+        #expect(finals(d).isEmpty)
+        #expect(chunks(h.advance(.seconds(1))).map(\.offset) == [0, 4])
+        let end = h.feed(.computed(wref(0), WSM.ComputeOutput(step: 3, outcome: .done(summary: []))))
+        #expect(finals(end).isEmpty)
+    }
+
     @Test("Fencing: a refused METRICS ACK stops the shard; its output is dropped and nothing final is sent")
     func fencedByRefusedAck() {
         var h = WorkerHarness.running([wref(0)])
@@ -214,7 +300,7 @@ struct WorkerStateMachineTests {
         #expect(a == [.stopShard(wref(0), reason: "fenced: attempt superseded")])
         let more = h.feed(.computed(wref(0), WSM.ComputeOutput(step: 2, points: points(5))))
         #expect(sent(more).isEmpty)
-        let end = h.feed(.computed(wref(0), WSM.ComputeOutput(step: 2, outcome: .failed(reason: "fenced", retryable: true))))
+        let end = h.feed(.computed(wref(0), WSM.ComputeOutput(step: 2, outcome: .failed(reason: "fenced", failure: .infrastructure))))
         #expect(end == [.forget(wref(0))])
         #expect(h.machine.runningShards.isEmpty)
     }
@@ -228,7 +314,7 @@ struct WorkerStateMachineTests {
             h.receive(.cancel(Cancel(ref: wref(5), reason: "superseded")))
                 == [.send(.shardFailed(ShardFailed(ref: wref(5), reason: "cancelled: superseded", retryable: true)))])
         // A cancelled shard that then fails is reported (the coordinator ACKs it and frees the slot).
-        let f = h.feed(.computed(wref(0), WSM.ComputeOutput(step: 1, outcome: .failed(reason: "job cancelled", retryable: true))))
+        let f = h.feed(.computed(wref(0), WSM.ComputeOutput(step: 1, outcome: .failed(reason: "job cancelled", failure: .infrastructure))))
         #expect(finals(f) == [.shardFailed(ShardFailed(ref: wref(0), reason: "job cancelled", retryable: true))])
     }
 
@@ -354,7 +440,7 @@ struct WorkerStateMachineTests {
         let deadline = h.advance(.seconds(5))
         #expect(deadline.contains(.stopShard(wref(0), reason: "worker drained")))
         #expect(!h.machine.hasExited)
-        _ = h.feed(.computed(wref(0), WSM.ComputeOutput(step: 2, outcome: .failed(reason: "worker drained", retryable: true))))
+        _ = h.feed(.computed(wref(0), WSM.ComputeOutput(step: 2, outcome: .failed(reason: "worker drained", failure: .infrastructure))))
         let end = h.receive(.ack(Ack(ref: wref(0), kind: .failed)))
         #expect(end.suffix(2) == [.send(.disconnect(Disconnect(reason: "drained"))), .exit])
         #expect(h.machine.hasExited)
