@@ -202,12 +202,16 @@ final class ReadPool: @unchecked Sendable {
             reply(identity, r, ["job_id": .number(Double(id)), "shards": .int(slices.count)])
 
         case "status":
+            // While the data dir is full, every status reply says so (`storage`): shards that finished computing wait
+            // for their uploads, and a user watching a job must see why it does not move.
+            let storage = status.value.withLock { $0.storage }
+            let storageField = storage.fullSince == nil ? "" : ",\"storage\":\(storage.json.render())"
             if body["job"] != nil {
                 guard let id = jobID() else { return bad("'job' must be a positive job id") }
                 guard let json = try store.jobStatusJSON(id, events: body["events"]?.boolValue ?? false) else {
                     return notFound("no job \(id)")
                 }
-                replyRaw(identity, r, json: "{\"job\":\(json)}")
+                replyRaw(identity, r, json: "{\"job\":\(json)\(storageField)}")
             } else {
                 let limit = body["limit"].map { $0.intValue ?? 0 } ?? 50
                 guard (1...10_000).contains(limit) else {
@@ -218,7 +222,7 @@ final class ReadPool: @unchecked Sendable {
                     return bad("unknown job state '\(state)'; known: \(JobState.allCases.map(\.rawValue).joined(separator: ", "))")
                 }
                 let json = try store.jobListJSON(limit: limit, state: state)
-                replyRaw(identity, r, json: "{\"jobs\":\(json)}")
+                replyRaw(identity, r, json: "{\"jobs\":\(json)\(storageField)}")
             }
 
         case "cancel":

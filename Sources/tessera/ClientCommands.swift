@@ -95,12 +95,14 @@ struct Status: ParsableCommand {
                 guard let j = reply["job"] else { throw CLIError("malformed status reply") }
                 if json { return printOut(j.render()) }
                 printOut(Format.job(j, events: events))
+                if let w = Format.storageWarning(reply["storage"]) { printErr(w) }
             } else {
                 var body: JSONObject = ["limit": .int(limit)]
                 if let state { body["state"] = .string(state) }
                 let (reply, _) = try c.call("status", body)
                 if json { return printOut(reply.render()) }
                 printOut(Format.jobList(reply["jobs"]?.arrayValue ?? []))
+                if let w = Format.storageWarning(reply["storage"]) { printErr(w) }
             }
         }
     }
@@ -121,10 +123,21 @@ struct Wait: ParsableCommand {
             let c = try client.client()
             let start = Date()
             let tty = isatty(2) == 1
+            var warned = false
             while true {
                 let (reply, _) = try c.call("status", ["job": .int(job)])
                 guard let j = reply["job"], let state = j["state"]?.stringValue.flatMap(JobState.init(rawValue:)) else {
                     throw CLIError("malformed status reply")
+                }
+                // Once per run of a full data dir: the job may sit still, and this says why.
+                if let w = Format.storageWarning(reply["storage"]) {
+                    if !warned {
+                        if tty { FileHandle.standardError.write(Data("\n".utf8)) }
+                        printErr(w)
+                    }
+                    warned = true
+                } else {
+                    warned = false
                 }
                 if tty { FileHandle.standardError.write(Data(Format.progressLine(j).utf8)) }
                 if state.isTerminal {
@@ -170,6 +183,7 @@ struct Workers: ParsableCommand {
             let (reply, _) = try client.client().call("workers")
             if json { return printOut(reply.render()) }
             printOut(Format.workers(reply["workers"]?.arrayValue ?? []))
+            if let w = Format.storageWarning(reply["coordinator"]?["storage"]) { printErr(w) }
         }
     }
 }

@@ -33,6 +33,15 @@ enum Format {
         return String(format: "%dh%02dm", Int(s) / 3600, (Int(s) % 3600) / 60)
     }
 
+    /// A warning line when the coordinator's data dir is full (`storage` of a status or workers reply), else nil.
+    static func storageWarning(_ storage: JSONValue?) -> String? {
+        guard let storage, storage["state"]?.stringValue == "full" else { return nil }
+        let since = storage["full_seconds"]?.doubleValue.map { " for \(seconds($0))" } ?? ""
+        let error = storage["error"]?.stringValue.map { " (\($0))" } ?? ""
+        return "warning: the coordinator's data dir is full\(since)\(error): finished shards wait to upload their outputs and "
+            + "no new shard starts; free space on the coordinator's --data-dir and they go on, at no extra attempt"
+    }
+
     static func csvField(_ s: String) -> String {
         s.contains(where: { $0 == "," || $0 == "\"" || $0 == "\n" }) ? "\"" + s.replacingOccurrences(of: "\"", with: "\"\"") + "\"" : s
     }

@@ -118,12 +118,14 @@ final class Cluster {
     private(set) var workers: [String: Process] = [:]
     let heartbeat: Double
 
-    init(workers count: Int, slots: Int = 1, heartbeat: Double = 1.0) throws {
+    /// `prepare` runs with the cluster's directory before the coordinator starts (e.g. to mount its `data` dir).
+    init(workers count: Int, slots: Int = 1, heartbeat: Double = 1.0, prepare: (String) throws -> Void = { _ in }) throws {
         db = try PostgresTestDatabase.create(migrate: true)
         var template = Array("/tmp/tessera-it-XXXXXX".utf8CString)
         guard let p = mkdtemp(&template) else { throw TestFailure("mkdtemp failed") }
         dir = String(cString: p)
         self.heartbeat = heartbeat
+        try prepare(dir)
         try startCoordinator()
         for i in 0..<count { try startWorker("w\(i + 1)", slots: slots) }
         try waitForWorkers(count)
