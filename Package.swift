@@ -144,6 +144,10 @@ let package = Package(
         .testTarget(
             name: "TesseraWorkerCoreTests", dependencies: ["TesseraWorkerCore", "TesseraModel", "TesseraProtocol"],
             swiftSettings: swiftSettings),
+        .testTarget(
+            name: "TesseraWorkerTests",
+            dependencies: ["TesseraWorker", "TesseraWorkerCore", "TesseraModel", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: swiftSettings),
         .testTarget(name: "ZeroMQTests", dependencies: ["ZeroMQ"], swiftSettings: swiftSettings),
         .testTarget(name: "LibPQTests", dependencies: ["LibPQ", "TesseraTesting"], swiftSettings: swiftSettings),
         .testTarget(

@@ -4,9 +4,9 @@
 // shard with dependencies runs, `fetchInputs` (ShardInputs.swift); they only touch a mutex-protected outbox, so
 // compute never blocks on the network. The loop thread drains the outbox on
 // every iteration; anything a compute thread puts in an empty outbox wakes the loop through `wakeup`, so a shard's
-// output leaves at once instead of at the next poll. Back-pressure: the loop leaves a shard's metric points here while
-// the worker's state machine holds too many of its batches unacknowledged (the coordinator is slow or away), and
-// when the outbox holds too much, producers wait.
+// output leaves at once instead of at the next poll. Back-pressure: output the worker's state machine cannot take yet
+// (the coordinator is slow or away) goes to the shard's spool (Spool.swift: memory, then a file); only when the spool
+// is at its disk cap does the loop leave output here, and when the outbox holds too much, producers wait.
 
 import Crypto
 import Foundation
@@ -60,21 +60,24 @@ final class ShardChannel: ShardSink, @unchecked Sendable {
 
     var step: Int64 { state.withLock { $0.step } }
 
-    /// Takes what the compute thread posted, with its current step. Without `points` (the machine holds too many
-    /// unacknowledged batches of this shard) the metric points stay here, and so does the outcome, which must follow
-    /// them; the compute thread waits once `maxPendingPoints` are pending.
-    func drain(points: Bool = true) -> WorkerStateMachine.ComputeOutput {
+    /// Takes what the compute thread posted, with its current step. Without `data` (the shard's spool is at its disk
+    /// cap) the output — metric points, blobs, digests and the outcome, which must follow them — stays here and only
+    /// the step and any fetch or request are taken; the compute thread waits once `maxPendingPoints` points or
+    /// `maxPendingBytes` of blobs are pending.
+    func drain(data: Bool = true) -> WorkerStateMachine.ComputeOutput {
         let d = state.withLock { s -> WorkerStateMachine.ComputeOutput in
             var d = s.out
             d.step = s.step
-            if points || s.out.points.isEmpty {
+            if data {
                 s.out = WorkerStateMachine.ComputeOutput(step: 0)
+                s.pendingBytes = 0
             } else {
-                d.points = []
-                d.outcome = nil
-                s.out = WorkerStateMachine.ComputeOutput(step: 0, points: s.out.points, outcome: s.out.outcome)
+                d = WorkerStateMachine.ComputeOutput(step: s.step)
+                d.fetch = s.out.fetch
+                d.request = s.out.request
+                s.out.fetch = nil
+                s.out.request = nil
             }
-            s.pendingBytes = 0
             return d
         }
         if !d.points.isEmpty || !d.blobs.isEmpty {

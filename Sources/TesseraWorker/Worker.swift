@@ -51,12 +51,26 @@ public struct WorkerConfiguration: Sendable {
     public var metricsFlushInterval: Double = 0.05
     /// CURVE keys (own pair, coordinator's public key): when set, the connection is authenticated and encrypted.
     public var keys: ClientKeys?
+    /// The worker's own directory: its spool files live in `spool/` (docs/operations.md, "The worker spool").
+    public var dataDir: String
+    /// Per shard: output the coordinator has not taken yet is kept in memory up to this, then in a file up to
+    /// `spoolDiskBytes`; only then does the shard's computation wait.
+    public var spoolMemoryBytes: Int = 256 << 20
+    public var spoolDiskBytes: Int = 8 << 30
 
-    public init(coordinator: String, slots: Int, name: String, host: String) {
+    public init(coordinator: String, slots: Int, name: String, host: String, dataDir: String? = nil) {
         self.coordinator = coordinator
         self.slots = slots
         self.name = name
         self.host = host
+        self.dataDir = dataDir ?? Self.defaultDataDir(name: name)
+    }
+
+    /// `$TMPDIR/tessera-worker` (or /tmp/tessera-worker): spool files are scratch, named after the worker's process
+    /// id, and useless once that process is gone, so workers on one machine can share the directory.
+    public static func defaultDataDir(name: String) -> String {
+        let tmp = ProcessInfo.processInfo.environment["TMPDIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "/tmp"
+        return "\(tmp)/tessera-worker"
     }
 }
 
@@ -72,6 +86,8 @@ public final class WorkerDaemon: Service, @unchecked Sendable {
     private var socket: ZMQSocket?
     private var connects = 0
     private var channels: [ShardRef: ShardChannel] = [:]
+    private var spools: [ShardRef: Spool] = [:]
+    private var spoolDir: String { "\(config.dataDir)/spool" }
     /// Compute threads wake the loop through this when they have output (ShardChannel); a drain request does too.
     private let wakeup: Wakeup
 
@@ -132,6 +148,33 @@ public final class WorkerDaemon: Service, @unchecked Sendable {
         return c
     }
 
+    // MARK: Spool
+
+    private func spool(for ref: ShardRef) -> Spool {
+        if let s = spools[ref] { return s }
+        let s = Spool(
+            path: "\(spoolDir)/\(getpid())-\(ref.jobID)-\(ref.shardIndex)-\(ref.attempt).spool",
+            limits: Spool.Limits(memoryBytes: config.spoolMemoryBytes, diskBytes: config.spoolDiskBytes), logger: logger)
+        spools[ref] = s
+        return s
+    }
+
+    /// Creates the spool directory and removes what dead worker processes left there (files are named after the
+    /// process id): those shards were handed to other workers when it died, so their spooled output is of no use.
+    private func prepareSpoolDir() throws {
+        do {
+            try FileManager.default.createDirectory(atPath: spoolDir, withIntermediateDirectories: true)
+        } catch {
+            throw WorkerError("cannot create the spool directory \(spoolDir) (--data-dir): \(error.localizedDescription)")
+        }
+        let stale = ((try? FileManager.default.contentsOfDirectory(atPath: spoolDir)) ?? []).filter { f in
+            guard f.hasSuffix(".spool"), let pid = f.split(separator: "-").first.flatMap({ Int32($0) }) else { return false }
+            return pid != getpid() && kill(pid, 0) != 0 && errno == ESRCH
+        }
+        for f in stale { try? FileManager.default.removeItem(atPath: "\(spoolDir)/\(f)") }
+        if !stale.isEmpty { logger.info("removed spool files of an earlier run", metadata: ["count": "\(stale.count)"]) }
+    }
+
     // MARK: Loop
 
     /// Runs the worker on the calling thread until it has drained or `requestStop()`. The rules live in
@@ -145,8 +188,13 @@ public final class WorkerDaemon: Service, @unchecked Sendable {
                 "gemm": "\(GemmBackend.current.rawValue)", "openblas": "\(BLASRuntime.coreName)",
                 "blas_threads": "\(config.blasThreads)",
             ])
+        try prepareSpoolDir()
         let context = try ZMQContext(ioThreads: 1)
         defer { context.terminate() }
+        defer {
+            for s in spools.values { s.close() }
+            spools.removeAll()
+        }
         let pool = ComputePool(slots: config.slots, catalogue: catalogue, logger: logger)
         defer { pool.close() }
         var machine = WorkerStateMachine(configuration: machineConfiguration)
@@ -189,10 +237,33 @@ public final class WorkerDaemon: Service, @unchecked Sendable {
                 }
             }
             for (ref, channel) in channels {
-                let output = channel.drain(points: machine.acceptsMetrics(ref))
-                guard !output.isEmpty || steps[ref] != output.step else { continue }
-                steps[ref] = output.step
-                try perform(machine.handle(.computed(ref, output), now: .now), context: context, pool: pool)
+                // Output goes straight to the machine while it has room and nothing older waits in the spool;
+                // otherwise into the spool, which hands it over, oldest first, as ACKs make room.
+                let spool = spools[ref]
+                let output = channel.drain(data: spool?.acceptsMore ?? true)
+                let hasRoom = { machine.acceptsMetrics(ref) && machine.bufferedBlobBytes(ref) < self.config.spoolMemoryBytes }
+                if (spool?.isEmpty ?? true) && hasRoom() {
+                    if !output.isEmpty || steps[ref] != output.step {
+                        steps[ref] = output.step
+                        try perform(machine.handle(.computed(ref, output), now: .now), context: context, pool: pool)
+                    }
+                    continue
+                }
+                var control = WorkerStateMachine.ComputeOutput(step: output.step)
+                control.fetch = output.fetch
+                control.request = output.request
+                var data = output
+                data.fetch = nil
+                data.request = nil
+                if !data.isEmpty { self.spool(for: ref).append(data) }
+                if !control.isEmpty || steps[ref] != output.step {
+                    steps[ref] = output.step
+                    try perform(machine.handle(.computed(ref, control), now: .now), context: context, pool: pool)
+                }
+                while hasRoom(), let s = spools[ref], var next = s.next() {
+                    next.step = output.step
+                    try perform(machine.handle(.computed(ref, next), now: .now), context: context, pool: pool)
+                }
             }
             steps = steps.filter { channels[$0.key] != nil }
             try perform(machine.handle(.tick, now: .now), context: context, pool: pool)
@@ -249,6 +320,10 @@ public final class WorkerDaemon: Service, @unchecked Sendable {
                 channels[ref]?.deliverReply(reply)
             case .forget(let ref):
                 channels[ref] = nil
+                if let s = spools.removeValue(forKey: ref) {
+                    if s.bytesSpooled > 0 { logger.info("spool closed", metadata: ["shard": "\(ref)", "spooledBytes": "\(s.bytesSpooled)"]) }
+                    s.close()
+                }
             case .log(let message, let metadata):
                 logger.info("\(message)", metadata: metadata.mapValues { .string($0) })
             case .exit:
@@ -289,4 +364,9 @@ extension Duration {
         let (s, a) = components
         return Int(s) * 1000 + Int(a / 1_000_000_000_000_000)
     }
+}
+
+public struct WorkerError: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
 }

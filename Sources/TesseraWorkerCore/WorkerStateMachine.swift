@@ -261,6 +261,13 @@ public struct WorkerStateMachine: Sendable {
         return s.unackedMetrics.count <= configuration.metricsBacklog
     }
 
+    /// Bytes of this shard's blobs held for transfers not yet complete. The driver's spool hands the machine more
+    /// blobs of a shard only while this is under its memory cap (docs/operations.md, "The worker spool").
+    public func bufferedBlobBytes(_ ref: ShardRef) -> Int {
+        guard let s = shards[ref], !s.fenced else { return 0 }
+        return s.transfers.reduce(0) { $0 + ($1.complete ? 0 : $1.blob.bytes.count) }
+    }
+
     /// The latest instant the driver should call `.tick` at (a heartbeat, liveness or backoff deadline).
     public func nextDeadline() -> ContinuousClock.Instant? {
         var d: [ContinuousClock.Instant] = []

@@ -174,10 +174,21 @@ struct WorkerCommand: AsyncParsableCommand {
     var gemm: String?
     @Option(help: "Seconds running shards may take to finish on SIGTERM.") var drainTimeout: Double = 30
     @Option(help: "Heartbeat interval in seconds.") var heartbeat: Double = 1.0
+    @Option(
+        help: ArgumentHelp(
+            "The worker's directory (default: $TESSERA_WORKER_DATA_DIR or $TMPDIR/tessera-worker).",
+            discussion: "Its spool/ holds output the coordinator has not taken yet (it is away or slower than the shards) once a shard's share of memory is full; files are deleted with their shard."))
+    var dataDir: String?
+    @Option(help: "Per shard: MiB of not-yet-acknowledged output kept in memory before the spool file is used.")
+    var spoolMemory: Int = 256
+    @Option(help: "Per shard: MiB of spool file before the shard's computation waits for the coordinator.")
+    var spoolDisk: Int = 8192
     @OptionGroup var log: LogOptions
 
     func validate() throws {
         guard (1...256).contains(slots) else { throw ValidationError("--slots must be between 1 and 256") }
+        guard (1...(1 << 20)).contains(spoolMemory) else { throw ValidationError("--spool-memory must be from 1 to 1048576 MiB") }
+        guard (0...(1 << 24)).contains(spoolDisk) else { throw ValidationError("--spool-disk must be from 0 to 16777216 MiB") }
         guard (1...64).contains(blasThreads) else { throw ValidationError("--blas-threads must be between 1 and 64") }
         _ = try gemmChoice()
     }
@@ -208,6 +219,9 @@ struct WorkerCommand: AsyncParsableCommand {
             config.drainTimeout = drainTimeout
             config.heartbeatInterval = heartbeat
             config.keys = keys
+            if let d = dataDir ?? Env.get("TESSERA_WORKER_DATA_DIR") { config.dataDir = d }
+            config.spoolMemoryBytes = spoolMemory << 20
+            config.spoolDiskBytes = spoolDisk << 20
             let worker = try WorkerDaemon(config: config, catalogue: Workloads.catalogue, logger: logger)
             // SIGTERM / SIGINT: drain (graceful shutdown); if that outlasts the drain timeout plus the time to send
             // the last messages, the group cancels and the worker stops at once.

@@ -155,12 +155,12 @@ final class Cluster {
         throw TestFailure("coordinator did not start: \(log("coordinator"))")
     }
 
-    func startWorker(_ name: String, slots: Int = 1) throws {
+    func startWorker(_ name: String, slots: Int = 1, extra: [String] = []) throws {
         workers[name] = try spawn(
             [
                 "worker", "--coordinator", endpoint, "--slots", String(slots), "--name", name, "--heartbeat",
                 String(heartbeat), "--drain-timeout", "5", "--log-level", "warning",
-            ],
+            ] + extra,
             log: "\(dir)/\(name).log"
         )
     }
