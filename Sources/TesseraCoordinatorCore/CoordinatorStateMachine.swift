@@ -490,7 +490,10 @@ public struct CoordinatorStateMachine: Sendable {
             s.inFlight[ref] = now
             leases[ShardSlot(ref)] = (ref.attempt, peer)
         }
-        s.credits = max(0, s.slots - s.inFlight.count)
+        // Every shard the READY listed holds a slot until the worker says otherwise (its next HEARTBEAT's credits):
+        // one that is cancelled below still computes until it sees the CANCEL, and a shard sent into its slot
+        // meanwhile would only be refused ("no free slot") at the cost of an attempt.
+        s.credits = max(0, s.slots - max(s.inFlight.count, running.count))
         let held = s.held
         s.held = []
         sessions[peer] = s

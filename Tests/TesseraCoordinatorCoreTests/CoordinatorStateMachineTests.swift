@@ -103,12 +103,18 @@ struct CoordinatorStateMachineTests {
         #expect(commits(r) == [[.ingestMetrics(workerID: 5, ref: ref(3), points: [MetricPoint(name: "x", step: 1, value: 2)])]])
     }
 
-    @Test("Re-adoption: running shards whose attempt is not current are cancelled; adopted ones take slots")
+    @Test("Re-adoption: running shards whose attempt is not current are cancelled; adopted ones take slots, and so do cancelled ones until the worker's heartbeat frees them")
     func reAdoption() {
         var h = Harness()
         let a = h.register(w1, name: "w1", slots: 3, workerID: 5, running: [ref(0), ref(1, attempt: 2)], adopted: [ref(0)])
         #expect(sends(a, to: w1).contains(.cancel(Cancel(ref: ref(1, attempt: 2), reason: "superseded: the shard was re-leased"))))
-        #expect(commits(a) == [[.claimShards(workerID: 5, limit: 2, capabilities: ["rl/noop"])]])
+        // The cancelled shard still computes on the worker until it sees the CANCEL: its slot is not offered.
+        #expect(commits(a) == [[.claimShards(workerID: 5, limit: 1, capabilities: ["rl/noop"])]])
+        _ = h.feed(.committed([claimed([ref(5)])]))
+        // The worker stopped it and says so: one slot is free again.
+        h.advance(.milliseconds(100))
+        let hb = h.receive(w1, .heartbeat(Heartbeat(credits: 1, progress: [ShardProgress(ref: ref(0), step: 0, total: 1), ShardProgress(ref: ref(5), step: 0, total: 1)])))
+        #expect(commits(hb) == [[.claimShards(workerID: 5, limit: 1, capabilities: ["rl/noop"])]])
     }
 
     @Test("Credits: never more shards in flight than slots or advertised credits")
