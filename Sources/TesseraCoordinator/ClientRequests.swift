@@ -231,6 +231,13 @@ final class ReadPool: @unchecked Sendable {
             inbox.post(.event(.leasesEnded(leased, reason: "job cancelled")))
             reply(identity, r, ["job_id": .number(Double(id)), "state": .string(state.rawValue), "stopped_shards": .int(leased.count)])
 
+        case "retry":
+            guard let id = jobID() else { return bad("'job' must be a positive job id") }
+            guard let (shards, state, refused) = try store.retryJob(id) else { return notFound("no job \(id)") }
+            if let refused { return reply(identity, r, status: WireStatus.badRequest, ["error": .string(refused)]) }
+            inbox.post(.event(.queueChanged))
+            reply(identity, r, ["job_id": .number(Double(id)), "state": .string(state.rawValue), "requeued_shards": .int(shards)])
+
         case "workers":
             let json = try store.workersJSON()
             let (c, connected, tooLarge, auth, storage) = status.value.withLock {
@@ -253,6 +260,10 @@ final class ReadPool: @unchecked Sendable {
         case "metrics":
             guard let id = jobID() else { return bad("'job' must be a positive job id") }
             let shard = body["shard"]?.intValue.map { Int32($0) }
+            if body["list"]?.boolValue == true {
+                guard let json = try store.metricSeriesJSON(jobID: id, shard: shard) else { return notFound("no job \(id)") }
+                return replyRaw(identity, r, json: "{\"series\":\(json)}")
+            }
             let limit = min(max(body["limit"]?.intValue ?? 1_000_000, 1), 10_000_000)
             guard let json = try store.metricsJSON(jobID: id, shard: shard, name: body["name"]?.stringValue, limit: limit) else {
                 return notFound("no job \(id)")

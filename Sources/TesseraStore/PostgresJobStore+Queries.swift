@@ -104,6 +104,24 @@ extension PostgresJobStore {
         return r[0, "available"]!
     }
 
+    /// The job's metric series: `[{name, shards, points, first_step, last_step}]` by name, optionally of one shard;
+    /// nil when the job does not exist.
+    public func metricSeriesJSON(jobID: Int64, shard: Int32?) throws -> String? {
+        let exists = try db.execute("SELECT 1 FROM tessera_jobs WHERE id = $1", [.int(jobID)])
+        guard exists.rowCount == 1 else { return nil }
+        let r = try db.execute(
+            """
+            SELECT coalesce(json_agg(json_build_object('name', name, 'shards', shards, 'points', points,
+                                                       'first_step', first_step, 'last_step', last_step) ORDER BY name),
+                            '[]'::json)::text AS series
+            FROM (SELECT name, count(DISTINCT shard_idx) AS shards, count(*) AS points, min(step) AS first_step,
+                         max(step) AS last_step
+                  FROM tessera_metrics WHERE job_id = $1 AND ($2::int IS NULL OR shard_idx = $2) GROUP BY name) m
+            """,
+            [.int(jobID), shard.map { .int(Int64($0)) } ?? .null])
+        return r[0, "series"]!
+    }
+
     /// Metric rows of a job, filtered by shard and name, in (shard, name, step) order.
     public func metricsJSON(jobID: Int64, shard: Int32?, name: String?, limit: Int) throws -> String? {
         let exists = try db.execute("SELECT 1 FROM tessera_jobs WHERE id = $1", [.int(jobID)])

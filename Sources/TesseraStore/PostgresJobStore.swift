@@ -142,6 +142,47 @@ public final class PostgresJobStore: JobStore, @unchecked Sendable {
         }
     }
 
+    /// `retry`: a failed or cancelled job goes back to the queue. Its failed and cancelled shards are queued again
+    /// with `failures` 0 (their `attempt` goes on counting: it is the fencing token); succeeded shards keep their
+    /// output. Refused (the reason returned) for a job that is not failed or cancelled, whose `depends_on` job failed
+    /// or was cancelled (retry that one first), or whose shards all succeeded (its merge failed, and would fail the
+    /// same way). Jobs that failed because this one did stay failed. nil when the job does not exist.
+    public func retryJob(_ id: Int64) throws -> (shards: Int, state: JobState, refused: String?)? {
+        try atomically {
+            let j = try db.execute(
+                "SELECT state::text AS state, error, depends_on::text AS deps FROM tessera_jobs WHERE id = $1 FOR UPDATE", [.int(id)])
+            guard j.rowCount == 1, let s = j[0, "state"], let state = JobState(rawValue: s) else { return nil }
+            guard state == .failed || state == .cancelled else {
+                return (0, state, "job \(id) is \(state.rawValue): only a failed or cancelled job can be retried")
+            }
+            let deps = try db.execute(
+                """
+                SELECT d.id, d.state::text AS state FROM tessera_jobs j JOIN tessera_jobs d ON d.id = ANY(j.depends_on)
+                WHERE j.id = $1 AND d.state IN ('failed', 'cancelled') ORDER BY d.id LIMIT 1
+                """, [.int(id)])
+            if deps.rowCount == 1 {
+                return (0, state, "depends_on job \(deps[0, "id"] ?? "?") is \(deps[0, "state"] ?? "?"): retry it first")
+            }
+            let requeued = try db.execute(
+                """
+                UPDATE tessera_shards SET state = 'queued', failures = 0, error = NULL, worker_id = NULL,
+                       lease_expires_at = NULL, updated_at = now()
+                WHERE job_id = $1 AND state IN ('failed', 'cancelled')
+                """, [.int(id)]).affectedRows
+            guard requeued > 0 else {
+                return (0, state, "every shard of job \(id) succeeded and its merge failed (\(j[0, "error"] ?? "no error")); a retry would fail the same way")
+            }
+            let now = try db.execute(
+                """
+                UPDATE tessera_jobs SET state = CASE WHEN started_at IS NULL THEN 'queued' ELSE 'running' END::tessera_job_state,
+                       error = NULL, finished_at = NULL
+                WHERE id = $1 RETURNING state::text AS state
+                """, [.int(id)])
+            try event(job: id, actor: "client", kind: "job.retried", detail: ["shards": .int(requeued), "was": .string(state.rawValue)])
+            return (requeued, now[0, "state"].flatMap(JobState.init(rawValue:)) ?? .queued, nil)
+        }
+    }
+
     /// Cancels a job that is not finished, and fails the jobs that depend on it (`failDependents`). Returns the
     /// shards that were leased (to tell their workers), or nil when the job does not exist.
     public func cancelJob(_ id: Int64) throws -> (state: JobState, leased: [Lease])? {

@@ -111,7 +111,7 @@ struct Status: ParsableCommand {
 struct Wait: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Block until a job is finished.",
-        discussion: "Exit status: 0 succeeded, 1 failed or cancelled, 2 timed out. Shows a progress bar on a terminal."
+        discussion: "Exit status: 0 succeeded, 1 failed or cancelled, 2 timed out. On a terminal, a progress line on stderr (percent of steps, shards done, rate, ETA and the job's loss or first metric, fitted to the terminal's width); otherwise a plain progress line on stderr every 10 s."
     )
     @Argument(help: "The job id.") var job: Int
     @Option(help: "Give up after this many seconds (exit 2).") var timeout: Double?
@@ -123,6 +123,7 @@ struct Wait: ParsableCommand {
             let c = try client.client()
             let start = Date()
             let tty = isatty(2) == 1
+            var progress = ProgressRenderer(tty: tty)
             var warned = false
             while true {
                 let (reply, _) = try c.call("status", ["job": .int(job)])
@@ -139,7 +140,9 @@ struct Wait: ParsableCommand {
                 } else {
                     warned = false
                 }
-                if tty { FileHandle.standardError.write(Data(Format.progressLine(j).utf8)) }
+                if let line = progress.render(j, now: Date().timeIntervalSince(start), width: tty ? Format.terminalWidth() : 0) {
+                    FileHandle.standardError.write(Data(line.utf8))
+                }
                 if state.isTerminal {
                     if tty { FileHandle.standardError.write(Data("\n".utf8)) }
                     let elapsed = j["elapsed_seconds"]?.doubleValue ?? Date().timeIntervalSince(start)
@@ -173,6 +176,28 @@ struct Cancel: ParsableCommand {
     }
 }
 
+struct Retry: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run a failed or cancelled job again: its failed and cancelled shards are queued again.",
+        discussion: """
+            Succeeded shards keep their output; the others start over (from their latest checkpoint) with their \
+            failure count reset. Refused for a job that is not failed or cancelled, for one whose depends_on job \
+            failed or was cancelled (retry that one first), and for one whose shards all succeeded but whose merge \
+            failed. Jobs that failed because this one did are not retried with it.
+            """)
+    @Argument(help: "The job id.") var job: Int
+    @Flag(help: "One JSON document on stdout.") var json = false
+    @OptionGroup var client: ClientOptions
+
+    func run() throws {
+        try runCLI {
+            let (reply, _) = try client.client().call("retry", ["job": .int(job)])
+            if json { return printOut(reply.render()) }
+            printOut("job \(job) queued again (\(reply["requeued_shards"]?.intValue ?? 0) shard(s)); it is \(reply["state"]?.stringValue ?? "queued")")
+        }
+    }
+}
+
 struct Workers: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "List workers, their slots and what they run.")
     @Flag(help: "One JSON document on stdout.") var json = false
@@ -199,15 +224,34 @@ struct Metrics: ParsableCommand {
         valueName: "N")) var limit: Int?
     @Flag(help: "One JSON document on stdout.") var json = false
     @Flag(help: "CSV with a header: shard,name,step,value.") var csv = false
+    @Flag(help: "List the job's metric series (name, shards, points, first and last step) instead of the points.")
+    var list = false
     @OptionGroup var client: ClientOptions
 
     func validate() throws {
         if json && csv { throw ValidationError("--json and --csv exclude each other") }
         if let limit, limit < 1 { throw ValidationError("--limit must be at least 1 (got \(limit))") }
+        if list && (csv || name != nil || limit != nil) { throw ValidationError("--list takes only --shard and --json") }
     }
 
     func run() throws {
         try runCLI {
+            if list {
+                var body: JSONObject = ["job": .int(job), "list": .bool(true)]
+                if let shard { body["shard"] = .int(shard) }
+                let (reply, _) = try client.client().call("metrics", body, timeout: max(client.requestTimeout, 60))
+                if json { return printOut(reply.render()) }
+                let series = reply["series"]?.arrayValue ?? []
+                if series.isEmpty { return printErr("job \(job) has no metric points\(shard.map { " for shard \($0)" } ?? "") yet") }
+                var rows = [["NAME", "SHARDS", "POINTS", "STEPS"]]
+                for s in series {
+                    rows.append([
+                        s["name"]?.stringValue ?? "", Format.number(s["shards"]), Format.number(s["points"]),
+                        "\(Format.number(s["first_step"]))–\(Format.number(s["last_step"]))",
+                    ])
+                }
+                return printOut(Format.table(rows))
+            }
             var body: JSONObject = ["job": .int(job)]
             if let shard { body["shard"] = .int(shard) }
             if let name { body["name"] = .string(name) }

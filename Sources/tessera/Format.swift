@@ -113,21 +113,105 @@ enum Format {
         return label.count <= 40 ? label : String(label.prefix(39)) + "…"
     }
 
-    static func progressLine(_ j: JSONValue) -> String {
-        let done = j["steps_done"]?.doubleValue ?? 0
-        let total = max(j["steps_total"]?.doubleValue ?? 1, 1)
-        let frac = min(max(done / total, 0), 1)
-        let width = 30
-        let filled = Int(frac * Double(width))
-        let shards = j["shards"]?.arrayValue ?? []
-        let ok = shards.filter { $0["state"]?.stringValue == "succeeded" }.count
-        let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
-        return String(
-            format: "\r[%@] %3d%%  shards %d/%d  %@  %@   ", bar, Int(frac * 100), ok, shards.count,
-            j["state"]?.stringValue ?? "?", seconds(j["elapsed_seconds"]?.doubleValue ?? 0)
-        )
+    /// The terminal's width in columns (stderr's, where progress goes), else $COLUMNS, else 80.
+    static func terminalWidth() -> Int {
+        var w = winsize()
+        if ioctl(2, UInt(TIOCGWINSZ), &w) == 0, w.ws_col > 0 { return Int(w.ws_col) }
+        if let c = ProcessInfo.processInfo.environment["COLUMNS"].flatMap(Int.init), c > 0 { return c }
+        return 80
     }
 
+    /// The metric a progress line shows: a loss if the job reports one, else the alphabetically first name, with
+    /// the mean of the latest values over the shards that have it.
+    static func headlineMetric(_ j: JSONValue) -> (name: String, value: Double)? {
+        var values: [String: [Double]] = [:]
+        for s in j["shards"]?.arrayValue ?? [] {
+            for (name, m) in s["last_metrics"]?.objectValue?.pairs ?? [] {
+                if let v = m["value"]?.doubleValue, v.isFinite { values[name, default: []].append(v) }
+            }
+        }
+        let names = values.keys.sorted()
+        guard let name = names.first(where: { $0 == "loss" }) ?? names.first(where: { $0.hasSuffix("loss") }) ?? names.first,
+            let vs = values[name]
+        else { return nil }
+        return (name, vs.reduce(0, +) / Double(vs.count))
+    }
+}
+
+/// `tessera wait`'s progress: on a terminal one line redrawn in place, never wider than the terminal (parts are
+/// dropped, least useful first, to fit); elsewhere a plain line every `plainInterval` seconds. The rate is steps per
+/// second over the last polls (a moving window), the ETA the steps left at that rate.
+struct ProgressRenderer {
+    let tty: Bool
+    var plainInterval: Double = 10
+    private var samples: [(t: Double, done: Double)] = []
+    private var lastPlain: Double?
+
+    init(tty: Bool) { self.tty = tty }
+
+    /// What to write to stderr for this status, or nil (off a terminal, between plain lines).
+    mutating func render(_ j: JSONValue, now: Double, width: Int) -> String? {
+        let done = j["steps_done"]?.doubleValue ?? 0
+        let total = max(j["steps_total"]?.doubleValue ?? 1, 1)
+        samples.append((now, done))
+        samples.removeAll { now - $0.t > 15 }
+        let rate: Double? = {
+            guard let first = samples.first, now - first.t >= 1, done > first.done else { return nil }
+            return (done - first.done) / (now - first.t)
+        }()
+        let frac = min(max(done / total, 0), 1)
+        let shards = j["shards"]?.arrayValue ?? []
+        let ok = shards.filter { $0["state"]?.stringValue == "succeeded" }.count
+        var parts: [(text: String, keep: Int)] = []  // keep: lower is dropped first
+        parts.append((String(format: "%3d%%", Int(frac * 100)), 9))
+        parts.append(("shards \(ok)/\(shards.count)", 8))
+        parts.append((j["state"]?.stringValue ?? "?", 7))
+        parts.append((Format.seconds(j["elapsed_seconds"]?.doubleValue ?? 0), 4))
+        let finished = j["state"]?.stringValue.flatMap(JobState.init(rawValue:))?.isTerminal ?? false
+        if let rate, rate > 0, !finished {
+            parts.append((Self.rate(rate), 3))
+            let left = (total - done) / rate
+            if left.isFinite, left >= 0 { parts.append(("ETA " + Format.seconds(left), 6)) }
+        }
+        if let (name, value) = Format.headlineMetric(j) { parts.append(("\(name) \(Self.value(value))", 5)) }
+        if !tty {
+            let state = j["state"]?.stringValue.flatMap(JobState.init(rawValue:))
+            if let last = lastPlain, now - last < plainInterval, !(state?.isTerminal ?? false) { return nil }
+            lastPlain = now
+            return "job \(Format.number(j["id"])): " + parts.map(\.text).joined(separator: "  ") + "\n"
+        }
+        // Fit: drop the least useful parts, then shrink the bar (at least 10 wide, or none).
+        var shown = parts
+        func length(_ ps: [(text: String, keep: Int)], bar: Int) -> Int {
+            ps.reduce(0) { $0 + $1.text.count + 2 } + (bar > 0 ? bar + 3 : 0)
+        }
+        let room = max(width - 1, 10)
+        while length(shown, bar: 10) > room, let drop = shown.enumerated().min(by: { $0.element.keep < $1.element.keep }) {
+            if shown.count == 1 { break }
+            shown.remove(at: drop.offset)
+        }
+        let barWidth = min(30, room - length(shown, bar: 0) - 3)
+        var line = ""
+        if barWidth >= 10 {
+            let filled = Int(frac * Double(barWidth))
+            line = "[" + String(repeating: "#", count: filled) + String(repeating: ".", count: barWidth - filled) + "] "
+        }
+        line += shown.map(\.text).joined(separator: "  ")
+        if line.count > room { line = String(line.prefix(room)) }
+        // \r, the line, and a clear to the end of the line (no stale characters from a longer line before).
+        return "\r" + line + "\u{1B}[K"
+    }
+
+    static func rate(_ r: Double) -> String {
+        r >= 100 ? String(format: "%.0f steps/s", r) : r >= 1 ? String(format: "%.1f steps/s", r) : String(format: "%.2f steps/s", r)
+    }
+
+    static func value(_ v: Double) -> String {
+        abs(v) < 1e-12 ? "0" : String(format: "%.4g", v)
+    }
+}
+
+extension Format {
     static func workers(_ ws: [JSONValue]) -> String {
         if ws.isEmpty { return "no workers" }
         var rows = [["ID", "NAME", "HOST", "STATE", "SLOTS", "RUNNING", "LAST HEARTBEAT"]]

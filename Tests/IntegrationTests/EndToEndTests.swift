@@ -159,6 +159,9 @@ struct EndToEndTests {
         let timeout = try c.cli(["wait", String(job), "--timeout", "1"])
         #expect(timeout.status == 2, "\(timeout.stderr)")
         #expect(timeout.stderr.contains("timed out"))
+        // Not a terminal: a plain progress line (the first at once, then every 10 s), no carriage returns.
+        #expect(timeout.stderr.contains("job \(job):   0%  shards 0/1  queued"), "\(timeout.stderr)")
+        #expect(!timeout.stderr.contains("\r"))
 
         let cancel = try c.cli(["cancel", String(job)])
         #expect(cancel.status == 0)
@@ -172,6 +175,19 @@ struct EndToEndTests {
         let job2 = try c.submit(text: small, name: "small2.yaml")
         let ok = try c.cli(["wait", String(job2), "--timeout", "120"])
         #expect(ok.status == 0, "\(ok.stderr)")
+
+        // retry: the cancelled job runs again and succeeds; a succeeded one is refused with the reason.
+        let retry = try c.cli(["retry", String(job)])
+        #expect(retry.status == 0 && retry.stdout.contains("job \(job) queued again (1 shard(s)); it is queued"), "\(retry.stdout)\(retry.stderr)")
+        let retried = try c.cli(["wait", String(job), "--timeout", "120"])
+        #expect(retried.status == 0, "\(retried.stdout)\(retried.stderr)")
+        let shard = try c.query("SELECT state::text AS s, failures FROM tessera_shards WHERE job_id = $1", [.int(Int64(job))])
+        #expect(shard[0, "s"] == "succeeded" && shard.int(0, "failures") == 0)
+        let events = try c.query("SELECT count(*)::int8 AS n FROM tessera_events WHERE job_id = $1 AND kind = 'job.retried'", [.int(Int64(job))])
+        #expect(events.int(0, "n") == 1)
+        let again = try c.cli(["retry", String(job)])
+        #expect(again.status == 1 && again.stderr.contains("job \(job) is succeeded: only a failed or cancelled job can be retried"), "\(again.stderr)")
+        #expect(try c.cli(["retry", "999999"]).stderr.contains("no job 999999"))
 
         let missing = try c.cli(["wait", "999999", "--timeout", "5"])
         #expect(missing.status != 0 && missing.status != 2)

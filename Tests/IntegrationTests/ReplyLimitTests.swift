@@ -35,6 +35,18 @@ struct ReplyLimitTests {
         #expect(typo.stderr.contains("has no metric 'no-such-metric'; its metrics: \((0..<names.rowCount).map { names[$0, "k"]! }.joined(separator: ", "))"), "stderr: \(typo.stderr)")
         let shard = try c.cli(["metrics", String(job), "--shard", "5"])
         #expect(shard.status != 0 && shard.stderr.contains("has no shard 5; its shards are 0 to 0"), "stderr: \(shard.stderr)")
+        // --list: one row per series, however many points, with the counts the rows have.
+        let list = try c.cli(["metrics", String(job), "--list"])
+        #expect(list.status == 0, "stderr: \(list.stderr)")
+        #expect(list.stdout.split(separator: "\n").first?.hasPrefix("NAME") == true)
+        #expect(list.stdout.contains("flood   1       400000  1–400000") || list.stdout.range(of: #"flood\s+1\s+400000\s+1–400000"#, options: .regularExpression) != nil, "\(list.stdout)")
+        let listJSON = try #require(try c.json(["metrics", String(job), "--list"]) as? [String: Any])
+        let series = try #require(listJSON["series"] as? [[String: Any]])
+        let expected = try c.query(
+            "SELECT count(DISTINCT name)::int8 AS n, count(*)::int8 AS p FROM tessera_metrics WHERE job_id = $1", [.int(Int64(job))])
+        #expect(Int64(series.count) == expected.int(0, "n"))
+        #expect(Int64(series.reduce(0) { $0 + ($1["points"] as? Int ?? 0) }) == expected.int(0, "p"))
+        #expect(try c.cli(["metrics", String(job), "--list", "--csv"]).status == 64)
         // The coordinator is still serving and counted the refusal.
         let w = try #require(try c.json(["workers"]) as? [String: Any])
         let counters = try #require(w["coordinator"] as? [String: Any])
