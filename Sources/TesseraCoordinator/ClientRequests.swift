@@ -53,6 +53,20 @@ final class SharedStatus: Sendable {
 }
 
 final class ReadPool: @unchecked Sendable {
+    /// A shell glob (`*` any run, `?` one character) as a SQL LIKE pattern, every other character literal.
+    static func likePattern(_ glob: String) -> String {
+        var out = ""
+        for ch in glob {
+            switch ch {
+            case "*": out += "%"
+            case "?": out += "_"
+            case "%", "_", "\\": out += "\\" + String(ch)
+            default: out.append(ch)
+            }
+        }
+        return out
+    }
+
     // @unchecked: each thread owns its own store; shared state is the queue, the inbox and the status Mutex.
     private let queue = WorkQueue<([UInt8], Message)>()
     private let connect: @Sendable () throws -> PostgresJobStore
@@ -221,7 +235,23 @@ final class ReadPool: @unchecked Sendable {
                 if let state, JobState(rawValue: state) == nil {
                     return bad("unknown job state '\(state)'; known: \(JobState.allCases.map(\.rawValue).joined(separator: ", "))")
                 }
-                let json = try store.jobListJSON(limit: limit, state: state)
+                let kind = body["kind"]?.stringValue
+                if let kind, JobKind(rawValue: kind) == nil {
+                    return bad("unknown kind '\(kind)'; known: \(JobKind.allCases.map(\.rawValue).joined(separator: ", "))")
+                }
+                let algorithm = body["algorithm"]?.stringValue
+                if let algorithm {
+                    let known = Set(catalogue.algorithms.filter { kind == nil || $0.kind.rawValue == kind }.map(\.name))
+                    guard known.contains(algorithm) else {
+                        return bad("unknown algorithm '\(algorithm)'\(kind.map { " of kind \($0)" } ?? ""); known: \(known.sorted().joined(separator: ", "))")
+                    }
+                }
+                if body["since"] != nil && body["since"]?.doubleValue == nil {
+                    return bad("'since' must be a time in seconds since 1970 (got \(body["since"]!.render()))")
+                }
+                let json = try store.jobListJSON(
+                    limit: limit, state: state, nameLike: body["name"]?.stringValue.map(Self.likePattern), kind: kind,
+                    algorithm: algorithm, since: body["since"]?.doubleValue)
                 replyRaw(identity, r, json: "{\"jobs\":\(json)\(storageField)}")
             }
 

@@ -15,7 +15,11 @@ extension PostgresJobStore {
     }
 
     /// Recent jobs, newest first, with shard counts by state.
-    public func jobListJSON(limit: Int, state: String?) throws -> String {
+    /// Jobs newest first. `nameLike` is a SQL LIKE pattern (the caller escapes it); `since` keeps jobs created at or
+    /// after that instant (seconds since 1970).
+    public func jobListJSON(
+        limit: Int, state: String?, nameLike: String? = nil, kind: String? = nil, algorithm: String? = nil, since: Double? = nil
+    ) throws -> String {
         let r = try db.execute(
             """
             SELECT coalesce(json_agg(x ORDER BY x.id DESC), '[]'::json)::text AS jobs FROM (
@@ -26,10 +30,15 @@ extension PostgresJobStore {
                        extract(epoch FROM (coalesce(j.finished_at, now()) - j.created_at)) AS elapsed_seconds,
                        j.error
                 FROM tessera_jobs j
-                WHERE ($2::text IS NULL OR j.state::text = $2)
+                WHERE ($2::text IS NULL OR j.state::text = $2) AND ($3::text IS NULL OR j.name LIKE $3)
+                  AND ($4::text IS NULL OR j.kind::text = $4) AND ($5::text IS NULL OR j.algorithm = $5)
+                  AND ($6::float8 IS NULL OR j.created_at >= to_timestamp($6))
                 ORDER BY j.id DESC LIMIT $1) x
             """,
-            [.int(Int64(limit)), state.map { .text($0) } ?? .null]
+            [
+                .int(Int64(limit)), state.map { .text($0) } ?? .null, nameLike.map { .text($0) } ?? .null,
+                kind.map { .text($0) } ?? .null, algorithm.map { .text($0) } ?? .null, since.map { .double($0) } ?? .null,
+            ]
         )
         return r[0, "jobs"]!
     }

@@ -77,9 +77,46 @@ struct Status: ParsableCommand {
     @Flag(help: "With JOB: include the job's event log.") var events = false
     @Option(help: "How many jobs to list (1 to 10000).") var limit = 50
     @Option(help: "List only jobs in this state (queued, running, succeeded, failed, cancelled).") var state: String?
+    @Option(help: ArgumentHelp("List only jobs whose name matches this glob (* and ?).", valueName: "GLOB")) var name: String?
+    @Option(help: "List only jobs of this kind (sampling, rl, preference).") var kind: String?
+    @Option(help: "List only jobs of this algorithm (e.g. ddim, rloo, dpo).") var algorithm: String?
+    @Option(
+        help: ArgumentHelp(
+            "List only jobs created since then: an age (90s, 30m, 2h, 7d) or a date (2026-12-01, 2026-12-01T09:30:00Z).",
+            valueName: "WHEN"))
+    var since: String?
     @OptionGroup var client: ClientOptions
 
+    /// `--since` as seconds since 1970.
+    static func sinceTime(_ text: String, now: Date = Date()) -> Double? {
+        let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604_800]
+        if let unit = text.last.flatMap({ units[$0] }), let n = Double(text.dropLast()), n >= 0, n.isFinite {
+            return now.timeIntervalSince1970 - n * unit
+        }
+        let iso = ISO8601DateFormatter()
+        if let d = iso.date(from: text) { return d.timeIntervalSince1970 }
+        iso.formatOptions = [.withFullDate]
+        if let d = iso.date(from: text) { return d.timeIntervalSince1970 }
+        return nil
+    }
+
     func validate() throws {
+        if job != nil && (name != nil || kind != nil || algorithm != nil || since != nil || state != nil) {
+            throw ValidationError("--name, --kind, --algorithm, --since and --state filter the job list; they do not go with JOB")
+        }
+        if let kind, JobKind(rawValue: kind) == nil {
+            throw ValidationError("unknown kind '\(kind)'; known: \(JobKind.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        if let algorithm {
+            let known = Set(Workloads.catalogue.algorithms.filter { kind == nil || $0.kind.rawValue == kind }.map(\.name))
+            guard known.contains(algorithm) else {
+                throw ValidationError(
+                    "unknown algorithm '\(algorithm)'\(kind.map { " of kind \($0)" } ?? ""); known: \(known.sorted().joined(separator: ", "))")
+            }
+        }
+        if let since, Self.sinceTime(since) == nil {
+            throw ValidationError("--since must be an age such as 90s, 30m, 2h or 7d, or a date such as 2026-12-01 or 2026-12-01T09:30:00Z (got '\(since)')")
+        }
         guard (1...10_000).contains(limit) else { throw ValidationError("--limit must be from 1 to 10000 (got \(limit))") }
         if let state, JobState(rawValue: state) == nil {
             throw ValidationError(
@@ -99,6 +136,10 @@ struct Status: ParsableCommand {
             } else {
                 var body: JSONObject = ["limit": .int(limit)]
                 if let state { body["state"] = .string(state) }
+                if let name { body["name"] = .string(name) }
+                if let kind { body["kind"] = .string(kind) }
+                if let algorithm { body["algorithm"] = .string(algorithm) }
+                if let since, let t = Self.sinceTime(since) { body["since"] = .number(t) }
                 let (reply, _) = try c.call("status", body)
                 if json { return printOut(reply.render()) }
                 printOut(Format.jobList(reply["jobs"]?.arrayValue ?? []))

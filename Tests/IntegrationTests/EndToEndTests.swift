@@ -189,6 +189,35 @@ struct EndToEndTests {
         #expect(again.status == 1 && again.stderr.contains("job \(job) is succeeded: only a failed or cancelled job can be retried"), "\(again.stderr)")
         #expect(try c.cli(["retry", "999999"]).stderr.contains("no job 999999"))
 
+        // status filters: name glob, kind, algorithm, since, each validated.
+        func ids(_ args: [String]) throws -> [Int] {
+            let o = try c.json(["status"] + args) as? [String: Any]
+            return ((o?["jobs"] as? [[String: Any]]) ?? []).compactMap { $0["id"] as? Int }
+        }
+        #expect(try ids(["--name", "ring-*"]) == [job2, job])
+        #expect(try ids(["--name", "ring-?"]) == [job2, job])
+        #expect(try ids(["--name", "other*"]).isEmpty)
+        #expect(try ids(["--kind", "rl"]).isEmpty && ids(["--kind", "sampling"]) == [job2, job])
+        #expect(try ids(["--algorithm", "ddim"]) == [job2, job] && ids(["--algorithm", "ddpm"]).isEmpty)
+        #expect(try ids(["--since", "1h"]) == [job2, job] && ids(["--since", "2000-01-01"]) == [job2, job])
+        #expect(try ids(["--since", "2999-01-01T00:00:00Z"]).isEmpty)
+        #expect(try c.cli(["status", "--name", "other*"]).stdout.contains("no jobs"))
+        for (args, message) in [
+            (["--kind", "image"], "unknown kind 'image'; known: sampling, rl, preference"),
+            (["--algorithm", "ddim", "--kind", "rl"], "unknown algorithm 'ddim' of kind rl; known:"),
+            (["--since", "yesterday"], "--since must be an age such as 90s"),
+            (["1", "--name", "x"], "they do not go with JOB"),
+        ] {
+            let r = try c.cli(["status"] + args)
+            #expect(r.status == 64 && r.stderr.contains(message), "\(args): \(r.stderr)")
+        }
+        // Over the wire: a glob's other characters are literal (`_` is not LIKE's any-character), and bad values
+        // are refused by the coordinator too.
+        #expect(try c.request("status", ["name": "ring_1"]).body == "{\"jobs\":[]}")
+        #expect(try c.request("status", ["kind": "image"]).status == 200)
+        #expect(try c.request("status", ["algorithm": "nope"]).status == 200)
+        #expect(try c.request("status", ["since": "today"]).status == 200)
+
         let missing = try c.cli(["wait", "999999", "--timeout", "5"])
         #expect(missing.status != 0 && missing.status != 2)
         #expect(missing.stderr.contains("no job 999999"))
