@@ -4,6 +4,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import TesseraCore
 import ZeroMQ
 
 @main
@@ -98,18 +99,25 @@ func runCLI(_ body: () throws -> Void) throws {
     }
 }
 
-/// Prints a failed command's error to stderr (an `ExitCode` is already reported) and gives its exit code.
+/// Prints a failed command's error to stderr (an `ExitCode` is already reported) and gives its exit code. With
+/// `--json` the same error also goes to stdout as `{"error": {"message": …, "exit_code": N}}`, so a script that
+/// parses stdout gets a document either way.
 private func exitCode(reporting error: any Error) -> ExitCode {
+    let (message, code): (String, Int32)
     switch error {
     case let e as ExitCode:
         return e
     case let e as CLIError:
-        FileHandle.standardError.write(Data("error: \(e.message)\n".utf8))
-        return ExitCode(e.exitCode)
+        (message, code) = (e.message, e.exitCode)
     default:
-        FileHandle.standardError.write(Data("error: \(error)\n".utf8))
-        return ExitCode(1)
+        (message, code) = ("\(error)", 1)
     }
+    FileHandle.standardError.write(Data("error: \(message)\n".utf8))
+    if CommandLine.arguments.dropFirst().contains("--json") {
+        let doc = JSONValue.object(["error": .object(["message": .string(message), "exit_code": .int(Int(code))])])
+        FileHandle.standardOutput.write(Data((doc.render() + "\n").utf8))
+    }
+    return ExitCode(code)
 }
 
 func printOut(_ s: String) {

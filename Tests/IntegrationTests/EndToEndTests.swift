@@ -188,6 +188,15 @@ struct EndToEndTests {
         let again = try c.cli(["retry", String(job)])
         #expect(again.status == 1 && again.stderr.contains("job \(job) is succeeded: only a failed or cancelled job can be retried"), "\(again.stderr)")
         #expect(try c.cli(["retry", "999999"]).stderr.contains("no job 999999"))
+        // --json failures: the error as a JSON document on stdout as well.
+        let jsonError = try c.cli(["status", "999999", "--json"])
+        #expect(jsonError.status == 4 && jsonError.stderr.contains("no job 999999"), "\(jsonError.status) \(jsonError.stderr)")
+        let doc = try JSONSerialization.jsonObject(with: Data(jsonError.stdout.utf8)) as? [String: Any]
+        let err = doc?["error"] as? [String: Any]
+        #expect(err?["message"] as? String == "no job 999999" && err?["exit_code"] as? Int == 4, "\(jsonError.stdout)")
+        let unreachable = try tessera(["workers", "--json", "--coordinator", "tcp://127.0.0.1:1", "--request-timeout", "0.5"])
+        #expect(unreachable.status == 3)
+        #expect(((try? JSONSerialization.jsonObject(with: Data(unreachable.stdout.utf8))) as? [String: Any])?["error"] != nil, "\(unreachable.stdout)")
 
         // status filters: name glob, kind, algorithm, since, each validated.
         func ids(_ args: [String]) throws -> [Int] {
