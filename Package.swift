@@ -148,6 +148,7 @@ let package = Package(
             name: "TesseraWorkerTests",
             dependencies: ["TesseraWorker", "TesseraWorkerCore", "TesseraModel", .product(name: "Logging", package: "swift-log")],
             swiftSettings: swiftSettings),
+        .testTarget(name: "TesseraCLITests", dependencies: ["tessera"], swiftSettings: swiftSettings),
         .testTarget(name: "ZeroMQTests", dependencies: ["ZeroMQ"], swiftSettings: swiftSettings),
         .testTarget(name: "LibPQTests", dependencies: ["LibPQ", "TesseraTesting"], swiftSettings: swiftSettings),
         .testTarget(

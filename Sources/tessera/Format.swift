@@ -255,6 +255,8 @@ extension Format {
 
     static func short(_ v: JSONValue) -> String {
         switch v {
+        case .number(let n) where n.value != 0 && abs(n.value) < 1e-12:
+            return "0"  // floating-point noise (a result's exact zero computed in float64), not a value to read
         case .number: return number(v)
         case .array(let a):
             if a.count > 12 { return "[\(a.prefix(12).map(short).joined(separator: ", ")), … (\(a.count))]" }

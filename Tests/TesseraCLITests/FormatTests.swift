@@ -1,0 +1,76 @@
+// The CLI's human output (Format.swift): progress lines that fit the terminal, `--since` parsing, result numbers.
+
+import Foundation
+@testable import tessera
+import TesseraCore
+import Testing
+
+func job(state: String, done: Double, total: Double, metrics: [String: Double] = [:], shards: Int = 2) -> JSONValue {
+    var shardList: [JSONValue] = []
+    for i in 0..<shards {
+        var last: JSONObject = [:]
+        for (k, v) in metrics { last[k] = .object(["step": .int(1), "value": .number(v + Double(i))]) }
+        shardList.append(.object(["index": .int(i), "state": .string(i == 0 && state == "succeeded" ? "succeeded" : "leased"), "last_metrics": .object(last)]))
+    }
+    return .object([
+        "id": .int(7), "state": .string(state), "steps_done": .number(done), "steps_total": .number(total),
+        "elapsed_seconds": .number(12.3), "shards": .array(shardList),
+    ])
+}
+
+@Suite("CLI formatting")
+struct FormatTests {
+    @Test("A terminal progress line never passes the terminal's width; narrow ones drop the least useful parts", arguments: [20, 40, 50, 80, 120, 200])
+    func fitsTheWidth(width: Int) {
+        var p = ProgressRenderer(tty: true)
+        _ = p.render(job(state: "running", done: 100, total: 1000, metrics: ["loss": 0.25]), now: 0, width: width)
+        let line = p.render(job(state: "running", done: 300, total: 1000, metrics: ["loss": 0.25]), now: 2, width: width)!
+        #expect(line.hasPrefix("\r") && line.hasSuffix("\u{1B}[K"))
+        let visible = line.dropFirst().dropLast(3)
+        #expect(visible.count <= width - 1, "\(visible.count) > \(width): \(visible)")
+        #expect(visible.contains("30%"))
+        if width >= 120 {
+            // Everything fits: the rate over the window (200 steps in 2 s), the ETA at that rate, the mean loss.
+            #expect(visible.contains("100 steps/s") && visible.contains("ETA 7.00 s") && visible.contains("loss 0.75"), "\(visible)")
+            #expect(visible.hasPrefix("[#########"))
+        }
+    }
+
+    @Test("Off a terminal: a plain line at once, then one per interval, and the last when the job ends")
+    func plainLines() {
+        var p = ProgressRenderer(tty: false)
+        #expect(p.render(job(state: "running", done: 0, total: 10), now: 0, width: 0) == "job 7:   0%  shards 0/2  running  12.30 s\n")
+        #expect(p.render(job(state: "running", done: 5, total: 10), now: 5, width: 0) == nil)
+        #expect(p.render(job(state: "running", done: 6, total: 10), now: 10.5, width: 0)?.contains("60%") == true)
+        let end = p.render(job(state: "succeeded", done: 10, total: 10), now: 11, width: 0)
+        #expect(end?.contains("100%") == true && end?.contains("ETA") == false, "\(end ?? "nil")")
+    }
+
+    @Test("The headline metric: a loss first, else the first name; the mean over shards")
+    func headline() {
+        #expect(Format.headlineMetric(job(state: "running", done: 1, total: 2, metrics: ["kl": 1, "loss": 2]))! == ("loss", 2.5))
+        #expect(Format.headlineMetric(job(state: "running", done: 1, total: 2, metrics: ["zeta": 1, "kl": 3]))! == ("kl", 3.5))
+        #expect(Format.headlineMetric(job(state: "running", done: 1, total: 2, metrics: ["dpo_loss": 4, "a": 0]))! == ("dpo_loss", 4.5))
+        #expect(Format.headlineMetric(job(state: "running", done: 1, total: 2)) == nil)
+    }
+
+    @Test("--since: ages in s, m, h, d, w and ISO 8601 dates; anything else is refused")
+    func since() {
+        let now = Date(timeIntervalSince1970: 1_000_000)
+        #expect(Status.sinceTime("90s", now: now) == 999_910)
+        #expect(Status.sinceTime("30m", now: now) == 998_200)
+        #expect(Status.sinceTime("2h", now: now) == 992_800)
+        #expect(Status.sinceTime("1.5d", now: now) == 870_400)
+        #expect(Status.sinceTime("1w", now: now) == 395_200)
+        #expect(Status.sinceTime("2026-12-01") == 1_796_083_200)
+        #expect(Status.sinceTime("2026-12-01T09:30:00Z") == 1_796_117_400)
+        for bad in ["", "yesterday", "-3h", "3", "h", "2026-13-01"] { #expect(Status.sinceTime(bad, now: now) == nil, "\(bad)") }
+    }
+
+    @Test("Results: noise below 1e-12 reads 0, other numbers as they are")
+    func resultNumbers() {
+        #expect(Format.short(.number(3e-17)) == "0" && Format.short(.number(-4e-13)) == "0")
+        #expect(Format.short(.number(2e-12)) == "2e-12" && Format.short(.number(0)) == "0" && Format.short(.number(0.125)) == "0.125")
+        #expect(Format.short(.array([.number(1e-15), .number(1)])) == "[0, 1]")
+    }
+}
