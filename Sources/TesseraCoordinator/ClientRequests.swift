@@ -331,6 +331,12 @@ final class ReadPool: @unchecked Sendable {
                 "available": try JSONValue.parse(have),
             ])
 
+        case "blob.list":
+            guard let id = jobID() else { return bad("'job' must be a positive job id") }
+            guard try store.resultJSON(jobID: id) != nil else { return notFound("no job \(id)") }
+            let shard = body["shard"]?.intValue.map { Int32($0) }
+            replyRaw(identity, r, json: "{\"blobs\":\(try store.jobBlobsJSON(jobID: id, shard: shard))}")
+
         case "shard.inputs":
             // A worker about to run a shard with dependencies (its slice names them, SPEC §11.2) reads their outputs:
             // summaries here, result blobs by FETCH of the sha256s.

@@ -160,6 +160,20 @@ extension PostgresJobStore {
     }
 
     /// The blob kinds and steps a shard has (for `checkpoint pull` errors that say what exists).
+    /// Every stored blob of a job (or of one shard), in (shard, kind, step) order, with the attempt that stored it.
+    public func jobBlobsJSON(jobID: Int64, shard: Int32?) throws -> String {
+        let r = try db.execute(
+            """
+            SELECT coalesce(json_agg(json_build_object('shard', shard_idx, 'kind', kind, 'step', step, 'size', size,
+                                                       'sha256', sha256, 'attempt', attempt, 'created_at', created_at)
+                                     ORDER BY shard_idx, kind, step), '[]'::json)::text AS blobs
+            FROM tessera_checkpoints WHERE job_id = $1 AND ($2::int IS NULL OR shard_idx = $2)
+            """,
+            [.int(jobID), shard.map { .int(Int64($0)) } ?? .null]
+        )
+        return r[0, "blobs"]!
+    }
+
     public func blobsJSON(jobID: Int64, shard: Int32) throws -> String {
         let r = try db.execute(
             """

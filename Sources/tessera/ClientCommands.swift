@@ -335,8 +335,38 @@ struct Metrics: ParsableCommand {
 
 struct Checkpoint: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Work with stored checkpoints and sample files.", subcommands: [Pull.self]
+        abstract: "Work with stored checkpoints and sample files.", subcommands: [List.self, Pull.self]
     )
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "List a job's stored blobs: checkpoints, samples files and results, by shard.",
+            discussion: "Any row can be downloaded with `checkpoint pull JOB --shard N --kind KIND --step S -o FILE`.")
+        @Argument(help: "The job id.") var job: Int
+        @Option(help: "Only this shard.") var shard: Int?
+        @Flag(help: "One JSON document on stdout.") var json = false
+        @OptionGroup var client: ClientOptions
+
+        func run() throws {
+            try runCLI {
+                var body: JSONObject = ["job": .int(job)]
+                if let shard { body["shard"] = .int(shard) }
+                let (reply, _) = try client.client().call("blob.list", body)
+                if json { return printOut(reply.render()) }
+                let blobs = reply["blobs"]?.arrayValue ?? []
+                if blobs.isEmpty { return printErr("job \(job) has no stored blobs\(shard.map { " in shard \($0)" } ?? "")") }
+                var rows = [["SHARD", "KIND", "STEP", "SIZE", "ATTEMPT", "SHA256"]]
+                for b in blobs {
+                    rows.append([
+                        Format.number(b["shard"]), b["kind"]?.stringValue ?? "", Format.number(b["step"]),
+                        Format.bytes(b["size"]?.doubleValue ?? 0), Format.number(b["attempt"]),
+                        String((b["sha256"]?.stringValue ?? "").prefix(16)),
+                    ])
+                }
+                printOut(Format.table(rows))
+            }
+        }
+    }
 
     struct Pull: ParsableCommand {
         static let configuration = CommandConfiguration(

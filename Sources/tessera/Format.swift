@@ -42,6 +42,18 @@ enum Format {
             + "no new shard starts; free space on the coordinator's --data-dir and they go on, at no extra attempt"
     }
 
+    /// 1536 -> "1.5 KiB".
+    static func bytes(_ n: Double) -> String {
+        let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+        var v = n
+        var u = 0
+        while v >= 1024 && u < units.count - 1 {
+            v /= 1024
+            u += 1
+        }
+        return u == 0 ? "\(Int(v)) B" : String(format: "%.1f %@", v, units[u])
+    }
+
     static func csvField(_ s: String) -> String {
         s.contains(where: { $0 == "," || $0 == "\"" || $0 == "\n" }) ? "\"" + s.replacingOccurrences(of: "\"", with: "\"\"") + "\"" : s
     }

@@ -71,6 +71,22 @@ struct EndToEndTests {
         }
         #expect(rows == 100_000)
 
+        // checkpoint list: every stored blob once, as the table holds them; the human form one row per blob.
+        let listed = try #require(try c.json(["checkpoint", "list", String(job)]) as? [String: Any])
+        let blobs = try #require(listed["blobs"] as? [[String: Any]])
+        let stored = try c.query(
+            "SELECT shard_idx, kind, step, sha256 FROM tessera_checkpoints WHERE job_id = $1 ORDER BY shard_idx, kind, step",
+            [.int(Int64(job))])
+        #expect(blobs.count == stored.rowCount && blobs.count == 8)
+        #expect(blobs.map { $0["sha256"] as? String } == (0..<stored.rowCount).map { stored[$0, "sha256"] })
+        #expect(blobs.map { $0["kind"] as? String } == (0..<stored.rowCount).map { stored[$0, "kind"] })
+        let one = try #require(try c.json(["checkpoint", "list", String(job), "--shard", "2"]) as? [String: Any])
+        #expect((one["blobs"] as? [[String: Any]])?.allSatisfy { $0["shard"] as? Int == 2 } == true)
+        let table = try c.cli(["checkpoint", "list", String(job)])
+        #expect(table.status == 0 && table.stdout.split(separator: "\n").count == 9, "\(table.stdout)")
+        #expect(table.stdout.hasPrefix("SHARD") && table.stdout.contains("samples") && table.stdout.contains("KiB"))
+        #expect(try c.cli(["checkpoint", "list", "999999"]).status == 4)
+
         // Status answers with shards, attempts and last metrics.
         let status = try #require(try c.json(["status", String(job)]) as? [String: Any])
         #expect(status["state"] as? String == "succeeded")
