@@ -239,6 +239,86 @@ struct Retry: ParsableCommand {
     }
 }
 
+struct Compare: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show jobs side by side: their results and latest metrics, one column per job.",
+        discussion: """
+            Rows: name, kind/algorithm, state, run time, then each scalar (or short vector) key of the merged results \
+            (headline numbers first), then each metric's latest value (the mean over the job's shards). A value a job \
+            does not have shows as -. --json prints {"jobs": [{"id", "name", "algorithm", "state", "result", \
+            "metrics"}]}.
+            """)
+    @Argument(help: "Two or more job ids.") var jobs: [Int]
+    @Flag(help: "One JSON document on stdout.") var json = false
+    @OptionGroup var client: ClientOptions
+
+    func validate() throws {
+        guard jobs.count >= 2 else { throw ValidationError("give two or more job ids to compare") }
+        guard Set(jobs).count == jobs.count else { throw ValidationError("a job id is given twice") }
+    }
+
+    func run() throws {
+        try runCLI {
+            let c = try client.client()
+            var columns: [(status: JSONValue, result: JSONValue?, metrics: [String: Double])] = []
+            for id in jobs {
+                let (st, _) = try c.call("status", ["job": .int(id)])
+                guard let j = st["job"] else { throw CLIError("malformed status reply for job \(id)") }
+                let (res, _) = try c.call("result", ["job": .int(id)])
+                var sums: [String: (Double, Int)] = [:]
+                for shard in j["shards"]?.arrayValue ?? [] {
+                    for (name, m) in shard["last_metrics"]?.objectValue?.pairs ?? [] {
+                        if let v = m["value"]?.doubleValue, v.isFinite {
+                            let (t, n) = sums[name] ?? (0, 0)
+                            sums[name] = (t + v, n + 1)
+                        }
+                    }
+                }
+                columns.append((j, res["result"], sums.mapValues { $0.0 / Double($0.1) }))
+            }
+            if json {
+                let docs: [JSONValue] = columns.map { col in
+                    var o: JSONObject = [
+                        "id": col.status["id"] ?? .null, "name": col.status["name"] ?? .null,
+                        "algorithm": .string("\(col.status["kind"]?.stringValue ?? "?")/\(col.status["algorithm"]?.stringValue ?? "?")"),
+                        "state": col.status["state"] ?? .null,
+                        "metrics": .object(JSONObject(col.metrics.sorted { $0.key < $1.key }.map { ($0.key, .number($0.value)) })),
+                    ]
+                    o["result"] = col.result ?? .null
+                    return .object(o)
+                }
+                return printOut(JSONValue.object(["jobs": .array(docs)]).render())
+            }
+            var rows: [[String]] = [["JOB"] + jobs.map(String.init)]
+            rows.append(["name"] + columns.map { $0.status["name"]?.stringValue ?? "-" })
+            rows.append(["algorithm"] + columns.map { "\($0.status["kind"]?.stringValue ?? "?")/\($0.status["algorithm"]?.stringValue ?? "?")" })
+            rows.append(["state"] + columns.map { $0.status["state"]?.stringValue ?? "-" })
+            rows.append(["run time"] + columns.map { col in col.status["run_seconds"]?.doubleValue.map(Format.seconds) ?? "-" })
+            // Result keys: scalars and short vectors, headline ones first, then in the first job's order.
+            var keys: [String] = []
+            for col in columns {
+                for (k, v) in col.result?.objectValue?.pairs ?? [] where !keys.contains(k) {
+                    switch v {
+                    case .object: continue
+                    case .array(let a) where a.count > 8 || a.contains(where: { $0.objectValue != nil || $0.arrayValue != nil }): continue
+                    default: keys.append(k)
+                    }
+                }
+            }
+            let headline = ["n", "mean", "mode_weights", "mode_weight_error", "sw1", "mmd", "noise_floor"]
+            keys = headline.filter(keys.contains) + keys.filter { !headline.contains($0) }
+            for k in keys {
+                rows.append([k] + columns.map { col in col.result?[k].map(Format.short) ?? "-" })
+            }
+            let metricNames = Set(columns.flatMap(\.metrics.keys)).sorted()
+            for name in metricNames {
+                rows.append(["metric \(name)"] + columns.map { col in col.metrics[name].map { Format.short(.number($0)) } ?? "-" })
+            }
+            printOut(Format.table(rows))
+        }
+    }
+}
+
 struct Workers: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "List workers, their slots and what they run.")
     @Flag(help: "One JSON document on stdout.") var json = false

@@ -204,6 +204,23 @@ struct EndToEndTests {
         let again = try c.cli(["retry", String(job)])
         #expect(again.status == 1 && again.stderr.contains("job \(job) is succeeded: only a failed or cancelled job can be retried"), "\(again.stderr)")
         #expect(try c.cli(["retry", "999999"]).stderr.contains("no job 999999"))
+        // compare: one column per job; the two runs of one spec agree on every result key.
+        let cmp = try c.cli(["compare", String(job), String(job2)])
+        #expect(cmp.status == 0, "\(cmp.stderr)")
+        let lines = cmp.stdout.split(separator: "\n").map(String.init)
+        #expect(lines.first?.range(of: #"^JOB\s+\#(job)\s+\#(job2)$"#, options: .regularExpression) != nil, "\(cmp.stdout)")
+        for key in ["name", "algorithm", "state", "n", "mean", "sw1"] {
+            let row = try #require(lines.first { $0.hasPrefix(key + " ") }, "no \(key) row in \(cmp.stdout)")
+            let cells = row.dropFirst(key.count).split(separator: " ", omittingEmptySubsequences: true)
+            if key != "mean" { #expect(cells.count == 2 && cells[0] == cells[1], "\(row)") }
+        }
+        let cmpJSON = try #require(try c.json(["compare", String(job), String(job2)]) as? [String: Any])
+        let cols = try #require(cmpJSON["jobs"] as? [[String: Any]])
+        #expect(cols.map { $0["id"] as? Int } == [job, job2])
+        #expect((cols[0]["result"] as? [String: Any])?["sw1"] as? Double == (cols[1]["result"] as? [String: Any])?["sw1"] as? Double)
+        #expect(try c.cli(["compare", String(job)]).status == 64)
+        #expect(try c.cli(["compare", String(job), "999999"]).status == 4)
+
         // --json failures: the error as a JSON document on stdout as well.
         let jsonError = try c.cli(["status", "999999", "--json"])
         #expect(jsonError.status == 4 && jsonError.stderr.contains("no job 999999"), "\(jsonError.status) \(jsonError.stderr)")
