@@ -320,7 +320,7 @@ enum WRPOOptimum {
 
     /// log pi*(y|x), [M, K]: per context, Newton's method on the convex loss in u with a backtracking line search.
     /// The loss is flat along u + c 1, so the system is (H + 1 1^T) d = g, whose solution is the Newton step
-    /// orthogonal to 1 (H 1 = 0 and g . 1 = 0). Stops when max |dL/du| < 1e-13 (relative to the total weight).
+    /// orthogonal to 1 (H 1 = 0 and g . 1 = 0). Stops when max |dL/du| < 1e-15 (relative to the total weight).
     static func logProb(problem: ToyLMProblem, events: [[Event]], alpha: Double, beta: Double, smoothing: Double)
         -> [Double]
     {
@@ -351,14 +351,17 @@ enum WRPOOptimum {
                         for b in 0..<3 { h[idx[a] * K + idx[b]] += coef[a] * coef[b] * d2 }
                     }
                 }
-                if g.map(abs).max()! < 1e-13 * max(total, 1e-300) { break }
+                if g.map(abs).max()! < 1e-15 * max(total, 1e-300) { break }
                 guard let d = solve(h, g, K) else { break }
+                // Backtracking on the loss; a step whose loss is within rounding of f0 is accepted (near the
+                // optimum the full Newton step changes f by less than its rounding, and halving would stall).
                 let f0 = value(u)
+                let slack = 1e-14 * abs(f0)
                 var t = 1.0
                 var next = u
                 for _ in 0..<60 {
                     for i in 0..<K { next[i] = u[i] - t * d[i] }
-                    if value(next) <= f0 { break }
+                    if value(next) <= f0 + slack { break }
                     t /= 2
                 }
                 u = next
