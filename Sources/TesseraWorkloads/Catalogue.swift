@@ -18,6 +18,7 @@ public enum Workloads {
         PPO(),
         // kind: preference (Preference/)
         DPO(),
+        WRPO(),
         // Every kind: the benchmark / test shard (Noop.swift).
         Noop(kind: .sampling),
         Noop(kind: .rl),

@@ -66,32 +66,7 @@ public struct DPO: TypedAlgorithm {
                     "params.label_smoothing applies to loss sigmoid, robust or exo_pair, not \(loss.rawValue)")
             }
         }
-        var data = DPOSettings.Data.annotator(proposal: .reference, pairs: 65_536, seed: nil)
-        var batchSize: Int?
-        var labelNoise = 0.0
-        if p.has("data") {
-            let d = try p.object("data")
-            let source = try d.string("source", default: "annotator", allowed: ["annotator", "population"])
-            let proposal = BradleyTerryAnnotator.Proposal(
-                rawValue: try d.string(
-                    "proposal", default: "reference", allowed: BradleyTerryAnnotator.Proposal.allCases.map(\.rawValue)))!
-            labelNoise = try d.double("label_noise", range: 0...0.4999, default: 0)
-            if source == "population" {
-                try d.rejectUnknown(["source", "proposal", "label_noise"])
-                data = .population(proposal: proposal)
-            } else {
-                try d.rejectUnknown(["source", "proposal", "pairs", "seed", "label_noise"])
-                data = .annotator(
-                    proposal: proposal, pairs: try d.int("pairs", default: 65_536, range: 1...Self.maxPairs),
-                    seed: d.has("seed") ? try d.seed("seed") : nil)
-            }
-        }
-        if p.has("batch_size") {
-            guard case .annotator(_, let pairs, _) = data else {
-                throw p.error("batch_size", "params.batch_size applies to data.source: annotator only")
-            }
-            batchSize = try p.int("batch_size", range: 1...pairs)
-        }
+        let (data, batchSize, labelNoise) = try DPOSettings.parseData(p)
         let config = try ToyLMTrainingConfig.parse(
             spec, algorithmKeys: ["loss", "label_smoothing", "data", "batch_size"], defaults: Self.defaults,
             updatesPerStep: 1)
@@ -140,6 +115,39 @@ struct DPOSettings: Sendable {
     var loss: DPOLoss = .sigmoid
     /// f: labels follow (1 - f) P + f (1 - P), the Bradley-Terry label flipped with probability f.
     var labelNoise: Double = 0
+}
+
+extension DPOSettings {
+    /// Reads `params.data` and `params.batch_size` as `dpo` does (shared with `wrpo`, whose pairs are DPO's).
+    static func parseData(_ p: Params) throws -> (data: Data, batchSize: Int?, labelNoise: Double) {
+        var data = Data.annotator(proposal: .reference, pairs: 65_536, seed: nil)
+        var batchSize: Int?
+        var labelNoise = 0.0
+        if p.has("data") {
+            let d = try p.object("data")
+            let source = try d.string("source", default: "annotator", allowed: ["annotator", "population"])
+            let proposal = BradleyTerryAnnotator.Proposal(
+                rawValue: try d.string(
+                    "proposal", default: "reference", allowed: BradleyTerryAnnotator.Proposal.allCases.map(\.rawValue)))!
+            labelNoise = try d.double("label_noise", range: 0...0.4999, default: 0)
+            if source == "population" {
+                try d.rejectUnknown(["source", "proposal", "label_noise"])
+                data = .population(proposal: proposal)
+            } else {
+                try d.rejectUnknown(["source", "proposal", "pairs", "seed", "label_noise"])
+                data = .annotator(
+                    proposal: proposal, pairs: try d.int("pairs", default: 65_536, range: 1...DPO.maxPairs),
+                    seed: d.has("seed") ? try d.seed("seed") : nil)
+            }
+        }
+        if p.has("batch_size") {
+            guard case .annotator(_, let pairs, _) = data else {
+                throw p.error("batch_size", "params.batch_size applies to data.source: annotator only")
+            }
+            batchSize = try p.int("batch_size", range: 1...pairs)
+        }
+        return (data, batchSize, labelNoise)
+    }
 }
 
 /// One DPO step on a fixed data set (built once per shard).
