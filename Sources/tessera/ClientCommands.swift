@@ -345,14 +345,16 @@ struct Metrics: ParsableCommand {
         valueName: "N")) var limit: Int?
     @Flag(help: "One JSON document on stdout.") var json = false
     @Flag(help: "CSV with a header: shard,name,step,value.") var csv = false
+    @Flag(help: "JSON Lines: one {\"shard\", \"name\", \"step\", \"value\", \"attempt\"} object per point (pandas.read_json(..., lines=True)).")
+    var jsonl = false
     @Flag(help: "List the job's metric series (name, shards, points, first and last step) instead of the points.")
     var list = false
     @OptionGroup var client: ClientOptions
 
     func validate() throws {
-        if json && csv { throw ValidationError("--json and --csv exclude each other") }
+        if [json, csv, jsonl].filter({ $0 }).count > 1 { throw ValidationError("--json, --csv and --jsonl exclude each other") }
         if let limit, limit < 1 { throw ValidationError("--limit must be at least 1 (got \(limit))") }
-        if list && (csv || name != nil || limit != nil) { throw ValidationError("--list takes only --shard and --json") }
+        if list && (csv || jsonl || name != nil || limit != nil) { throw ValidationError("--list takes only --shard and --json") }
     }
 
     func run() throws {
@@ -392,6 +394,12 @@ struct Metrics: ParsableCommand {
                             + (names.isEmpty ? "it has no metric points yet" : "its metrics: \(names.joined(separator: ", "))"))
                 }
                 if names.isEmpty { return printErr("job \(job) has no metric points yet") }
+            }
+            if jsonl {
+                var out = ""
+                for r in rows { out += r.render() + "\n" }
+                FileHandle.standardOutput.write(Data(out.utf8))
+                return
             }
             if csv {
                 var out = "shard,name,step,value\n"

@@ -47,6 +47,15 @@ struct ReplyLimitTests {
         #expect(Int64(series.count) == expected.int(0, "n"))
         #expect(Int64(series.reduce(0) { $0 + ($1["points"] as? Int ?? 0) }) == expected.int(0, "p"))
         #expect(try c.cli(["metrics", String(job), "--list", "--csv"]).status == 64)
+        // --jsonl: one object per point, the same values as --json.
+        let jsonl = try c.cli(["metrics", String(job), "--name", "flood", "--limit", "3", "--jsonl"])
+        #expect(jsonl.status == 0, "\(jsonl.stderr)")
+        let objects = jsonl.stdout.split(separator: "\n").compactMap {
+            (try? JSONSerialization.jsonObject(with: Data($0.utf8))) as? [String: Any]
+        }
+        #expect(objects.count == 3 && objects.map { $0["step"] as? Int } == [1, 2, 3])
+        #expect(objects.map { $0["value"] as? Double } == [0.5, 1, 1.5] && objects.allSatisfy { $0["name"] as? String == "flood" })
+        #expect(try c.cli(["metrics", String(job), "--csv", "--jsonl"]).status == 64)
         // The coordinator is still serving and counted the refusal.
         let w = try #require(try c.json(["workers"]) as? [String: Any])
         let counters = try #require(w["coordinator"] as? [String: Any])
