@@ -85,6 +85,9 @@ struct Status: ParsableCommand {
             "List only jobs created since then: an age (90s, 30m, 2h, 7d) or a date (2026-12-01, 2026-12-01T09:30:00Z).",
             valueName: "WHEN"))
     var since: String?
+    @Flag(help: "Show it again every --interval seconds (on a terminal, redrawn in place) until Ctrl-C; with JOB, until the job is finished.")
+    var watch = false
+    @Option(help: "Seconds between --watch refreshes (0.2 to 3600).") var interval: Double = 2
     @OptionGroup var client: ClientOptions
 
     /// `--since` as seconds since 1970.
@@ -114,6 +117,8 @@ struct Status: ParsableCommand {
                     "unknown algorithm '\(algorithm)'\(kind.map { " of kind \($0)" } ?? ""); known: \(known.sorted().joined(separator: ", "))")
             }
         }
+        guard (0.2...3600).contains(interval) else { throw ValidationError("--interval must be from 0.2 to 3600 seconds") }
+        if watch && json { throw ValidationError("--watch and --json exclude each other (poll with --json instead)") }
         if let since, Self.sinceTime(since) == nil {
             throw ValidationError("--since must be an age such as 90s, 30m, 2h or 7d, or a date such as 2026-12-01 or 2026-12-01T09:30:00Z (got '\(since)')")
         }
@@ -126,25 +131,51 @@ struct Status: ParsableCommand {
 
     func run() throws {
         try runCLI {
-            let c = try client.client()
-            if let job {
-                let (reply, _) = try c.call("status", ["job": .int(job), "events": .bool(events)])
-                guard let j = reply["job"] else { throw CLIError("malformed status reply") }
-                if json { return printOut(j.render()) }
-                printOut(Format.job(j, events: events))
-                if let w = Format.storageWarning(reply["storage"]) { printErr(w) }
-            } else {
-                var body: JSONObject = ["limit": .int(limit)]
-                if let state { body["state"] = .string(state) }
-                if let name { body["name"] = .string(name) }
-                if let kind { body["kind"] = .string(kind) }
-                if let algorithm { body["algorithm"] = .string(algorithm) }
-                if let since, let t = Self.sinceTime(since) { body["since"] = .number(t) }
-                let (reply, _) = try c.call("status", body)
-                if json { return printOut(reply.render()) }
-                printOut(Format.jobList(reply["jobs"]?.arrayValue ?? []))
-                if let w = Format.storageWarning(reply["storage"]) { printErr(w) }
+            guard watch else {
+                try show(try client.client())
+                return
             }
+            let c = try client.client()
+            let tty = isatty(1) == 1
+            while true {
+                // On a terminal: home the cursor and clear the screen, so the view is redrawn in place.
+                if tty { FileHandle.standardOutput.write(Data("\u{1B}[H\u{1B}[2J".utf8)) }
+                let finished = try show(c)
+                if finished { return }
+                if !tty { printOut("") }
+                Thread.sleep(forTimeInterval: interval)
+            }
+        }
+    }
+
+    /// One status view; true when it showed a job that is finished (a watch of it ends).
+    @discardableResult
+    func show(_ c: CoordinatorClient) throws -> Bool {
+        if let job {
+            let (reply, _) = try c.call("status", ["job": .int(job), "events": .bool(events)])
+            guard let j = reply["job"] else { throw CLIError("malformed status reply") }
+            if json {
+                printOut(j.render())
+                return true
+            }
+            printOut(Format.job(j, events: events))
+            if let w = Format.storageWarning(reply["storage"]) { printErr(w) }
+            return j["state"]?.stringValue.flatMap(JobState.init(rawValue:))?.isTerminal ?? false
+        } else {
+            var body: JSONObject = ["limit": .int(limit)]
+            if let state { body["state"] = .string(state) }
+            if let name { body["name"] = .string(name) }
+            if let kind { body["kind"] = .string(kind) }
+            if let algorithm { body["algorithm"] = .string(algorithm) }
+            if let since, let t = Self.sinceTime(since) { body["since"] = .number(t) }
+            let (reply, _) = try c.call("status", body)
+            if json {
+                printOut(reply.render())
+                return true
+            }
+            printOut(Format.jobList(reply["jobs"]?.arrayValue ?? []))
+            if let w = Format.storageWarning(reply["storage"]) { printErr(w) }
+            return false
         }
     }
 }

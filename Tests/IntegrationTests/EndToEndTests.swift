@@ -204,6 +204,17 @@ struct EndToEndTests {
         let again = try c.cli(["retry", String(job)])
         #expect(again.status == 1 && again.stderr.contains("job \(job) is succeeded: only a failed or cancelled job can be retried"), "\(again.stderr)")
         #expect(try c.cli(["retry", "999999"]).stderr.contains("no job 999999"))
+        // status --watch of a finished job shows it once and ends; of the list, it refreshes until stopped.
+        let watched = try c.cli(["status", String(job), "--watch", "--interval", "0.2"])
+        #expect(watched.status == 0 && watched.stdout.contains("succeeded"), "\(watched.stdout)\(watched.stderr)")
+        #expect(try c.cli(["status", "--watch", "--json"]).status == 64)
+        let list = try spawnTessera(["status", "--watch", "--interval", "0.2", "--coordinator", c.endpoint], log: "\(c.dir)/watch.log")
+        Thread.sleep(forTimeInterval: 1.5)
+        kill(list.processIdentifier, SIGTERM)
+        list.waitUntilExit()
+        let views = ((try? String(contentsOfFile: "\(c.dir)/watch.log", encoding: .utf8)) ?? "").components(separatedBy: "ID  NAME").count - 1
+        #expect(views >= 3, "\(views) refreshes in 1.5 s at 0.2 s")
+
         // compare: one column per job; the two runs of one spec agree on every result key.
         let cmp = try c.cli(["compare", String(job), String(job2)])
         #expect(cmp.status == 0, "\(cmp.stderr)")
