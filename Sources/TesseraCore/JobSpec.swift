@@ -117,7 +117,14 @@ public struct JobSpec: Sendable, Hashable {
     /// PATH is a key path like `params.model.from_job` or `params.sweep.beta[1]` (missing mappings on the way are
     /// created), VALUE is YAML (`7`, `[7, 9]`, `{type: linear}`, `ring`). Validation errors about an overridden key
     /// name the option.
-    public static func parse(_ text: String, file: String, overrides: [String]) throws -> JobSpec {
+    ///
+    /// A job may be named by reference where a job id goes (`depends_on` entries, `params.model.from_job`):
+    /// `"@last"` (the newest job) or `"@NAME"` (the newest job of that name). `resolve` turns a reference (without
+    /// the `@`) into an id — `tessera submit` asks the coordinator — or throws a message; without it a reference is
+    /// an error.
+    public static func parse(
+        _ text: String, file: String, overrides: [String], resolve: ((String) throws -> Int64)? = nil
+    ) throws -> JobSpec {
         var (value, source) = try SpecYAML.load(text, file: file)
         for o in overrides {
             guard let eq = o.firstIndex(of: "="), eq != o.startIndex else {
@@ -134,7 +141,44 @@ public struct JobSpec: Sendable, Hashable {
             value = try SpecOverride.set(value, path: SpecOverride.segments(path, file: file), to: parsed, file: file, whole: path)
             source.overridden.append(path)
         }
+        value = try resolveReferences(value, source: source, resolve: resolve)
         return try fromJSON(value, source: source)
+    }
+
+    /// What a reference resolver throws when the reference names no job (other errors, such as an unreachable
+    /// coordinator, go through unchanged).
+    public struct JobReferenceError: Error, Sendable {
+        public var message: String
+        public init(_ message: String) { self.message = message }
+    }
+
+    /// Replaces job references (`"@last"`, `"@NAME"`) in `depends_on` and `params.model.from_job` with job ids.
+    static func resolveReferences(
+        _ value: JSONValue, source: SpecSource, resolve: ((String) throws -> Int64)?
+    ) throws -> JSONValue {
+        guard var top = value.objectValue else { return value }
+        func id(_ v: JSONValue, at path: String) throws -> JSONValue {
+            guard let s = v.stringValue, s.hasPrefix("@") else { return v }
+            let ref = String(s.dropFirst())
+            guard !ref.isEmpty else { throw source.error(path, "'@' must be followed by last or a job name (\(path): \"@last\")") }
+            guard let resolve else {
+                throw source.error(path, "'\(s)' names a job by reference; only `tessera submit` (asking the coordinator) resolves it")
+            }
+            do {
+                return .int(Int(try resolve(ref)))
+            } catch let e as JobReferenceError {
+                throw source.error(path, "'\(s)': \(e.message)")
+            }
+        }
+        if let deps = top["depends_on"]?.arrayValue {
+            top["depends_on"] = .array(try deps.enumerated().map { try id($0.element, at: "depends_on[\($0.offset)]") })
+        }
+        if var params = top["params"]?.objectValue, var model = params["model"]?.objectValue, let from = model["from_job"] {
+            model["from_job"] = try id(from, at: "params.model.from_job")
+            params["model"] = .object(model)
+            top["params"] = .object(params)
+        }
+        return .object(top)
     }
 
     /// Rebuilds a spec from its canonical JSON (as stored or dispatched).

@@ -46,8 +46,26 @@ struct Submit: ParsableCommand {
             }
             let spec: JobSpec
             let slices: [ShardSlice]
+            // Job references (`@last`, `@NAME`) are resolved against the coordinator, once each.
+            var resolved: [String: Int64] = [:]
+            let resolve = { (ref: String) throws -> Int64 in
+                if let id = resolved[ref] { return id }
+                var body: JSONObject = ["limit": .int(1)]
+                if ref != "last" {
+                    guard !ref.contains("*") && !ref.contains("?") else {
+                        throw JobSpec.JobReferenceError("a job reference names one job; '*' and '?' are not allowed in it")
+                    }
+                    body["name"] = .string(ref)
+                }
+                let (reply, _) = try client.client().call("status", body)
+                guard let id = reply["jobs"]?.arrayValue?.first?["id"]?.intValue else {
+                    throw JobSpec.JobReferenceError(ref == "last" ? "there is no job yet" : "there is no job named '\(ref)'")
+                }
+                resolved[ref] = Int64(id)
+                return Int64(id)
+            }
             do {
-                spec = try JobSpec.parse(text, file: name, overrides: overrides)
+                spec = try JobSpec.parse(text, file: name, overrides: overrides, resolve: resolve)
                 (_, slices) = try Workloads.catalogue.validate(spec)
             } catch let e as SpecError {
                 throw CLIError(e.description)

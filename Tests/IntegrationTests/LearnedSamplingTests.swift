@@ -79,8 +79,21 @@ struct LearnedSamplingTests {
             #expect(try c.cli(["cancel", String(id)]).status == 0)
         }
         let other = train + 1000
-        let unfilled = try c.cli(["submit", example, "--set", "params.model.from_job=\(other)"])
+        let unfilled = try c.cli(["submit", example, "--set", "depends_on=[\(train)]", "--set", "params.model.from_job=\(other)"])
         #expect(unfilled.status != 0 && unfilled.stderr.contains("--set params.model.from_job: params.model.from_job is job \(other), which is not in depends_on"), "\(unfilled.stderr)")
+
+        // As shipped, the example names its training job "@ddpm-train-ring": no such job here, said at its line.
+        let shipped = try c.cli(["submit", example])
+        #expect(shipped.status == 1 && shipped.stderr.contains("sampling-ddim-learned.yaml:13: '@ddpm-train-ring': there is no job named 'ddpm-train-ring'"), "\(shipped.stderr)")
+        // @last and @NAME resolve to the newest job (of that name); the stored spec holds the id.
+        let byName = try c.cli([
+            "submit", example, "--set", "depends_on=[\"@train-four-modes\"]", "--set", "params.model.from_job=\"@train-four-modes\"",
+            "--set", "params.samples=4096", "--set", "shards=1", "--dry-run", "--json",
+        ])
+        #expect(byName.status == 0 && byName.stdout.contains("\"from_job\":\(train)"), "\(byName.stdout)\(byName.stderr)")
+        let last = try c.cli(["submit", "-", "--dry-run", "--json", "--set", "depends_on=[\"@last\"]"], stdin: "name: x\nkind: sampling\nalgorithm: noop\nseed: 1\n")
+        let newest = try c.query("SELECT max(id) AS id FROM tessera_jobs").int(0, "id") ?? -1
+        #expect(last.status == 0 && last.stdout.contains("\"depends_on\":[\(newest)]"), "\(last.stdout)\(last.stderr)")
 
         let waitTrain = try c.cli(["wait", String(train), "--timeout", "600"])
         #expect(waitTrain.status == 0, "train: \(waitTrain.stdout) \(waitTrain.stderr)\n\(c.log("coordinator"))")
