@@ -239,30 +239,60 @@ extension Format {
     }
 
     /// A merged result: scalars first, then vectors and matrices, nested objects indented.
+    /// A merged result for reading: scalars first (headline numbers before the rest), then nested objects one line
+    /// each, then lists of records as tables (one row per record, nested objects flattened to `a.b` columns, a
+    /// statistic `{n, mean, std, ci95}` shown as `mean [lo, hi]`).
     static func result(_ r: JSONValue) -> String {
         guard let o = r.objectValue else { return r.render(pretty: true) }
-        var lines: [String] = []
-        let width = o.keys.map(\.count).max() ?? 0
         // PostgreSQL's jsonb orders keys by length; show the headline numbers first.
-        let first = ["n", "mean", "cov", "mode_weights", "mode_weight_error", "sw1", "mmd", "noise_floor", "nan_count"]
-        let ordered = first.compactMap { k in o[k].map { (key: k, value: $0) } }
-            + o.pairs.filter { !first.contains($0.key) }
-        for (k, v) in ordered {
-            let key = k.padding(toLength: width, withPad: " ", startingAt: 0)
-            switch v {
-            case .object(let inner):
-                lines.append("\(key)  " + inner.pairs.map { "\($0.key)=\(short($0.value))" }.joined(separator: "  "))
-            case .array(let items) where !items.isEmpty && items.allSatisfy({ $0.objectValue != nil }):
-                // A list of records (e.g. per_mode): one line each.
-                for (i, item) in items.enumerated() {
-                    let label = i == 0 ? key : String(repeating: " ", count: width)
-                    lines.append("\(label)  [\(i)] " + item.objectValue!.pairs.map { "\($0.key)=\(short($0.value))" }.joined(separator: "  "))
-                }
-            default:
-                lines.append("\(key)  \(short(v))")
-            }
+        let first = [
+            "algorithm", "n", "mean", "cov", "mode_weights", "mode_weight_error", "sw1", "mmd", "noise_floor", "nan_count",
+            "max_frontier_distance", "kl_to_optimum", "objective_gap", "best",
+        ]
+        let ordered = first.compactMap { k in o[k].map { (key: k, value: $0) } } + o.pairs.filter { !first.contains($0.key) }
+        let isTable = { (v: JSONValue) -> Bool in
+            if case .array(let items) = v, !items.isEmpty, items.allSatisfy({ $0.objectValue != nil }) { return true }
+            return false
+        }
+        let scalars = ordered.filter { if case .object = $0.value { return false }; return !isTable($0.value) }
+        let objects = ordered.filter { if case .object = $0.value { return true }; return false }
+        let tables = ordered.filter { isTable($0.value) }
+        var lines: [String] = []
+        let width = (scalars + objects).map(\.key.count).max() ?? 0
+        for (k, v) in scalars { lines.append(k.padding(toLength: width, withPad: " ", startingAt: 0) + "  " + short(v)) }
+        for (k, v) in objects {
+            lines.append(k.padding(toLength: width, withPad: " ", startingAt: 0) + "  "
+                + (v.objectValue?.pairs ?? []).map { "\($0.key)=\(short($0.value))" }.joined(separator: "  "))
+        }
+        for (k, v) in tables {
+            let records = v.arrayValue ?? []
+            lines.append("")
+            lines.append("\(k) (\(records.count))")
+            lines.append(recordTable(records).split(separator: "\n", omittingEmptySubsequences: false).map { "  " + $0 }.joined(separator: "\n"))
         }
         return lines.joined(separator: "\n")
+    }
+
+    /// Records as a table: columns in first-seen order, nested objects one level flattened.
+    static func recordTable(_ records: [JSONValue]) -> String {
+        func cells(_ o: JSONObject) -> [(String, String)] {
+            o.pairs.flatMap { (k, v) -> [(String, String)] in
+                guard case .object(let inner) = v else { return [(k, short(v))] }
+                if let mean = inner["mean"], let ci = inner["ci95"]?.arrayValue, ci.count == 2 {
+                    return [(k, "\(short(mean)) [\(short(ci[0])), \(short(ci[1]))]")]
+                }
+                return inner.pairs.map { ("\(k).\($0.key)", short($0.value)) }
+            }
+        }
+        let rows = records.map { cells($0.objectValue ?? [:]) }
+        var columns: [String] = []
+        for r in rows { for (c, _) in r where !columns.contains(c) { columns.append(c) } }
+        var table = [columns]
+        for r in rows {
+            let m = Dictionary(r, uniquingKeysWith: { a, _ in a })
+            table.append(columns.map { m[$0] ?? "-" })
+        }
+        return Format.table(table)
     }
 
     static func short(_ v: JSONValue) -> String {

@@ -67,6 +67,26 @@ struct FormatTests {
         for bad in ["", "yesterday", "-3h", "3", "h", "2026-13-01"] { #expect(Status.sinceTime(bad, now: now) == nil, "\(bad)") }
     }
 
+    @Test("Results: scalars (headline first), then objects, then lists of records as tables with flattened columns")
+    func resultLayout() throws {
+        let r = try JSONValue.parse(Array("""
+            {"steps": 10, "points": [{"beta": 0.5, "frontier": {"kl": 1.25}, "kl": {"n": 2, "mean": 0.5, "std": 0, "ci95": [0.25, 0.75]}},
+                                     {"beta": 1, "frontier": {"kl": 2}, "kl": {"n": 2, "mean": 3e-17, "std": 0, "ci95": [0, 1]}, "extra": 4}],
+             "problem": {"seed": 7, "vocab": 16}, "algorithm": "rloo"}
+            """.utf8))
+        let lines = Format.result(r).split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        #expect(lines == [
+            "algorithm  rloo",
+            "steps      10",
+            "problem    seed=7  vocab=16",
+            "",
+            "points (2)",
+            "  beta  frontier.kl  kl                extra",
+            "  0.5   1.25         0.5 [0.25, 0.75]  -",
+            "  1     2            0 [0, 1]          4",
+        ])
+    }
+
     @Test("Results: noise below 1e-12 reads 0, other numbers as they are")
     func resultNumbers() {
         #expect(Format.short(.number(3e-17)) == "0" && Format.short(.number(-4e-13)) == "0")
