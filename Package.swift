@@ -150,7 +150,7 @@ let package = Package(
             swiftSettings: swiftSettings),
         .testTarget(name: "TesseraCLITests", dependencies: ["tessera"], swiftSettings: swiftSettings),
         .testTarget(name: "ZeroMQTests", dependencies: ["ZeroMQ"], swiftSettings: swiftSettings),
-        .testTarget(name: "LibPQTests", dependencies: ["LibPQ", "TesseraTesting"], swiftSettings: swiftSettings),
+        .testTarget(name: "LibPQTests", dependencies: ["LibPQ", "CLibPQ", "TesseraTesting"], swiftSettings: swiftSettings),
         .testTarget(
             name: "TesseraStoreTests",
             dependencies: ["TesseraStore", "TesseraTesting", "TesseraCore", "TesseraModel", "TesseraCoordinatorCore"],

@@ -15,6 +15,9 @@ import Synchronization
 /// All values are sent as binds (`$1`, `$2`, ...) through `PQexecParams`; SQL is never built from values.
 public final class PGConnection: @unchecked Sendable {
     private var conn: OpaquePointer?
+    /// Set when a call failed in a way that means the session is gone even though libpq may still report
+    /// CONNECTION_OK (`sessionLost`): the next call would fail the same way.
+    private var broken = false
     private var savepointDepth = 0
     /// Server-side prepared statements by (SQL text, parameter type OIDs): each statement is parsed and planned once
     /// per connection, not on every call. The set is bounded by the statements the program contains.
@@ -61,10 +64,24 @@ public final class PGConnection: @unchecked Sendable {
         if let conn { PQfinish(conn) }
     }
 
-    /// True until `close()`, and while libpq considers the connection good (false after the server went away).
+    /// True until `close()`, and while the connection is good: false after the server went away, whether libpq
+    /// noticed (CONNECTION_BAD) or a call failed with an error that ends the session (`sessionLost`).
     public var isOpen: Bool {
-        guard let conn else { return false }
+        guard let conn, !broken else { return false }
         return PQstatus(conn) == CONNECTION_OK
+    }
+
+    /// Whether an error ends the session: libpq says the connection is bad; the server sent a connection-exception
+    /// (class 08) or shutdown/crash SQLSTATE (57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now;
+    /// an immediate restart sends these, and libpq may still report CONNECTION_OK); or no SQLSTATE came and libpq
+    /// reports the socket gone ("server closed the connection unexpectedly", "no connection to the server", ...).
+    static func sessionLost(status: ConnStatusType, sqlState: SQLState?, message: String) -> Bool {
+        if status == CONNECTION_BAD { return true }
+        if let sqlState { return sqlState.errorClass == "08" || ["57P01", "57P02", "57P03"].contains(sqlState.code) }
+        let m = message.lowercased()
+        return ["server closed the connection", "no connection to the server", "could not receive data from server",
+                "could not send data to server", "terminating connection", "connection to server was lost"]
+            .contains { m.contains($0) }
     }
 
     /// Frees the connection. Idempotent.
@@ -208,7 +225,8 @@ public final class PGConnection: @unchecked Sendable {
 
     func connectionError(_ h: OpaquePointer, query: String?) -> PGError {
         let message = PGConnection.trimmed(PQerrorMessage(h))
-        let lost = PQstatus(h) == CONNECTION_BAD
+        let lost = Self.sessionLost(status: PQstatus(h), sqlState: nil, message: message)
+        if lost { broken = true }
         return PGError(
             code: lost ? .connectionLost : .queryFailed, message: message.isEmpty ? "query failed" : message,
             query: query)
@@ -222,9 +240,10 @@ public final class PGConnection: @unchecked Sendable {
         let sqlState = field("C").map { SQLState($0) }
         var message = field("M") ?? PGConnection.trimmed(PQresultErrorMessage(result))
         if message.isEmpty { message = PGConnection.trimmed(PQerrorMessage(h)) }
-        let lost = PQstatus(h) == CONNECTION_BAD
+        let lost = Self.sessionLost(status: PQstatus(h), sqlState: sqlState, message: message)
+        if lost { broken = true }
         return PGError(
-            code: lost && sqlState == nil ? .connectionLost : .queryFailed,
+            code: lost ? .connectionLost : .queryFailed,
             message: message.isEmpty ? "query failed" : message, sqlState: sqlState, detail: field("D"),
             hint: field("H"), constraint: field("n"), query: query)
     }

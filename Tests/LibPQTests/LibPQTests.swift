@@ -1,5 +1,6 @@
 import Foundation
-import LibPQ
+import CLibPQ
+@testable import LibPQ
 import Synchronization
 @testable import TesseraTesting
 import Testing
@@ -326,10 +327,25 @@ struct PGConnectionTests {
                 try victim.execute("SELECT 1")
                 Issue.record("terminated connection still works")
             } catch let e as PGError {
-                #expect(e.code == .connectionLost || e.sqlState == .adminShutdown, "\(e.debugDescription)")
+                // 57P01 admin_shutdown ends the session: reported as lost, whatever PQstatus says yet.
+                #expect(e.code == .connectionLost, "\(e.debugDescription)")
             }
             #expect(!victim.isOpen)
         }
+    }
+
+    @Test("Which failures end a session: connection-exception and shutdown SQLSTATEs, libpq's socket messages; not a cancel or a constraint")
+    func sessionLostClassification() {
+        for state in ["08006", "08003", "57P01", "57P02", "57P03"] {
+            #expect(PGConnection.sessionLost(status: CONNECTION_OK, sqlState: SQLState(state), message: "x"), "\(state)")
+        }
+        for state in ["57014", "23505", "40001", "42P01"] {
+            #expect(!PGConnection.sessionLost(status: CONNECTION_OK, sqlState: SQLState(state), message: "server closed the connection"), "\(state)")
+        }
+        #expect(PGConnection.sessionLost(status: CONNECTION_OK, sqlState: nil, message: "server closed the connection unexpectedly\n\tThis probably means the server terminated abnormally"))
+        #expect(PGConnection.sessionLost(status: CONNECTION_OK, sqlState: nil, message: "no connection to the server"))
+        #expect(PGConnection.sessionLost(status: CONNECTION_BAD, sqlState: nil, message: ""))
+        #expect(!PGConnection.sessionLost(status: CONNECTION_OK, sqlState: nil, message: "query failed"))
     }
 
     @Test func skipLockedClaimsAreDisjoint() throws {
