@@ -76,14 +76,14 @@ def main_set(quick):
     if quick:
         return [
             ("ddim-ring-keep", "sampling-ddim-ring.yaml",
-             ["params.samples=32768", "params.sampling_steps=50", "params.keep_samples=true"]),
-            ("rloo-ckpt", "rl-rloo-toy.yaml", ["params.steps=1200", "checkpoint_every=200"]),
-            ("dpo-ckpt", "pref-dpo-toy.yaml", ["params.steps=600", "checkpoint_every=100", "params.data.pairs=32768"]),
-            ("grpo-sweep", "rl-grpo-toy.yaml", ["params.steps=600", "checkpoint_every=200"]),
+             ["params.samples=16384", "params.sampling_steps=50", "params.keep_samples=true"]),
+            ("rloo-ckpt", "rl-rloo-toy.yaml", ["params.steps=800", "checkpoint_every=200"]),
+            ("dpo-ckpt", "pref-dpo-toy.yaml", ["params.steps=400", "checkpoint_every=100", "params.data.pairs=16384"]),
+            ("grpo-sweep", "rl-grpo-toy.yaml", ["params.steps=400", "checkpoint_every=100"]),
             ("noop-stream", "noop.yaml",
-             ["shards=6", "params.metrics=10000", "params.result_bytes=200000", "params.sleep_ms=1000"]),
+             ["shards=6", "params.metrics=5000", "params.result_bytes=200000", "params.sleep_ms=800"]),
             ("noop-rounds", "noop.yaml",
-             ["name=noop-rounds", "kind=rl", "shards=6", "params.rounds=3", "params.sleep_ms=400",
+             ["name=noop-rounds", "kind=rl", "shards=6", "params.rounds=3", "params.sleep_ms=300",
               "params.result_bytes=5000", "params.metrics=100"]),
         ]
     return [
@@ -193,7 +193,7 @@ class Cluster:
         self.dir = os.path.join(campaign.work, name)
         os.makedirs(self.dir)
         self.data = os.path.join(self.dir, "data")
-        db = "chaos_" + name.replace("-", "_")
+        db = self.db = "chaos_" + name.replace("-", "_")
         psql(campaign.pg.url, f"CREATE DATABASE {db}")
         self.url = campaign.pg.db_url(db)
         r = subprocess.run([self.bin, "migrate", "--database-url", self.url], capture_output=True, text=True,
@@ -443,6 +443,8 @@ class Campaign:
         self.baseline = {}   # key -> capture
         self.baseline_wall = {}
         self.n_queue = 10 if self.quick else 50
+        self.load0 = os.getloadavg()
+        self.t_start = time.monotonic()
 
     # Runs a job set on a fresh cluster while `inject(cluster, ids, t0)` injects faults; returns the row.
     def scenario(self, name, jobs, inject, describe, planned, extra_checks=None):
@@ -484,6 +486,12 @@ class Campaign:
         if row["faults"] < planned:
             row["why"].append(f"only {row['faults']} of {planned} faults could be injected (the jobs finished first)")
         row["verdict"] = "PASS" if not row["why"] else "FAIL"
+        if cluster is not None and row["verdict"] == "PASS" and not self.args.keep:
+            # Fewer files for PostgreSQL's crash recovery to sync in later restarts; a failed one stays for a look.
+            try:
+                psql(self.pg.url, f"DROP DATABASE IF EXISTS {cluster.db} WITH (FORCE)")
+            except Fail:
+                pass
         for w in row["why"]:
             say(f"FAIL  {name}: {w}")
         if row["verdict"] == "PASS":
@@ -641,18 +649,30 @@ class Campaign:
         def inject(cluster, ids, t0, row):
             if not self.until(t0, 2.0, cluster, ids):
                 return
-            lease = self.wait_for_lease(cluster, ids)
-            if lease is None:
+            # The worker whose shard has the most left to do, so that the stop catches it mid-shard.
+            deadline = time.monotonic() + 20
+            pick = None
+            while pick is None and time.monotonic() < deadline:
+                cluster.check_processes()
+                rows = cluster.sql_retry(
+                    "SELECT w.name, s.job_id, s.idx, s.attempt FROM tessera_shards s JOIN tessera_workers w "
+                    "ON w.id = s.worker_id WHERE s.state = 'leased' "
+                    "ORDER BY s.step::float8 / greatest(s.total_steps, 1), s.job_id DESC LIMIT 1", deadline)
+                if rows:
+                    pick = rows[0]
+                else:
+                    time.sleep(0.05)
+            if pick is None:
                 return
-            w, job, shard, attempt = lease
+            w = pick[0]
             ready_before = cluster.registrations()[w]
             stale_before = cluster.counters().get("stale_dropped", 0)
             cluster.procs[w].send_signal(signal.SIGSTOP)
             cluster.expected_dead.add(w)  # a stopped process is not checked
             row["faults"] += 1
             t = time.monotonic()
-            say(f"  SIGSTOP {w} at {t - t0:.1f} s (holding job {job} shard {shard} attempt {attempt}) "
-                f"for {stop_for:.0f} s (lease {LEASE_SECONDS:.0f} s)")
+            say(f"  SIGSTOP {w} at {t - t0:.1f} s (job {pick[1]} shard {pick[2]} attempt {pick[3]} the least "
+                f"advanced of its shards) for {stop_for:.0f} s (lease {LEASE_SECONDS:.0f} s)")
             deadline = t + stop_for
             while time.monotonic() < deadline:
                 cluster.check_processes()
@@ -662,39 +682,47 @@ class Campaign:
             say(f"  SIGCONT {w} at {time.monotonic() - t0:.1f} s")
 
             def after():
-                # The resumed worker must come back (a new READY) and its old attempt must have been taken over.
+                # The stop must have cost w its shards: requeued as lost, then leased again at a later attempt.
+                taken = [(int(j), int(i), int(a)) for j, i, a in cluster.sql(
+                    "SELECT job_id, shard_idx, (detail->>'attempt')::int FROM tessera_events "
+                    f"WHERE kind = 'shard.requeued' AND detail->>'reason' LIKE 'worker {w} lost%'")]
+                if not taken:
+                    raise Fail(f"the SIGSTOP of {w} requeued none of its shards (it had none running any more)")
+                for j, i, a in taken:
+                    now = int(cluster.sql(f"SELECT attempt FROM tessera_shards WHERE job_id = {j} AND idx = {i}")[0][0])
+                    if now <= a:
+                        raise Fail(f"job {j} shard {i}, requeued when {w} was lost, still has attempt {now}")
+                # The resumed worker must come back (a new READY).
                 limit = time.monotonic() + 60
                 while cluster.registrations()[w] <= ready_before:
                     cluster.check_processes()
                     if time.monotonic() > limit:
                         raise Fail(f"{w} did not register again within 60 s of SIGCONT:\n{cluster.log_tail(w)}")
                     time.sleep(0.2)
-                rows = cluster.sql(f"SELECT attempt, state FROM tessera_shards WHERE job_id = {job} AND idx = {shard}")
-                if int(rows[0][0]) <= attempt:
-                    raise Fail(f"job {job} shard {shard} was not re-leased while {w} was stopped "
-                               f"(attempt {rows[0][0]}, state {rows[0][1]})")
-                # Its late messages for the superseded attempt are fenced once it is back; the coordinator cancels
-                # the superseded copy at every heartbeat that still reports it. Wait until those cancels stop (the
-                # copy has ended) so that everything it sent late is in before the comparison.
-                marker = f"job {job} shard {shard} attempt {attempt}"
+                # Its late messages for the superseded attempts are fenced once it is back; the coordinator cancels
+                # a superseded copy at every heartbeat that still reports it. Wait until those cancels stop (the
+                # copies have ended) so that everything it sent late is in before the comparison.
+                markers = [f"job {j} shard {i} attempt {a}" for j, i, a in taken]
 
                 def cancels():
                     with open(cluster.log_path(w), errors="replace") as f:
-                        return sum(1 for line in f if "cancelled by coordinator" in line and marker in line)
+                        return sum(1 for line in f if "cancelled by coordinator" in line
+                                   and any(m in line for m in markers))
                 limit = time.monotonic() + 120
                 last, last_change = cancels(), time.monotonic()
                 while time.monotonic() - last_change < 3 * HEARTBEAT + 1:
                     cluster.check_processes()
                     if time.monotonic() > limit:
-                        raise Fail(f"the coordinator still cancels {w}'s superseded copy of {marker} 120 s after "
-                                   f"SIGCONT ({last} CANCELs so far)")
+                        raise Fail(f"the coordinator still cancels {w}'s superseded shards 120 s after SIGCONT "
+                                   f"({last} CANCELs so far)")
                     time.sleep(0.2)
                     n = cancels()
                     if n != last:
                         last, last_change = n, time.monotonic()
-                row["stale_note"] = (f"stale_dropped {stale_before} -> {cluster.counters().get('stale_dropped', '?')}"
-                                     f" around the stop; {last} CANCELs of {w}'s superseded copy, the last "
-                                     f"{last_change - t - stop_for:.1f} s after SIGCONT")
+                row["stale_note"] = (f"{len(taken)} shard(s) of {w} requeued and re-run elsewhere; stale_dropped "
+                                     f"{stale_before} -> {cluster.counters().get('stale_dropped', '?')} around the "
+                                     f"stop; {last} CANCELs of its superseded copies, the last "
+                                     f"{max(0.0, last_change - t - stop_for):.1f} s after SIGCONT")
             return {"after": after}
         return inject
 
@@ -771,6 +799,17 @@ class Campaign:
             self.scenario(name, jobs, inject, describe, planned)
 
     def report(self):
+        cpu = "?"
+        try:
+            for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+                if line.startswith("Model name:"):
+                    cpu = line.split(":", 1)[1].strip()
+        except OSError:
+            pass
+        print()
+        print(f"ops/chaos {'--quick' if self.quick else '(full)'} on {time.strftime('%Y-%m-%d %H:%M %Z')}: {cpu}, "
+              f"{os.cpu_count()} CPUs, load average {self.load0[0]:.2f} at the start, {os.getloadavg()[0]:.2f} at "
+              f"the end; {time.monotonic() - self.t_start:.0f} s in all; {os.path.basename(self.bin)} = {self.bin}")
         cols = ["scenario", "jobs", "faults", "wall s", "results identical", "metrics identical", "failures",
                 "verdict"]
         table = [cols]
