@@ -447,7 +447,7 @@ class Campaign:
         self.t_start = time.monotonic()
 
     # Runs a job set on a fresh cluster while `inject(cluster, ids, t0)` injects faults; returns the row.
-    def scenario(self, name, jobs, inject, describe, planned, extra_checks=None):
+    def scenario(self, name, jobs, inject, describe, planned, extra_checks=None, queue_first=False):
         say(f"--- scenario {name}: {describe}")
         row = {"scenario": name, "jobs": len(jobs), "faults": 0, "planned": planned, "wall": 0.0,
                "results": "n", "metrics": "n", "failures": "-", "verdict": "FAIL", "why": [], "reregs": {}}
@@ -456,9 +456,17 @@ class Campaign:
         t0 = None
         try:
             cluster = Cluster(self, name)
-            cluster.start()
-            t0 = time.monotonic()
-            ids = cluster.submit(jobs)
+            if queue_first:
+                # Every job is queued before any worker runs (submitting 50 takes longer than running some).
+                cluster.start_coordinator()
+                ids = cluster.submit(jobs)
+                t0 = time.monotonic()
+                for w in cluster.worker_names():
+                    cluster.start_worker(w)
+            else:
+                cluster.start()
+                t0 = time.monotonic()
+                ids = cluster.submit(jobs)
             info = inject(cluster, ids, t0, row) or {}
             bad = cluster.wait_done(ids, timeout=self.args.timeout)
             row["wall"] = time.monotonic() - t0
@@ -678,6 +686,7 @@ class Campaign:
                 cluster.check_processes()
                 time.sleep(0.1)
             cluster.procs[w].send_signal(signal.SIGCONT)
+            cont_wall = time.time()
             cluster.expected_dead.discard(w)
             say(f"  SIGCONT {w} at {time.monotonic() - t0:.1f} s")
 
@@ -704,10 +713,13 @@ class Campaign:
                 # copies have ended) so that everything it sent late is in before the comparison.
                 markers = [f"job {j} shard {i} attempt {a}" for j, i, a in taken]
 
-                def cancels():
+                def cancel_lines():
                     with open(cluster.log_path(w), errors="replace") as f:
-                        return sum(1 for line in f if "cancelled by coordinator" in line
-                                   and any(m in line for m in markers))
+                        return [line for line in f if "cancelled by coordinator" in line
+                                and any(f"shard={m} [" in line for m in markers)]
+
+                def cancels():
+                    return len(cancel_lines())
                 limit = time.monotonic() + 120
                 last, last_change = cancels(), time.monotonic()
                 while time.monotonic() - last_change < 3 * HEARTBEAT + 1:
@@ -719,10 +731,18 @@ class Campaign:
                     n = cancels()
                     if n != last:
                         last, last_change = n, time.monotonic()
-                row["stale_note"] = (f"{len(taken)} shard(s) of {w} requeued and re-run elsewhere; stale_dropped "
-                                     f"{stale_before} -> {cluster.counters().get('stale_dropped', '?')} around the "
-                                     f"stop; {last} CANCELs of its superseded copies, the last "
-                                     f"{max(0.0, last_change - t - stop_for):.1f} s after SIGCONT")
+                lines = cancel_lines()
+                when = "none"
+                if lines:
+                    try:
+                        stamp = time.mktime(time.strptime(lines[-1][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+                        when = f"the last {stamp - cont_wall:+.0f} s after SIGCONT (log time, 1 s resolution)"
+                    except ValueError:
+                        when = "?"
+                row["stale_note"] = (f"{len(taken)} shard(s) of {w} requeued and re-run elsewhere "
+                                     f"({', '.join(markers)}); stale_dropped {stale_before} -> "
+                                     f"{cluster.counters().get('stale_dropped', '?')} around the stop; "
+                                     f"{len(lines)} CANCELs of its superseded copies, {when}")
             return {"after": after}
         return inject
 
@@ -796,7 +816,7 @@ class Campaign:
         for name, jobs, inject, describe, planned in plan:
             if only and name not in only:
                 continue
-            self.scenario(name, jobs, inject, describe, planned)
+            self.scenario(name, jobs, inject, describe, planned, queue_first=(name == "kill-all"))
 
     def report(self):
         cpu = "?"
