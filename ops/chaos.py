@@ -736,7 +736,9 @@ class Campaign:
                 if lines:
                     try:
                         stamp = time.mktime(time.strptime(lines[-1][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
-                        when = f"the last {stamp - cont_wall:+.0f} s after SIGCONT (log time, 1 s resolution)"
+                        d = stamp - cont_wall
+                        when = (f"the last {d:.0f} s after SIGCONT" if d > 1 else "the last within 1 s of SIGCONT") + \
+                            " (log time, 1 s resolution)"
                     except ValueError:
                         when = "?"
                 row["stale_note"] = (f"{len(taken)} shard(s) of {w} requeued and re-run elsewhere "
