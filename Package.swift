@@ -148,7 +148,10 @@ let package = Package(
             name: "TesseraWorkerTests",
             dependencies: ["TesseraWorker", "TesseraWorkerCore", "TesseraModel", .product(name: "Logging", package: "swift-log")],
             swiftSettings: swiftSettings),
-        .testTarget(name: "TesseraCLITests", dependencies: ["tessera"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "TesseraCLITests",
+            dependencies: ["tessera", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: swiftSettings),
         .testTarget(name: "ZeroMQTests", dependencies: ["ZeroMQ"], swiftSettings: swiftSettings),
         .testTarget(name: "LibPQTests", dependencies: ["LibPQ", "CLibPQ", "TesseraTesting"], swiftSettings: swiftSettings),
         .testTarget(

@@ -17,7 +17,9 @@ struct Tessera: AsyncParsableCommand {
             and dispatches them over ZeroMQ to worker daemons. Try it on one machine with `tessera dev`.
 
             Environment fallbacks: TESSERA_COORDINATOR, TESSERA_DATABASE_URL, TESSERA_HTTP, TESSERA_DATA_DIR,
-            TESSERA_KEYS_DIR, TESSERA_GEMM.
+            TESSERA_KEYS_DIR, TESSERA_GEMM, TESSERA_WORKER_DATA_DIR.
+
+            Shell completion: tessera --generate-completion-script bash|zsh|fish.
             """,
         version: "0.1.0",
         subcommands: [

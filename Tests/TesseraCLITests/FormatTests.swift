@@ -1,5 +1,6 @@
 // The CLI's human output (Format.swift): progress lines that fit the terminal, `--since` parsing, result numbers.
 
+import ArgumentParser
 import Foundation
 @testable import tessera
 import TesseraCore
@@ -85,6 +86,15 @@ struct FormatTests {
             "  0.5   1.25         0.5 [0.25, 0.75]  -",
             "  1     2            0 [0, 1]          4",
         ])
+    }
+
+    @Test("Completion scripts name every subcommand", arguments: [CompletionShell.bash, .zsh, .fish])
+    func completion(shell: CompletionShell) {
+        let script = Tessera.completionScript(for: shell)
+        for command in ["submit", "status", "wait", "cancel", "retry", "compare", "workers", "metrics", "checkpoint", "result", "keygen"] {
+            #expect(script.contains(command), "\(shell) script lacks \(command)")
+        }
+        #expect(script.contains("watch") && script.contains("spool-memory"))
     }
 
     @Test("Results: noise below 1e-12 reads 0, other numbers as they are")
