@@ -202,6 +202,8 @@ class Cluster:
             raise Fail(f"tessera migrate failed: {r.stderr.strip()}")
         self.port = free_port()
         self.endpoint = f"tcp://127.0.0.1:{self.port}"
+        # What workers and the CLI are given: the coordinator, or it and a standby (add_standby).
+        self.client_endpoint = self.endpoint
         self.procs = {}            # name -> Popen of the current process
         self.expected_dead = set() # names we killed and have not restarted
         self.starts = collections.Counter()
@@ -246,11 +248,28 @@ class Cluster:
             time.sleep(0.02)
         raise Fail(f"coordinator did not listen within {timeout} s:\n{self.log_tail('coordinator')}")
 
+    def add_standby(self, timeout=30):
+        """A second coordinator on the same database and its own port: it waits on the advisory lock, binding
+        nothing, and takes over when the active one dies. Workers and the CLI get both endpoints."""
+        self.standby_endpoint = f"tcp://127.0.0.1:{free_port()}"
+        self.client_endpoint = f"{self.endpoint},{self.standby_endpoint}"
+        self._spawn("standby", [
+            "coordinator", "--database-url", self.url, "--bind", self.standby_endpoint, "--data-dir", self.data,
+            "--endpoint-file", os.path.join(self.dir, "standby-endpoint"), "--heartbeat", str(HEARTBEAT),
+            "--log-level", "info"])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_processes()
+            if "standby" in self.log_tail("standby", 50):
+                return
+            time.sleep(0.05)
+        raise Fail(f"the standby coordinator did not say it is waiting within {timeout} s:\n{self.log_tail('standby')}")
+
     def worker_names(self):
         return [f"w{i + 1}" for i in range(WORKERS)]
 
     def start_worker(self, name):
-        self._spawn(name, ["worker", "--coordinator", self.endpoint, "--name", name, "--heartbeat", str(HEARTBEAT),
+        self._spawn(name, ["worker", "--coordinator", self.client_endpoint, "--name", name, "--heartbeat", str(HEARTBEAT),
                            "--drain-timeout", "2", "--log-level", "info"])
 
     def start(self):
@@ -301,7 +320,7 @@ class Cluster:
                 time.sleep(0.2)
 
     def cli(self, args, timeout=60, check=True):
-        r = subprocess.run([self.bin, *args, "--coordinator", self.endpoint], capture_output=True, timeout=timeout,
+        r = subprocess.run([self.bin, *args, "--coordinator", self.client_endpoint], capture_output=True, timeout=timeout,
                            env=self.env)
         if check and r.returncode != 0:
             raise Fail(f"tessera {' '.join(args)} exited {r.returncode}: {r.stderr.decode(errors='replace').strip()}")
@@ -442,12 +461,13 @@ class Campaign:
         self.rows = []       # table rows
         self.baseline = {}   # key -> capture
         self.baseline_wall = {}
+        self.failover = []   # (seconds to a served client request, seconds to every worker back) per failover
         self.n_queue = 10 if self.quick else 50
         self.load0 = os.getloadavg()
         self.t_start = time.monotonic()
 
     # Runs a job set on a fresh cluster while `inject(cluster, ids, t0)` injects faults; returns the row.
-    def scenario(self, name, jobs, inject, describe, planned, extra_checks=None, queue_first=False):
+    def scenario(self, name, jobs, inject, describe, planned, extra_checks=None, queue_first=False, standby=False):
         say(f"--- scenario {name}: {describe}")
         row = {"scenario": name, "jobs": len(jobs), "faults": 0, "planned": planned, "wall": 0.0,
                "results": "n", "metrics": "n", "failures": "-", "verdict": "FAIL", "why": [], "reregs": {}}
@@ -463,6 +483,14 @@ class Campaign:
                 t0 = time.monotonic()
                 for w in cluster.worker_names():
                     cluster.start_worker(w)
+            elif standby:
+                cluster.start_coordinator()
+                cluster.add_standby()
+                for w in cluster.worker_names():
+                    cluster.start_worker(w)
+                cluster.wait_workers_alive()
+                t0 = time.monotonic()
+                ids = cluster.submit(jobs)
             else:
                 cluster.start()
                 t0 = time.monotonic()
@@ -629,6 +657,39 @@ class Campaign:
                 row["faults"] += 1
                 say(f"  SIGKILL of the coordinator at {t_kill - t0:.1f} s ({len(leases)} shards leased), "
                     f"listening again after {time.monotonic() - t_kill:.2f} s")
+        return inject
+
+    def inject_failover(self):
+        """SIGKILL the active coordinator mid-run; the standby must take over and serve clients and workers."""
+        def inject(cluster, ids, t0, row):
+            at = 0.4 * self.baseline_wall["main"]
+            if not self.until(t0, at, cluster, ids):
+                return
+            leases = cluster.leased()
+            cluster.signal("coordinator", signal.SIGKILL)
+            t_kill = time.monotonic()
+            row["faults"] += 1
+            # Service back: a client request answered (by the standby, the only one listening now).
+            served = None
+            workers_back = None
+            deadline = t_kill + 60
+            while time.monotonic() < deadline and workers_back is None:
+                r = cluster.cli(["workers", "--json", "--request-timeout", "1"], timeout=10, check=False)
+                if r.returncode == 0:
+                    if served is None:
+                        served = time.monotonic() - t_kill
+                    ws = json.loads(r.stdout).get("coordinator", {}).get("connected_workers", 0)
+                    if ws >= WORKERS:
+                        workers_back = time.monotonic() - t_kill
+                        break
+                time.sleep(0.1)
+            if served is None:
+                raise Fail(f"the standby did not serve within 60 s of the kill:\n{cluster.log_tail('standby')}")
+            if workers_back is None:
+                raise Fail("not every worker reconnected to the standby within 60 s")
+            self.failover.append((served, workers_back))
+            say(f"  SIGKILL of the active coordinator at {t_kill - t0:.1f} s ({len(leases)} shards leased): the "
+                f"standby served clients after {served:.2f} s, all {WORKERS} workers after {workers_back:.2f} s")
         return inject
 
     def inject_pg_restart(self, mode):
@@ -804,6 +865,8 @@ class Campaign:
              "SIGKILL the coordinator at " + ", ".join(f"{x:.0f} s" for x in coord_times) + ", restart at once",
              len(coord_times)),
         ]
+        plan.append(("coordinator-failover", main, self.inject_failover(),
+                     "SIGKILL the active coordinator mid-run; a standby on the same database takes over", 1))
         if not self.quick:
             plan.append(("pg-restart-fast", main, self.inject_pg_restart("fast"), "pg_ctl restart -m fast mid-run", 1))
         plan += [
@@ -818,7 +881,8 @@ class Campaign:
         for name, jobs, inject, describe, planned in plan:
             if only and name not in only:
                 continue
-            self.scenario(name, jobs, inject, describe, planned, queue_first=(name == "kill-all"))
+            self.scenario(name, jobs, inject, describe, planned, queue_first=(name == "kill-all"),
+                          standby=(name == "coordinator-failover"))
 
     def report(self):
         cpu = "?"
@@ -857,6 +921,9 @@ class Campaign:
             if "stale_note" in r:
                 extra.append(r["stale_note"])
             print(f"  {r['scenario']:<22} " + ", ".join(cells) + ("   [" + "; ".join(extra) + "]" if extra else ""))
+        for served, back in self.failover:
+            print(f"failover: the standby served clients {served:.2f} s after the SIGKILL of the active coordinator, "
+                  f"and had all {WORKERS} workers back after {back:.2f} s")
         print()
         failed = [r for r in self.rows if r["verdict"] != "PASS"]
         for r in failed:
