@@ -23,10 +23,10 @@
 // E_p f(pi/p): kl is KL(p || pi) (forward), rkl is KL(pi || p), js is 2 JS(pi, p), tv is TV(pi, p).
 //
 // Fixed points. The expected gradient in the logits of context x is sum_y pi(y) (f'(t_y) + c)(e_y - pi) for a
-// constant c (the expected descent direction is minus that), which vanishes iff f'(t) is constant on the support of
-// pi; for kl, rkl and js f' is strictly monotone,
-// so t is constant and pi = p whatever Z_hat is (Z_hat only rescales t). For kl the expected logit gradient is
-// exactly (P / Z_hat)(y) - (Z / Z_hat) pi(y) in the descent direction; for rkl it is the gradient of KL(pi || p), so with the rlhf target
+// constant c (the expected descent direction is minus that), which vanishes iff f'(t) is constant on the support
+// of pi; for kl, rkl and js f' is strictly monotone, so t is constant and pi = p whatever Z_hat is (Z_hat only
+// rescales t). For kl the expected descent direction in the logits is exactly (P / Z_hat)(y) - (Z / Z_hat) pi(y);
+// for rkl the expected gradient is that of KL(pi || p), so with the rlhf target
 // rkl is RLOO's objective E r - beta KL(pi || pi_ref) up to the factor 1 / beta. tv's f' is a step, so stationary
 // means sign(log t) constant over all y (a softmax policy has full support): with Z_hat = Z that is impossible
 // (sum pi = sum p), so tv has no exact fixed point and its expected step moves each pi(y) toward p(y) from either
