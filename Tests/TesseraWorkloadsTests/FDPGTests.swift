@@ -151,7 +151,8 @@ struct FDPGTests {
                 logZ += log(o.z[x]) / Double(M)
             }
             print(
-                "f-DPG \(name) GDC (800 steps x 4 x 128 samples, \(o.seconds) s): D_f = \(o.divergence), E_pi b = \(satisfaction), KL(pi || pi_ref) = \(klRef) vs -E log pi_ref(b=1) = \(-logZ), max |Z_hat/Z - 1| = \(o.zError) (5 sigma \(o.zBound))"
+                "f-DPG \(name) GDC: D_f at pi_ref \(o.initialDivergence);"
+                    + " f-DPG \(name) GDC (800 steps x 4 x 128 samples, \(o.seconds) s): D_f = \(o.divergence), E_pi b = \(satisfaction), KL(pi || pi_ref) = \(klRef) vs -E log pi_ref(b=1) = \(-logZ), max |Z_hat/Z - 1| = \(o.zError) (5 sigma \(o.zBound))"
             )
             #expect(o.divergence < 0.02, "\(name)")
             #expect(o.initialDivergence > 0.1, "\(name): pi_ref is far from p (\(o.initialDivergence)), so the check can fail")
@@ -188,7 +189,7 @@ struct FDPGTests {
             let o = try Self.train(divergence: name, gdcToken: nil, beta: 1, steps: 400, samples: 64, lr: 0.05)
             let gibbs = o.problem.gibbsLogProb(beta: 1)
             let kl = Self.divergence("rkl", logPi: o.logPi, logP: gibbs, contexts: o.problem.contexts)
-            print("f-DPG \(name) RLHF beta = 1 (\(o.seconds) s): D_f = \(o.divergence), KL(pi || Gibbs) = \(kl), max |Z_hat/Z - 1| = \(o.zError) (5 sigma \(o.zBound))")
+            print("f-DPG \(name) RLHF: D_f at pi_ref \(o.initialDivergence); beta = 1 (\(o.seconds) s): D_f = \(o.divergence), KL(pi || Gibbs) = \(kl), max |Z_hat/Z - 1| = \(o.zError) (5 sigma \(o.zBound))")
             #expect(o.divergence < 0.02)
             #expect(o.initialDivergence > 0.1, "\(name): pi_ref is far from p (\(o.initialDivergence))")
             #expect(o.zError < 0.05 && o.zBound < 0.05)
@@ -218,7 +219,9 @@ struct FDPGTests {
         }
     }
 
-    @Test("the streamed exact metrics of step 1 are this test's divergences at pi_ref and its Z_hat is the mean of the step's P/q")
+    @Test(
+        "step 1 as this test computes it: the exact metrics at pi_ref, Z_hat = mean of the step's P/q, and disco's loss, pseudo-rewards, advantages and baseline"
+    )
     func firstStepMetrics() throws {
         for (divergence, token) in [("js", 2 as Int?), ("kl", 0), ("tv", 3), ("rkl", nil)] {
             let target = token.map { "{type: gdc, constraint: {contains_token: \($0)}}" } ?? "{type: rlhf}"
@@ -264,6 +267,33 @@ struct FDPGTests {
                 ratioMean += mean / z[x] / Double(M)
                 ratioError = max(ratioError, abs(mean / z[x] - 1))
             }
+            // The loss of step 1 as disco computes it: context by context, A = -f'(log t) minus the mean of every
+            // earlier context's pseudo-rewards (none for context 0), loss = mean_x mean_j (-A) log pi.
+            var window: [Double] = [], loss = 0.0, pseudoSum = 0.0, advantageSum = 0.0
+            for x in 0..<M {
+                let baseline = window.isEmpty ? 0 : window.reduce(0, +) / Double(window.count)
+                var pseudo: [Double] = []
+                for j in 0..<16 {
+                    let y = batch.responses[x * 16 + j]
+                    let lt = ref[x * K + y] - (logP[x * K + y] + log(z[x]) - log(zHat[x]))
+                    let fPrime: Double
+                    switch divergence {
+                    case "kl": fPrime = -exp(-lt)
+                    case "rkl": fPrime = lt + 1
+                    case "js": fPrime = log(2) - log1p(exp(-lt))
+                    default: fPrime = lt > 0 ? 0.5 : -0.5
+                    }
+                    pseudo.append(-fPrime)
+                    loss += -(-fPrime - baseline) * ref[x * K + y] / 16 / Double(M)
+                    advantageSum += -fPrime - baseline
+                }
+                pseudoSum += pseudo.reduce(0, +)
+                window += pseudo
+            }
+            close("loss", loss)
+            close("pseudo_reward", pseudoSum / Double(16 * M))
+            close("advantage", advantageSum / Double(16 * M))
+            close("baseline", window.reduce(0, +) / Double(window.count))
             close("fdpg/z_ratio", ratioMean)
             close("fdpg/z_ratio_error", ratioError)
             #expect(sink.last("importance_ratios") == 1, "on-policy: pi / q is exactly 1")
