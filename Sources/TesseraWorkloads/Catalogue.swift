@@ -19,6 +19,7 @@ public enum Workloads {
         // kind: preference (Preference/)
         DPO(),
         WRPO(),
+        FDPG(),
         // Every kind: the benchmark / test shard (Noop.swift).
         Noop(kind: .sampling),
         Noop(kind: .rl),

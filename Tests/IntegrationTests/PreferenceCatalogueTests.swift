@@ -69,4 +69,50 @@ struct PreferenceCatalogueTests {
             [.int(Int64(wrpo))])
         #expect(finals.int(0, "n") == 1)
     }
+
+    /// examples/pref-fdpg-toy.yaml (f-DPG, JS, toward "contains token 2"), its two seeds as two shards on 2 workers.
+    /// Each shard's streamed exact metrics at the last step must show it at the target as FDPGTests bounds it:
+    /// D_f(pi || p) = 2 JS < .02, |Z_hat/Z - 1| < .05 (5 sigma of the estimate is .041 at these sizes,
+    /// 800 steps x 128 samples, as FDPGTests computes it), and E_pi b above the data-processing bound that D_f < .02
+    /// implies, 1 - s < .029 for 2 JS.
+    @Test func fdpgExampleReachesItsTarget() throws {
+        let c = try Cluster(workers: 2)
+        defer { c.shutdown() }
+        let started = Date()
+        let job = try c.submit(IntegrationEnv.example("pref-fdpg-toy.yaml"))
+        let wait = try c.cli(["wait", String(job), "--timeout", "900"])
+        #expect(wait.status == 0, "job \(job): \(wait.stdout) \(wait.stderr)\n\(c.log("coordinator"))")
+        print("f-DPG example (2 shards x 800 steps) on 2 workers: \(Date().timeIntervalSince(started)) s")
+        let r = try result(c, job)
+        #expect(r["algorithm"] as? String == "fdpg")
+        #expect((r["points"] as? [[String: Any]])?.count == 2)
+
+        func finals(_ name: String) throws -> [Double] {
+            let q = try c.query(
+                "SELECT value FROM tessera_metrics WHERE job_id = $1 AND name = $2 AND step = 800",
+                [.int(Int64(job)), .text(name)])
+            return (0..<q.rowCount).compactMap { q[$0, "value"].flatMap(Double.init) }
+        }
+        // The two-point bound: 2 JS((s, 1 - s), (1, 0)) = .02 at s = .9714 (root found here by bisection).
+        func binaryJS(_ s: Double) -> Double {
+            let m = (1 + s) / 2
+            return s * log(s / m) + (1 - s) * log(2) + log(1 / m)
+        }
+        var lo = 0.5, hi = 1.0
+        for _ in 0..<100 {
+            let mid = (lo + hi) / 2
+            if binaryJS(mid) > 0.02 { lo = mid } else { hi = mid }
+        }
+        let divergence = try finals("fdpg/divergence"), zError = try finals("fdpg/z_ratio_error")
+        let satisfaction = try finals("fdpg/constraint_satisfaction")
+        print("f-DPG example: D_f \(divergence), max |Z_hat/Z - 1| \(zError), E_pi b \(satisfaction) (bound \(lo))")
+        #expect(divergence.count == 2 && zError.count == 2 && satisfaction.count == 2)
+        for d in divergence { #expect(d < 0.02) }
+        for z in zError { #expect(z < 0.05) }
+        for s in satisfaction { #expect(s > lo) }
+        let checkpoints = try c.query(
+            "SELECT count(*) AS n FROM tessera_checkpoints WHERE job_id = $1 AND kind = 'checkpoint' AND step = 800",
+            [.int(Int64(job))])
+        #expect(checkpoints.int(0, "n") == 2)
+    }
 }

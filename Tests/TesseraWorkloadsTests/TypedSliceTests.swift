@@ -40,6 +40,8 @@ struct TypedSliceTests {
             ("kind: rl\nalgorithm: ppo\nseed: 3\nparams:\n  problem: {contexts: 2, vocab: 3, length: 1}\n  steps: 2\n", toy),
             ("kind: preference\nalgorithm: wrpo\nseed: 3\nparams:\n  problem: {contexts: 2, vocab: 3, length: 1}\n"
                 + "  steps: 2\n  data: {pairs: 16}\n", toy),
+            ("kind: preference\nalgorithm: fdpg\nseed: 3\nparams:\n  problem: {contexts: 2, vocab: 3, length: 1}\n"
+                + "  steps: 2\n  target: {type: gdc, constraint: {contains_token: 1}}\n  n_samples_per_context: 4\n", toy),
         ]
     }()
 
