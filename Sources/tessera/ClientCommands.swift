@@ -314,16 +314,7 @@ struct Compare: ParsableCommand {
                 let (st, _) = try c.call("status", ["job": .int(id)])
                 guard let j = st["job"] else { throw CLIError("malformed status reply for job \(id)") }
                 let (res, _) = try c.call("result", ["job": .int(id)])
-                var sums: [String: (Double, Int)] = [:]
-                for shard in j["shards"]?.arrayValue ?? [] {
-                    for (name, m) in shard["last_metrics"]?.objectValue?.pairs ?? [] {
-                        if let v = m["value"]?.doubleValue, v.isFinite {
-                            let (t, n) = sums[name] ?? (0, 0)
-                            sums[name] = (t + v, n + 1)
-                        }
-                    }
-                }
-                columns.append((j, res["result"], sums.mapValues { $0.0 / Double($0.1) }))
+                columns.append((j, res["result"], Format.latestMetricMeans(j)))
             }
             if json {
                 let docs: [JSONValue] = columns.map { col in
@@ -354,7 +345,7 @@ struct Compare: ParsableCommand {
                     }
                 }
             }
-            let headline = ["n", "mean", "mode_weights", "mode_weight_error", "sw1", "mmd", "noise_floor"]
+            let headline = Format.headlineResultKeys
             keys = headline.filter(keys.contains) + keys.filter { !headline.contains($0) }
             for k in keys {
                 rows.append([k] + columns.map { col in col.result?[k].map(Format.short) ?? "-" })

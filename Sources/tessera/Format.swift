@@ -136,18 +136,31 @@ enum Format {
     /// The metric a progress line shows: a loss if the job reports one, else the alphabetically first name, with
     /// the mean of the latest values over the shards that have it.
     static func headlineMetric(_ j: JSONValue) -> (name: String, value: Double)? {
+        let means = latestMetricMeans(j)
+        let names = means.keys.sorted()
+        guard let name = names.first(where: { $0 == "loss" }) ?? names.first(where: { $0.hasSuffix("loss") }) ?? names.first,
+            let mean = means[name]
+        else { return nil }
+        return (name, mean)
+    }
+
+    /// Each metric's latest value, averaged over the shards of a `status JOB` reply that report it (finite ones,
+    /// in shard order).
+    static func latestMetricMeans(_ j: JSONValue) -> [String: Double] {
         var values: [String: [Double]] = [:]
         for s in j["shards"]?.arrayValue ?? [] {
             for (name, m) in s["last_metrics"]?.objectValue?.pairs ?? [] {
                 if let v = m["value"]?.doubleValue, v.isFinite { values[name, default: []].append(v) }
             }
         }
-        let names = values.keys.sorted()
-        guard let name = names.first(where: { $0 == "loss" }) ?? names.first(where: { $0.hasSuffix("loss") }) ?? names.first,
-            let vs = values[name]
-        else { return nil }
-        return (name, vs.reduce(0, +) / Double(vs.count))
+        return values.mapValues { $0.reduce(0, +) / Double($0.count) }
     }
+
+    /// A merged result's headline keys, shown first by `result` and `compare`.
+    static let headlineResultKeys = [
+        "algorithm", "n", "mean", "cov", "mode_weights", "mode_weight_error", "sw1", "mmd", "noise_floor", "nan_count",
+        "max_frontier_distance", "kl_to_optimum", "objective_gap", "best",
+    ]
 }
 
 /// `tessera wait`'s progress: on a terminal one line redrawn in place, never wider than the terminal (parts are
@@ -245,10 +258,7 @@ extension Format {
     static func result(_ r: JSONValue) -> String {
         guard let o = r.objectValue else { return r.render(pretty: true) }
         // PostgreSQL's jsonb orders keys by length; show the headline numbers first.
-        let first = [
-            "algorithm", "n", "mean", "cov", "mode_weights", "mode_weight_error", "sw1", "mmd", "noise_floor", "nan_count",
-            "max_frontier_distance", "kl_to_optimum", "objective_gap", "best",
-        ]
+        let first = headlineResultKeys
         let ordered = first.compactMap { k in o[k].map { (key: k, value: $0) } } + o.pairs.filter { !first.contains($0.key) }
         let isTable = { (v: JSONValue) -> Bool in
             if case .array(let items) = v, !items.isEmpty, items.allSatisfy({ $0.objectValue != nil }) { return true }
