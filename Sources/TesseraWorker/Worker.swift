@@ -63,12 +63,12 @@ public struct WorkerConfiguration: Sendable {
         self.slots = slots
         self.name = name
         self.host = host
-        self.dataDir = dataDir ?? Self.defaultDataDir(name: name)
+        self.dataDir = dataDir ?? Self.defaultDataDir
     }
 
     /// `$TMPDIR/tessera-worker` (or /tmp/tessera-worker): spool files are scratch, named after the worker's process
     /// id, and useless once that process is gone, so workers on one machine can share the directory.
-    public static func defaultDataDir(name: String) -> String {
+    public static var defaultDataDir: String {
         let tmp = ProcessInfo.processInfo.environment["TMPDIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "/tmp"
         return "\(tmp)/tessera-worker"
     }
