@@ -134,11 +134,6 @@ public final class BlobStore: @unchecked Sendable {
         return UInt64(st.f_bavail) * UInt64(st.f_frsize)
     }
 
-    /// The `.part` files of transfers in progress (for checks that none is left behind).
-    public func temporaryFiles() -> [String] {
-        ((try? FileManager.default.contentsOfDirectory(atPath: "\(root)/tmp")) ?? []).filter { $0.hasSuffix(".part") }
-    }
-
     public func beginTransfer(totalSize: UInt64) throws -> Transfer {
         nextTransfer += 1
         return try Transfer(tmpPath: "\(root)/tmp/\(getpid())-\(nextTransfer).part", totalSize: totalSize)
