@@ -193,7 +193,9 @@ public struct WorkerStateMachine: Sendable {
         var outcome: Outcome?
         var outcomeSent = false
         var fenced = false
-        var cancelled = false
+        /// The coordinator's CANCEL reason: the attempt's output is void, and once its computation has stopped it
+        /// answers SHARD_FAILED at once, without waiting for ACKs of output the coordinator will refuse anyway.
+        var cancelled: String?
         var transferFailed: String?
         var transferFailure = ShardFailureKind.infrastructure
     }
@@ -257,14 +259,14 @@ public struct WorkerStateMachine: Sendable {
     /// shard's bounded channel and its compute thread waits (back-pressure, SPEC §6.5). A fenced shard's output is
     /// dropped anyway, so it always accepts.
     public func acceptsMetrics(_ ref: ShardRef) -> Bool {
-        guard let s = shards[ref], !s.fenced else { return true }
+        guard let s = shards[ref], !s.fenced, s.cancelled == nil else { return true }
         return s.unackedMetrics.count <= configuration.metricsBacklog
     }
 
     /// Bytes of this shard's blobs held for transfers not yet complete. The driver's spool hands the machine more
     /// blobs of a shard only while this is under its memory cap (docs/operations.md, "The worker spool").
     public func bufferedBlobBytes(_ ref: ShardRef) -> Int {
-        guard let s = shards[ref], !s.fenced else { return 0 }
+        guard let s = shards[ref], !s.fenced, s.cancelled == nil else { return 0 }
         return s.transfers.reduce(0) { $0 + ($1.complete ? 0 : $1.blob.bytes.count) }
     }
 
@@ -424,10 +426,21 @@ public struct WorkerStateMachine: Sendable {
         case .ack(let a):
             ack(a, into: &out)
         case .cancel(let c):
-            if shards[c.ref] != nil {
-                shards[c.ref]!.cancelled = true
+            if var s = shards[c.ref] {
+                // A CANCEL comes at every heartbeat that still reports the attempt: stop it once.
+                guard s.cancelled == nil else { return flush(c.ref, into: &out) }
+                s.cancelled = c.reason
+                // Its buffered output goes: the coordinator refuses all of it (the lease moved or the job ended).
+                // Waiting for ACKs of it kept a superseded shard alive for good (a refused chunk of a cancelled shard
+                // was ignored, so its transfer never ended), and the coordinator cancelled it at every heartbeat.
+                s.unackedMetrics = [:]
+                s.unsentMetrics = []
+                s.transfers = []
+                shards[c.ref] = s
+                waiters = waiters.filter { $0.value.ref != c.ref }
                 out.append(.log("shard cancelled by coordinator", ["shard": "\(c.ref)", "reason": c.reason]))
                 out.append(.stopShard(c.ref, reason: c.reason))
+                flush(c.ref, into: &out)
             } else {
                 // SPEC §6.2: always answer, so the coordinator's slot accounting converges.
                 out.append(.send(.shardFailed(ShardFailed(ref: c.ref, reason: "cancelled: \(c.reason)", retryable: true))))
@@ -476,11 +489,11 @@ public struct WorkerStateMachine: Sendable {
         case .metrics:
             s.unackedMetrics[a.sequence] = nil
             shards[a.ref] = s
-            if !a.accepted { fence(a.ref, into: &out) }
+            if !a.accepted && s.cancelled == nil { fence(a.ref, into: &out) }
         case .chunk:
             guard let i = s.transfers.firstIndex(where: { $0.id == a.sequence }) else { return }
             if a.status == .deferred {
-                if s.fenced || s.cancelled || s.transferFailed != nil { return }
+                if s.fenced || s.cancelled != nil || s.transferFailed != nil { return }
                 var t = s.transfers[i]
                 // The other chunks in flight when the coordinator deferred the transfer are deferred too: one wait.
                 if t.deferredUntil != nil || t.complete { return }
@@ -509,7 +522,7 @@ public struct WorkerStateMachine: Sendable {
                 return
             }
             if !a.accepted {
-                if s.fenced || s.cancelled { return }
+                if s.fenced || s.cancelled != nil { return }
                 // Rejected (checksum, size): a shard whose output cannot be stored fails, retryably, and sends no
                 // more chunks (flush).
                 if s.transferFailed == nil { s.transferFailed = "coordinator rejected blob transfer \(a.sequence)" }
@@ -559,6 +572,12 @@ public struct WorkerStateMachine: Sendable {
     private mutating func computed(_ ref: ShardRef, _ output: ComputeOutput, into out: inout [Action]) {
         guard var s = shards[ref] else { return }
         s.step = max(s.step, output.step)
+        if s.cancelled != nil {
+            // Output of a cancelled attempt is void (and a fetch or request it makes is answered by its stop).
+            if let o = output.outcome { s.outcome = o }
+            shards[ref] = s
+            return flush(ref, into: &out)
+        }
         var points = output.points[...]
         while !points.isEmpty {
             let batch = MetricsBatch(ref: ref, sequence: s.nextSequence, points: Array(points.prefix(configuration.metricsBatchSize)))
@@ -607,6 +626,15 @@ public struct WorkerStateMachine: Sendable {
             return
         }
         guard isConnected else { return }
+        if let reason = s.cancelled {
+            // SPEC §6.2: a CANCEL is answered with SHARD_FAILED once the computation has stopped (its ACK forgets it).
+            if s.outcome != nil && !s.outcomeSent {
+                out.append(.send(.shardFailed(ShardFailed(ref: ref, reason: "cancelled: \(reason)", failure: .infrastructure))))
+                s.outcomeSent = true
+                shards[ref] = s
+            }
+            return
+        }
         // Within the window: the oldest unsent batches first (replay order after a reconnect is sequence order).
         var sending = 0
         while sending < s.unsentMetrics.count, s.unackedMetrics.count - s.unsentMetrics.count + sending < configuration.metricsWindow {

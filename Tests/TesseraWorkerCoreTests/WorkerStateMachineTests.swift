@@ -315,7 +315,50 @@ struct WorkerStateMachineTests {
                 == [.send(.shardFailed(ShardFailed(ref: wref(5), reason: "cancelled: superseded", retryable: true)))])
         // A cancelled shard that then fails is reported (the coordinator ACKs it and frees the slot).
         let f = h.feed(.computed(wref(0), WSM.ComputeOutput(step: 1, outcome: .failed(reason: "job cancelled", failure: .infrastructure))))
-        #expect(finals(f) == [.shardFailed(ShardFailed(ref: wref(0), reason: "job cancelled", retryable: true))])
+        #expect(finals(f) == [.shardFailed(ShardFailed(ref: wref(0), reason: "cancelled: job cancelled", retryable: true))])
+    }
+
+    // ops/chaos worker-sigstop, before the fix: a superseded shard with a blob transfer under way ignored the refusal
+    // of its chunks, so the transfer never ended, no SHARD_FAILED went, and the coordinator cancelled it at every
+    // heartbeat for good.
+    @Test("CANCEL voids buffered output: SHARD_FAILED goes as soon as the computation stops, whatever was unacked")
+    func cancelDropsOutput() {
+        var h = WorkerHarness.running([wref(0)])
+        let blob = WSM.Blob(kind: .samples, step: 1, bytes: Array(0..<20), sha256: sha)
+        let before = h.feed(.computed(wref(0), WSM.ComputeOutput(step: 1, points: points(4), blobs: [blob])))
+        #expect(metricBatches(before).count == 2 && chunks(before).count == 2)
+        let c = h.receive(.cancel(Cancel(ref: wref(0), reason: "superseded: the shard was re-leased")))
+        #expect(c.contains(.stopShard(wref(0), reason: "superseded: the shard was re-leased")))
+        #expect(sent(c).isEmpty)
+        // The next CANCEL (the heartbeat still reports the attempt) neither logs nor stops it again.
+        #expect(h.receive(.cancel(Cancel(ref: wref(0), reason: "lease lost: the shard was re-leased or cancelled"))).isEmpty)
+        // Refusals of what was in flight change nothing and fence nothing.
+        #expect(h.receive(.ack(Ack(ref: wref(0), kind: .chunk, sequence: 1, offset: 0, accepted: false))).isEmpty)
+        #expect(h.receive(.ack(Ack(ref: wref(0), kind: .metrics, sequence: 0, accepted: false))).isEmpty)
+        // Output the computation still hands over before it stops is dropped, and the spool may hand over more.
+        let late = h.feed(.computed(wref(0), WSM.ComputeOutput(step: 2, points: points(6), blobs: [blob])))
+        #expect(sent(late).isEmpty)
+        #expect(h.machine.acceptsMetrics(wref(0)) && h.machine.bufferedBlobBytes(wref(0)) == 0)
+        #expect(h.machine.credits == 1)
+        let end = h.feed(.computed(wref(0), WSM.ComputeOutput(step: 2, outcome: .failed(reason: "superseded", failure: .infrastructure))))
+        #expect(sent(end) == [.shardFailed(ShardFailed(ref: wref(0), reason: "cancelled: superseded: the shard was re-leased", retryable: true))])
+        #expect(h.machine.credits == 2)
+        // Its ACK (refused: the attempt is not current) forgets it, so the next heartbeat no longer reports it.
+        #expect(h.receive(.ack(Ack(ref: wref(0), kind: .failed, accepted: false))).contains(.forget(wref(0))))
+        #expect(h.machine.runningShards.isEmpty)
+    }
+
+    @Test("CANCEL of a shard whose computation already ended answers at once; a reconnect sends the answer again")
+    func cancelAfterFinish() {
+        var h = WorkerHarness.running([wref(0)])
+        _ = h.feed(.computed(wref(0), WSM.ComputeOutput(step: 1, points: points(2), outcome: .done(summary: [0x7b, 0x7d]))))
+        let c = h.receive(.cancel(Cancel(ref: wref(0), reason: "job cancelled")))
+        #expect(finals(c) == [.shardFailed(ShardFailed(ref: wref(0), reason: "cancelled: job cancelled", retryable: true))])
+        _ = h.receive(.disconnect(Disconnect(reason: "restart")))
+        let replay = h.advance(.seconds(1))  // the first backoff
+        #expect(sent(replay).contains(.ready(Ready(workerName: "w1", host: "h1", slots: 2, capabilities: ["rl/noop"], running: [wref(0)]))))
+        #expect(finals(replay) == [.shardFailed(ShardFailed(ref: wref(0), reason: "cancelled: job cancelled", retryable: true))])
+        #expect(metricBatches(replay).isEmpty)
     }
 
     @Test("Heartbeats: every interval, with free credits and each shard's progress")
