@@ -31,6 +31,11 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
         .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        // Instrumentation API (counters, gauges, histograms) in the coordinator; exported by the HTTP service.
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        // The HTTP service (JSON API, /metrics, dashboard) on --http.
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
     ],
     targets: [
         // C system libraries: one-line shims, imported only by their wrappers.
@@ -89,6 +94,20 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The coordinator's HTTP service: read-only JSON API, Prometheus /metrics and the dashboard (Hummingbird).
+        .target(
+            name: "TesseraHTTP",
+            dependencies: [
+                "TesseraCoordinator", "TesseraCore", "TesseraModel", "TesseraProtocol", "TesseraJSON", "TesseraCoordinatorCore",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -108,7 +127,7 @@ let package = Package(
             name: "tessera",
             dependencies: [
                 "TesseraCore", "TesseraProtocol", "TesseraStore", "TesseraWorkloads", "TesseraCoordinator",
-                "TesseraWorker", "TesseraCompute", "ZeroMQ", "LibPQ",
+                "TesseraWorker", "TesseraCompute", "ZeroMQ", "LibPQ", "TesseraHTTP",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),

@@ -191,6 +191,7 @@ final class BlobWriter: @unchecked Sendable {
         transfers[key] = nil
         do {
             let path = try blobs.finish(t.transfer, expectedSHA256: c.sha256)
+            status.value.withLock { $0.blobBytesStored += Int(t.transfer.totalSize) }
             spaceIsBack()
             inbox.post(.event(.blobStored(
                 peer, ref: t.ref, transferID: c.transferID, kind: t.kind, step: t.step, sha256: c.sha256,

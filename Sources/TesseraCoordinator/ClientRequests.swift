@@ -11,30 +11,32 @@ import TesseraCoordinatorCore
 import TesseraProtocol
 import TesseraStore
 
-/// What the transport publishes for `workers --json`.
-struct CoordinatorStatus: Sendable {
-    var counters = CoordinatorStateMachine.Counters()
-    var connectedWorkers = 0
-    var repliesTooLarge = 0
+/// What the transport publishes for `workers --json` and the HTTP service's `/metrics`.
+public struct CoordinatorStatus: Sendable {
+    public var counters = CoordinatorStateMachine.Counters()
+    public var connectedWorkers = 0
+    public var repliesTooLarge = 0
     /// CURVE: handshakes the ZAP handler refused (key not on the allow-list), and messages dropped because their
     /// connection's key was revoked.
-    var handshakesDenied = 0
-    var handshakesFailed = 0
-    var messagesRefused = 0
-    var authenticated = false
-    var storage = StorageStatus()
+    public var handshakesDenied = 0
+    public var handshakesFailed = 0
+    public var messagesRefused = 0
+    public var authenticated = false
+    public var storage = StorageStatus()
+    /// Blob bytes stored (verified, fsynced, renamed) since the coordinator started.
+    public var blobBytesStored = 0
 }
 
 /// The data dir as the blob service last found it (BlobWriter).
-struct StorageStatus: Sendable {
+public struct StorageStatus: Sendable {
     /// Since when blob transfers are deferred for lack of space; nil while writes succeed.
-    var fullSince: Date?
-    var error: String?
+    public var fullSince: Date?
+    public var error: String?
     /// Transfers answered `deferred` since the coordinator started (each counted once per deferral).
-    var transfersDeferred = 0
-    var transfersOpen = 0
+    public var transfersDeferred = 0
+    public var transfersOpen = 0
 
-    var json: JSONValue {
+    public var json: JSONValue {
         var o: JSONObject = [
             "state": .string(fullSince == nil ? "ok" : "full"), "transfers_deferred": .int(transfersDeferred),
             "transfers_open": .int(transfersOpen),
@@ -50,6 +52,13 @@ struct StorageStatus: Sendable {
 
 final class SharedStatus: Sendable {
     let value = Mutex(CoordinatorStatus())
+}
+
+/// Where a request's reply goes: a ZeroMQ peer (through the transport thread), or a caller inside the process (the
+/// HTTP service), handed the reply on the reader thread.
+enum ReplyTo: Sendable {
+    case peer([UInt8])
+    case local(@Sendable (ClientReply) -> Void)
 }
 
 final class ReadPool: @unchecked Sendable {
@@ -68,7 +77,7 @@ final class ReadPool: @unchecked Sendable {
     }
 
     // @unchecked: each thread owns its own store; shared state is the queue, the inbox and the status Mutex.
-    private let queue = WorkQueue<([UInt8], Message)>()
+    private let queue = WorkQueue<(ReplyTo, Message)>()
     private let connect: @Sendable () throws -> PostgresJobStore
     private let blobs: BlobStore
     private let catalogue: AlgorithmCatalogue
@@ -125,7 +134,17 @@ final class ReadPool: @unchecked Sendable {
         }
     }
 
-    func submit(_ peer: [UInt8], _ message: Message) { queue.push((peer, message)) }
+    func submit(_ peer: [UInt8], _ message: Message) { queue.push((.peer(peer), message)) }
+
+    /// A request from inside the process (the HTTP service): `done` gets the reply on a reader thread.
+    func submit(_ request: ClientRequest, done: @escaping @Sendable (ClientReply) -> Void) {
+        // A pool that is stopping may already have lost its threads: answer at once rather than never.
+        if !queue.pushUnlessClosed((.local(done), .request(request))) {
+            done(ClientReply(
+                requestID: request.requestID, status: WireStatus.unavailable,
+                body: JSONValue.object(["error": .string("the coordinator is stopping")]).utf8Bytes))
+        }
+    }
 
     func stop() {
         queue.close()
@@ -136,7 +155,7 @@ final class ReadPool: @unchecked Sendable {
     static let writingMethods: Set<String> = ["submit", "cancel"]
 
     /// Serves one message; true when it should be served again on a fresh connection (nothing was replied).
-    private func serve(_ message: Message, from peer: [UInt8], store: PostgresJobStore, mayRetry: Bool) -> Bool {
+    private func serve(_ message: Message, from peer: ReplyTo, store: PostgresJobStore, mayRetry: Bool) -> Bool {
         switch message {
         case .request(let r):
             do {
@@ -149,6 +168,7 @@ final class ReadPool: @unchecked Sendable {
                 reply(peer, r, status: WireStatus.internalError, ["error": .string("\(error)")])
             }
         case .fetch(let f):
+            guard case .peer(let peer) = peer else { break }
             do {
                 let (data, total) = try blobs.read(sha256: f.sha256, offset: f.offset, length: min(Int(f.length), maxReadChunk))
                 inbox.post(.send(peer, .fetchReply(FetchReply(
@@ -163,15 +183,22 @@ final class ReadPool: @unchecked Sendable {
         return false
     }
 
-    private func reply(_ peer: [UInt8], _ r: ClientRequest, status: UInt16 = 0, _ body: JSONObject, blob: [UInt8] = []) {
-        inbox.post(.send(peer, .reply(ClientReply(requestID: r.requestID, status: status, body: JSONValue.object(body).utf8Bytes, blob: blob))))
+    private func reply(_ to: ReplyTo, _ r: ClientRequest, status: UInt16 = 0, _ body: JSONObject, blob: [UInt8] = []) {
+        deliver(to, ClientReply(requestID: r.requestID, status: status, body: JSONValue.object(body).utf8Bytes, blob: blob))
     }
 
-    private func replyRaw(_ peer: [UInt8], _ r: ClientRequest, json: String) {
-        inbox.post(.send(peer, .reply(ClientReply(requestID: r.requestID, status: 0, body: Array(json.utf8)))))
+    private func replyRaw(_ to: ReplyTo, _ r: ClientRequest, json: String) {
+        deliver(to, ClientReply(requestID: r.requestID, status: 0, body: Array(json.utf8)))
     }
 
-    private func request(_ r: ClientRequest, from identity: [UInt8], store: PostgresJobStore) throws {
+    private func deliver(_ to: ReplyTo, _ reply: ClientReply) {
+        switch to {
+        case .peer(let peer): inbox.post(.send(peer, .reply(reply)))
+        case .local(let done): done(reply)
+        }
+    }
+
+    private func request(_ r: ClientRequest, from identity: ReplyTo, store: PostgresJobStore) throws {
         let body: JSONObject
         do {
             body = try JSONValue.parse(r.body).objectValue ?? [:]
@@ -295,12 +322,28 @@ final class ReadPool: @unchecked Sendable {
                 return replyRaw(identity, r, json: "{\"series\":\(json)}")
             }
             let limit = min(max(body["limit"]?.intValue ?? 1_000_000, 1), 10_000_000)
-            guard let json = try store.metricsJSON(jobID: id, shard: shard, name: body["name"]?.stringValue, limit: limit) else {
+            var after: PostgresJobStore.MetricCursor?
+            if let a = body["after"] {
+                guard let o = a.objectValue, let s = o["shard"]?.intValue, let n = o["name"]?.stringValue,
+                    let k = o["step"]?.intValue, Int32(exactly: s) != nil
+                else { return bad("'after' must be {\"shard\": N, \"name\": \"...\", \"step\": K} (the 'next' of the page before)") }
+                after = PostgresJobStore.MetricCursor(shard: Int32(s), name: n, step: Int64(k))
+            }
+            guard let (json, next) = try store.metricsJSON(
+                jobID: id, shard: shard, name: body["name"]?.stringValue, limit: limit, after: after)
+            else {
                 return notFound("no job \(id)")
             }
             // Nothing matched: say what there is, so a mistyped name or shard is not just an empty table.
-            let available = json == "[]" ? ",\"available\":\(try store.metricNamesJSON(jobID: id))" : ""
-            replyRaw(identity, r, json: "{\"metrics\":\(json)\(available)}")
+            let available = json == "[]" && after == nil ? ",\"available\":\(try store.metricNamesJSON(jobID: id))" : ""
+            let nextField = next.map {
+                ",\"next\":" + JSONValue.object(["shard": .int(Int($0.shard)), "name": .string($0.name), "step": .number(Double($0.step))]).render()
+            } ?? ""
+            replyRaw(identity, r, json: "{\"metrics\":\(json)\(available)\(nextField)}")
+
+        case "queue":
+            // Queue depth (the Prometheus export reads it at every scrape).
+            replyRaw(identity, r, json: try store.queueDepthJSON())
 
         case "result":
             guard let id = jobID() else { return bad("'job' must be a positive job id") }

@@ -14,6 +14,7 @@
 import Foundation
 import LibPQ
 import Logging
+import Metrics
 import ServiceLifecycle
 import Synchronization
 import TesseraCore
@@ -68,6 +69,9 @@ public final class Coordinator: Service, @unchecked Sendable {
     private let endpointBox = Mutex<String?>(nil)
     private let status = SharedStatus()
     private var wake: Wakeup?
+    /// The read pool while this coordinator is the active one (nil as a standby and after it stopped): the HTTP
+    /// service's requests go there.
+    private let activeReaders = Mutex<ReadPool?>(nil)
 
     // Transport-thread state.
     private var router: ZMQSocket!
@@ -77,6 +81,7 @@ public final class Coordinator: Service, @unchecked Sendable {
     private var merger: Merger!
     private var readers: ReadPool!
     private var repliesTooLarge = 0
+    private lazy var shardDuration = Metrics.Timer(label: "tessera_shard_duration_seconds")
 
     public init(config: CoordinatorConfiguration, catalogue: AlgorithmCatalogue, logger: Logger) {
         self.config = config
@@ -90,6 +95,22 @@ public final class Coordinator: Service, @unchecked Sendable {
 
     /// The endpoint actually bound (after start-up), e.g. with the port chosen for `:*`.
     public var boundEndpoint: String? { endpointBox.withLock { $0 } }
+
+    /// Whether this coordinator serves (it holds the database lock); false while it waits as a standby.
+    public var isActive: Bool { activeReaders.withLock { $0 != nil } }
+
+    /// What the transport last published: counters, connected workers, authentication and storage state.
+    public var statusSnapshot: CoordinatorStatus { status.value.withLock { $0 } }
+
+    /// A client request (SPEC §7) from inside the process, answered by the read pool as a ZeroMQ client's would
+    /// be. nil while this coordinator is not the active one (a standby, or stopped).
+    public func request(_ method: String, body: JSONObject = [:]) async -> ClientReply? {
+        guard let pool = activeReaders.withLock({ $0 }) else { return nil }
+        let request = ClientRequest(requestID: 0, method: method, body: JSONValue.object(body).utf8Bytes)
+        return await withCheckedContinuation { (done: CheckedContinuation<ClientReply, Never>) in
+            pool.submit(request) { done.resume(returning: $0) }
+        }
+    }
 
     /// Asks the coordinator to stop: no new work is accepted, the batch being committed is finished, then it returns.
     public func requestStop() {
@@ -182,7 +203,9 @@ public final class Coordinator: Service, @unchecked Sendable {
         blobWriter.start()
         merger.start()
         readers.start(threads: max(1, config.readers))
+        activeReaders.withLock { $0 = readers }
         defer {
+            activeReaders.withLock { $0 = nil }
             readers.stop()
             merger.stop()
             blobWriter.stop()
@@ -270,6 +293,7 @@ public final class Coordinator: Service, @unchecked Sendable {
                 perform(machine.handle(.tick, now: ContinuousClock.now))
                 blobWriter.submit(.sweep)
             }
+            for seconds in machine.takeShardSeconds() { shardDuration.recordSeconds(seconds) }
             status.value.withLock {
                 $0.counters = machine.counters
                 $0.connectedWorkers = machine.sessionCount

@@ -14,6 +14,7 @@ import Foundation
 import LibPQ
 import Synchronization
 import Logging
+import Metrics
 import TesseraCore
 import TesseraCoordinatorCore
 import TesseraModel
@@ -50,6 +51,14 @@ final class StoreWriter: @unchecked Sendable {
 
     func submit(_ batch: [StoreCommand]) { queue.push(batch) }
 
+    // Created with the writer, after the metrics backend is bootstrapped (tessera coordinator / dev).
+    private let batchSize = Recorder(label: "tessera_writer_batch_commands", aggregate: true)
+    private let commitLatency = Metrics.Timer(label: "tessera_writer_commit_seconds")
+
+    static func nanoseconds(_ d: Duration) -> Int64 {
+        d.components.seconds * 1_000_000_000 + d.components.attoseconds / 1_000_000_000
+    }
+
     /// Finishes the batch in progress (and any queued), then stops. While the database is away it gives up at once:
     /// what it held was never acknowledged, so the workers still have it.
     func stop() {
@@ -66,7 +75,12 @@ final class StoreWriter: @unchecked Sendable {
         while true {
             do {
                 let store = try currentStore()
-                return try store.db.transaction { try run(batch, on: store, isolated: isolate) }
+                let started = ContinuousClock.now
+                let outcomes = try store.db.transaction { try run(batch, on: store, isolated: isolate) }
+                // Group commit at work: commands per transaction, and how long the transaction took (COMMIT included).
+                batchSize.record(batch.count)
+                commitLatency.recordNanoseconds(Self.nanoseconds(ContinuousClock.now - started))
+                return outcomes
             } catch let e as PGError where store.map({ !$0.db.isOpen }) ?? true {
                 // The connection is gone (server restart, network): reconnect and retry the whole batch.
                 logger.info("database unavailable; retrying the batch", metadata: ["error": "\(e)", "retry_in": "\(delay)"])

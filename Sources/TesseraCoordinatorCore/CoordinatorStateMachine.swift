@@ -93,6 +93,11 @@ public struct CoordinatorStateMachine: Sendable {
         public var sessionsRevoked = 0
         /// CHUNKs answered `deferred` (the data dir is out of space).
         public var chunksDeferred = 0
+        /// SHARD_DONEs committed (the shard succeeded), and SHARD_FAILEDs committed (retried or failed for good).
+        public var shardsSucceeded = 0
+        public var shardsFailed = 0
+        /// Leases that ran out without a renewal and were requeued by the rescue (not those of a worker found lost).
+        public var leasesExpired = 0
         public init() {}
     }
 
@@ -175,6 +180,19 @@ public struct CoordinatorStateMachine: Sendable {
     private var nextRegistration: UInt64 = 1
     private var errorWindows: [Peer: (start: Instant, sent: Int)] = [:]
     public private(set) var counters = Counters()
+    /// Seconds from DISPATCH to SHARD_DONE of the shards that finished since the last `takeShardSeconds()` (for the
+    /// shard-duration histogram; the driver takes them so they do not pile up).
+    private var shardSeconds: [Double] = []
+
+    /// The shard durations observed since the last call, oldest first.
+    public mutating func takeShardSeconds() -> [Double] {
+        defer { shardSeconds.removeAll(keepingCapacity: true) }
+        return shardSeconds
+    }
+
+    static func seconds(_ d: Duration) -> Double {
+        Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
+    }
 
     public init(configuration: Configuration = Configuration()) {
         self.configuration = configuration
@@ -339,7 +357,10 @@ public struct CoordinatorStateMachine: Sendable {
             }
             out.append(.writeChunk(peer, c))
         case .shardDone(let d):
-            if sessions[peer]!.inFlight.removeValue(forKey: d.ref) != nil { sessions[peer]!.credits += 1 }
+            if let dispatched = sessions[peer]!.inFlight.removeValue(forKey: d.ref) {
+                sessions[peer]!.credits += 1
+                if holds(peer, d.ref) { shardSeconds.append(Self.seconds(now - dispatched)) }
+            }
             guard holds(peer, d.ref) else {
                 counters.staleDropped += 1
                 return out.append(.send(peer, .ack(Ack(ref: d.ref, kind: .done, accepted: false))))
@@ -438,7 +459,12 @@ public struct CoordinatorStateMachine: Sendable {
                 if accepted { counters.metricPoints += points } else { counters.staleDropped += 1 }
                 out.append(.send(peer, .ack(Ack(ref: ref, kind: .metrics, sequence: sequence, accepted: accepted))))
             case (.complete(let peer, let ref), .shardCompleted(let accepted, let jobComplete, let releasedDependents)):
-                if accepted { release(ref) } else { counters.staleDropped += 1 }
+                if accepted {
+                    release(ref)
+                    counters.shardsSucceeded += 1
+                } else {
+                    counters.staleDropped += 1
+                }
                 out.append(.send(peer, .ack(Ack(ref: ref, kind: .done, accepted: accepted))))
                 // Shards of the same job that waited on this one can run now: claim at once, not at the next tick.
                 if releasedDependents { queueMayHaveChanged() }
@@ -447,7 +473,12 @@ public struct CoordinatorStateMachine: Sendable {
                     queueMayHaveChanged()  // jobs depending on it may now run
                 }
             case (.fail(let peer, let ref), .shardFailed(let outcome, let stopList)):
-                if outcome == .rejected { counters.staleDropped += 1 } else { release(ref) }
+                if outcome == .rejected {
+                    counters.staleDropped += 1
+                } else {
+                    release(ref)
+                    counters.shardsFailed += 1
+                }
                 out.append(.send(peer, .ack(Ack(ref: ref, kind: .failed, accepted: outcome != .rejected))))
                 for lease in stopList { stop(lease, reason: "job failed", into: &out) }
                 queueMayHaveChanged()
@@ -464,6 +495,7 @@ public struct CoordinatorStateMachine: Sendable {
                     shortClaims.append(peer)
                 }
             case (.rescue, .expiredLeasesRequeued(let n)):
+                counters.leasesExpired += n
                 if n > 0 { queueMayHaveChanged() }
             case (_, .rejected):
                 rejected(p, into: &out)

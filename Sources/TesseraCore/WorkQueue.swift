@@ -19,6 +19,16 @@ public final class WorkQueue<Item: Sendable>: @unchecked Sendable {
         condition.unlock()
     }
 
+    /// Appends the item unless the queue is closed (its consumers may be gone); false when it was not appended.
+    public func pushUnlessClosed(_ item: Item) -> Bool {
+        condition.lock()
+        defer { condition.unlock() }
+        guard !closed else { return false }
+        items.append(item)
+        condition.signal()
+        return true
+    }
+
     /// The next item, or nil once closed and empty.
     public func pop() -> Item? {
         condition.lock()

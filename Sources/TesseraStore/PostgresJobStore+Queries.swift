@@ -132,21 +132,69 @@ extension PostgresJobStore {
     }
 
     /// Metric rows of a job, filtered by shard and name, in (shard, name, step) order.
-    public func metricsJSON(jobID: Int64, shard: Int32?, name: String?, limit: Int) throws -> String? {
+    /// A position in a job's metric rows, which are ordered by (shard, name, step): a page starts after it.
+    public struct MetricCursor: Sendable, Equatable {
+        public var shard: Int32
+        public var name: String
+        public var step: Int64
+        public init(shard: Int32, name: String, step: Int64) {
+            self.shard = shard
+            self.name = name
+            self.step = step
+        }
+    }
+
+    /// Metric rows of a job (optionally one shard, one name) in (shard, name, step) order, at most `limit`, starting
+    /// after `after`; and the cursor of the last row when the page is full (there may be more). nil: no such job.
+    public func metricsJSON(
+        jobID: Int64, shard: Int32?, name: String?, limit: Int, after: MetricCursor? = nil
+    ) throws -> (json: String, next: MetricCursor?)? {
         let exists = try db.execute("SELECT 1 FROM tessera_jobs WHERE id = $1", [.int(jobID)])
         guard exists.rowCount == 1 else { return nil }
         let r = try db.execute(
             """
             SELECT coalesce(json_agg(json_build_object('shard', m.shard_idx, 'name', m.name, 'step', m.step,
                                                        'value', m.value, 'attempt', m.attempt)
-                                     ORDER BY m.shard_idx, m.name, m.step), '[]'::json)::text AS metrics
+                                     ORDER BY m.shard_idx, m.name, m.step), '[]'::json)::text AS metrics,
+                   count(*) AS n,
+                   (array_agg(m.shard_idx ORDER BY m.shard_idx DESC, m.name DESC, m.step DESC))[1] AS last_shard,
+                   (array_agg(m.name ORDER BY m.shard_idx DESC, m.name DESC, m.step DESC))[1] AS last_name,
+                   (array_agg(m.step ORDER BY m.shard_idx DESC, m.name DESC, m.step DESC))[1] AS last_step
             FROM (SELECT * FROM tessera_metrics
                   WHERE job_id = $1 AND ($2::int IS NULL OR shard_idx = $2) AND ($3::text IS NULL OR name = $3)
+                    AND ($5::int IS NULL OR (shard_idx, name, step) > ($5::int, $6::text, $7::bigint))
                   ORDER BY shard_idx, name, step LIMIT $4) m
             """,
-            [.int(jobID), shard.map { .int(Int64($0)) } ?? .null, name.map { .text($0) } ?? .null, .int(Int64(limit))]
+            [
+                .int(jobID), shard.map { .int(Int64($0)) } ?? .null, name.map { .text($0) } ?? .null, .int(Int64(limit)),
+                after.map { .int(Int64($0.shard)) } ?? .null, after.map { .text($0.name) } ?? .null,
+                after.map { .int($0.step) } ?? .null,
+            ]
         )
-        return r[0, "metrics"]!
+        var next: MetricCursor?
+        if let n = r[0, "n"].flatMap({ Int($0) }), n >= limit, let s = r[0, "last_shard"].flatMap({ Int32($0) }),
+            let name = r[0, "last_name"], let step = r[0, "last_step"].flatMap({ Int64($0) })
+        {
+            next = MetricCursor(shard: s, name: name, step: step)
+        }
+        return (r[0, "metrics"]!, next)
+    }
+
+    /// Queue depth for the Prometheus export: shards that are queued or leased now, and jobs by state.
+    /// `{"shards": {"queued": n, "leased": n}, "jobs": {"queued": n, "running": n, ...}}` (absent states are 0).
+    public func queueDepthJSON() throws -> String {
+        let r = try db.execute(
+            """
+            SELECT json_build_object(
+                'shards', (SELECT coalesce(json_object_agg(state, n), '{}'::json) FROM
+                           (SELECT state::text AS state, count(*) AS n FROM tessera_shards
+                            WHERE state IN ('queued', 'leased') GROUP BY state) s),
+                'jobs', (SELECT coalesce(json_object_agg(state, n), '{}'::json) FROM
+                         (SELECT state::text AS state, count(*) AS n FROM tessera_jobs GROUP BY state) j)
+            )::text AS depth
+            """
+        )
+        return r[0, "depth"]!
     }
 
     /// The job's state and merged result. nil when the job does not exist.

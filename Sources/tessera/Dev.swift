@@ -7,6 +7,7 @@ import Logging
 import ServiceLifecycle
 import UnixSignals
 import TesseraCoordinator
+import TesseraHTTP
 import TesseraStore
 import TesseraWorkloads
 
@@ -122,6 +123,8 @@ struct Dev: AsyncParsableCommand {
     @Option(help: "Directory for the database and checkpoints (default: a temporary directory, deleted on exit).")
     var dataDir: String?
     @Option(help: "Coordinator endpoint to bind.") var bind: String = "tcp://127.0.0.1:5555"
+    @Option(help: "HOST:PORT (loopback) for the HTTP service: JSON API and Prometheus /metrics (default: $TESSERA_HTTP; none).")
+    var http: String?
     @Flag(help: ArgumentHelp(
         "Run PostgreSQL at its default durability (fsync and synchronous_commit on).",
         discussion: "Without it the embedded cluster runs with fsync=off, synchronous_commit=off and full_page_writes=off: quick to try things, but not what production pays per commit. Benchmark figures are taken with --durable."))
@@ -163,7 +166,11 @@ struct Dev: AsyncParsableCommand {
 
             var config = CoordinatorConfiguration(bind: bind, databaseURL: pg.url, dataDir: "\(base)/data")
             config.heartbeatInterval = 1.0
+            _ = MetricsBackend.bootstrap()
             let coordinator = Coordinator(config: config, catalogue: Workloads.catalogue, logger: Logger(label: "tessera.coordinator"))
+            let httpService = try (http ?? Env.get("TESSERA_HTTP")).map {
+                try makeHTTPService($0, keysDir: nil, endpointFile: nil, coordinator: coordinator, logger: Logger(label: "tessera.http"))
+            }
             let databaseURL = pg.url
             let workerProcesses = DevWorkers(
                 coordinator: coordinator, count: workers, slots: slots, logLevel: log.logLevel, logger: logger,
@@ -179,7 +186,7 @@ struct Dev: AsyncParsableCommand {
             // One ServiceGroup: SIGTERM/SIGINT shut the services down in reverse order, so the workers drain (their
             // last messages still reach the coordinator) before the coordinator stops; PostgreSQL stops last (defer).
             let group = ServiceGroup(configuration: ServiceGroupConfiguration(
-                services: [.init(service: coordinator), .init(service: workerProcesses)],
+                services: [.init(service: coordinator)] + (httpService.map { [.init(service: $0)] } ?? []) + [.init(service: workerProcesses)],
                 gracefulShutdownSignals: [.sigterm, .sigint], cancellationSignals: [], logger: logger
             ).withMaximumShutdown(seconds: 60))
             try await group.run()

@@ -10,6 +10,7 @@ import Logging
 import TesseraCompute
 import TesseraCoordinator
 import TesseraCore
+import TesseraHTTP
 import TesseraStore
 import TesseraWorker
 import TesseraWorkloads
@@ -86,6 +87,36 @@ func checkBindIsSafe(_ endpoint: String, keysDir: String?) throws {
     )
 }
 
+/// The HTTP service for `--http HOST:PORT` (docs/http.md). With keys, requests need the bearer token in
+/// `KEYS/http.token`, created (random, mode 0600) the first time; without keys only loopback is allowed.
+func makeHTTPService(
+    _ http: String, keysDir: String?, endpointFile: String?, coordinator: Coordinator, logger: Logger
+) throws -> HTTPService {
+    var token: String?
+    if let keysDir {
+        let path = "\(keysDir)/http.token"
+        if let text = try? String(contentsOfFile: path, encoding: .utf8) {
+            token = text.trimmingCharacters(in: .whitespacesAndNewlines)
+            guard token!.count >= 16 else { throw CLIError("\(path) holds a token of \(token!.count) characters; it needs at least 16 (delete it to get a new one)") }
+        } else {
+            var rng = SystemRandomNumberGenerator()
+            let fresh = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &rng)) }.joined()
+            let fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0o600)
+            guard fd >= 0 else { throw CLIError("cannot create the HTTP token \(path): \(String(cString: strerror(errno)))") }
+            let bytes = Array((fresh + "\n").utf8)
+            let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            close(fd)
+            guard written == bytes.count else { throw CLIError("cannot write the HTTP token \(path)") }
+            logger.notice("created the HTTP bearer token", metadata: ["path": "\(path)"])
+            token = fresh
+        }
+    }
+    var config: HTTPConfiguration
+    do { config = try HTTPConfiguration.parse(http, token: token) } catch { throw CLIError("\(error)") }
+    config.endpointFile = endpointFile
+    return HTTPService(coordinator: coordinator, registry: MetricsBackend.bootstrap(), configuration: config, logger: logger)
+}
+
 /// SIGHUP: re-read the allow-list now (it is also watched, so this only saves up to a second).
 struct ReloadKeysOnHangup: Service {
     let coordinator: Coordinator
@@ -107,7 +138,13 @@ struct CoordinatorCommand: AsyncParsableCommand {
     )
     @OptionGroup var db: DatabaseOptions
     @Option(help: "ZeroMQ endpoint to bind (default: $TESSERA_COORDINATOR or tcp://127.0.0.1:5555).") var bind: String?
-    @Option(help: "HOST:PORT for the HTTP status endpoint (default: $TESSERA_HTTP; not served by this version).") var http: String?
+    @Option(
+        help: ArgumentHelp(
+            "HOST:PORT for the HTTP service: JSON API, Prometheus /metrics (default: $TESSERA_HTTP; none).",
+            discussion: "Port 0 picks a free one (see --http-endpoint-file). Without --keys-dir only a loopback address is allowed; with it, every request but /healthz needs 'Authorization: Bearer TOKEN', the token in KEYS/http.token (docs/http.md)."))
+    var http: String?
+    @Option(help: "Write the HTTP service's URL to this file once it listens (useful with --http 127.0.0.1:0).")
+    var httpEndpointFile: String?
     @Option(help: "Checkpoint store directory (default: $TESSERA_DATA_DIR or ./tessera-data).") var dataDir: String?
     @Option(
         help: ArgumentHelp(
@@ -129,9 +166,9 @@ struct CoordinatorCommand: AsyncParsableCommand {
             if let keys {
                 do { _ = try CurveKeysDirectory.coordinator(keys) } catch { throw CLIError("\(error)") }
             }
-            if let h = http ?? Env.get("TESSERA_HTTP") {
-                logger.warning("the HTTP status endpoint is not served by this version", metadata: ["http": "\(h)"])
-            }
+            // Before the coordinator exists: its metrics are created when it starts and must find the backend.
+            let registry = MetricsBackend.bootstrap()
+            _ = registry
             var config = CoordinatorConfiguration(
                 bind: endpoint, databaseURL: try db.url(),
                 dataDir: dataDir ?? Env.get("TESSERA_DATA_DIR") ?? "tessera-data"
@@ -141,11 +178,17 @@ struct CoordinatorCommand: AsyncParsableCommand {
             config.endpointFile = endpointFile
             config.keysDir = keys
             let coordinator = Coordinator(config: config, catalogue: Workloads.catalogue, logger: logger)
+            var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: coordinator)]
+            if let h = http ?? Env.get("TESSERA_HTTP") {
+                services.append(.init(service: try makeHTTPService(
+                    h, keysDir: keys, endpointFile: httpEndpointFile, coordinator: coordinator, logger: logger)))
+            }
+            services.append(.init(service: ReloadKeysOnHangup(coordinator: coordinator, logger: logger)))
             // SIGTERM / SIGINT: graceful shutdown through the ServiceGroup (finish the batch being committed, tell
-            // the workers, exit 0). SIGHUP: reload the allow-list. The reload service is listed last so that it
-            // stops first.
+            // the workers, exit 0). SIGHUP: reload the allow-list. Services stop in reverse order: the reload
+            // service first, then the HTTP service, the coordinator last.
             let group = ServiceGroup(configuration: ServiceGroupConfiguration(
-                services: [.init(service: coordinator), .init(service: ReloadKeysOnHangup(coordinator: coordinator, logger: logger))],
+                services: services,
                 gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
             try await group.run()
         }

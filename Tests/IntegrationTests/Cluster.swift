@@ -114,12 +114,19 @@ final class Cluster {
     let db: PostgresTestDatabase
     let dir: String
     private(set) var endpoint = ""
+    /// `http://127.0.0.1:PORT` when the coordinator runs the HTTP service (`http: true`).
+    private(set) var httpURL = ""
+    let http: Bool
     private var coordinator: Process?
     private(set) var workers: [String: Process] = [:]
     let heartbeat: Double
 
     /// `prepare` runs with the cluster's directory before the coordinator starts (e.g. to mount its `data` dir).
-    init(workers count: Int, slots: Int = 1, heartbeat: Double = 1.0, prepare: (String) throws -> Void = { _ in }) throws {
+    init(
+        workers count: Int, slots: Int = 1, heartbeat: Double = 1.0, http: Bool = false,
+        prepare: (String) throws -> Void = { _ in }
+    ) throws {
+        self.http = http
         db = try PostgresTestDatabase.create(migrate: true)
         var template = Array("/tmp/tessera-it-XXXXXX".utf8CString)
         guard let p = mkdtemp(&template) else { throw TestFailure("mkdtemp failed") }
@@ -133,20 +140,26 @@ final class Cluster {
 
     func startCoordinator() throws {
         let endpointFile = "\(dir)/endpoint"
+        let httpFile = "\(dir)/http.endpoint"
         try? FileManager.default.removeItem(atPath: endpointFile)
+        try? FileManager.default.removeItem(atPath: httpFile)
+        let httpArgs = http ? ["--http", "127.0.0.1:0", "--http-endpoint-file", httpFile] : []
         let p = try spawn(
             [
                 "coordinator", "--database-url", db.url, "--bind", endpoint.isEmpty ? "tcp://127.0.0.1:*" : endpoint,
                 "--data-dir", "\(dir)/data", "--endpoint-file", endpointFile, "--heartbeat", String(heartbeat),
                 "--log-level", "warning",
-            ],
+            ] + httpArgs,
             log: "\(dir)/coordinator.log"
         )
         coordinator = p
         let deadline = Date().addingTimeInterval(30)
         while Date() < deadline {
-            if let text = try? String(contentsOfFile: endpointFile, encoding: .utf8), !text.isEmpty {
+            if let text = try? String(contentsOfFile: endpointFile, encoding: .utf8), !text.isEmpty,
+                !http || ((try? String(contentsOfFile: httpFile, encoding: .utf8)).map { !$0.isEmpty } ?? false)
+            {
                 endpoint = text.trimmingCharacters(in: .whitespacesAndNewlines)
+                if http { httpURL = try String(contentsOfFile: httpFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines) }
                 return
             }
             guard p.isRunning else { throw TestFailure("coordinator exited: \(log("coordinator"))") }

@@ -117,6 +117,23 @@ struct CoordinatorStateMachineTests {
         #expect(commits(hb) == [[.claimShards(workerID: 5, limit: 1, capabilities: ["rl/noop"])]])
     }
 
+    @Test("Counters for /metrics: a committed DONE counts as succeeded, with its DISPATCH-to-DONE time; a fenced one neither")
+    func completionCountersAndDurations() {
+        var h = Self.withTwoLeases()
+        #expect(h.machine.takeShardSeconds().isEmpty)
+        h.advance(.milliseconds(1500))
+        _ = h.receive(w1, .shardDone(ShardDone(ref: ref(0), summary: Array("{}".utf8))))
+        // A DONE for an attempt the worker does not hold is fenced: no duration.
+        _ = h.receive(w1, .shardDone(ShardDone(ref: ref(7), summary: Array("{}".utf8))))
+        let seconds = h.machine.takeShardSeconds()
+        #expect(seconds.count == 1)
+        #expect(seconds.first.map { $0 >= 1.5 && $0 < 1.6 } == true, "\(seconds)")
+        #expect(h.machine.takeShardSeconds().isEmpty)  // taken once
+        #expect(h.machine.counters.shardsSucceeded == 0)  // not before the commit
+        _ = h.feed(.committed([.shardCompleted(accepted: true, jobComplete: false), claimed([])]))
+        #expect(h.machine.counters.shardsSucceeded == 1 && h.machine.counters.shardsFailed == 0)
+    }
+
     @Test("Credits: never more shards in flight than slots or advertised credits")
     func creditsNeverExceeded() {
         var h = Self.withTwoLeases()
