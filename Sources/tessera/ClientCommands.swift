@@ -389,12 +389,26 @@ struct Metrics: ParsableCommand {
     var jsonl = false
     @Flag(help: "List the job's metric series (name, shards, points, first and last step) instead of the points.")
     var list = false
+    @Option(help: ArgumentHelp(
+        "Write an SVG chart of one metric to FILE.svg: a line per shard (--mean: the mean with a min–max band).",
+        discussion: "Needs --name when the job has more than one metric. Open it in any browser; `rsvg-convert -o f.png f.svg` makes a PNG.",
+        valueName: "FILE.svg")) var plot: String?
+    @Flag(help: "With --plot: one line, the mean over shards at each step, and a band from their min to their max.")
+    var mean = false
+    @Flag(help: "A sparkline per shard and metric in the terminal (first and last value, min and max beside it).")
+    var spark = false
     @OptionGroup var client: ClientOptions
 
     func validate() throws {
-        if [json, csv, jsonl].filter({ $0 }).count > 1 { throw ValidationError("--json, --csv and --jsonl exclude each other") }
+        if [json, csv, jsonl, plot != nil, spark].filter({ $0 }).count > 1 {
+            throw ValidationError("--json, --csv, --jsonl, --plot and --spark exclude each other")
+        }
+        if mean && plot == nil { throw ValidationError("--mean goes with --plot") }
+        if let plot, !plot.lowercased().hasSuffix(".svg") {
+            throw ValidationError("--plot writes SVG: give a FILE.svg (got '\(plot)'; `rsvg-convert -o f.png f.svg` makes a PNG from it)")
+        }
         if let limit, limit < 1 { throw ValidationError("--limit must be at least 1 (got \(limit))") }
-        if list && (csv || jsonl || name != nil || limit != nil) { throw ValidationError("--list takes only --shard and --json") }
+        if list && (csv || jsonl || name != nil || limit != nil || plot != nil || spark) { throw ValidationError("--list takes only --shard and --json") }
     }
 
     func run() throws {
@@ -435,6 +449,7 @@ struct Metrics: ParsableCommand {
                 }
                 if names.isEmpty { return printErr("job \(job) has no metric points yet") }
             }
+            if plot != nil || spark { return try chart(rows) }
             if jsonl {
                 var out = ""
                 for r in rows { out += r.render() + "\n" }
@@ -458,6 +473,55 @@ struct Metrics: ParsableCommand {
             }
             printOut(Format.table(table))
         }
+    }
+}
+
+extension Metrics {
+    /// `--plot` and `--spark`: the rows grouped into one series per (name, shard), in step order.
+    func chart(_ rows: [JSONValue]) throws {
+        var series: [String: [Int: [(x: Double, y: Double)]]] = [:]
+        for r in rows {
+            guard let n = r["name"]?.stringValue, let s = r["shard"]?.intValue, let step = r["step"]?.doubleValue else { continue }
+            series[n, default: [:]][s, default: []].append((step, r["value"]?.doubleValue ?? .nan))
+        }
+        if series.isEmpty { throw CLIError("job \(job) has no metric points\(shard.map { " for shard \($0)" } ?? "") yet") }
+        if let plot {
+            guard series.count == 1, let (metric, byShard) = series.first else {
+                throw CLIError("job \(job) has \(series.count) metrics; --plot draws one: add --name (\(series.keys.sorted().joined(separator: ", ")))")
+            }
+            let lines = byShard.keys.sorted().map { ChartSeries(label: "shard \($0)", points: byShard[$0]!) }
+            var c = mean
+                ? LineChart.meanWithBand(title: "job \(job): \(metric), mean over \(lines.count) shard(s), min–max band", of: lines)
+                : LineChart(title: "job \(job): \(metric)", series: lines)
+            c.yLabel = metric
+            guard FileManager.default.createFile(atPath: plot, contents: Data(c.svg().utf8)) else {
+                throw CLIError("cannot write \(plot)")
+            }
+            return printErr("wrote \(plot): \(metric), \(lines.count) shard(s), \(rows.count) point(s)")
+        }
+        var table = [["SHARD", "NAME", "POINTS", "FIRST", "LAST", "MIN", "MAX", ""]]
+        var sparks: [[Double]] = []
+        for n in series.keys.sorted() {
+            for s in series[n]!.keys.sorted() {
+                let values = series[n]![s]!.map(\.y)
+                let finite = values.filter(\.isFinite)
+                table.append([
+                    "\(s)", n, "\(values.count)", Format.number(values.first.map { JSONValue.number($0) }),
+                    Format.number(values.last.map { JSONValue.number($0) }), Format.number(finite.min().map { JSONValue.number($0) }),
+                    Format.number(finite.max().map { JSONValue.number($0) }), "",
+                ])
+                sparks.append(values)
+            }
+        }
+        // The sparkline takes what the terminal has left after the other columns (40 characters off a terminal).
+        let text = Format.table(table).split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        let used = text.map(\.count).max() ?? 0
+        let width = max(10, (isatty(1) != 0 ? Format.terminalWidth() : used + 42) - used - 2)
+        var out = text[0] + "\n"
+        for (i, line) in text.dropFirst().enumerated() where i < sparks.count {
+            out += line + Sparkline.render(sparks[i], width: width) + "\n"
+        }
+        FileHandle.standardOutput.write(Data(out.utf8))
     }
 }
 
