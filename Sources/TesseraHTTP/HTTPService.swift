@@ -83,6 +83,18 @@ public struct HTTPService: Service {
         let router = Router(context: BasicRequestContext.self)
         if let token = configuration.token { router.add(middleware: BearerToken(token: token)) }
         JSONAPI(coordinator: coordinator).register(on: router)
+        Dashboard(coordinator: coordinator).register(on: router)
+        if let token = configuration.token {
+            // A browser cannot add the header: /login?token=TOKEN sets it as an HttpOnly cookie, then shows the jobs.
+            router.get("/login") { request, _ -> Response in
+                guard let given = request.uri.queryParameters["token"], BearerToken<BasicRequestContext>.equal(Array(given.utf8), Array(token.utf8)) else {
+                    return JSONAPI.error(.unauthorized, "wrong or missing token: open /login?token=TOKEN with the token in the keys directory's http.token")
+                }
+                return Response(status: .seeOther, headers: [
+                    .location: "/", .setCookie: "\(BearerToken<BasicRequestContext>.cookie)=\(token); Path=/; HttpOnly; SameSite=Strict",
+                ])
+            }
+        }
         router.get("/metrics") { _, _ -> Response in
             let text = await exporter.scrape()
             return Response(
@@ -107,16 +119,22 @@ public struct HTTPService: Service {
     }
 }
 
-/// Every request but `/healthz` must carry `Authorization: Bearer TOKEN`; the comparison takes the same time
-/// wherever the first difference is.
+/// Every request but `/healthz` and `/login` must carry `Authorization: Bearer TOKEN` (or, from a browser, the
+/// cookie `/login` sets); the comparison takes the same time wherever the first difference is.
 struct BearerToken<Context: RequestContext>: RouterMiddleware {
     let token: String
+    static var cookie: String { "tessera_token" }
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        if request.uri.path == "/healthz" { return try await next(request, context) }
-        let given = request.headers[.authorization].flatMap { value -> Substring? in
+        if request.uri.path == "/healthz" || request.uri.path == "/login" { return try await next(request, context) }
+        let header = request.headers[.authorization].flatMap { value -> Substring? in
             value.hasPrefix("Bearer ") ? value.dropFirst(7) : nil
         }
+        let cookie = request.headers[.cookie].flatMap { value -> Substring? in
+            value.split(separator: ";").map { $0.trimmingCharacters(in: .whitespaces) }
+                .first { $0.hasPrefix(Self.cookie + "=") }.map { Substring($0.dropFirst(Self.cookie.count + 1)) }
+        }
+        let given = header ?? cookie
         guard let given, Self.equal(Array(given.utf8), Array(token.utf8)) else {
             return JSONAPI.error(.unauthorized, "this coordinator's HTTP service needs 'Authorization: Bearer TOKEN' (the token is in its keys directory, http.token)",
                                  headers: [.wwwAuthenticate: "Bearer realm=\"tessera\""])
