@@ -360,7 +360,11 @@ public final class Coordinator: Service, @unchecked Sendable {
         for action in actions {
             switch action {
             case .send(let peer, let m): send(peer, m)
-            case .commit(let commands): writer.submit(commands)
+            case .commit(let commands):
+                for case .workerGone(let workerID, true, let reason) in commands {
+                    logger.warning("worker lost: its leased shards go back to the queue", metadata: ["worker.id": "\(workerID)", "reason": "\(reason)"])
+                }
+                writer.submit(commands)
             case .merge(let jobID): merger.submit(jobID)
             case .writeChunk(let peer, let c): blobWriter.submit(.chunk(peer, c))
             case .dropTransfers(let peer): blobWriter.submit(.drop(peer))

@@ -277,7 +277,14 @@ public final class WorkerDaemon: Service, @unchecked Sendable {
         for action in actions {
             switch action {
             case .connect:
-                socket?.close()
+                // What the abandoned socket still queues (a READY sent into a cut link) must not reach the coordinator
+                // after the new socket's: the new one sends everything unacknowledged again. With the usual linger a
+                // link back within it delivered that READY, and the coordinator registered a ghost session, leased
+                // it shards and declared it lost 1.5 s later (ops/chaos partition-8s).
+                if let old = socket {
+                    try? old.setLinger(milliseconds: 0)
+                    old.close()
+                }
                 let s = try ZMQSocket(context: context, type: .dealer)
                 try s.setLinger(milliseconds: 1000)
                 try s.setSendHighWaterMark(100_000)
@@ -293,6 +300,9 @@ public final class WorkerDaemon: Service, @unchecked Sendable {
                 if config.endpoints.count > 1 { logger.info("connecting", metadata: ["zmq.endpoint": "\(endpoint)"]) }
                 socket = s
             case .disconnect:
+                // The connection is given up (the coordinator fell silent or asked us to re-register): drop what its
+                // socket still queues, as for `.connect` below.
+                try? socket?.setLinger(milliseconds: 0)
                 socket?.close()
                 socket = nil
             case .send(let m):
