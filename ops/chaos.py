@@ -712,13 +712,18 @@ class Campaign:
             return {"after": after}
         return inject
 
-    def inject_sigstop(self):
-        stop_for = LEASE_SECONDS + 3
+    def inject_cutoff(self, how, seconds):
+        """Cuts off the worker holding the least advanced shard for `seconds`, then lets it back: how = "sigstop"
+        (SIGSTOP, then SIGCONT: it computes nothing meanwhile) or "partition" (its veth link down, then up: it
+        keeps computing and buffering, unheard). Either way the coordinator loses it after 1.5 s and requeues its
+        shards; after() checks what must follow."""
+        cut_words, restore_words = {"sigstop": ("SIGSTOP", "SIGCONT"),
+                                    "partition": ("link down", "link up")}[how]
 
         def inject(cluster, ids, t0, row):
             if not self.until(t0, 2.0, cluster, ids):
                 return
-            # The worker whose shard has the most left to do, so that the stop catches it mid-shard.
+            # The worker whose shard has the most left to do, so that the cut catches it mid-shard.
             deadline = time.monotonic() + 20
             pick = None
             while pick is None and time.monotonic() < deadline:
@@ -736,38 +741,45 @@ class Campaign:
             w = pick[0]
             ready_before = cluster.registrations()[w]
             stale_before = cluster.counters().get("stale_dropped", 0)
-            cluster.procs[w].send_signal(signal.SIGSTOP)
-            cluster.expected_dead.add(w)  # a stopped process is not checked
+            if how == "sigstop":
+                cluster.procs[w].send_signal(signal.SIGSTOP)
+                cluster.expected_dead.add(w)  # a stopped process is not checked
+            else:
+                cluster.net.cut(w)
             row["faults"] += 1
             t = time.monotonic()
-            say(f"  SIGSTOP {w} at {t - t0:.1f} s (job {pick[1]} shard {pick[2]} attempt {pick[3]} the least "
-                f"advanced of its shards) for {stop_for:.0f} s (lease {LEASE_SECONDS:.0f} s)")
-            deadline = t + stop_for
+            say(f"  {cut_words} {w} at {t - t0:.1f} s (job {pick[1]} shard {pick[2]} attempt {pick[3]} the least "
+                f"advanced of its shards) for {seconds:.0f} s (lease {LEASE_SECONDS:.0f} s)")
+            deadline = t + seconds
             while time.monotonic() < deadline:
                 cluster.check_processes()
                 time.sleep(0.1)
-            cluster.procs[w].send_signal(signal.SIGCONT)
-            cont_wall = time.time()
-            cluster.expected_dead.discard(w)
-            say(f"  SIGCONT {w} at {time.monotonic() - t0:.1f} s")
+            if how == "sigstop":
+                cluster.procs[w].send_signal(signal.SIGCONT)
+                cluster.expected_dead.discard(w)
+            else:
+                cluster.net.restore(w)
+            back_wall = time.time()
+            say(f"  {restore_words} {w} at {time.monotonic() - t0:.1f} s")
 
             def after():
-                # The stop must have cost w its shards: requeued as lost, then leased again at a later attempt.
+                # The cut must have cost w its shards: requeued as lost, then leased again at a later attempt.
                 taken = [(int(j), int(i), int(a)) for j, i, a in cluster.sql(
                     "SELECT job_id, shard_idx, (detail->>'attempt')::int FROM tessera_events "
                     f"WHERE kind = 'shard.requeued' AND detail->>'reason' LIKE 'worker {w} lost%'")]
                 if not taken:
-                    raise Fail(f"the SIGSTOP of {w} requeued none of its shards (it had none running any more)")
+                    raise Fail(f"the {cut_words} of {w} requeued none of its shards (it had none running any more)")
                 for j, i, a in taken:
                     now = int(cluster.sql(f"SELECT attempt FROM tessera_shards WHERE job_id = {j} AND idx = {i}")[0][0])
                     if now <= a:
                         raise Fail(f"job {j} shard {i}, requeued when {w} was lost, still has attempt {now}")
-                # The resumed worker must come back (a new READY).
+                # The worker must come back (a new READY).
                 limit = time.monotonic() + 60
                 while cluster.registrations()[w] <= ready_before:
                     cluster.check_processes()
                     if time.monotonic() > limit:
-                        raise Fail(f"{w} did not register again within 60 s of SIGCONT:\n{cluster.log_tail(w)}")
+                        raise Fail(f"{w} did not register again within 60 s of the {restore_words}:\n"
+                                   f"{cluster.log_tail(w)}")
                     time.sleep(0.2)
                 # Its late messages for the superseded attempts are fenced once it is back; the coordinator cancels
                 # a superseded copy at every heartbeat that still reports it. Wait until those cancels stop (the
@@ -786,26 +798,48 @@ class Campaign:
                 while time.monotonic() - last_change < 3 * HEARTBEAT + 1:
                     cluster.check_processes()
                     if time.monotonic() > limit:
-                        raise Fail(f"the coordinator still cancels {w}'s superseded shards 120 s after SIGCONT "
-                                   f"({last} CANCELs so far)")
+                        raise Fail(f"the coordinator still cancels {w}'s superseded shards 120 s after the "
+                                   f"{restore_words} ({last} CANCELs so far)")
                     time.sleep(0.2)
                     n = cancels()
                     if n != last:
                         last, last_change = n, time.monotonic()
+                # A READY is not proof of a working session: one the worker queued on a socket it then gave up
+                # (closed with 1 s linger, while the link was down) can still reach the coordinator, which
+                # registers it and loses it again 1.5 s later. The newest registration must be alive and stay so.
+                limit = time.monotonic() + 60
+                while True:
+                    cluster.check_processes()
+                    state = cluster.sql(f"SELECT state FROM tessera_workers WHERE name = '{w}' ORDER BY id DESC "
+                                        "LIMIT 1")[0][0]
+                    if state == "alive":
+                        time.sleep(3 * HEARTBEAT + 0.5)
+                        if cluster.sql(f"SELECT state FROM tessera_workers WHERE name = '{w}' ORDER BY id DESC "
+                                       "LIMIT 1")[0][0] == "alive":
+                            break
+                    if time.monotonic() > limit:
+                        raise Fail(f"{w} has no live registration 60 s after the {restore_words} (newest: {state}):"
+                                   f"\n{cluster.log_tail(w)}")
+                    time.sleep(0.2)
                 lines = cancel_lines()
                 when = "none"
                 if lines:
                     try:
                         stamp = time.mktime(time.strptime(lines[-1][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
-                        d = stamp - cont_wall
-                        when = (f"the last {d:.0f} s after SIGCONT" if d > 1 else "the last within 1 s of SIGCONT") + \
-                            " (log time, 1 s resolution)"
+                        d = stamp - back_wall
+                        when = (f"the last {d:.0f} s after the {restore_words}" if d > 1
+                                else f"the last within 1 s of the {restore_words}") + " (log time, 1 s resolution)"
                     except ValueError:
                         when = "?"
+                # What it sent late for those attempts (a SHARD_FAILED answering the CANCEL, a SHARD_DONE of a copy
+                # that finished while cut off, metric batches) is refused and counted.
+                stale_after = cluster.counters().get("stale_dropped")
+                if not isinstance(stale_after, int) or stale_after <= stale_before:
+                    raise Fail(f"stale_dropped did not grow after {w} came back ({stale_before} -> {stale_after}): "
+                               f"its late messages for the superseded attempts were not fenced")
                 row["stale_note"] = (f"{len(taken)} shard(s) of {w} requeued and re-run elsewhere "
-                                     f"({', '.join(markers)}); stale_dropped {stale_before} -> "
-                                     f"{cluster.counters().get('stale_dropped', '?')} around the stop; "
-                                     f"{len(lines)} CANCELs of its superseded copies, {when}")
+                                     f"({', '.join(markers)}); stale_dropped {stale_before} -> {stale_after} "
+                                     f"around the cut; {len(lines)} CANCELs of its superseded copies, {when}")
             return {"after": after}
         return inject
 
@@ -872,7 +906,7 @@ class Campaign:
         plan += [
             ("pg-restart-immediate", main, self.inject_pg_restart("immediate"),
              "pg_ctl restart -m immediate mid-run", 1),
-            ("worker-sigstop", main, self.inject_sigstop(),
+            ("worker-sigstop", main, self.inject_cutoff("sigstop", LEASE_SECONDS + 3),
              f"SIGSTOP a worker holding a shard for {LEASE_SECONDS + 3:.0f} s (> lease), SIGCONT", 1),
             ("kill-all", queue, self.inject_kill_all(),
              f"{len(queue)} jobs queued, SIGKILL coordinator and workers, restart all", 1),
