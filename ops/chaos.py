@@ -484,6 +484,17 @@ class Cluster:
         except (Fail, ValueError, subprocess.TimeoutExpired):
             return {}
 
+    def stale_dropped(self, timeout=10):
+        """The coordinator's stale_dropped counter, retried for `timeout` seconds; None if it cannot be read."""
+        deadline = time.monotonic() + timeout
+        while True:
+            v = self.counters().get("stale_dropped")
+            if isinstance(v, int):
+                return v
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.2)
+
     def stop_all(self):
         for name, p in self.procs.items():
             if p.poll() is None:
@@ -881,7 +892,9 @@ class Campaign:
                 return
             w = pick[0]
             ready_before = cluster.registrations()[w]
-            stale_before = cluster.counters().get("stale_dropped", 0)
+            stale_before = cluster.stale_dropped()
+            if stale_before is None:
+                raise Fail("could not read the coordinator's stale_dropped before the cut (tessera workers --json)")
             if how == "sigstop":
                 cluster.procs[w].send_signal(signal.SIGSTOP)
                 cluster.expected_dead.add(w)  # a stopped process is not checked
@@ -974,8 +987,8 @@ class Campaign:
                         when = "?"
                 # What it sent late for those attempts (a SHARD_FAILED answering the CANCEL, a SHARD_DONE of a copy
                 # that finished while cut off, metric batches) is refused and counted.
-                stale_after = cluster.counters().get("stale_dropped")
-                if not isinstance(stale_after, int) or stale_after <= stale_before:
+                stale_after = cluster.stale_dropped()
+                if stale_after is None or stale_after <= stale_before:
                     raise Fail(f"stale_dropped did not grow after {w} came back ({stale_before} -> {stale_after}): "
                                f"its late messages for the superseded attempts were not fenced")
                 row["stale_note"] = (f"{len(taken)} shard(s) of {w} requeued and re-run elsewhere "
