@@ -208,7 +208,7 @@ struct Dashboard {
                 let columns = items.flatMap { ($0.objectValue?.pairs ?? []).filter { if case .object = $0.1 { false } else if case .array = $0.1 { false } else { true } }.map(\.0) }
                 var seen = Set<String>()
                 let cols = columns.filter { seen.insert($0).inserted }.prefix(10)
-                html += "<h3>\(h(key))</h3><table class=\"points\"><tr>" + cols.map { "<th>\(h($0))</th>" }.joined() + "</tr>"
+                html += "<h3>\(h(key))</h3>" + frontier(items) + "<table class=\"points\"><tr>" + cols.map { "<th>\(h($0))</th>" }.joined() + "</tr>"
                 for item in items.prefix(200) {
                     html += "<tr>" + cols.map { "<td>\(h(item[$0].map { $0.stringValue ?? number($0) } ?? ""))</td>" }.joined() + "</tr>"
                 }
@@ -220,6 +220,26 @@ struct Dashboard {
             html = "<table class=\"result\">" + scalars.map { "<tr><th>\(h($0.0))</th><td>\(h($0.1))</td></tr>" }.joined() + "</table>" + html
         }
         return html + "<details><summary>the whole result (JSON)</summary><pre>\(h(result.render(pretty: true)))</pre></details>"
+    }
+
+    /// A sweep's reward–KL frontier, when its points carry both (the RL and preference sweeps): expected reward
+    /// against KL(π‖π_ref), one line per seed, in KL order.
+    static func frontier(_ points: [JSONValue]) -> String {
+        var bySeed: [String: [(x: Double, y: Double)]] = [:]
+        for p in points {
+            guard let kl = p["kl_to_ref"]?.doubleValue, let reward = p["expected_reward"]?.doubleValue else { continue }
+            bySeed[p["seed"].map { $0.stringValue ?? number($0) } ?? "", default: []].append((kl, reward))
+        }
+        guard bySeed.values.contains(where: { $0.count > 1 }) else { return "" }
+        let series = bySeed.keys.sorted().map { seed in
+            ChartSeries(label: seed.isEmpty ? "points" : "seed \(seed)", points: bySeed[seed]!.sorted { $0.x < $1.x })
+        }
+        var chart = LineChart(title: "reward–KL frontier: expected reward against KL(π‖π_ref)", series: series)
+        chart.xLabel = "KL(π‖π_ref)"
+        chart.yLabel = "expected reward"
+        chart.width = 560
+        chart.height = 300
+        return "<figure class=\"frontier\">\(chart.svg())</figure>"
     }
 
     static func workersTable(_ o: JSONValue) -> String {

@@ -211,6 +211,17 @@ struct HTTPServiceTests {
         #expect(authorized.status == 200, "\(authorized.body)")
         #expect(try httpGet("\(base)/metrics", headers: ["Authorization": "Bearer \(token)"]).status == 200)
         #expect(try httpGet("\(base)/healthz").status == 200)
+        // A browser: /login?token= sets the token as a cookie; the dashboard then answers to the cookie alone.
+        #expect(try httpGet("\(base)/").status == 401)
+        #expect(try httpGet("\(base)/login?token=wrong").status == 401)
+        let login = try httpGet("\(base)/login?token=\(token)")
+        #expect(login.status == 303 && login.headers["location"] == "/")
+        let cookie = login.headers["set-cookie"] ?? ""
+        #expect(cookie.hasPrefix("tessera_token=\(token);") && cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"))
+        let page = try httpGet("\(base)/", headers: ["Cookie": "other=1; tessera_token=\(token)"])
+        #expect(page.status == 200 && page.headers["content-type"]?.hasPrefix("text/html") == true)
+        #expect(page.body.contains("<h1>Jobs</h1>") && page.body.contains("No jobs match."))
+        #expect(try httpGet("\(base)/", headers: ["Cookie": "tessera_token=x\(token)"]).status == 401)
 
         // A second coordinator on the same database waits as a standby: its HTTP service says so, and serves no data.
         let (standby, standbyBase) = try start("standby")
