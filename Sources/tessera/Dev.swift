@@ -180,6 +180,9 @@ struct Dev: AsyncParsableCommand {
                         durable
                             ? "  postgres: durable (fsync=on, synchronous_commit=on: PostgreSQL's defaults)"
                             : "  postgres: NOT durable (fsync=off, synchronous_commit=off; --durable for PostgreSQL's defaults)")
+                    if let h = http ?? Env.get("TESSERA_HTTP") {
+                        printOut("  dashboard: http://\(h)/ (JSON API: /api/v1/jobs, Prometheus: /metrics; docs/http.md)")
+                    }
                     printOut("  try: tessera submit examples/sampling-ddim-ring.yaml --coordinator \(endpoint)")
                     printOut("  stop: Ctrl-C")
                 })
