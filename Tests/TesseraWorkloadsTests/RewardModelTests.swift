@@ -125,8 +125,10 @@ struct RewardModelTests {
         let (output, sink) = try ToyLMFixtures.runShard(try ToyLMFixtures.spec(Self.yaml(Self.fitParams)))
         let seconds = Date().timeIntervalSince(started)
         let model = try Self.network(sink)
-        // RMSE: 20000 q-samples. The asserted quantity is the 5-sigma upper bound sqrt(ms + 5 se).
-        let ys = Self.qSamples(20_000, key: 0xC0FFEE)
+        // RMSE: 100000 q-samples. The asserted quantity is the 5-sigma upper bound sqrt(ms + 5 se). The squared
+        // errors are heavy-tailed (q's tail, where labels saturate, has the largest errors): se / ms was .21 at
+        // 20000 samples, so 100000 keep the 5-sigma term below half of ms.
+        let ys = Self.qSamples(100_000, key: 0xC0FFEE)
         let r = try Self.rewards(model, ys)
         let (ms, se) = Self.centredMS(zip(r, ys).map { $0 - Self.p.log($1.0, $1.1) })
         let rmseBound = (ms + 5 * se).squareRoot()
@@ -145,10 +147,11 @@ struct RewardModelTests {
         #expect(tail < 1e-5)
         #expect(rmseBound < 0.05)
         #expect(tvBound < 0.03)
-        // The shard's own numbers estimate the same quantities on other samples (20000) and another grid (200 cells
-        // on [-5, 5]^2): they agree within the two estimates' 5-sigma noise (sd of an RMSE estimate ~ se / (2 rmse)).
+        // The shard's own numbers estimate the same quantities on other samples (20000, so its sd is sqrt(5) times
+        // this test's) and another grid (200 cells on [-5, 5]^2): they agree within the two estimates' 5-sigma noise
+        // (sd of an RMSE estimate ~ se / (2 rmse)).
         let sdRMSE = se / (2 * ms.squareRoot())
-        #expect(abs(reported - ms.squareRoot()) < 5 * 2.0.squareRoot() * sdRMSE)
+        #expect(abs(reported - ms.squareRoot()) < 5 * 6.0.squareRoot() * sdRMSE)
         #expect(reportedTV < 0.03)
         // TRL's metrics are streamed.
         for name in ["loss", "accuracy", "margin", "min_reward", "mean_reward", "max_reward", "grad_norm", "learning_rate"] {
