@@ -20,6 +20,7 @@ public enum Workloads {
         DPO(),
         WRPO(),
         FDPG(),
+        RewardModel(),
         // Every kind: the benchmark / test shard (Noop.swift).
         Noop(kind: .sampling),
         Noop(kind: .rl),

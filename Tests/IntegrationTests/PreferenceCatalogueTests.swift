@@ -115,4 +115,41 @@ struct PreferenceCatalogueTests {
             [.int(Int64(job))])
         #expect(checkpoints.int(0, "n") == 2)
     }
+
+    /// examples/pref-reward-model-toy.yaml (the BT reward model of a Luce annotator with a known 2-D density), its two
+    /// seeds as two shards on 2 workers. Each shard's final streamed evaluation must meet RewardModelTests' bounds:
+    /// centred RMSE(r - log p) < .05 on q-samples and TV(e^r / Z, p) < .03 on the grid; the merged result carries
+    /// both per point and their mean over the seeds, and each shard stored its final checkpoint.
+    @Test func rewardModelExampleRecoversTheAnnotatorDensity() throws {
+        let c = try Cluster(workers: 2)
+        defer { c.shutdown() }
+        let started = Date()
+        let job = try c.submit(IntegrationEnv.example("pref-reward-model-toy.yaml"))
+        let wait = try c.cli(["wait", String(job), "--timeout", "900"])
+        #expect(wait.status == 0, "job \(job): \(wait.stdout) \(wait.stderr)\n\(c.log("coordinator"))")
+        print("reward-model example (2 shards x 2000 steps) on 2 workers: \(Date().timeIntervalSince(started)) s")
+        let r = try result(c, job)
+        #expect(r["algorithm"] as? String == "reward-model")
+        let points = try #require(r["points"] as? [[String: Any]])
+        #expect(points.count == 2)
+        func finals(_ name: String) throws -> [Double] {
+            let q = try c.query(
+                "SELECT value FROM tessera_metrics WHERE job_id = $1 AND name = $2 AND step = 2000 ORDER BY shard_idx",
+                [.int(Int64(job)), .text(name)])
+            return (0..<q.rowCount).compactMap { q[$0, "value"].flatMap(Double.init) }
+        }
+        let rmse = try finals("eval/rmse"), tv = try finals("eval/tv"), accuracy = try finals("accuracy")
+        print("reward-model example: rmse \(rmse), tv \(tv), batch accuracy \(accuracy), result rmse \(r["rmse"] ?? "-")")
+        #expect(rmse.count == 2 && tv.count == 2 && accuracy.count == 2)
+        for v in rmse { #expect(v < 0.05) }
+        for v in tv { #expect(v < 0.03) }
+        // The summary's number goes through jsonb and Foundation's JSON parser, the metric through float8: equal up to
+        // the parser's last-digit rounding.
+        for (p, v) in zip(points, rmse) { #expect(abs((p["rmse"] as? Double ?? .nan) - v) <= 1e-12 * v) }
+        #expect(((r["rmse"] as? [String: Any])?["n"] as? Int) == 2)
+        let checkpoints = try c.query(
+            "SELECT count(*) AS n FROM tessera_checkpoints WHERE job_id = $1 AND kind = 'checkpoint' AND step = 2000",
+            [.int(Int64(job))])
+        #expect(checkpoints.int(0, "n") == 2)
+    }
 }

@@ -42,6 +42,15 @@ struct TypedSliceTests {
                 + "  steps: 2\n  data: {pairs: 16}\n", toy),
             ("kind: preference\nalgorithm: fdpg\nseed: 3\nparams:\n  problem: {contexts: 2, vocab: 3, length: 1}\n"
                 + "  steps: 2\n  target: {type: gdc, constraint: {contains_token: 1}}\n  n_samples_per_context: 4\n", toy),
+            ("kind: preference\nalgorithm: reward-model\nseed: 3\nparams:\n  steps: 2\n  data: {pairs: 64}\n"
+                + "  batch_size: 8\n  network: {hidden: [4]}\n  eval: {samples: 16, grid_points: 8}\n"
+                + "  sweep: {seed: [1, 18446744073709551615]}\n",
+             ["point", "seed", "steps", "loss", "accuracy", "rmse", "tv", "parameters"]),
+            ("kind: preference\nalgorithm: reward-model\nseed: 3\nparams:\n  steps: 2\n  data: {pairs: 64}\n"
+                + "  batch_size: 8\n  network: {hidden: [4]}\n  eval: {samples: 16, grid_points: 8}\n"
+                + "  annotator_2: {means: [[1, 0]], stds: [1.2]}\n",
+             ["point", "seed", "steps", "loss", "accuracy", "rmse", "tv", "misspecification_gap", "rmse_annotator_1",
+              "rmse_annotator_2", "parameters"]),
         ]
     }()
 
@@ -107,6 +116,9 @@ struct TypedSliceTests {
         #expect(try failure(rloo, .object(["point": .int(0), "beta": .number(0.05), "seed": .string("x")]))
             .hasPrefix("slice: seed: "))
         #expect(try failure(rloo, .array([])) == "slice: expected an object, found []")
+        let rm = Self.jobs[Self.jobs.count - 2].yaml
+        #expect(try failure(rm, .object(["point": .int(0)])) == "slice: seed: missing")
+        #expect(try failure(rm, .object(["point": .int(1), "seed": .int(2)])).hasPrefix("slice {\"point\": 1, \"seed\": 2} is not a shard"))
     }
 
     @Test("a malformed stored summary fails the merge, naming the shard and the field")
