@@ -2,6 +2,7 @@
 
 import Foundation
 import LibPQ
+import TesseraTesting
 import Testing
 
 @Suite(.serialized, .enabled(if: IntegrationEnv.ready, "needs TESSERA_TEST_DATABASE_URL and a built tessera (run ops/test)"))
