@@ -74,7 +74,7 @@ struct FaultCostTests {
     @Test(.enabled(if: DataDirMount.available, "needs root and a tmpfs mount for the coordinator's data dir"))
     func fullDataDirDefersUploadsAndCostsNoAttempt() throws {
         var mounted: String?
-        let c = try Cluster(workers: 1, slots: 1) { dir in
+        let c = try Cluster(workers: 1, slots: 1, http: true) { dir in
             let data = "\(dir)/data"
             try FileManager.default.createDirectory(atPath: data, withIntermediateDirectories: true)
             // 64 MiB and 64 inodes: room for the store's directories, a few blobs and the filler files.
@@ -121,6 +121,14 @@ struct FaultCostTests {
         #expect(Self.partFiles(data).isEmpty, "\(Self.partFiles(data))")
         let status = try c.cli(["status", String(job)])
         #expect(status.stdout.contains("data dir is full") || status.stderr.contains("data dir is full"), "\(status.stdout)\(status.stderr)")
+        // And Prometheus sees it (docs/http.md): the gauge is 1, the deferrals are counted.
+        func scrape() throws -> [(name: String, labels: [String: String], value: Double)] {
+            try prometheusSamples(try httpGet("\(c.httpURL)/metrics").body)
+        }
+        let fullScrape = try scrape()
+        #expect(fullScrape.first { $0.name == "tessera_storage_full" }?.value == 1)
+        #expect((fullScrape.first { $0.name == "tessera_storage_full_seconds" }?.value ?? 0) > 0)
+        #expect((fullScrape.first { $0.name == "tessera_chunks_deferred_total" }?.value ?? 0) >= Double(full.deferred))
 
         // Space is back: the kept result goes up, the second shard runs, the job succeeds at no cost.
         try FileManager.default.removeItem(atPath: filler)
@@ -129,6 +137,7 @@ struct FaultCostTests {
         let after = try Self.shards(c, job)
         #expect(after.map(\.state) == ["succeeded", "succeeded"] && after.map(\.attempt) == [1, 1] && after.map(\.failures) == [0, 0], "\(after)")
         #expect(try Self.storage(c).state == "ok")
+        #expect(try scrape().first { $0.name == "tessera_storage_full" }?.value == 0)
         #expect(Self.partFiles(data).isEmpty)
 
         // Out of inodes: bytes are free, but no file can be created, so the transfer's temp file fails with ENOSPC
