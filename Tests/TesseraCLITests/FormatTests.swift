@@ -104,3 +104,18 @@ struct FormatTests {
         #expect(Format.short(.array([.number(1e-15), .number(1)])) == "[0, 1]")
     }
 }
+
+@Suite("metrics --plot / --spark options")
+struct MetricsChartOptionTests {
+    @Test("--plot writes SVG only, --mean needs --plot, and the output modes exclude each other")
+    func validation() throws {
+        #expect(throws: (any Error).self) { try Metrics.parse(["7", "--plot", "loss.png"]) }
+        #expect(throws: (any Error).self) { try Metrics.parse(["7", "--mean"]) }
+        #expect(throws: (any Error).self) { try Metrics.parse(["7", "--plot", "a.svg", "--spark"]) }
+        #expect(throws: (any Error).self) { try Metrics.parse(["7", "--spark", "--csv"]) }
+        #expect(throws: (any Error).self) { try Metrics.parse(["7", "--list", "--spark"]) }
+        let ok = try Metrics.parse(["7", "--plot", "Loss.SVG", "--mean", "--name", "loss"])
+        #expect(ok.plot == "Loss.SVG" && ok.mean && ok.name == "loss")
+        #expect(try Metrics.parse(["7", "--spark", "--shard", "1"]).spark)
+    }
+}
