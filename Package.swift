@@ -2,6 +2,7 @@
 // Tessera: a distributed experiment runner for generative-model research.
 // Module layout follows ../shared/design/STYLE.md §2: C libraries sit behind thin `.systemLibrary` targets that only
 // their Swift wrappers import; the compute runtime has no ZeroMQ or PostgreSQL in it; executables pick implementations.
+import Foundation
 import PackageDescription
 
 let swiftSettings: [SwiftSetting] = [
@@ -191,3 +192,28 @@ let package = Package(
         ),
     ]
 )
+
+// ops/test's second pass on the portable kernels (TESSERA_PORTABLE_KERNELS_BUILD=1, in .build-portable, with
+// -DTESSERA_PORTABLE_KERNELS) runs only the compute and workload tests. The package is cut down to what those two
+// test targets need, so the pass does not compile the rest a second time (the HTTP service's swift-nio stack alone
+// took minutes).
+if ProcessInfo.processInfo.environment["TESSERA_PORTABLE_KERNELS_BUILD"] == "1" {
+    var keep: Set<String> = []
+    var pending = ["TesseraComputeTests", "TesseraWorkloadsTests"]
+    while let name = pending.popLast() {
+        guard keep.insert(name).inserted, let target = package.targets.first(where: { $0.name == name }) else { continue }
+        for dependency in target.dependencies {
+            switch dependency {
+            case .targetItem(let n, _), .byNameItem(let n, _): pending.append(n)
+            default: break
+            }
+        }
+    }
+    package.targets = package.targets.filter { keep.contains($0.name) }
+    package.products = package.products.filter { $0.name == "TesseraCompute" }
+    let unused = ["hummingbird", "swift-prometheus", "swift-metrics", "swift-argument-parser", "swift-service-lifecycle"]
+    package.dependencies = package.dependencies.filter { d in
+        guard case .sourceControl(_, let location, _) = d.kind else { return true }
+        return !unused.contains { location.hasSuffix("/" + $0) }
+    }
+}
