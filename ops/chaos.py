@@ -748,6 +748,33 @@ class Campaign:
         c = cluster.counters()
         row["stale_dropped"] = c.get("stale_dropped", "?")
         row["workers_lost"] = c.get("workers_lost", "?")
+        self.measure_recovery(cluster, row)
+
+    def measure_recovery(self, cluster, row):
+        """Recovery after each fault, from tessera_events (commit times of the coordinator's transactions):
+        a worker fault ("requeue") is over when every shard the worker held was leased again at a later attempt; a
+        coordinator or PostgreSQL fault ("resume") when the next shard was leased or finished. The longest of the
+        scenario's faults goes in the table."""
+        worst = None
+        for when, kind, shards in row.get("recover", []):
+            if kind == "requeue":
+                times = []
+                for j, i, a in shards:
+                    r = cluster.sql(f"SELECT extract(epoch FROM min(at)) FROM tessera_events WHERE job_id = {j} "
+                                    f"AND shard_idx = {i} AND kind = 'shard.leased' "
+                                    f"AND (detail->>'attempt')::int > {a} AND at >= to_timestamp({when})")
+                    if r and r[0][0]:
+                        times.append(float(r[0][0]) - when)
+                took = max(times) if times else None
+            else:
+                r = cluster.sql("SELECT extract(epoch FROM min(at)) FROM tessera_events WHERE kind IN "
+                                f"('shard.leased', 'shard.succeeded') AND at > to_timestamp({when})")
+                took = float(r[0][0]) - when if r and r[0][0] else None
+            if took is not None:
+                row.setdefault("recovery_each", []).append(f"{kind} {took:.1f}")
+                worst = took if worst is None else max(worst, took)
+        if worst is not None:
+            row["recovery"] = worst
 
     # --- fault injectors: each returns when its faults are in; the scenario then waits for the jobs ---------
 
@@ -790,9 +817,12 @@ class Campaign:
                 if lease is None:
                     break
                 w = lease[0]
+                held = [(j, i, a) for name, j, i, a in cluster.leased() if name == w]
+                killed_at = time.time()
                 cluster.signal(w, signal.SIGKILL)
                 cluster.start_worker(w)
                 row["faults"] += 1
+                row.setdefault("recover", []).append((killed_at, "requeue", held))
                 say(f"  kill {k + 1}/{n} at {time.monotonic() - t0:.1f} s: SIGKILL {w} (held job {lease[1]} "
                     f"shard {lease[2]} attempt {lease[3]}), restarted")
         return inject
@@ -803,6 +833,7 @@ class Campaign:
                 if not self.until(t0, at, cluster, ids):
                     break
                 leases = cluster.leased()
+                row.setdefault("recover", []).append((time.time(), "resume", []))
                 cluster.signal("coordinator", signal.SIGKILL)
                 t_kill = time.monotonic()
                 cluster.start_coordinator()
@@ -818,6 +849,7 @@ class Campaign:
             if not self.until(t0, at, cluster, ids):
                 return
             leases = cluster.leased()
+            row.setdefault("recover", []).append((time.time(), "resume", []))
             cluster.signal("coordinator", signal.SIGKILL)
             t_kill = time.monotonic()
             row["faults"] += 1
@@ -852,6 +884,7 @@ class Campaign:
             pid = cluster.procs["coordinator"].pid
             leases = cluster.leased()
             t = time.monotonic()
+            row.setdefault("recover", []).append((time.time(), "resume", []))
             self.pg.restart(mode)
             row["faults"] += 1
             say(f"  pg_ctl restart -m {mode} at {t - t0:.1f} s ({len(leases)} shards leased) took "
@@ -895,6 +928,8 @@ class Campaign:
             stale_before = cluster.stale_dropped()
             if stale_before is None:
                 raise Fail("could not read the coordinator's stale_dropped before the cut (tessera workers --json)")
+            held = [(j, i, a) for name, j, i, a in cluster.leased() if name == w]
+            row.setdefault("recover", []).append((time.time(), "requeue", held))
             if how == "sigstop":
                 cluster.procs[w].send_signal(signal.SIGSTOP)
                 cluster.expected_dead.add(w)  # a stopped process is not checked
@@ -1010,6 +1045,7 @@ class Campaign:
                     raise Fail("no job of the queue finished within 60 s: the fault would have hit an idle cluster")
                 time.sleep(0.05)
             leases = cluster.leased()
+            killed_all_at = time.time()
             for name in ["coordinator"] + cluster.worker_names():
                 cluster.procs[name].send_signal(signal.SIGKILL)
             for name in ["coordinator"] + cluster.worker_names():
@@ -1017,6 +1053,7 @@ class Campaign:
             states = cluster.job_states(ids, deadline)
             unfinished = sum(1 for s, _ in states.values() if s != "succeeded")
             row["faults"] += 1
+            row.setdefault("recover", []).append((killed_all_at, "resume", []))
             say(f"  SIGKILL of the coordinator and all {WORKERS} workers at {time.monotonic() - t0:.1f} s: "
                 f"{unfinished} of {len(ids)} jobs unfinished, {len(leases)} shards leased")
             if unfinished < len(ids) // 2:
@@ -1097,12 +1134,13 @@ class Campaign:
         print(f"ops/chaos {'--quick' if self.quick else '(full)'} on {time.strftime('%Y-%m-%d %H:%M %Z')}: {cpu}, "
               f"{os.cpu_count()} CPUs, load average {self.load0[0]:.2f} at the start, {os.getloadavg()[0]:.2f} at "
               f"the end; {time.monotonic() - self.t_start:.0f} s in all; {os.path.basename(self.bin)} = {self.bin}")
-        cols = ["scenario", "jobs", "faults", "wall s", "results identical", "metrics identical", "failures",
-                "verdict"]
+        cols = ["scenario", "jobs", "faults", "wall s", "recovery s", "results identical", "metrics identical",
+                "failures", "verdict"]
         table = [cols]
         for r in self.rows:
             table.append([r["scenario"], str(r["jobs"]), f"{r['faults']}/{r['planned']}",
                           f"{r['wall']:.1f}" if r["verdict"] != "SKIP" else "-",
+                          f"{r['recovery']:.1f}" if "recovery" in r else "-",
                           r["results"], r["metrics"], str(r["failures"]), r["verdict"]])
         widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
         print()
@@ -1110,6 +1148,12 @@ class Campaign:
             print("  ".join(c.ljust(widths[j]) for j, c in enumerate(row)).rstrip())
             if i == 0:
                 print("  ".join("-" * w for w in widths))
+        print("recovery s: the longest over the scenario's faults; a worker fault is over when every shard the worker")
+        print("held is leased again at a later attempt, a coordinator or PostgreSQL fault when the next shard is leased")
+        print("or finished (tessera_events; each fault below)")
+        for r in self.rows:
+            if r.get("recovery_each"):
+                print(f"  {r['scenario']:<22} " + ", ".join(r["recovery_each"]))
         print()
         print("registrations (READY) per worker: total READYs / process starts; re-registrations = the difference")
         for r in self.rows:
