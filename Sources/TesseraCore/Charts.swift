@@ -2,8 +2,9 @@
 // for `tessera metrics --plot` and the dashboard, and a terminal sparkline for `tessera metrics --spark`.
 
 import Foundation
+import TesseraJSON
 
-public struct ChartSeries: Sendable, Equatable {
+public struct ChartSeries: Sendable {
     public var label: String
     /// (step, value) points; non-finite values are left out (a gap, not a spike).
     public var points: [(x: Double, y: Double)]
@@ -11,11 +12,6 @@ public struct ChartSeries: Sendable, Equatable {
     public init(label: String, points: [(x: Double, y: Double)]) {
         self.label = label
         self.points = points
-    }
-
-    public static func == (a: ChartSeries, b: ChartSeries) -> Bool {
-        a.label == b.label && a.points.count == b.points.count
-            && zip(a.points, b.points).allSatisfy { $0.x == $1.x && $0.y == $1.y }
     }
 }
 
@@ -79,7 +75,8 @@ public struct LineChart: Sendable {
         return s
     }
 
-    static func escape(_ s: String) -> String {
+    /// Text for XML and HTML (attribute values included).
+    public static func escape(_ s: String) -> String {
         s.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;")
             .replacingOccurrences(of: ">", with: "&gt;").replacingOccurrences(of: "\"", with: "&quot;")
     }
@@ -181,5 +178,23 @@ public enum Sparkline {
             if hi == lo { return bars[3] }
             return bars[min(7, Int((v - lo) / (hi - lo) * 8))]
         })
+    }
+}
+
+/// What a shard is, from its slice: its scalar keys as `key=value` (a sweep point's `beta=0.3 seed=1 point=2`, a
+/// sampling range's `start=0 end=25000`), `depends_on` left out; empty when it has none. The CLI and the dashboard
+/// format the numbers their own way.
+public enum ShardSliceLabel {
+    public static func text(_ slice: JSONValue?, number: (JSONValue) -> String) -> String {
+        var parts: [String] = []
+        for (key, value) in slice?.objectValue?.pairs ?? [] where key != "depends_on" {
+            switch value {
+            case .number: parts.append("\(key)=\(number(value))")
+            case .string(let s): parts.append("\(key)=\(s)")
+            case .bool(let b): parts.append("\(key)=\(b)")
+            default: continue
+            }
+        }
+        return parts.joined(separator: " ")
     }
 }

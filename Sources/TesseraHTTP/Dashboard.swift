@@ -104,10 +104,7 @@ struct Dashboard {
 
     // MARK: Pieces
 
-    static func h(_ s: String) -> String {
-        s.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;")
-            .replacingOccurrences(of: ">", with: "&gt;").replacingOccurrences(of: "\"", with: "&quot;")
-    }
+    static func h(_ s: String) -> String { LineChart.escape(s) }
 
     static func number(_ v: JSONValue?) -> String {
         guard let d = v?.doubleValue else { return v?.stringValue ?? "–" }
@@ -169,16 +166,8 @@ struct Dashboard {
     }
 
     static func shardLabel(_ slice: JSONValue?) -> String {
-        var parts: [String] = []
-        for (key, value) in slice?.objectValue?.pairs ?? [] where key != "depends_on" {
-            switch value {
-            case .number: parts.append("\(key)=\(number(value))")
-            case .string(let s): parts.append("\(key)=\(s)")
-            case .bool(let b): parts.append("\(key)=\(b)")
-            default: continue
-            }
-        }
-        return parts.isEmpty ? "–" : parts.joined(separator: " ")
+        let label = ShardSliceLabel.text(slice, number: { number($0) })
+        return label.isEmpty ? "–" : label
     }
 
     static func shardsTable(_ shards: [JSONValue]) -> String {

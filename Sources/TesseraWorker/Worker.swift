@@ -273,18 +273,22 @@ public final class WorkerDaemon: Service, @unchecked Sendable {
         logger.info("worker stopped")
     }
 
+    /// Closes a connection given up on (the coordinator fell silent or asked us to re-register), dropping what its
+    /// socket still queues: the next socket sends everything unacknowledged again, and with the usual linger a READY
+    /// queued into a cut link reached the coordinator when the link came back, after the new socket's, and registered
+    /// a ghost session that was leased shards and lost 1.5 s later (ops/chaos partition-8s).
+    private func abandonSocket() {
+        guard let old = socket else { return }
+        try? old.setLinger(milliseconds: 0)
+        old.close()
+        socket = nil
+    }
+
     private func perform(_ actions: [WorkerStateMachine.Action], context: ZMQContext, pool: ComputePool) throws {
         for action in actions {
             switch action {
             case .connect:
-                // What the abandoned socket still queues (a READY sent into a cut link) must not reach the coordinator
-                // after the new socket's: the new one sends everything unacknowledged again. With the usual linger a
-                // link back within it delivered that READY, and the coordinator registered a ghost session, leased
-                // it shards and declared it lost 1.5 s later (ops/chaos partition-8s).
-                if let old = socket {
-                    try? old.setLinger(milliseconds: 0)
-                    old.close()
-                }
+                abandonSocket()
                 let s = try ZMQSocket(context: context, type: .dealer)
                 try s.setLinger(milliseconds: 1000)
                 try s.setSendHighWaterMark(100_000)
@@ -300,11 +304,7 @@ public final class WorkerDaemon: Service, @unchecked Sendable {
                 if config.endpoints.count > 1 { logger.info("connecting", metadata: ["zmq.endpoint": "\(endpoint)"]) }
                 socket = s
             case .disconnect:
-                // The connection is given up (the coordinator fell silent or asked us to re-register): drop what its
-                // socket still queues, as for `.connect` below.
-                try? socket?.setLinger(milliseconds: 0)
-                socket?.close()
-                socket = nil
+                abandonSocket()
             case .send(let m):
                 guard let socket else { continue }
                 do {

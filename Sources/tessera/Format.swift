@@ -111,16 +111,7 @@ enum Format {
     /// What a shard is, from its slice: its scalar keys as `key=value` (a sweep point's `beta=0.3 seed=1 point=2`, a
     /// sampling range's `start=0 end=25000`), at most 40 characters; `-` without any.
     static func sliceLabel(_ slice: JSONValue?) -> String {
-        var parts: [String] = []
-        for (key, value) in slice?.objectValue?.pairs ?? [] where key != "depends_on" {
-            switch value {
-            case .number: parts.append("\(key)=\(number(value))")
-            case .string(let s): parts.append("\(key)=\(s)")
-            case .bool(let b): parts.append("\(key)=\(b)")
-            default: continue
-            }
-        }
-        let label = parts.joined(separator: " ")
+        let label = ShardSliceLabel.text(slice, number: { number($0) })
         if label.isEmpty { return "-" }
         return label.count <= 40 ? label : String(label.prefix(39)) + "…"
     }

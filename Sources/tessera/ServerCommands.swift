@@ -167,8 +167,7 @@ struct CoordinatorCommand: AsyncParsableCommand {
                 do { _ = try CurveKeysDirectory.coordinator(keys) } catch { throw CLIError("\(error)") }
             }
             // Before the coordinator exists: its metrics are created when it starts and must find the backend.
-            let registry = MetricsBackend.bootstrap()
-            _ = registry
+            _ = MetricsBackend.bootstrap()
             var config = CoordinatorConfiguration(
                 bind: endpoint, databaseURL: try db.url(),
                 dataDir: dataDir ?? Env.get("TESSERA_DATA_DIR") ?? "tessera-data"
