@@ -277,9 +277,10 @@ public struct AlgorithmCatalogue: Sendable {
     public func prepared(storedSpec: [UInt8]) throws -> (JobSpec, any PreparedAlgorithm) {
         try preparedJobs.prepared(storedSpec) {
             let spec = try JobSpec.fromStored(storedSpec)
-            guard let algorithm = find(kind: spec.kind, name: spec.algorithm) else {
+            guard let found = find(kind: spec.kind, name: spec.algorithm) else {
                 throw ShardError("this worker cannot run \(spec.kind.rawValue)/\(spec.algorithm)")
             }
+            let algorithm: any Algorithm = spec.sweep.isEmpty ? found : SweptAlgorithm(found)
             return (spec, try algorithm.prepare(spec))
         }
     }
@@ -291,9 +292,10 @@ public struct AlgorithmCatalogue: Sendable {
     /// Capability names advertised by workers: "kind/name".
     public var capabilities: [String] { algorithms.map { "\($0.kind.rawValue)/\($0.name)" } }
 
-    /// Resolves a spec's algorithm or throws a located error listing what exists.
+    /// Resolves a spec's algorithm or throws a located error listing what exists. A spec with a sweep gets the
+    /// algorithm wrapped to run once per point (`SweptAlgorithm`).
     public func resolve(_ spec: JobSpec) throws -> any Algorithm {
-        if let a = find(kind: spec.kind, name: spec.algorithm) { return a }
+        if let a = find(kind: spec.kind, name: spec.algorithm) { return spec.sweep.isEmpty ? a : SweptAlgorithm(a) }
         let known = algorithms.filter { $0.kind == spec.kind }.map(\.name)
         throw spec.source.error(
             "algorithm",

@@ -45,6 +45,8 @@ public struct SpecSource: Sendable, Hashable {
     /// Key paths set on the command line (`tessera submit --set PATH=VALUE`): errors at or under them name the
     /// option instead of a line of the file.
     public var overridden: [String] = []
+    /// How an overridden path's option is named in errors, when not `--set PATH` (a swept key: `--sweep PATH`).
+    public var optionNames: [String: String] = [:]
 
     public init(file: String, lines: [String: Int] = [:]) {
         self.file = file
@@ -53,7 +55,7 @@ public struct SpecSource: Sendable, Hashable {
 
     public func error(_ path: String, _ message: String) -> SpecError {
         if let o = overridden.last(where: { path == $0 || path.hasPrefix($0 + ".") || path.hasPrefix($0 + "[") }) {
-            return SpecError(file: file, line: nil, path: path, message: "--set \(o): \(message)")
+            return SpecError(file: file, line: nil, path: path, message: "\(optionNames[o] ?? "--set \(o)"): \(message)")
         }
         // Fall back to the nearest enclosing key that has a line.
         var p = path
@@ -71,7 +73,7 @@ public struct SpecSource: Sendable, Hashable {
 public struct JobSpec: Sendable, Hashable {
     public static let topLevelKeys: [String] = [
         "name", "kind", "algorithm", "seed", "shards", "priority", "max_attempts", "checkpoint_every", "params",
-        "depends_on",
+        "depends_on", "sweep",
     ]
 
     public var name: String
@@ -84,6 +86,8 @@ public struct JobSpec: Sendable, Hashable {
     public var checkpointEvery: Int?
     public var params: JSONObject
     public var dependsOn: [Int64]
+    /// Keys swept over (Sweep.swift): the job runs once per combination of their values; empty for most jobs.
+    public var sweep: Sweep = Sweep(axes: [])
     public var source: SpecSource
 
     public var paramsReader: Params { Params(params, path: "params", source: source) }
@@ -102,6 +106,7 @@ public struct JobSpec: Sendable, Hashable {
         if let checkpointEvery { o["checkpoint_every"] = .int(checkpointEvery) }
         o["params"] = .object(params)
         if !dependsOn.isEmpty { o["depends_on"] = .array(dependsOn.map { .number(Double($0)) }) }
+        if !sweep.isEmpty { o["sweep"] = sweep.json }
         return .object(o)
     }
 
@@ -122,8 +127,12 @@ public struct JobSpec: Sendable, Hashable {
     /// `"@last"` (the newest job) or `"@NAME"` (the newest job of that name). `resolve` turns a reference (without
     /// the `@`) into an id — `tessera submit` asks the coordinator — or throws a message; without it a reference is
     /// an error.
+    ///
+    /// `sweeps` ("PATH=VALUES", as `tessera submit --sweep` takes them) add keys to the spec's `sweep:` (or replace
+    /// the values of a key it sweeps already), after the overrides.
     public static func parse(
-        _ text: String, file: String, overrides: [String], resolve: ((String) throws -> Int64)? = nil
+        _ text: String, file: String, overrides: [String], sweeps: [String] = [],
+        resolve: ((String) throws -> Int64)? = nil
     ) throws -> JobSpec {
         var (value, source) = try SpecYAML.load(text, file: file)
         for o in overrides {
@@ -140,6 +149,22 @@ public struct JobSpec: Sendable, Hashable {
             }
             value = try SpecOverride.set(value, path: SpecOverride.segments(path, file: file), to: parsed, file: file, whole: path)
             source.overridden.append(path)
+        }
+        for text in sweeps {
+            let (path, values) = try SweepAxis.parseOption(text, file: file)
+            guard case .object(var top) = value else { break }
+            var sweep: JSONObject
+            switch top["sweep"] {
+            case nil, .null?: sweep = JSONObject()
+            case .object(let o)?: sweep = o
+            default: throw source.error("sweep", "--sweep adds to a sweep written as a mapping of key paths to lists of values")
+            }
+            sweep[path] = values
+            top["sweep"] = .object(sweep)
+            value = .object(top)
+            source.lines["sweep.\(path)"] = nil
+            source.overridden.append("sweep.\(path)")
+            source.optionNames["sweep.\(path)"] = "--sweep \(path)"
         }
         value = try resolveReferences(value, source: source, resolve: resolve)
         return try fromJSON(value, source: source)
@@ -224,10 +249,32 @@ public struct JobSpec: Sendable, Hashable {
                 dependsOn.append(Int64(id))
             }
         }
+        var axes: [SweepAxis] = []
+        if let sw = top["sweep"], !sw.isNull {
+            // As written: a mapping of key paths to values. As stored (Sweep.json): a list of {key, values}.
+            var pairs: [(String, JSONValue)] = []
+            if let o = sw.objectValue {
+                pairs = o.pairs.map { ($0.key, $0.value) }
+            } else if let list = sw.arrayValue {
+                for (i, item) in list.enumerated() {
+                    guard let o = item.objectValue, o.keys.count == 2, let key = o["key"]?.stringValue, let values = o["values"] else {
+                        throw source.error("sweep[\(i)]", "sweep[\(i)] must be {key: PATH, values: [...]}")
+                    }
+                    pairs.append((key, values))
+                }
+            } else {
+                throw source.error("sweep", "sweep must be a mapping of key paths to lists of values, e.g. {params.eta: [0, 0.5, 1], seed: 1..4}")
+            }
+            guard !pairs.isEmpty else { throw source.error("sweep", "sweep has no keys") }
+            for (path, v) in pairs {
+                guard !axes.contains(where: { $0.path == path }) else { throw source.error("sweep", "sweep names \(path) twice") }
+                axes.append(try SweepAxis.parse(path: path, v) { source.error("sweep.\(path)", $0) })
+            }
+        }
         return JobSpec(
             name: name, kind: kind, algorithm: algorithm, seed: seed, shards: shards, priority: priority,
             maxAttempts: maxAttempts, checkpointEvery: checkpointEvery, params: params, dependsOn: dependsOn,
-            source: source
+            sweep: Sweep(axes: axes), source: source
         )
     }
 

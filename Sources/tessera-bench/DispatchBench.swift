@@ -100,22 +100,6 @@ final class BenchClient {
         let spec = try JobSpec.parse(
             "name: bench\nkind: rl\nalgorithm: noop\nseed: 1\nshards: \(shards)\nparams: {metrics: \(metrics)}\n",
             file: "bench.yaml")
-        let start = ContinuousClock.now
-        let submitted = try call("submit", ["spec": spec.json])
-        guard let job = submitted["job_id"]?.intValue else { throw Failure(description: "submit gave no job id") }
-        let deadline = start + .seconds(timeout)
-        while ContinuousClock.now < deadline {
-            let r = try call("result", ["job": .int(job)])
-            switch r["state"]?.stringValue {
-            case "succeeded":
-                let d = ContinuousClock.now - start
-                return Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
-            case "failed", "cancelled":
-                throw Failure(description: "job \(job) \(r["state"]!.stringValue!): \(r["error"]?.stringValue ?? "")")
-            default:
-                usleep(shards > 1 ? 2000 : 100)
-            }
-        }
-        throw Failure(description: "job \(job) not done within \(timeout) s")
+        return try runSpec(spec, timeout: timeout, poll: shards > 1 ? 2000 : 100).seconds
     }
 }

@@ -8,6 +8,7 @@ struct TesseraBench: ParsableCommand {
         abstract: "Benchmarks for the Tessera runtime (figures for docs/performance.md, never pass/fail).",
         subcommands: [
             ComputeBench.self, Interop.self, SamplingBench.self, Parity.self, DispatchBench.self, CheckpointBench.self,
+            SweepBench.self,
         ]
     )
 }

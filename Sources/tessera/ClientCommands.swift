@@ -23,6 +23,19 @@ struct Submit: ParsableCommand {
             "Override one key of the spec, e.g. --set params.model.from_job=7 --set depends_on=[7] (repeatable).",
             discussion: "PATH is a key path (params.sweep.beta[1] for a list element); VALUE is YAML.",
             valueName: "PATH=VALUE")) var overrides: [String] = []
+    @Option(
+        name: .customLong("sweep"),
+        help: ArgumentHelp(
+            "Run the job once per value of a key, e.g. --sweep params.eta=0,0.5,1 --sweep seed=1..4 (repeatable).",
+            discussion: """
+                Several --sweep options (and the spec's own sweep: keys) make a grid: one point per combination, \
+                the first key varying slowest. Each point runs with its values set, `shards:` shards per point, and \
+                computes exactly what the same spec without the sweep computes. The result is a table, one row per \
+                point (`tessera result JOB --best METRIC` names the best one). PATH is `seed` or a key under \
+                params.; VALUES is v1,v2,… (YAML scalars), an integer range A..B, or a YAML list [v1, v2]. At most \
+                100,000 points.
+                """,
+            valueName: "PATH=VALUES")) var sweeps: [String] = []
     @OptionGroup var client: ClientOptions
 
     func run() throws {
@@ -65,7 +78,7 @@ struct Submit: ParsableCommand {
                 return Int64(id)
             }
             do {
-                spec = try JobSpec.parse(text, file: name, overrides: overrides, resolve: resolve)
+                spec = try JobSpec.parse(text, file: name, overrides: overrides, sweeps: sweeps, resolve: resolve)
                 (_, slices) = try Workloads.catalogue.validate(spec)
             } catch let e as SpecError {
                 throw CLIError(e.description)
@@ -76,8 +89,9 @@ struct Submit: ParsableCommand {
                 return
             }
             // The stored source is what was submitted: the file, and the overrides applied to it.
-            let source = overrides.isEmpty ? text : text + (text.hasSuffix("\n") ? "" : "\n")
-                + overrides.map { "# tessera submit --set \($0)\n" }.joined()
+            let options = overrides.map { "--set \($0)" } + sweeps.map { "--sweep \($0)" }
+            let source = options.isEmpty ? text : text + (text.hasSuffix("\n") ? "" : "\n")
+                + options.map { "# tessera submit \($0)\n" }.joined()
             let (reply, _) = try client.client().call("submit", ["spec": spec.json, "source": .string(source), "file": .string(name)])
             guard let id = reply["job_id"]?.intValue else { throw CLIError("the coordinator did not return a job id") }
             printOut(json ? JSONValue.object(["job_id": .int(id)]).render() : String(id))
@@ -604,11 +618,24 @@ struct Checkpoint: ParsableCommand {
 struct Result: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Print a job's merged result.",
-        discussion: "With --json, the result object itself (for sampling: n, mean, cov, mode_weights, sw1, mmd, noise_floor, …). Exits 1 if the job has not succeeded."
+        discussion: """
+            With --json, the result object itself (for sampling: n, mean, cov, mode_weights, sw1, mmd, noise_floor, …). \
+            A sweep's result (submit --sweep, or a spec's sweep: keys) is a table, one row per point; the first \
+            \(Format.sweepRowsShown) rows are printed, --json gives all. --best METRIC names the point with the lowest \
+            METRIC (--maximize: the highest), also for the points of an RL or DPO β sweep. Exits 1 if the job has \
+            not succeeded.
+            """
     )
     @Argument(help: "The job id.") var job: Int
     @Flag(help: "One JSON document on stdout.") var json = false
+    @Option(help: ArgumentHelp("Print the best point of a sweep by this column (lowest value; see --maximize).", valueName: "METRIC"))
+    var best: String?
+    @Flag(help: "With --best: the highest value is best.") var maximize = false
     @OptionGroup var client: ClientOptions
+
+    func validate() throws {
+        if maximize && best == nil { throw ValidationError("--maximize goes with --best METRIC") }
+    }
 
     func run() throws {
         try runCLI {
@@ -617,7 +644,35 @@ struct Result: ParsableCommand {
             guard state == "succeeded", let result = reply["result"] else {
                 throw CLIError("job \(job) is \(state)\(reply["error"]?.stringValue.map { ": \($0)" } ?? "")")
             }
+            if let best { return try printBest(result, metric: best) }
             printOut(json ? result.render() : Format.result(result))
         }
+    }
+
+    private func printBest(_ result: JSONValue, metric: String) throws {
+        let o = result.objectValue ?? [:]
+        guard let table = SweepTable(o) ?? SweepTable(records: o, having: metric) else {
+            throw CLIError("job \(job)'s result has no table of points to pick from (--best needs a sweep: submit --sweep, or sweep: in the spec)")
+        }
+        guard let column = table.columns.firstIndex(of: metric) else {
+            let figures = table.columns.filter { c in table.rows.contains { $0[table.columns.firstIndex(of: c)!].doubleValue != nil } }
+            throw CLIError("job \(job)'s sweep has no column '\(metric)'; numeric columns: \(figures.joined(separator: ", "))")
+        }
+        guard let row = table.best(column, maximize: maximize) else {
+            throw CLIError("no point of job \(job) has a number for '\(metric)'")
+        }
+        let goal = maximize ? "highest" : "lowest"
+        let cells = zip(table.columns, table.rows[row])
+        if json {
+            printOut(JSONValue.object([
+                "metric": .string(metric), "goal": .string(goal), "points": .int(table.rows.count), "row": .int(row),
+                "best": .object(JSONObject(cells.map { ($0, $1) })),
+            ]).render())
+            return
+        }
+        var lines = ["best of \(table.rows.count) points by \(metric) (\(goal))" + (table.source == "rows" ? "" : ", from \(table.source)")]
+        let width = table.columns.map(\.count).max() ?? 0
+        for (c, v) in cells { lines.append("  " + c.padding(toLength: width, withPad: " ", startingAt: 0) + "  " + Format.short(v)) }
+        printOut(lines.joined(separator: "\n"))
     }
 }

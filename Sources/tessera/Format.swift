@@ -248,6 +248,7 @@ extension Format {
     /// statistic `{n, mean, std, ci95}` shown as `mean [lo, hi]`).
     static func result(_ r: JSONValue) -> String {
         guard let o = r.objectValue else { return r.render(pretty: true) }
+        if let sweep = SweepTable(o) { return sweepResult(o, sweep) }
         // PostgreSQL's jsonb orders keys by length; show the headline numbers first.
         let first = headlineResultKeys
         let ordered = first.compactMap { k in o[k].map { (key: k, value: $0) } } + o.pairs.filter { !first.contains($0.key) }
@@ -270,6 +271,23 @@ extension Format {
             lines.append("")
             lines.append("\(k) (\(records.count))")
             lines.append(recordTable(records).split(separator: "\n", omittingEmptySubsequences: false).map { "  " + $0 }.joined(separator: "\n"))
+        }
+        return lines.joined(separator: "\n")
+    }
+
+    /// The most rows `result` prints of a sweep table (the first ones); --json prints all, --best names the best.
+    static let sweepRowsShown = 40
+
+    /// A sweep's result: its scalars, then the table of points.
+    static func sweepResult(_ o: JSONObject, _ t: SweepTable) -> String {
+        var lines: [String] = []
+        for key in ["algorithm", "points", "shards_per_point"] { if let v = o[key] { lines.append("\(key)  \(short(v))") } }
+        if let swept = o["swept"]?.arrayValue { lines.append("swept  " + swept.compactMap(\.stringValue).joined(separator: ", ")) }
+        lines.append("")
+        let shown = t.rows.prefix(sweepRowsShown)
+        lines.append(table([t.columns] + shown.map { $0.map(short) }))
+        if t.rows.count > shown.count {
+            lines.append("… \(t.rows.count - shown.count) more points (--json prints them all; --best METRIC names the best)")
         }
         return lines.joined(separator: "\n")
     }
@@ -307,5 +325,70 @@ extension Format {
         case .object(let o): return "{" + o.pairs.map { "\($0.key): \(short($0.value))" }.joined(separator: ", ") + "}"
         default: return number(v)
         }
+    }
+}
+
+/// A table of points in a result: a sweep's `columns` and `rows` (Sweep.swift), or, for `--best`, a list of records
+/// (an RL or DPO β sweep's `points`) flattened as `Format.recordTable` shows them.
+struct SweepTable {
+    var columns: [String]
+    var rows: [[JSONValue]]
+    /// Where the table came from ("rows", or the key of the list of records).
+    var source: String
+
+    init?(_ o: JSONObject) {
+        guard let cols = o["columns"]?.arrayValue, let rows = o["rows"]?.arrayValue else { return nil }
+        let names = cols.compactMap(\.stringValue)
+        guard names.count == cols.count, !names.isEmpty else { return nil }
+        var table: [[JSONValue]] = []
+        table.reserveCapacity(rows.count)
+        for r in rows {
+            guard let cells = r.arrayValue, cells.count == names.count else { return nil }
+            table.append(cells)
+        }
+        columns = names
+        self.rows = table
+        source = "rows"
+    }
+
+    /// The first list of records in `o` that has `metric` among its (one level flattened) fields.
+    init?(records o: JSONObject, having metric: String) {
+        for (key, value) in o.pairs {
+            guard let items = value.arrayValue, !items.isEmpty, items.allSatisfy({ $0.objectValue != nil }) else { continue }
+            let flat = items.map { Self.flatten($0.objectValue!) }
+            var names: [String] = []
+            for f in flat { for (c, _) in f where !names.contains(c) { names.append(c) } }
+            guard names.contains(metric) else { continue }
+            columns = names
+            rows = flat.map { f in
+                let m = Dictionary(f, uniquingKeysWith: { a, _ in a })
+                return names.map { m[$0] ?? .null }
+            }
+            source = key
+            return
+        }
+        return nil
+    }
+
+    /// Every field of a record, nested objects as `a.b` (an interval {mean, ci95, …} by its mean as `a`, too).
+    static func flatten(_ o: JSONObject) -> [(String, JSONValue)] {
+        o.pairs.flatMap { (k, v) -> [(String, JSONValue)] in
+            guard case .object(let inner) = v else { return [(k, v)] }
+            var out: [(String, JSONValue)] = []
+            if let mean = inner["mean"] { out.append((k, mean)) }
+            out += inner.pairs.map { ("\(k).\($0.key)", $0.value) }
+            return out
+        }
+    }
+
+    /// The row with the lowest (or highest) finite value of `column`, the first such on ties; nil when none has one.
+    func best(_ column: Int, maximize: Bool) -> Int? {
+        var best: (row: Int, value: Double)?
+        for (i, r) in rows.enumerated() {
+            guard let v = r[column].doubleValue, v.isFinite else { continue }
+            if let b = best, maximize ? v <= b.value : v >= b.value { continue }
+            best = (i, v)
+        }
+        return best?.row
     }
 }

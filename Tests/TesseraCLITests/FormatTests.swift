@@ -88,6 +88,40 @@ struct FormatTests {
         ])
     }
 
+    @Test("A sweep's result: its scalars, then the table of points, at most the first rows; --best by a column")
+    func sweepResult() throws {
+        var rows: [String] = []
+        for p in 0..<45 { rows.append("[\(p), \(p % 5), \(p == 7 ? "null" : String(Double((p * 37) % 45) / 10))]") }
+        let text = """
+            {"rows": [\(rows.joined(separator: ", "))], "swept": ["params.eta"], "points": 45, "columns": ["point", "params.eta", "sw1"], "algorithm": "ddim"}
+            """
+        let r = try JSONValue.parse(Array(text.utf8))
+        let lines = Format.result(r).split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        #expect(lines.prefix(6) == ["algorithm  ddim", "points  45", "swept  params.eta", "", "point  params.eta  sw1", "0      0           0"])
+        #expect(lines.count == 4 + 1 + Format.sweepRowsShown + 1)
+        #expect(lines.last == "… 5 more points (--json prints them all; --best METRIC names the best)")
+        let table = try #require(SweepTable(r.objectValue!))
+        // (p * 37) % 45 is 0 at p = 0 only and 44 at p = 17 (37 * 17 = 629 = 13 * 45 + 44); p = 7 has no value.
+        #expect(table.best(2, maximize: false) == 0)
+        #expect(table.best(2, maximize: true) == 17)
+        #expect(table.best(0, maximize: true) == 44)
+        // Ties: the first row.
+        #expect(table.best(1, maximize: true) == 4)
+        let nothing = try JSONValue.parse(Array(#"{"rows": [[0, null]], "columns": ["point", "x"]}"#.utf8))
+        #expect(SweepTable(nothing.objectValue!)!.best(1, maximize: false) == nil)
+    }
+
+    @Test("--best also picks from a list of records (a beta sweep's points), intervals by their mean")
+    func bestFromRecords() throws {
+        let r = try JSONValue.parse(Array("""
+            {"points": [{"beta": 0.5, "kl": {"mean": 0.3, "n": 2}}, {"beta": 1, "kl": {"mean": 0.1, "n": 2}}, {"beta": 2, "kl": {"mean": 0.2, "n": 2}}]}
+            """.utf8))
+        let table = try #require(SweepTable(records: r.objectValue!, having: "kl"))
+        #expect(table.source == "points" && table.columns == ["beta", "kl", "kl.mean", "kl.n"])
+        #expect(table.best(1, maximize: false) == 1 && table.best(1, maximize: true) == 0)
+        #expect(SweepTable(records: r.objectValue!, having: "nope") == nil)
+    }
+
     @Test("Completion scripts name every subcommand", arguments: [CompletionShell.bash, .zsh, .fish])
     func completion(shell: CompletionShell) {
         let script = Tessera.completionScript(for: shell)

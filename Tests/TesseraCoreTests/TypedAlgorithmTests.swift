@@ -46,7 +46,8 @@ private struct Counted: TypedAlgorithm {
     }
 }
 
-private final class NullSink: ShardSink, Sendable {
+/// A sink that drops everything (shared by this target's tests).
+final class NullSink: ShardSink, Sendable {
     func metric(_ name: String, step: Int64, value: Double) {}
     func progress(step: Int64) {}
     func blob(_ kind: ShardBlobKind, step: Int64, bytes: [UInt8]) throws {}
