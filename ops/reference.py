@@ -413,19 +413,41 @@ def worked_values():
         got = philox(ctr, key)
         assert got == want, f"Philox KAT failed: {got}"
     print("Philox4x32-10 known-answer vectors (Random123): 3/3 match")
-    hexw = lambda ws: " ".join(f"{w:08x}" for w in ws)
-    print(f"seed 7, sample 0, x_T words (stream 0, step 0, group 0): {hexw(words(7, 0, 0, INITIAL_NOISE))}")
-    w = words(7, 0, 0, INITIAL_NOISE)
-    print(f"  uniforms: u(w0) = {uniform(w[0])!r}, u(w1) = {uniform(w[1])!r}")
-    print(f"  x_T[0] (d = 2): {[repr(v) for v in x_T(7, 0, 2)]}")
-    print(f"  x_T[1] (d = 2): {[repr(v) for v in x_T(7, 1, 2)]}")
-    print(f"  x_T[0] (d = 3): {[repr(v) for v in x_T(7, 0, 3)]}")
-    print(f"  step noise, sample 0, reverse step 0 (stream 1, step 1): {[repr(v) for v in step_noise(7, 0, 0, 2)]}")
-    print(f"temb(t = 500, D = 32)[0:2], [16:18]: {time_embedding(500)[[0, 1, 16, 17]].tolist()}")
-    init = mlp_init([34, 16, 2], 11)
-    print(f"MLP [34, 16, 2] init, seed 11: layers.0.weight[0, 0:3] = {init[0][0][0, :3].tolist()}")
-    logits, reward, _ = toy_lm(4, 3, 2, seed=9)
-    print(f"toy LM (M 4, V 3, L 2, seed 9): ref.logits[0] = {logits[0].tolist()}, reward[0, 0:3] = {reward[0, :3].tolist()}")
+
+    def hexw(ws):
+        return " ".join(f"{w:08x}" for w in ws)
+
+    def floats(xs):
+        return "[" + ", ".join(repr(float(v)) for v in xs) + "]"
+
+    g0, g1 = words(7, 0, 0, INITIAL_NOISE), philox((0, 1, 0, INITIAL_NOISE), seed_key(7))
+    print(f"seed 7, sample 0, stream 0, step 0: group 0 = {hexw(g0)}, group 1 = {hexw(g1)}")
+    print(f"  u(group 0 words) = {floats(uniform(w) for w in g0)}")
+    print(f"  x_T (d = 5) = {floats(x_T(7, 0, 5))}")
+    print(f"  x_T of sample 1 (d = 2) = {floats(x_T(7, 1, 2))}")
+    print(f"  step noise of sample 0, reverse step 0 (stream 1, step 1, d = 2) = {floats(step_noise(7, 0, 0, 2))}")
+    big = (1 << 32) + 7
+    print(f"seed 2^32 + 7 (key {hexw(seed_key(big))}): group 0 of sample 0, stream 0 = {hexw(words(big, 0, 0, 0))}")
+    ring = GMM([[2, 0], [1.414, 1.414], [0, 2], [-1.414, 1.414], [-2, 0], [-1.414, -1.414], [0, -2],
+                [1.414, -1.414]], [0.2] * 8)
+    k, x = ring.draw(Stream(7, 0, 0, DATA_DRAW))
+    print(f"ring, seed 7: exact draw 0 (stream 2, step 0) = component {k}, {floats(x)}")
+    x0, t, e = training_row(11, 0, 1, ring, 1000)
+    print(f"ddpm-train seed 11, update 1, row 0: x0 = {floats(x0)}, t = {t}, e = {floats(e)}")
+    emb = time_embedding(500)
+    print(f"temb(500), D = 32, float32: [0] = {float(emb[0])!r}, [1] = {float(emb[1])!r}, "
+          f"[15] = {float(emb[15])!r}, [16] = {float(emb[16])!r}, [31] = {float(emb[31])!r}")
+    init = mlp_init([34, 16, 16, 2], 11)
+    print(f"MLP 34-16-16-2, seed 11: layers.0.weight[0, 0:3] = {floats(init[0][0][0, :3])}, "
+          f"layers.0.bias[0] = {float(init[0][1][0])!r}, layers.1.weight[0, 0] = {float(init[1][0][0, 0])!r}")
+    logits, reward, logp = toy_lm(4, 3, 2, seed=9)
+    print(f"toy LM M 4, V 3, L 2, seed 9 (tabular, scales 1, 1, 0.5): ref.logits row 0 = {floats(logits[0])}")
+    print(f"  row 1 (x 0, level 1, node 0) = {floats(logits[1])}")
+    print(f"  reward[x 0, y 0..2] = {floats(reward[0, :3])}")
+    rows = token_log_softmax(logits)
+    pair = annotator_pair(9, 0, reward, rows, 4, 3, 2)
+    print(f"  annotator pair 0 (data seed 9, proposal reference): (x, chosen, rejected) = {pair}")
+    print(f"  rollout, seed 9, step 1, G = 2: (x, y) = {toy_rollout(9, 1, rows, 4, 3, 2, 2)}")
 
 
 if __name__ == "__main__":
