@@ -305,6 +305,7 @@ final class ReadPool: @unchecked Sendable {
                 "connected_workers": .int(connected), "messages_in": .int(c.messagesIn),
                 "malformed_frames": .int(c.malformedFrames), "stale_dropped": .int(c.staleDropped),
                 "metric_points": .int(c.metricPoints), "metric_commits": .int(c.metricCommits),
+                "log_lines": .int(c.logLines), "log_batches_rejected": .int(c.logBatchesRejected),
                 "dispatched": .int(c.dispatched), "workers_lost": .int(c.workersLost),
                 "errors_received": .int(c.errorsReceived), "errors_suppressed": .int(c.errorsSuppressed),
                 "replies_too_large": .int(tooLarge), "commits": .int(c.commits),
@@ -340,6 +341,29 @@ final class ReadPool: @unchecked Sendable {
                 ",\"next\":" + JSONValue.object(["shard": .int(Int($0.shard)), "name": .string($0.name), "step": .number(Double($0.step))]).render()
             } ?? ""
             replyRaw(identity, r, json: "{\"metrics\":\(json)\(available)\(nextField)}")
+
+        case "logs":
+            guard let id = jobID() else { return bad("'job' must be a positive job id") }
+            var shard: Int32?
+            if let v = body["shard"] {
+                guard let n = v.intValue, let i = Int32(exactly: n), i >= 0 else { return bad("'shard' must be a shard index (0, 1, ...)") }
+                shard = i
+            }
+            var after: Int64 = 0
+            if let v = body["after"] {
+                guard let n = v.intValue, n >= 0 else { return bad("'after' must be the 'next' of the page before (a line id >= 0)") }
+                after = Int64(n)
+            }
+            let limit = min(max(body["limit"]?.intValue ?? 10_000, 1), 100_000)
+            // The state first: lines are committed before their shard's SHARD_DONE, so a finished job's page is final.
+            guard let job = try store.jobProgress(jobID: id) else { return notFound("no job \(id)") }
+            if let shard, Int(shard) >= job.shards {
+                return notFound("job \(id) has no shard \(shard) (it has \(job.shards) shard\(job.shards == 1 ? "" : "s"), 0-\(job.shards - 1))")
+            }
+            let page = try store.logsJSON(jobID: id, shard: shard, after: after, limit: limit)
+            let finished = ["succeeded", "failed", "cancelled"].contains(job.state)
+            replyRaw(identity, r, json: "{\"logs\":\(page.json),\"next\":\(page.last ?? after),\"more\":\(page.count >= limit)"
+                + ",\"state\":\(JSONValue.string(job.state).render()),\"finished\":\(finished)}")
 
         case "queue":
             // Queue depth (the Prometheus export reads it at every scrape).
