@@ -323,6 +323,32 @@ final class ReadPool: @unchecked Sendable {
                 return replyRaw(identity, r, json: "{\"series\":\(json)}")
             }
             let limit = min(max(body["limit"]?.intValue ?? 1_000_000, 1), 10_000_000)
+            if let order = body["order"] {
+                // Commit order, for following a running job (`metrics --follow`).
+                guard order.stringValue == "commit" else { return bad("'order' must be \"commit\" (or absent: (shard, name, step) order)") }
+                var since: PostgresJobStore.MetricCommitCursor?
+                if let a = body["since"] {
+                    guard let o = a.objectValue, let q = o["seq"]?.intValue, let s = o["shard"]?.intValue,
+                        let n = o["name"]?.stringValue, let k = o["step"]?.intValue, Int32(exactly: s) != nil
+                    else { return bad("'since' must be {\"seq\": Q, \"shard\": N, \"name\": \"...\", \"step\": K} (the 'cursor' of the page before)") }
+                    since = PostgresJobStore.MetricCommitCursor(seq: Int64(q), shard: Int32(s), name: n, step: Int64(k))
+                }
+                // The state first: a shard's points are committed before its SHARD_DONE, so a finished job's page is final.
+                guard let job = try store.jobProgress(jobID: id) else { return notFound("no job \(id)") }
+                if let shard, shard < 0 || Int(shard) >= job.shards {
+                    return notFound("job \(id) has no shard \(shard) (it has \(job.shards) shard\(job.shards == 1 ? "" : "s"), 0-\(job.shards - 1))")
+                }
+                let page = try store.metricsByCommitJSON(jobID: id, shard: shard, name: body["name"]?.stringValue, limit: limit, since: since)
+                let cursor = (page.last ?? since).map {
+                    ",\"cursor\":" + JSONValue.object([
+                        "seq": .number(Double($0.seq)), "shard": .int(Int($0.shard)), "name": .string($0.name),
+                        "step": .number(Double($0.step)),
+                    ]).render()
+                } ?? ""
+                let finished = ["succeeded", "failed", "cancelled"].contains(job.state)
+                return replyRaw(identity, r, json: "{\"metrics\":\(page.json)\(cursor),\"more\":\(page.count >= limit)"
+                    + ",\"state\":\(JSONValue.string(job.state).render()),\"finished\":\(finished)}")
+            }
             var after: PostgresJobStore.MetricCursor?
             if let a = body["after"] {
                 guard let o = a.objectValue, let s = o["shard"]?.intValue, let n = o["name"]?.stringValue,

@@ -549,10 +549,13 @@ public final class PostgresJobStore: JobStore, @unchecked Sendable {
                 }
             }
             if !jobIDs.isEmpty {
+                // `seq`: one number per call (an InitPlan, evaluated once), the commit order `metrics --follow` pages
+                // by; a rewritten point keeps the seq it was first stored with (schema v7).
                 try db.execute(
                     """
-                    INSERT INTO tessera_metrics (job_id, shard_idx, attempt, name, step, value)
-                    SELECT * FROM unnest($1::bigint[], $2::int[], $3::int[], $4::text[], $5::bigint[], $6::float8[])
+                    INSERT INTO tessera_metrics (job_id, shard_idx, attempt, name, step, value, seq)
+                    SELECT m.*, (SELECT nextval('tessera_metrics_commit_seq'))
+                    FROM unnest($1::bigint[], $2::int[], $3::int[], $4::text[], $5::bigint[], $6::float8[]) AS m
                     ON CONFLICT (job_id, shard_idx, name, step)
                     DO UPDATE SET value = EXCLUDED.value, attempt = EXCLUDED.attempt, created_at = now()
                     """,
