@@ -399,7 +399,7 @@ struct Metrics: ParsableCommand {
     var spark = false
     @Flag(help: ArgumentHelp(
         "Print every point as it is stored, in commit order, until the job is finished (then exit 0).",
-        discussion: "Each point once, whichever shard it comes from; with --csv or --jsonl in those formats. Polls every --interval seconds (LogsCommand.swift)."))
+        discussion: "Each point once, whichever shard it comes from; with --csv or --jsonl in those formats. Polls every --interval seconds; docs/cli.md says how each point is printed once."))
     var follow = false
     @Option(help: ArgumentHelp("With --follow: seconds between polls.", valueName: "SECONDS")) var interval: Double = 1
     @OptionGroup var client: ClientOptions
