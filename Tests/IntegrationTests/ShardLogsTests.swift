@@ -155,11 +155,11 @@ struct ShardLogsTests {
 
         // Clear errors for what does not exist.
         let noShard = try c.cli(["logs", String(job), "--shard", "3"])
-        #expect(noShard.status != 0 && noShard.stderr.contains("job \(job) has no shard 3 (it has 1 shard, 0-0)"), "\(noShard.stderr)")
+        #expect(noShard.status == 4 && noShard.stderr.contains("job \(job) has no shard 3 (it has 1 shard, 0-0)"), "\(noShard.stderr)")
         let noJob = try c.cli(["logs", "99999"])
-        #expect(noJob.status != 0 && noJob.stderr.contains("no job 99999"), "\(noJob.stderr)")
+        #expect(noJob.status == 4 && noJob.stderr.contains("no job 99999"), "\(noJob.stderr)")
         let noMetricsShard = try c.cli(["metrics", String(job), "--follow", "--shard", "3"])
-        #expect(noMetricsShard.status != 0 && noMetricsShard.stderr.contains("has no shard 3"), "\(noMetricsShard.stderr)")
+        #expect(noMetricsShard.status == 4 && noMetricsShard.stderr.contains("has no shard 3"), "\(noMetricsShard.stderr)")
     }
 
     @Test func followersOfANoopJobEndWithItAndSeeEveryPointOnce() throws {
