@@ -305,6 +305,7 @@ final class ReadPool: @unchecked Sendable {
                 "connected_workers": .int(connected), "messages_in": .int(c.messagesIn),
                 "malformed_frames": .int(c.malformedFrames), "stale_dropped": .int(c.staleDropped),
                 "metric_points": .int(c.metricPoints), "metric_commits": .int(c.metricCommits),
+                "log_lines": .int(c.logLines), "log_batches_rejected": .int(c.logBatchesRejected),
                 "dispatched": .int(c.dispatched), "workers_lost": .int(c.workersLost),
                 "errors_received": .int(c.errorsReceived), "errors_suppressed": .int(c.errorsSuppressed),
                 "replies_too_large": .int(tooLarge), "commits": .int(c.commits),
@@ -322,6 +323,32 @@ final class ReadPool: @unchecked Sendable {
                 return replyRaw(identity, r, json: "{\"series\":\(json)}")
             }
             let limit = min(max(body["limit"]?.intValue ?? 1_000_000, 1), 10_000_000)
+            if let order = body["order"] {
+                // Commit order, for following a running job (`metrics --follow`).
+                guard order.stringValue == "commit" else { return bad("'order' must be \"commit\" (or absent: (shard, name, step) order)") }
+                var since: PostgresJobStore.MetricCommitCursor?
+                if let a = body["since"] {
+                    guard let o = a.objectValue, let q = o["seq"]?.intValue, let s = o["shard"]?.intValue,
+                        let n = o["name"]?.stringValue, let k = o["step"]?.intValue, Int32(exactly: s) != nil
+                    else { return bad("'since' must be {\"seq\": Q, \"shard\": N, \"name\": \"...\", \"step\": K} (the 'cursor' of the page before)") }
+                    since = PostgresJobStore.MetricCommitCursor(seq: Int64(q), shard: Int32(s), name: n, step: Int64(k))
+                }
+                // The state first: a shard's points are committed before its SHARD_DONE, so a finished job's page is final.
+                guard let job = try store.jobProgress(jobID: id) else { return notFound("no job \(id)") }
+                if let shard, shard < 0 || Int(shard) >= job.shards {
+                    return notFound("job \(id) has no shard \(shard) (it has \(job.shards) shard\(job.shards == 1 ? "" : "s"), 0-\(job.shards - 1))")
+                }
+                let page = try store.metricsByCommitJSON(jobID: id, shard: shard, name: body["name"]?.stringValue, limit: limit, since: since)
+                let cursor = (page.last ?? since).map {
+                    ",\"cursor\":" + JSONValue.object([
+                        "seq": .number(Double($0.seq)), "shard": .int(Int($0.shard)), "name": .string($0.name),
+                        "step": .number(Double($0.step)),
+                    ]).render()
+                } ?? ""
+                let finished = ["succeeded", "failed", "cancelled"].contains(job.state)
+                return replyRaw(identity, r, json: "{\"metrics\":\(page.json)\(cursor),\"more\":\(page.count >= limit)"
+                    + ",\"state\":\(JSONValue.string(job.state).render()),\"finished\":\(finished)}")
+            }
             var after: PostgresJobStore.MetricCursor?
             if let a = body["after"] {
                 guard let o = a.objectValue, let s = o["shard"]?.intValue, let n = o["name"]?.stringValue,
@@ -340,6 +367,29 @@ final class ReadPool: @unchecked Sendable {
                 ",\"next\":" + JSONValue.object(["shard": .int(Int($0.shard)), "name": .string($0.name), "step": .number(Double($0.step))]).render()
             } ?? ""
             replyRaw(identity, r, json: "{\"metrics\":\(json)\(available)\(nextField)}")
+
+        case "logs":
+            guard let id = jobID() else { return bad("'job' must be a positive job id") }
+            var shard: Int32?
+            if let v = body["shard"] {
+                guard let n = v.intValue, let i = Int32(exactly: n), i >= 0 else { return bad("'shard' must be a shard index (0, 1, ...)") }
+                shard = i
+            }
+            var after: Int64 = 0
+            if let v = body["after"] {
+                guard let n = v.intValue, n >= 0 else { return bad("'after' must be the 'next' of the page before (a line id >= 0)") }
+                after = Int64(n)
+            }
+            let limit = min(max(body["limit"]?.intValue ?? 10_000, 1), 100_000)
+            // The state first: lines are committed before their shard's SHARD_DONE, so a finished job's page is final.
+            guard let job = try store.jobProgress(jobID: id) else { return notFound("no job \(id)") }
+            if let shard, Int(shard) >= job.shards {
+                return notFound("job \(id) has no shard \(shard) (it has \(job.shards) shard\(job.shards == 1 ? "" : "s"), 0-\(job.shards - 1))")
+            }
+            let page = try store.logsJSON(jobID: id, shard: shard, after: after, limit: limit)
+            let finished = ["succeeded", "failed", "cancelled"].contains(job.state)
+            replyRaw(identity, r, json: "{\"logs\":\(page.json),\"next\":\(page.last ?? after),\"more\":\(page.count >= limit)"
+                + ",\"state\":\(JSONValue.string(job.state).render()),\"finished\":\(finished)}")
 
         case "queue":
             // Queue depth (the Prometheus export reads it at every scrape).

@@ -59,7 +59,7 @@ public final class Coordinator: Service, @unchecked Sendable {
     // the endpoint are the cross-thread parts (an atomic and a Mutex).
 
     /// The migration (migrations/NNNN_*) this build's SQL is written for.
-    public static let schemaVersion = 5
+    public static let schemaVersion = 7
 
     let config: CoordinatorConfiguration
     let catalogue: AlgorithmCatalogue

@@ -83,6 +83,10 @@ public struct CoordinatorStateMachine: Sendable {
         /// Messages fenced: a superseded attempt, or a sender that does not hold the lease.
         public var staleDropped = 0
         public var metricPoints = 0
+        /// Shard log lines committed, and LOGS batches the store could not take (dropped, acknowledged anyway: a
+        /// log never fails a shard).
+        public var logLines = 0
+        public var logBatchesRejected = 0
         public var metricCommits = 0
         public var commits = 0
         public var dispatched = 0
@@ -146,6 +150,7 @@ public struct CoordinatorStateMachine: Sendable {
         case gone
         case renew([Int64: Peer])
         case metrics(Peer, ref: ShardRef, sequence: UInt64, points: Int)
+        case logs(Peer, ref: ShardRef, sequence: UInt64, lines: Int)
         case complete(Peer, ref: ShardRef)
         case fail(Peer, ref: ShardRef)
         case blob(Peer, ref: ShardRef, transferID: UInt64, offset: UInt64)
@@ -271,7 +276,7 @@ public struct CoordinatorStateMachine: Sendable {
         switch message {
         case .ready(let r):
             ready(r, from: peer, now: now, into: &out)
-        case .heartbeat, .metrics, .chunk, .shardDone, .shardFailed:
+        case .heartbeat, .metrics, .logs, .chunk, .shardDone, .shardFailed:
             guard let s = sessions[peer] else {
                 // Unknown worker (this coordinator restarted, or declared it lost): it must READY again (§6.1.5).
                 return sendError(peer, code: WireStatus.notReady, "unknown worker: send READY", now: now, into: &out)
@@ -348,6 +353,15 @@ public struct CoordinatorStateMachine: Sendable {
             enqueue(
                 .ingestMetrics(workerID: s.workerID, ref: b.ref, points: b.points),
                 .metrics(peer, ref: b.ref, sequence: b.sequence, points: b.points.count))
+        case .logs(let b):
+            // Fenced like METRICS (SPEC §6.3); the store checks attempt and sender again in the commit.
+            guard holds(peer, b.ref) else {
+                counters.staleDropped += 1
+                return out.append(.send(peer, .ack(Ack(ref: b.ref, kind: .logs, sequence: b.sequence, accepted: false))))
+            }
+            enqueue(
+                .ingestLogs(workerID: s.workerID, ref: b.ref, sequence: b.sequence, lines: b.lines),
+                .logs(peer, ref: b.ref, sequence: b.sequence, lines: b.lines.count))
         case .chunk(let c):
             guard holds(peer, c.ref) else {
                 counters.staleDropped += 1
@@ -458,6 +472,9 @@ public struct CoordinatorStateMachine: Sendable {
                 metricBatches += 1
                 if accepted { counters.metricPoints += points } else { counters.staleDropped += 1 }
                 out.append(.send(peer, .ack(Ack(ref: ref, kind: .metrics, sequence: sequence, accepted: accepted))))
+            case (.logs(let peer, let ref, let sequence, let lines), .logsIngested(let accepted)):
+                if accepted { counters.logLines += lines } else { counters.staleDropped += 1 }
+                out.append(.send(peer, .ack(Ack(ref: ref, kind: .logs, sequence: sequence, accepted: accepted))))
             case (.complete(let peer, let ref), .shardCompleted(let accepted, let jobComplete, let releasedDependents)):
                 if accepted {
                     release(ref)
@@ -601,6 +618,10 @@ public struct CoordinatorStateMachine: Sendable {
         case .metrics(let peer, let ref, let sequence, _):
             counters.staleDropped += 1
             out.append(.send(peer, .ack(Ack(ref: ref, kind: .metrics, sequence: sequence, accepted: false))))
+        case .logs(let peer, let ref, let sequence, _):
+            // The store refused the lines (not a fenced attempt): drop them rather than stop the shard.
+            counters.logBatchesRejected += 1
+            out.append(.send(peer, .ack(Ack(ref: ref, kind: .logs, sequence: sequence, accepted: true))))
         case .complete(let peer, let ref):
             out.append(.send(peer, .ack(Ack(ref: ref, kind: .done, accepted: false))))
         case .fail(let peer, let ref):

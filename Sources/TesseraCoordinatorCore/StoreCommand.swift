@@ -14,6 +14,8 @@ public enum StoreCommand: Sendable, Equatable {
     case renewLeases([LeaseRenewal])
     /// One METRICS batch, fenced on attempt and sender.
     case ingestMetrics(workerID: Int64, ref: ShardRef, points: [MetricPoint])
+    /// One LOGS batch, fenced on attempt and sender; a replayed batch (same attempt and sequence) is stored once.
+    case ingestLogs(workerID: Int64, ref: ShardRef, sequence: UInt64, lines: [LogLine])
     /// SHARD_DONE, fenced on attempt and sender.
     case completeShard(workerID: Int64, ref: ShardRef, summary: String, resultSHA256: String?)
     /// SHARD_FAILED, fenced on attempt and sender.
@@ -52,6 +54,7 @@ public enum StoreOutcome: Sendable, Equatable {
     /// Progress entries that are no longer that worker's current lease (to be told CANCEL).
     case leasesRenewed(stale: [Lease])
     case metricsIngested(accepted: Bool)
+    case logsIngested(accepted: Bool)
     /// `accepted` false: fenced. `jobComplete`: every shard of the job has now succeeded. `releasedDependents`: a
     /// shard that waited on this one has nothing left to wait for, so there is something new to claim.
     case shardCompleted(accepted: Bool, jobComplete: Bool, releasedDependents: Bool = false)

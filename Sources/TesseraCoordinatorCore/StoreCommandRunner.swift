@@ -9,13 +9,14 @@ import TesseraModel
 /// see the slots and shards the rest freed). Outcomes come back in the batch's order.
 public enum StoreCommandRunner {
     enum Phase: Int, CaseIterable {
-        case register, metrics, complete, fail, blob, renew, gone, rescue, unlease, claim
+        case register, metrics, logs, complete, fail, blob, renew, gone, rescue, unlease, claim
     }
 
     static func phase(_ c: StoreCommand) -> Phase {
         switch c {
         case .registerWorker: .register
         case .ingestMetrics: .metrics
+        case .ingestLogs: .logs
         case .completeShard: .complete
         case .failShard: .fail
         case .registerBlob: .blob
@@ -65,6 +66,15 @@ public enum StoreCommandRunner {
                 return (ref, w, points)
             }
             return try store.ingestMetrics(items).map { .metricsIngested(accepted: $0) }
+        case .logs:
+            // Before completions: a shard's last lines commit while it is still leased (its SHARD_DONE follows them).
+            let items = indices.map { i -> ShardLogBatch in
+                guard case .ingestLogs(let w, let ref, let sequence, let lines) = batch[i] else { preconditionFailure() }
+                return ShardLogBatch(ref: ref, workerID: w, sequence: sequence, lines: lines.map {
+                    LogLine(time: $0.time, level: $0.level, message: LogLine.clip($0.message))
+                })
+            }
+            return try store.ingestLogs(items).map { .logsIngested(accepted: $0) }
         case .complete:
             let items = indices.map { i -> (ref: ShardRef, workerID: Int64, summary: String, resultSHA256: String?) in
                 guard case .completeShard(let w, let ref, let summary, let sha) = batch[i] else { preconditionFailure() }
@@ -111,7 +121,7 @@ public enum StoreCommandRunner {
             return .shardsClaimed(try store.claimShards(workerID: workerID, limit: limit, capabilities: capabilities))
         case .unleaseShard(let workerID, let ref):
             return .shardUnleased(accepted: try store.unleaseShard(ref, workerID: workerID))
-        case .ingestMetrics, .completeShard, .renewLeases:
+        case .ingestMetrics, .ingestLogs, .completeShard, .renewLeases:
             preconditionFailure("batched commands run in execute(_:_:_:on:)")
         }
     }

@@ -147,6 +147,21 @@ public protocol ShardSink: AnyObject, Sendable {
     /// SHA-256 (already verified against the bytes). This is how a sampler uses a network trained by the job it
     /// `depends_on` (`params.model.from_job`).
     func fetchJobBlob(jobID: Int64, shard: Int, kind: ShardBlobKind, step: Int64?) throws -> (step: Int64, sha256: String, bytes: [UInt8])
+    /// A line of the shard attempt's log, stored by the coordinator and shown by `tessera logs`: for milestones
+    /// (resumed from a checkpoint, a phase begins, an evaluation), not for every step. Never blocks; lines written
+    /// faster than the worker forwards them are dropped and counted. Default: discarded.
+    func log(_ message: String, level: ShardLogLevel)
+}
+
+/// How severe a shard log line is (a subset of swift-log's levels, which the wire carries).
+public enum ShardLogLevel: String, Sendable, CaseIterable {
+    case debug, info, notice, warning, error
+}
+
+extension ShardSink {
+    public func log(_ message: String, level: ShardLogLevel) {}
+    /// A milestone at level `info`.
+    public func log(_ message: String) { log(message, level: .info) }
 }
 
 /// A shard's final output: a small JSON summary (stored as JSONB, shown by `status`) and an optional exact binary

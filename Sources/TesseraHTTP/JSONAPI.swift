@@ -88,6 +88,29 @@ struct JSONAPI {
                 return o
             }
         }
+        router.get("/api/v1/jobs/{id}/logs") { request, context -> Response in
+            guard let id = context.parameters.get("id", as: Int.self), id > 0 else { return Self.badJobID(context) }
+            let q = request.uri.queryParameters
+            var body: JSONObject = ["job": .int(id)]
+            do {
+                let limit = try q["limit"].map { try Self.int($0, "limit") } ?? Self.defaultMetricsPage
+                guard (1...Self.maxMetricsPage).contains(limit) else {
+                    throw APIError("'limit' must be from 1 to \(Self.maxMetricsPage) lines (got \(limit)); page on with 'after'")
+                }
+                body["limit"] = .int(limit)
+                if let v = q["shard"] {
+                    let s = try Self.int(v, "shard")
+                    guard s >= 0 else { throw APIError("'shard' must be a shard index (got \(s))") }
+                    body["shard"] = .int(s)
+                }
+                if let v = q["after"] {
+                    let a = try Self.int(v, "after")
+                    guard a >= 0 else { throw APIError("'after' must be the 'next' of the page before (got \(a))") }
+                    body["after"] = .int(a)
+                }
+            } catch let e as APIError { return Self.error(.badRequest, e.message) }
+            return await call("logs", body)
+        }
         router.get("/api/v1/workers") { _, _ -> Response in await call("workers", [:]) }
     }
 

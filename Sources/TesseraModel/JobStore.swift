@@ -14,6 +14,10 @@ public protocol JobStore: AnyObject {
     func markWorker(_ id: Int64, state: WorkerState, reason: String) throws
     /// Per batch: accepted (current attempt, sent by its leaseholder) or not. Replayed steps overwrite.
     func ingestMetrics(_ batches: [(key: ShardRef, workerID: Int64, rows: [MetricPoint])]) throws -> [Bool]
+    /// Per batch: accepted (current attempt, sent by its leaseholder) or not. A batch already stored (same shard,
+    /// attempt and sequence: a replay) is accepted and not stored twice. Keeps each shard's newest
+    /// `ShardLogRetention.linesPerShard` lines (all attempts together) and deletes older ones.
+    func ingestLogs(_ batches: [ShardLogBatch]) throws -> [Bool]
     /// Per item: accepted, whether its job has now every shard succeeded, and how many shards that waited on it
     /// became claimable. A summary that is not JSON is stored as `{}`.
     func completeShards(
@@ -44,4 +48,9 @@ extension JobStore {
     public func claimShards(_ requests: [(workerID: Int64, limit: Int, capabilities: [String])]) throws -> [[ClaimedShard]] {
         try requests.map { try claimShards(workerID: $0.workerID, limit: $0.limit, capabilities: $0.capabilities) }
     }
+}
+
+/// How many log lines the store keeps per shard (docs/operations.md, "Shard logs").
+public enum ShardLogRetention {
+    public static let linesPerShard = 2000
 }

@@ -141,3 +141,85 @@ public enum ShardFailureKind: UInt8, Sendable, Hashable {
     /// An error no retry can fix (the spec, slice or inputs are wrong): charged, and the job fails at once.
     case permanent = 2
 }
+
+/// Severity of a shard log line: swift-log's levels, in their order, as one byte on the wire (SPEC §5 LOGS).
+public enum LogLevel: UInt8, Sendable, Hashable, CaseIterable {
+    case trace = 0
+    case debug = 1
+    case info = 2
+    case notice = 3
+    case warning = 4
+    case error = 5
+    case critical = 6
+
+    /// The name `tessera logs` prints and stores ("info", "warning", …), as swift-log spells it.
+    public var name: String {
+        switch self {
+        case .trace: "trace"
+        case .debug: "debug"
+        case .info: "info"
+        case .notice: "notice"
+        case .warning: "warning"
+        case .error: "error"
+        case .critical: "critical"
+        }
+    }
+
+    public init?(name: String) {
+        guard let l = Self.allCases.first(where: { $0.name == name }) else { return nil }
+        self = l
+    }
+}
+
+/// One line of a shard attempt's log: when the worker wrote it (seconds since 1970-01-01 UTC), how severe, what.
+public struct LogLine: Sendable, Hashable {
+    public var time: Double
+    public var level: LogLevel
+    public var message: String
+    public init(time: Double, level: LogLevel, message: String) {
+        self.time = time
+        self.level = level
+        self.message = message
+    }
+    /// Bitwise on `time`, as `MetricPoint` is on its value (the wire keeps the bit pattern).
+    public static func == (a: LogLine, b: LogLine) -> Bool {
+        a.time.bitPattern == b.time.bitPattern && a.level == b.level && a.message == b.message
+    }
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(time.bitPattern)
+        hasher.combine(level)
+        hasher.combine(message)
+    }
+    /// The most UTF-8 bytes of a message a worker sends and a coordinator stores (longer ones are cut at a character
+    /// boundary, SPEC §5 LOGS).
+    public static let maxMessageBytes = 4096
+
+    /// `message` cut to at most `maxMessageBytes` bytes of UTF-8, at a character boundary.
+    public static func clip(_ message: String) -> String {
+        guard message.utf8.count > maxMessageBytes else { return message }
+        var out = ""
+        var bytes = 0
+        for c in message {
+            let n = c.utf8.count
+            if bytes + n > maxMessageBytes { break }
+            out.append(c)
+            bytes += n
+        }
+        return out
+    }
+}
+
+/// One LOGS batch as the writer stores it (`JobStore.ingestLogs`): fenced on (ref, workerID); (ref, sequence) is
+/// stored once, however often the worker replays it.
+public struct ShardLogBatch: Sendable, Hashable {
+    public var ref: ShardRef
+    public var workerID: Int64
+    public var sequence: UInt64
+    public var lines: [LogLine]
+    public init(ref: ShardRef, workerID: Int64, sequence: UInt64, lines: [LogLine]) {
+        self.ref = ref
+        self.workerID = workerID
+        self.sequence = sequence
+        self.lines = lines
+    }
+}

@@ -105,6 +105,19 @@ public struct MetricsBatch: Sendable, Hashable {
     }
 }
 
+/// worker -> coordinator: a batch of a shard attempt's log lines; acked (kind .logs, sequence) after the DB commit.
+public struct LogBatch: Sendable, Hashable {
+    public var ref: ShardRef
+    /// Per (shard, attempt), starting at 0 and increasing by 1, independent of METRICS' sequence.
+    public var sequence: UInt64
+    public var lines: [LogLine]
+    public init(ref: ShardRef, sequence: UInt64, lines: [LogLine]) {
+        self.ref = ref
+        self.sequence = sequence
+        self.lines = lines
+    }
+}
+
 /// worker -> coordinator: one chunk of a blob transfer; `data` travels as the blob frame.
 public struct BlobChunk: Sendable, Hashable {
     public var ref: ShardRef
@@ -170,6 +183,7 @@ public enum AckKind: UInt8, Sendable {
     case chunk = 2
     case done = 3
     case failed = 4
+    case logs = 5
 }
 
 /// What the coordinator did with an acknowledged message (SPEC §5, ACK `status`). The byte was a bool before
@@ -311,6 +325,7 @@ public enum Message: Sendable, Hashable {
     case heartbeat(Heartbeat)
     case dispatch(Dispatch)
     case metrics(MetricsBatch)
+    case logs(LogBatch)
     case chunk(BlobChunk)
     case shardDone(ShardDone)
     case shardFailed(ShardFailed)
@@ -330,6 +345,7 @@ public enum Message: Sendable, Hashable {
         case .heartbeat: .heartbeat
         case .dispatch: .dispatch
         case .metrics: .metrics
+        case .logs: .logs
         case .chunk: .chunk
         case .shardDone: .shardDone
         case .shardFailed: .shardFailed
@@ -349,6 +365,7 @@ public enum Message: Sendable, Hashable {
         switch self {
         case .dispatch(let m): m.ref
         case .metrics(let m): m.ref
+        case .logs(let m): m.ref
         case .chunk(let m): m.ref
         case .shardDone(let m): m.ref
         case .shardFailed(let m): m.ref
@@ -371,6 +388,7 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
     case shardDone = 0x22
     case shardFailed = 0x23
     case ack = 0x24
+    case logs = 0x25
     case fetch = 0x30
     case fetchReply = 0x31
     case request = 0x40
@@ -397,6 +415,7 @@ public enum MessageType: UInt8, Sendable, CaseIterable, CustomStringConvertible 
         case .shardDone: "SHARD_DONE"
         case .shardFailed: "SHARD_FAILED"
         case .ack: "ACK"
+        case .logs: "LOGS"
         case .fetch: "FETCH"
         case .fetchReply: "FETCH_REPLY"
         case .request: "REQUEST"

@@ -70,6 +70,15 @@ public enum WireCodec {
                 w.i64(p.step)
                 w.f64(p.value)
             }
+        case .logs(let m):
+            w = WireWriter(capacity: 32 + m.lines.reduce(0) { $0 + 16 + $1.message.utf8.count })
+            w.ref(m.ref)
+            w.u64(m.sequence)
+            w.array(m.lines) { w, l in
+                w.f64(l.time)
+                w.u8(l.level.rawValue)
+                w.string(l.message)
+            }
         case .chunk(let m):
             w.ref(m.ref)
             w.u64(m.transferID)
@@ -286,6 +295,18 @@ public enum WireCodec {
                 MetricPoint(name: try r.string("points.name"), step: try r.i64("points.step"), value: try r.f64("points.value"))
             }
             return .metrics(MetricsBatch(ref: ref, sequence: sequence, points: points))
+        case .logs:
+            let ref = try r.ref("ref")
+            let sequence = try r.u64("sequence")
+            let lines = try r.array("lines", minimumSize: 13) { (r) throws(ProtocolError) in
+                let time = try r.f64("lines.time")
+                let raw = try r.u8("lines.level")
+                guard let level = LogLevel(rawValue: raw) else {
+                    throw r.error(.malformed, "lines.level", "unknown log level \(raw)")
+                }
+                return LogLine(time: time, level: level, message: try r.string("lines.message"))
+            }
+            return .logs(LogBatch(ref: ref, sequence: sequence, lines: lines))
         case .chunk:
             let ref = try r.ref("ref")
             let transferID = try r.u64("transferID")

@@ -227,5 +227,60 @@ UPDATE tessera_shards s SET last_worker_id = coalesce(s.worker_id, (
     ORDER BY e.id DESC LIMIT 1));
 
 """#),
+        ("0006_shard_logs.down.sql", #"""
+-- Reverts schema v6.
+DROP TABLE IF EXISTS tessera_shard_logs;
+
+"""#),
+        ("0006_shard_logs.up.sql", #"""
+-- Schema v6: the log lines of shard attempts (protocol/SPEC.md §5 LOGS), shown by `tessera logs`.
+--
+-- Written by the coordinator's group-committing writer, fenced like metrics (the sender holds the shard's current
+-- attempt). One row per line; `id` is the insertion order, which is the `logs` method's keyset cursor (a line
+-- committed later always has a larger id: the writer commits one transaction at a time). A replayed batch (same
+-- shard, attempt and sequence after a reconnect) is stored once. Retention: the writer keeps the newest 2,000 lines
+-- of each shard, all attempts together, and deletes older ones in the same transaction (docs/operations.md).
+CREATE TABLE tessera_shard_logs (
+    id         bigserial PRIMARY KEY,
+    job_id     bigint NOT NULL,
+    shard_idx  integer NOT NULL,
+    attempt    integer NOT NULL,
+    -- The LOGS batch's sequence within its attempt, and the line's place in the batch.
+    sequence   bigint NOT NULL,
+    line       integer NOT NULL,
+    -- When the worker wrote the line: seconds since 1970-01-01 UTC, by the worker's clock.
+    logged_at  double precision NOT NULL,
+    level      text NOT NULL CHECK (level IN ('trace', 'debug', 'info', 'notice', 'warning', 'error', 'critical')),
+    message    text NOT NULL,
+    UNIQUE (job_id, shard_idx, attempt, sequence, line)
+);
+-- A job's lines in order (`tessera logs JOB`), and one shard's (`--shard N`, and the retention bound).
+CREATE INDEX tessera_shard_logs_job_idx ON tessera_shard_logs (job_id, id);
+CREATE INDEX tessera_shard_logs_shard_idx ON tessera_shard_logs (job_id, shard_idx, id);
+
+"""#),
+        ("0007_metrics_commit_order.down.sql", #"""
+-- Reverts schema v7.
+DROP INDEX IF EXISTS tessera_metrics_seq_brin;
+ALTER TABLE tessera_metrics DROP COLUMN IF EXISTS seq;
+DROP SEQUENCE IF EXISTS tessera_metrics_commit_seq;
+
+"""#),
+        ("0007_metrics_commit_order.up.sql", #"""
+-- Schema v7: metric rows remember the writer commit that first stored them, so `tessera metrics JOB --follow` can
+-- page a running job by commit order (protocol/SPEC.md §7, `metrics` with `since`).
+--
+-- The metrics keyset (shard, name, step) cannot follow a running job: new points land in every shard, before the
+-- cursor. `seq` is one value of tessera_metrics_commit_seq per writer commit (not per row): the writer commits one
+-- transaction at a time, so once a commit is visible every smaller seq is too, and a cursor (seq, shard, name, step)
+-- never skips a row. A point rewritten by a replay or a resumed attempt keeps its seq (the same point, not a new one).
+-- Rows stored before this version have seq 0. BRIN, not a b-tree: rows are appended in seq order, so a block range
+-- summary finds the newest rows for the price of a few pages, and costs the writer almost nothing per row
+-- (docs/performance.md, "Following metrics").
+CREATE SEQUENCE tessera_metrics_commit_seq;
+ALTER TABLE tessera_metrics ADD COLUMN seq bigint NOT NULL DEFAULT 0;
+CREATE INDEX tessera_metrics_seq_brin ON tessera_metrics USING brin (seq);
+
+"""#),
     ]
 }

@@ -430,6 +430,81 @@ public final class PostgresJobStore: JobStore, @unchecked Sendable {
     /// Writes many metric batches in one transaction. Batches from stale attempts, or from anyone but the shard's
     /// leaseholder (`workerID` is the sender's), are dropped; the result says, per batch, whether it was accepted.
     /// Re-sent steps overwrite with the same values (idempotent replay).
+    public func ingestLogs(_ batches: [ShardLogBatch]) throws -> [Bool] {
+        guard !batches.isEmpty else { return [] }
+        return try atomically {
+            struct Sender: Hashable { var key: ShardRef; var workerID: Int64 }
+            let senders = Array(Set(batches.map { Sender(key: $0.ref, workerID: $0.workerID) }))
+            let live = try db.execute(
+                """
+                SELECT s.job_id, s.idx, s.attempt, s.worker_id FROM tessera_shards s
+                JOIN unnest($1::bigint[], $2::int[], $3::int[], $4::bigint[]) AS k(job_id, idx, attempt, worker_id)
+                  ON s.job_id = k.job_id AND s.idx = k.idx AND s.attempt = k.attempt AND s.worker_id = k.worker_id
+                WHERE s.state = 'leased'
+                """,
+                [
+                    .text(PGArray.ints(senders.map(\.key.jobID))),
+                    .text(PGArray.ints(senders.map { Int64($0.key.shardIndex) })),
+                    .text(PGArray.ints(senders.map { Int64($0.key.attempt) })),
+                    .text(PGArray.ints(senders.map(\.workerID))),
+                ]
+            )
+            var current = Set<Sender>()
+            for i in 0..<live.rowCount {
+                current.insert(Sender(key: ShardRef(live, i), workerID: live.int(i, "worker_id")!))
+            }
+            var jobIDs: [Int64] = [], idxs: [Int64] = [], attempts: [Int64] = [], sequences: [Int64] = []
+            var lineNos: [Int64] = [], times: [Double] = [], levels: [String] = [], messages: [String] = []
+            var touched = Set<ShardKeyPair>()
+            for b in batches where current.contains(Sender(key: b.ref, workerID: b.workerID)) {
+                touched.insert(ShardKeyPair(job: b.ref.jobID, idx: b.ref.shardIndex))
+                for (n, line) in b.lines.enumerated() {
+                    jobIDs.append(b.ref.jobID)
+                    idxs.append(Int64(b.ref.shardIndex))
+                    attempts.append(Int64(b.ref.attempt))
+                    sequences.append(Int64(bitPattern: b.sequence))
+                    lineNos.append(Int64(n))
+                    // A wire string may hold NUL, which PostgreSQL text cannot; a non-finite time is stored as 0.
+                    times.append(line.time.isFinite ? line.time : 0)
+                    levels.append(line.level.name)
+                    messages.append(String(String.UnicodeScalarView(LogLine.clip(line.message).unicodeScalars.map { $0 == "\0" ? "\u{FFFD}" : $0 })))
+                }
+            }
+            if !jobIDs.isEmpty {
+                try db.execute(
+                    """
+                    INSERT INTO tessera_shard_logs (job_id, shard_idx, attempt, sequence, line, logged_at, level, message)
+                    SELECT * FROM unnest($1::bigint[], $2::int[], $3::int[], $4::bigint[], $5::int[], $6::float8[],
+                                         $7::text[], $8::text[])
+                    ON CONFLICT (job_id, shard_idx, attempt, sequence, line) DO NOTHING
+                    """,
+                    [
+                        .text(PGArray.ints(jobIDs)), .text(PGArray.ints(idxs)), .text(PGArray.ints(attempts)),
+                        .text(PGArray.ints(sequences)), .text(PGArray.ints(lineNos)), .text(PGArray.doubles(times)),
+                        .text(PGArray.texts(levels)), .text(PGArray.texts(messages)),
+                    ]
+                )
+                // Retention: each touched shard keeps its newest lines (an index probe per shard, not a count).
+                let keys = Array(touched)
+                try db.execute(
+                    """
+                    DELETE FROM tessera_shard_logs l
+                    USING (SELECT k.job_id, k.idx,
+                                  (SELECT x.id FROM tessera_shard_logs x WHERE x.job_id = k.job_id AND x.shard_idx = k.idx
+                                   ORDER BY x.id DESC OFFSET $3 LIMIT 1) AS cut
+                           FROM unnest($1::bigint[], $2::int[]) AS k(job_id, idx)) c
+                    WHERE l.job_id = c.job_id AND l.shard_idx = c.idx AND l.id <= c.cut
+                    """,
+                    [
+                        .text(PGArray.ints(keys.map(\.job))), .text(PGArray.ints(keys.map { Int64($0.idx) })),
+                        .int(Int64(ShardLogRetention.linesPerShard)),
+                    ]
+                )
+            }
+            return batches.map { current.contains(Sender(key: $0.ref, workerID: $0.workerID)) }
+        }
+    }
+
     public func ingestMetrics(_ batches: [(key: ShardRef, workerID: Int64, rows: [MetricPoint])]) throws -> [Bool] {
         guard !batches.isEmpty else { return [] }
         return try atomically {
@@ -474,10 +549,13 @@ public final class PostgresJobStore: JobStore, @unchecked Sendable {
                 }
             }
             if !jobIDs.isEmpty {
+                // `seq`: one number per call (an InitPlan, evaluated once), the commit order `metrics --follow` pages
+                // by; a rewritten point keeps the seq it was first stored with (schema v7).
                 try db.execute(
                     """
-                    INSERT INTO tessera_metrics (job_id, shard_idx, attempt, name, step, value)
-                    SELECT * FROM unnest($1::bigint[], $2::int[], $3::int[], $4::text[], $5::bigint[], $6::float8[])
+                    INSERT INTO tessera_metrics (job_id, shard_idx, attempt, name, step, value, seq)
+                    SELECT m.*, (SELECT nextval('tessera_metrics_commit_seq'))
+                    FROM unnest($1::bigint[], $2::int[], $3::int[], $4::text[], $5::bigint[], $6::float8[]) AS m
                     ON CONFLICT (job_id, shard_idx, name, step)
                     DO UPDATE SET value = EXCLUDED.value, attempt = EXCLUDED.attempt, created_at = now()
                     """,
@@ -952,4 +1030,9 @@ public enum PGArray {
                 return d.description
             }.joined(separator: ",") + "}"
     }
+}
+
+struct ShardKeyPair: Hashable {
+    var job: Int64
+    var idx: Int32
 }

@@ -63,6 +63,8 @@ public final class InMemoryJobStore: JobStore, @unchecked Sendable {
         var shards: [ShardKey: Shard] = [:]
         var workers: [Int64: Worker] = [:]
         var metrics: [MetricKey: Double] = [:]
+        /// Stored shard log lines in insertion order, with the (ref, sequence) of their batch.
+        var logs: [(ref: ShardRef, sequence: UInt64, line: LogLine)] = []
         var blobs: [String: (key: ShardRef, kind: String, step: Int64, size: Int64)] = [:]
         var nextJob: Int64 = 1
         var nextWorker: Int64 = 1
@@ -167,6 +169,25 @@ public final class InMemoryJobStore: JobStore, @unchecked Sendable {
             }
             return true
         }
+    }
+
+    public func ingestLogs(_ batches: [ShardLogBatch]) throws -> [Bool] {
+        batches.map { b in
+            guard isCurrent(b.ref, workerID: b.workerID) else { return false }
+            if s.logs.contains(where: { $0.ref == b.ref && $0.sequence == b.sequence }) { return true }
+            s.logs += b.lines.map { (b.ref, b.sequence, $0) }
+            let ofShard = s.logs.indices.filter { s.logs[$0].ref.jobID == b.ref.jobID && s.logs[$0].ref.shardIndex == b.ref.shardIndex }
+            if ofShard.count > ShardLogRetention.linesPerShard {
+                let drop = Set(ofShard.prefix(ofShard.count - ShardLogRetention.linesPerShard))
+                s.logs = s.logs.enumerated().filter { !drop.contains($0.offset) }.map(\.element)
+            }
+            return true
+        }
+    }
+
+    /// The stored log lines of a shard, oldest first (for tests).
+    public func logLines(job: Int64, shard: Int32) -> [(attempt: Int32, line: LogLine)] {
+        s.logs.filter { $0.ref.jobID == job && $0.ref.shardIndex == shard }.map { ($0.ref.attempt, $0.line) }
     }
 
     public func completeShards(

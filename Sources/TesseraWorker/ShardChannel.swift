@@ -30,6 +30,8 @@ final class ShardChannel: ShardSink, @unchecked Sendable {
         var fetchReply: FetchReply?
         var reply: ClientReply?
         var step: Int64 = 0
+        /// Log lines dropped because the outbox held `maxPendingLogLines` (logs never make compute wait).
+        var droppedLogs = 0
     }
 
     private let state = Mutex(State())
@@ -40,6 +42,7 @@ final class ShardChannel: ShardSink, @unchecked Sendable {
     /// Outbox limits before producers wait.
     static let maxPendingPoints = 200_000
     static let maxPendingBytes = 512 << 20
+    static let maxPendingLogLines = 1024
 
     init(totalSteps: Int64, wakeup: Wakeup) {
         self.totalSteps = totalSteps
@@ -75,8 +78,15 @@ final class ShardChannel: ShardSink, @unchecked Sendable {
                 d = WorkerStateMachine.ComputeOutput(step: s.step)
                 d.fetch = s.out.fetch
                 d.request = s.out.request
+                d.logs = s.out.logs
                 s.out.fetch = nil
                 s.out.request = nil
+                s.out.logs = []
+            }
+            if s.droppedLogs > 0 {
+                d.logs.append(LogLine(time: Date().timeIntervalSince1970, level: .warning,
+                    message: "\(s.droppedLogs) log lines dropped (the shard wrote faster than the worker could take them)"))
+                s.droppedLogs = 0
             }
             return d
         }
@@ -116,6 +126,15 @@ final class ShardChannel: ShardSink, @unchecked Sendable {
     func metric(_ name: String, step: Int64, value: Double) {
         waitForRoom { $0.out.points.count < Self.maxPendingPoints }
         post { $0.out.points.append(MetricPoint(name: name, step: step, value: value)) }
+    }
+
+    /// A line of the shard's log (`tessera logs`): stamped now, handed to the loop with the next output, never waited
+    /// for. Past `maxPendingLogLines` untaken lines it is dropped and counted (the count is logged instead).
+    func log(_ message: String, level: ShardLogLevel) {
+        let line = LogLine(time: Date().timeIntervalSince1970, level: LogLevel(level), message: LogLine.clip(message))
+        post { s in
+            if s.out.logs.count < Self.maxPendingLogLines { s.out.logs.append(line) } else { s.droppedLogs += 1 }
+        }
     }
 
     func progress(step: Int64) {
@@ -224,6 +243,7 @@ final class ShardChannel: ShardSink, @unchecked Sendable {
             let (spec, algorithm) = try catalogue.prepared(storedSpec: d.spec)
             var resume: (Int64, [UInt8])?
             if let r = d.resume {
+                log("fetching the checkpoint of step \(r.step) (\(r.size) bytes) to resume from", level: .info)
                 resume = (r.step, try fetchBlob(sha256: r.sha256))
                 progress(step: r.step)
             }
@@ -237,6 +257,7 @@ final class ShardChannel: ShardSink, @unchecked Sendable {
             )
             let output = try algorithm.run(task, sink: self)
             if let result = output.result {
+                log("result: \(result.count) bytes", level: .debug)
                 try enqueueBlob(.result, step: d.totalSteps, bytes: result)
             }
             progress(step: d.totalSteps)
@@ -244,6 +265,7 @@ final class ShardChannel: ShardSink, @unchecked Sendable {
         } catch is ShardStopped {
             finish(.failed(reason: state.withLock { $0.stopReason } ?? "stopped", failure: .infrastructure))
         } catch let e as FetchFailure {
+            logger.info("shard handed back", metadata: ["shard": "\(d.ref)", "error": "\(e.message)"])
             finish(.failed(reason: e.message, failure: .infrastructure))
         } catch {
             let permanent = error is SpecError || (error as? ShardError)?.permanent == true
@@ -261,5 +283,17 @@ struct FetchFailure: Error {
 enum BlobHash {
     static func sha256Hex(_ bytes: [UInt8]) -> String {
         SHA256.hash(data: bytes).map { String(format: "%02x", $0) }.joined()
+    }
+}
+
+extension LogLevel {
+    init(_ level: ShardLogLevel) {
+        switch level {
+        case .debug: self = .debug
+        case .info: self = .info
+        case .notice: self = .notice
+        case .warning: self = .warning
+        case .error: self = .error
+        }
     }
 }

@@ -202,16 +202,16 @@ public final class WorkerDaemon: Service, @unchecked Sendable {
         var stopSeen = false
         var steps: [ShardRef: Int64] = [:]
 
-        try perform(machine.handle(.start, now: .now), context: context, pool: pool)
+        try perform(machine.handle(.start, now: .now, wallTime: Date().timeIntervalSince1970), context: context, pool: pool)
         while !machine.hasExited {
             if stopNow.load(ordering: .relaxed) && !stopSeen {
                 stopSeen = true
-                try perform(machine.handle(.stopRequested, now: .now), context: context, pool: pool)
+                try perform(machine.handle(.stopRequested, now: .now, wallTime: Date().timeIntervalSince1970), context: context, pool: pool)
                 break
             }
             if drainRequested.load(ordering: .relaxed) && !drainSeen {
                 drainSeen = true
-                try perform(machine.handle(.drainRequested, now: .now), context: context, pool: pool)
+                try perform(machine.handle(.drainRequested, now: .now, wallTime: Date().timeIntervalSince1970), context: context, pool: pool)
                 continue
             }
             // Sleep until a frame arrives, a compute thread has output, or the machine's next deadline (heartbeat,
@@ -232,7 +232,7 @@ public final class WorkerDaemon: Service, @unchecked Sendable {
                     } catch {
                         event = .malformed("\(error)")
                     }
-                    try perform(machine.handle(event, now: .now), context: context, pool: pool)
+                    try perform(machine.handle(event, now: .now, wallTime: Date().timeIntervalSince1970), context: context, pool: pool)
                     if self.socket !== socket { break }  // the machine reconnected: the old socket is closed
                 }
             }
@@ -245,28 +245,31 @@ public final class WorkerDaemon: Service, @unchecked Sendable {
                 if (spool?.isEmpty ?? true) && hasRoom() {
                     if !output.isEmpty || steps[ref] != output.step {
                         steps[ref] = output.step
-                        try perform(machine.handle(.computed(ref, output), now: .now), context: context, pool: pool)
+                        try perform(machine.handle(.computed(ref, output), now: .now, wallTime: Date().timeIntervalSince1970), context: context, pool: pool)
                     }
                     continue
                 }
+                // Fetches, requests and log lines never wait in the spool (logs are bounded by the machine).
                 var control = WorkerStateMachine.ComputeOutput(step: output.step)
                 control.fetch = output.fetch
                 control.request = output.request
+                control.logs = output.logs
                 var data = output
                 data.fetch = nil
                 data.request = nil
+                data.logs = []
                 if !data.isEmpty { self.spool(for: ref).append(data) }
                 if !control.isEmpty || steps[ref] != output.step {
                     steps[ref] = output.step
-                    try perform(machine.handle(.computed(ref, control), now: .now), context: context, pool: pool)
+                    try perform(machine.handle(.computed(ref, control), now: .now, wallTime: Date().timeIntervalSince1970), context: context, pool: pool)
                 }
                 while hasRoom(), let s = spools[ref], var next = s.next() {
                     next.step = output.step
-                    try perform(machine.handle(.computed(ref, next), now: .now), context: context, pool: pool)
+                    try perform(machine.handle(.computed(ref, next), now: .now, wallTime: Date().timeIntervalSince1970), context: context, pool: pool)
                 }
             }
             steps = steps.filter { channels[$0.key] != nil }
-            try perform(machine.handle(.tick, now: .now), context: context, pool: pool)
+            try perform(machine.handle(.tick, now: .now, wallTime: Date().timeIntervalSince1970), context: context, pool: pool)
         }
         socket?.close()
         socket = nil

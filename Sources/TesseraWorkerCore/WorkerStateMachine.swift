@@ -44,6 +44,14 @@ public struct WorkerStateMachine: Sendable {
         public var metricsWindow: Int = 16
         /// METRICS batches of one shard held (unacknowledged, sent or not) above which `acceptsMetrics` is false.
         public var metricsBacklog: Int = 64
+        /// Log lines per LOGS batch, and LOGS batches of one shard sent and not yet acknowledged (SPEC §6.4).
+        public var logsBatchSize: Int = 64
+        public var logsWindow: Int = 4
+        /// Log lines of one shard held (waiting, or sent and unacknowledged) at most. Logs never slow a shard down:
+        /// a line that finds the shard's log full is dropped and counted, and the next line sent says how many were.
+        public var logsHeld: Int = 1024
+        /// False: the worker writes no shard log and sends no LOGS (as a worker that predates them).
+        public var shardLogs = true
 
         public init(name: String, host: String, slots: Int, capabilities: [String]) {
             self.name = name
@@ -107,6 +115,9 @@ public struct WorkerStateMachine: Sendable {
         public var fetch: BlobRead?
         public var request: PendingRequest?
         public var outcome: Outcome?
+        /// Log lines the computation wrote (`ShardSink.log`), in order. Never spooled: the driver hands them over at
+        /// once, whatever the spool holds, so they never wait behind metrics and never make compute wait.
+        public var logs: [LogLine] = []
 
         public init(
             step: Int64, points: [MetricPoint] = [], blobs: [Blob] = [], digests: [String] = [], outcome: Outcome? = nil
@@ -121,6 +132,7 @@ public struct WorkerStateMachine: Sendable {
         /// Nothing but the step.
         public var isEmpty: Bool {
             points.isEmpty && blobs.isEmpty && digests.isEmpty && fetch == nil && request == nil && outcome == nil
+                && logs.isEmpty
         }
     }
 
@@ -198,6 +210,14 @@ public struct WorkerStateMachine: Sendable {
         var cancelled: String?
         var transferFailed: String?
         var transferFailure = ShardFailureKind.infrastructure
+        /// The attempt's log (SPEC §5 LOGS): lines not yet in a batch, batches kept until acknowledged (like
+        /// metrics, and replayed after a reconnect), and lines dropped because the log was full.
+        var pendingLogs: [LogLine] = []
+        var nextLogSequence: UInt64 = 0
+        var unackedLogs: [UInt64: LogBatch] = [:]
+        var unsentLogs: [UInt64] = []
+        var droppedLogs = 0
+        var heldLogLines: Int { pendingLogs.count + unackedLogs.values.reduce(0) { $0 + $1.lines.count } }
     }
 
     enum Waiter: Sendable {
@@ -233,6 +253,14 @@ public struct WorkerStateMachine: Sendable {
     private var now: ContinuousClock.Instant?
     /// Chunk ACKs with status `deferred` that started a wait (one per deferral, not per chunk in flight).
     public private(set) var deferrals = 0
+    /// The wall-clock time of the event being handled (seconds since 1970), which stamps the log lines the machine
+    /// writes itself; the driver passes it, so the machine reads no clock.
+    private var wallTime: Double = 0
+    /// False once the coordinator answered a LOGS with ERROR `unknownType` (it predates LOGS): until the next
+    /// connection the worker keeps no log lines and sends none, and nothing waits for log ACKs.
+    public private(set) var coordinatorTakesLogs = true
+    /// Log lines dropped because a shard's log was full or the coordinator takes no logs.
+    public private(set) var logLinesDropped = 0
 
     public init(configuration: Configuration) {
         self.configuration = configuration
@@ -290,9 +318,11 @@ public struct WorkerStateMachine: Sendable {
 
     // MARK: Events
 
-    public mutating func handle(_ event: Event, now: ContinuousClock.Instant) -> [Action] {
+    /// `wallTime`: seconds since 1970 now, for the log lines the machine writes (0 when not given, as in tests).
+    public mutating func handle(_ event: Event, now: ContinuousClock.Instant, wallTime: Double? = nil) -> [Action] {
         if case .exited = connection { return [] }
         self.now = now
+        if let wallTime { self.wallTime = wallTime }
         var out: [Action] = []
         switch event {
         case .start:
@@ -313,6 +343,7 @@ public struct WorkerStateMachine: Sendable {
             guard drainStarted == nil else { break }
             drainStarted = now
             out.append(.log("draining", ["running": "\(shards.count)"]))
+            for ref in order { shardLog(ref, .notice, "worker draining: the shard may run \(configuration.drainTimeout) more, then it is handed back") }
             if isConnected { sendHeartbeat(now: now, into: &out) }
             tick(now: now, into: &out)
         case .stopRequested:
@@ -326,6 +357,8 @@ public struct WorkerStateMachine: Sendable {
     private mutating func connect(now: ContinuousClock.Instant, into out: inout [Action]) {
         connection = .connected
         lastHeard = now
+        // A new connection may reach another coordinator (a standby that took over, or an upgraded one): offer logs.
+        coordinatorTakesLogs = true
         out.append(.connect)
         register(now: now, into: &out)
     }
@@ -436,6 +469,9 @@ public struct WorkerStateMachine: Sendable {
                 s.unackedMetrics = [:]
                 s.unsentMetrics = []
                 s.transfers = []
+                s.pendingLogs = []
+                s.unackedLogs = [:]
+                s.unsentLogs = []
                 shards[c.ref] = s
                 waiters = waiters.filter { $0.value.ref != c.ref }
                 out.append(.log("shard cancelled by coordinator", ["shard": "\(c.ref)", "reason": c.reason]))
@@ -464,9 +500,26 @@ public struct WorkerStateMachine: Sendable {
             }
             out.append(.log("coordinator asked to re-register", [:]))
             register(now: now, into: &out)
+        case .error(let e) where e.code == ProtocolError.Code.unknownType.wireCode:
+            // This worker sends one type a coordinator may not know: LOGS (SPEC §6.4). Such a coordinator stores no
+            // logs; keep none, so nothing waits for log ACKs that will never come.
+            out.append(.log("coordinator reported an error", ["code": "\(e.code)", "message": e.message]))
+            if coordinatorTakesLogs {
+                coordinatorTakesLogs = false
+                out.append(.log("the coordinator does not take LOGS: shard log lines are not sent on this connection", [:]))
+                for ref in order {
+                    guard var s = shards[ref] else { continue }
+                    logLinesDropped += s.heldLogLines
+                    s.pendingLogs = []
+                    s.unackedLogs = [:]
+                    s.unsentLogs = []
+                    shards[ref] = s
+                    flush(ref, into: &out)
+                }
+            }
         case .error(let e):
             out.append(.log("coordinator reported an error", ["code": "\(e.code)", "message": e.message]))
-        case .ready, .metrics, .chunk, .shardDone, .shardFailed, .fetch, .request:
+        case .ready, .metrics, .logs, .chunk, .shardDone, .shardFailed, .fetch, .request:
             out.append(.log("unexpected message from coordinator", ["type": "\(message.type)"]))
         }
     }
@@ -480,6 +533,8 @@ public struct WorkerStateMachine: Sendable {
         }
         shards[d.ref] = Shard(ref: d.ref, totalSteps: d.totalSteps, step: d.resume?.step ?? 0)
         order.append(d.ref)
+        let from = d.resume.map { "resuming from the checkpoint at step \($0.step)" } ?? "from step 0"
+        shardLog(d.ref, .info, "leased by \(configuration.name): attempt \(d.ref.attempt) of \(d.kind)/\(d.algorithm), \(from) of \(d.totalSteps)")
         out.append(.startShard(d))
     }
 
@@ -503,6 +558,7 @@ public struct WorkerStateMachine: Sendable {
                     s.transferFailed = "the coordinator could not store blob transfer \(a.sequence) for \(Int((now - since).components.seconds)) s (its data dir is out of space)"
                     s.transferFailure = .permanent
                     shards[a.ref] = s
+                    shardLog(a.ref, .error, s.transferFailed!)
                     out.append(.log("blob transfer deferred too long: failing the shard", ["shard": "\(a.ref)", "transfer": "\(a.sequence)"]))
                     return flush(a.ref, into: &out)
                 }
@@ -517,6 +573,7 @@ public struct WorkerStateMachine: Sendable {
                 s.transfers[i] = t
                 shards[a.ref] = s
                 deferrals += 1
+                shardLog(a.ref, .warning, "blob transfer \(a.sequence) deferred by the coordinator (its data dir is out of space); sending it again in \(delay)")
                 out.append(.log("blob transfer deferred by the coordinator (out of space); sending it again later",
                                 ["shard": "\(a.ref)", "transfer": "\(a.sequence)", "retryIn": "\(delay)"]))
                 return
@@ -549,6 +606,10 @@ public struct WorkerStateMachine: Sendable {
             if t.acked >= t.size && t.finalSent { t.complete = true }
             s.transfers[i] = t
             shards[a.ref] = s
+        case .logs:
+            s.unackedLogs[a.sequence] = nil
+            shards[a.ref] = s
+            if !a.accepted && s.cancelled == nil { fence(a.ref, into: &out) }
         case .done, .failed:
             shards[a.ref] = nil
             order.removeAll { $0 == a.ref }
@@ -558,6 +619,30 @@ public struct WorkerStateMachine: Sendable {
             return
         }
         flush(a.ref, into: &out)
+    }
+
+    /// Appends a line to the shard's log (sent by the next `flush`), or drops it, counted, when the log is full, the
+    /// attempt's output is void (fenced, cancelled) or the coordinator takes no logs.
+    private mutating func shardLog(_ ref: ShardRef, _ line: LogLine) {
+        guard var s = shards[ref] else { return }
+        guard configuration.shardLogs else { return }
+        guard coordinatorTakesLogs, !s.fenced, s.cancelled == nil else {
+            logLinesDropped += 1
+            return
+        }
+        if s.heldLogLines >= configuration.logsHeld {
+            s.droppedLogs += 1
+            logLinesDropped += 1
+        } else {
+            var line = line
+            line.message = LogLine.clip(line.message)
+            s.pendingLogs.append(line)
+        }
+        shards[ref] = s
+    }
+
+    private mutating func shardLog(_ ref: ShardRef, _ level: LogLevel, _ message: String) {
+        shardLog(ref, LogLine(time: wallTime, level: level, message: message))
     }
 
     /// The coordinator says this attempt is no longer current: stop computing and forget its output.
@@ -578,6 +663,17 @@ public struct WorkerStateMachine: Sendable {
             shards[ref] = s
             return flush(ref, into: &out)
         }
+        shards[ref] = s
+        for line in output.logs { shardLog(ref, line) }
+        if let o = output.outcome, s.outcome == nil {
+            switch o {
+            case .done: shardLog(ref, .info, "computation finished at step \(s.totalSteps); sending its outputs")
+            case .failed(let reason, .shardError): shardLog(ref, .error, "failed (counts against max_attempts): \(reason)")
+            case .failed(let reason, .permanent): shardLog(ref, .error, "failed, not retryable: \(reason)")
+            case .failed(let reason, .infrastructure): shardLog(ref, .warning, "stopped, handed back without charging an attempt: \(reason)")
+            }
+        }
+        s = shards[ref]!
         var points = output.points[...]
         while !points.isEmpty {
             let batch = MetricsBatch(ref: ref, sequence: s.nextSequence, points: Array(points.prefix(configuration.metricsBatchSize)))
@@ -642,6 +738,28 @@ public struct WorkerStateMachine: Sendable {
             sending += 1
         }
         s.unsentMetrics.removeFirst(sending)
+        // Logs: the waiting lines go out in batches within their own window, the oldest first.
+        if coordinatorTakesLogs {
+            if s.droppedLogs > 0 && s.heldLogLines < configuration.logsHeld {
+                s.pendingLogs.append(LogLine(time: wallTime, level: .warning,
+                    message: "\(s.droppedLogs) log lines dropped (the worker's log buffer for this shard was full)"))
+                s.droppedLogs = 0
+            }
+            // A batch is cut only when the window has room, so lines wait as lines (and go in fuller batches).
+            while !s.pendingLogs.isEmpty && s.unackedLogs.count < configuration.logsWindow {
+                let batch = LogBatch(ref: ref, sequence: s.nextLogSequence, lines: Array(s.pendingLogs.prefix(configuration.logsBatchSize)))
+                s.pendingLogs.removeFirst(batch.lines.count)
+                s.nextLogSequence += 1
+                s.unackedLogs[batch.sequence] = batch
+                s.unsentLogs.append(batch.sequence)
+            }
+            var sendingLogs = 0
+            while sendingLogs < s.unsentLogs.count, s.unackedLogs.count - s.unsentLogs.count + sendingLogs < configuration.logsWindow {
+                if let b = s.unackedLogs[s.unsentLogs[sendingLogs]] { out.append(.send(.logs(b))) }
+                sendingLogs += 1
+            }
+            s.unsentLogs.removeFirst(sendingLogs)
+        }
         let window = UInt64(configuration.chunkSize * configuration.chunkWindow)
         for i in s.transfers.indices where !s.transfers[i].complete && s.transferFailed == nil && s.transfers[i].deferredUntil == nil {
             var t = s.transfers[i]
@@ -671,7 +789,9 @@ public struct WorkerStateMachine: Sendable {
             if let reason = s.transferFailed {
                 out.append(.send(.shardFailed(ShardFailed(ref: ref, reason: reason, failure: s.transferFailure))))
                 s.outcomeSent = true
-            } else if s.unackedMetrics.isEmpty && s.transfers.allSatisfy(\.complete) {
+            } else if s.unackedMetrics.isEmpty && s.transfers.allSatisfy(\.complete)
+                && s.unackedLogs.isEmpty && s.pendingLogs.isEmpty
+            {
                 switch outcome {
                 case .done(let summary):
                     let sha = s.transfers.first(where: { $0.blob.kind == .result })?.sha256 ?? ""
@@ -691,6 +811,7 @@ extension WorkerStateMachine.Shard {
     /// keeps no partial transfer across sessions), and the final message goes again once its turn comes.
     mutating func resetForReplay() {
         unsentMetrics = unackedMetrics.keys.sorted()
+        unsentLogs = unackedLogs.keys.sorted()
         for i in transfers.indices where !transfers[i].complete {
             transfers[i].sent = 0
             transfers[i].acked = 0

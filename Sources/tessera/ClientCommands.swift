@@ -411,6 +411,11 @@ struct Metrics: ParsableCommand {
     var mean = false
     @Flag(help: "A sparkline per shard and metric in the terminal (first and last value, min and max beside it).")
     var spark = false
+    @Flag(help: ArgumentHelp(
+        "Print every point as it is stored, in commit order, until the job is finished (then exit 0).",
+        discussion: "Each point once, whichever shard it comes from; with --csv or --jsonl in those formats. Polls every --interval seconds; docs/cli.md says how each point is printed once."))
+    var follow = false
+    @Option(help: ArgumentHelp("With --follow: seconds between polls.", valueName: "SECONDS")) var interval: Double = 1
     @OptionGroup var client: ClientOptions
 
     func validate() throws {
@@ -423,10 +428,20 @@ struct Metrics: ParsableCommand {
         }
         if let limit, limit < 1 { throw ValidationError("--limit must be at least 1 (got \(limit))") }
         if list && (csv || jsonl || name != nil || limit != nil || plot != nil || spark) { throw ValidationError("--list takes only --shard and --json") }
+        if follow && (json || list || limit != nil || plot != nil || spark) {
+            throw ValidationError("--follow streams points: it takes --shard, --name, --csv, --jsonl and --interval (not --json, --list, --limit, --plot, --spark)")
+        }
+        if follow && !(interval > 0) { throw ValidationError("--interval must be positive") }
     }
 
     func run() throws {
         try runCLI {
+            if follow {
+                return try MetricsFollower(
+                    job: job, shard: shard, name: name, interval: interval, output: csv ? .csv : jsonl ? .jsonl : .plain,
+                    client: client
+                ).run()
+            }
             if list {
                 var body: JSONObject = ["job": .int(job), "list": .bool(true)]
                 if let shard { body["shard"] = .int(shard) }

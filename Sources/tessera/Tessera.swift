@@ -23,7 +23,7 @@ struct Tessera: AsyncParsableCommand {
             """,
         version: "0.1.0",
         subcommands: [
-            Submit.self, Status.self, Wait.self, Cancel.self, Retry.self, Compare.self, Workers.self, Metrics.self, Checkpoint.self,
+            Submit.self, Status.self, Wait.self, Cancel.self, Retry.self, Compare.self, Workers.self, Metrics.self, Logs.self, Checkpoint.self,
             Result.self, Migrate.self, CoordinatorCommand.self, WorkerCommand.self, Dev.self, Keygen.self,
         ]
     )

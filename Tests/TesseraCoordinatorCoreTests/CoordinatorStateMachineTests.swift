@@ -193,8 +193,26 @@ struct CoordinatorStateMachineTests {
         #expect(!h.machine.isCommitting)
     }
 
+    @Test("LOGS: stored in the group commit, acked (kind logs) after it; fenced by the store → refused; refused by the database → dropped, acked")
+    func logsCommitted() {
+        var h = Self.withTwoLeases()
+        let line = LogLine(time: 1.5, level: .warning, message: "deferred")
+        let a = h.receive(w1, .logs(LogBatch(ref: ref(0), sequence: 0, lines: [line, line])))
+        #expect(acks(a).isEmpty)
+        #expect(commits(a) == [[.ingestLogs(workerID: 11, ref: ref(0), sequence: 0, lines: [line, line])]])
+        #expect(commits(h.receive(w1, .logs(LogBatch(ref: ref(0), sequence: 1, lines: [line])))).isEmpty)
+        #expect(commits(h.receive(w1, .logs(LogBatch(ref: ref(1), sequence: 0, lines: [line])))).isEmpty)
+        let c1 = h.feed(.committed([.logsIngested(accepted: true)]))
+        #expect(acks(c1) == [Ack(ref: ref(0), kind: .logs, sequence: 0)])
+        #expect(h.machine.counters.logLines == 2)
+        let c2 = h.feed(.committed([.logsIngested(accepted: false), .rejected(reason: "bad bytes")]))
+        #expect(acks(c2) == [Ack(ref: ref(0), kind: .logs, sequence: 1, accepted: false), Ack(ref: ref(1), kind: .logs, sequence: 0)])
+        #expect(h.machine.counters.staleDropped == 1 && h.machine.counters.logBatchesRejected == 1)
+    }
+
     @Test("Fencing: a stale attempt is refused at once, without a database round trip", arguments: [
         Message.metrics(MetricsBatch(ref: ref(0, attempt: 0), sequence: 9, points: [])),
+        Message.logs(LogBatch(ref: ref(0, attempt: 0), sequence: 9, lines: [LogLine(time: 1, level: .info, message: "x")])),
         Message.shardDone(ShardDone(ref: ref(0, attempt: 0), summary: [])),
         Message.shardFailed(ShardFailed(ref: ref(0, attempt: 0), reason: "x", retryable: false)),
         Message.chunk(BlobChunk(ref: ref(0, attempt: 0), transferID: 3, kind: .checkpoint, step: 1, offset: 0, totalSize: 0, isLast: true, sha256: String(repeating: "0", count: 64), data: [])),
@@ -222,6 +240,7 @@ struct CoordinatorStateMachineTests {
         for m: Message in [
             .metrics(MetricsBatch(ref: ref(0), sequence: 1, points: [])), .shardDone(ShardDone(ref: ref(0), summary: [])),
             .shardFailed(ShardFailed(ref: ref(0), reason: "x", retryable: false)),
+            .logs(LogBatch(ref: ref(0), sequence: 1, lines: [LogLine(time: 1, level: .info, message: "x")])),
         ] {
             let a = h.receive(w2, m)
             #expect(commits(a).isEmpty, "\(m)")

@@ -76,6 +76,10 @@ struct MessageGenerator {
             return .metrics(MetricsBatch(ref: ref(), sequence: int(), points: array(max: 20) { g in
                 MetricPoint(name: g.string(), step: g.int(), value: g.double())
             }))
+        case .logs:
+            return .logs(LogBatch(ref: ref(), sequence: int(), lines: array(max: 20) { g in
+                LogLine(time: g.double(), level: LogLevel.allCases.randomElement(using: &g.rng)!, message: g.string())
+            }))
         case .chunk:
             let data = bytes()
             let isLast = bool()
@@ -89,7 +93,7 @@ struct MessageGenerator {
         case .shardFailed:
             return .shardFailed(ShardFailed(ref: ref(), reason: string(), failure: [.shardError, .infrastructure, .permanent].randomElement(using: &rng)!))
         case .ack:
-            return .ack(Ack(ref: ref(), kind: [.metrics, .chunk, .done, .failed].randomElement(using: &rng)!,
+            return .ack(Ack(ref: ref(), kind: [.metrics, .chunk, .done, .failed, .logs].randomElement(using: &rng)!,
                 sequence: int(), offset: int(), status: [.refused, .accepted, .deferred].randomElement(using: &rng)!))
         case .fetch:
             return .fetch(Fetch(requestID: int(), sha256: sha(), offset: int(), length: int()))

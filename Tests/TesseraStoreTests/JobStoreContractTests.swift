@@ -17,6 +17,8 @@ final class ContractFixture {
     let job: Int64
     let w1: Int64
     let w2: Int64
+    /// A shard's stored log lines, oldest first: (attempt, message).
+    var logs: (Int64, Int32) -> [(attempt: Int32, message: String)] = { _, _ in [] }
 
     init(store: any JobStore, job: Int64, state: @escaping (Int64, Int32) -> (String, Int32), close: @escaping () -> Void) throws {
         self.store = store
@@ -39,8 +41,10 @@ final class ContractFixture {
             let m = InMemoryJobStore()
             let job = m.submitJob(
                 kind: "sampling", algorithm: "ddim", slices: (0..<shards).map { ("{\"i\":\($0)}", 10) }, maxAttempts: maxAttempts)
-            return try ContractFixture(
+            let f = try ContractFixture(
                 store: m, job: job, state: { j, i in (m.shard(j, i)!.state, m.shard(j, i)!.attempt) }, close: {})
+            f.logs = { j, i in m.logLines(job: j, shard: i).map { ($0.attempt, $0.line.message) } }
+            return f
         case .postgres:
             let tdb = try PostgresTestDatabase.create(migrate: true)
             let db = try tdb.connect()
@@ -50,7 +54,7 @@ final class ContractFixture {
                 file: "contract.yaml")
             let slices = (0..<shards).map { ShardSlice(slice: .object(["i": .int($0)]), totalSteps: 10) }
             let job = try store.submitJob(spec: spec, sourceText: "", slices: slices)
-            return try ContractFixture(
+            let f = try ContractFixture(
                 store: store, job: job,
                 state: { j, i in
                     let r = try! db.execute(
@@ -62,6 +66,13 @@ final class ContractFixture {
                     db.close()
                     tdb.drop()
                 })
+            f.logs = { j, i in
+                let r = try! db.execute(
+                    "SELECT attempt, message FROM tessera_shard_logs WHERE job_id = $1 AND shard_idx = $2 ORDER BY id",
+                    [.int(j), .int(Int64(i))])
+                return (0..<r.rowCount).map { (Int32(r.int($0, "attempt")!), r[$0, "message"]!) }
+            }
+            return f
         }
     }
 
@@ -139,6 +150,34 @@ struct JobStoreContractTests {
         let last = try f.store.completeShards([(f.ref(1), f.w1, "not json", nil)])
         #expect(last.map(\.accepted) == [true] && last.map(\.jobComplete) == [true])
         #expect(f.state(f.job, 0) == ("succeeded", 1) && f.state(f.job, 1) == ("succeeded", 1))
+    }
+
+    @Test("Logs: only from the leaseholder's current attempt; a replayed batch is stored once; the newest lines per shard are kept", arguments: ContractFixture.Backend.available)
+    func logs(_ backend: ContractFixture.Backend) throws {
+        let f = try ContractFixture.make(backend, shards: 2)
+        defer { f.close() }
+        _ = try f.store.claimShards(workerID: f.w1, limit: 2, capabilities: ["sampling/ddim"])
+        func batch(_ ref: ShardRef, _ w: Int64, _ seq: UInt64, _ texts: [String]) -> ShardLogBatch {
+            ShardLogBatch(ref: ref, workerID: w, sequence: seq, lines: texts.map { LogLine(time: 1, level: .info, message: $0) })
+        }
+        #expect(try f.store.ingestLogs([
+            batch(f.ref(0), f.w2, 0, ["foreign"]), batch(f.ref(0, attempt: 2), f.w1, 0, ["stale"]),
+            batch(f.ref(0), f.w1, 0, ["a", "b"]), batch(f.ref(1), f.w1, 0, ["other shard"]),
+        ]) == [false, false, true, true])
+        // A replay (same attempt and sequence) is accepted and not stored again; the next batch follows.
+        #expect(try f.store.ingestLogs([batch(f.ref(0), f.w1, 0, ["a", "b"]), batch(f.ref(0), f.w1, 1, ["c"])]) == [true, true])
+        #expect(f.logs(f.job, 0).map(\.message) == ["a", "b", "c"])
+        #expect(f.logs(f.job, 1).map(\.message) == ["other shard"])
+        // Retention: the shard keeps its newest lines, the other shard's are untouched.
+        let n = ShardLogRetention.linesPerShard
+        let many = (0..<n).map { "line \($0)" }
+        #expect(try f.store.ingestLogs([batch(f.ref(0), f.w1, 2, many)]) == [true])
+        let kept = f.logs(f.job, 0).map(\.message)
+        #expect(kept.count == n && kept.first == "line 0" && kept.last == "line \(n - 1)")
+        #expect(f.logs(f.job, 1).count == 1)
+        // Once the shard is no longer leased (it succeeded), its attempt's lines are refused.
+        #expect(try f.store.completeShards([(f.ref(1), f.w1, "{}", nil)]).map(\.accepted) == [true])
+        #expect(try f.store.ingestLogs([batch(f.ref(1), f.w1, 1, ["late"])]) == [false])
     }
 
     @Test("Failures: retryable ones cost no attempt; out of attempts the job fails and its other leases come back", arguments: ContractFixture.Backend.available)

@@ -17,6 +17,8 @@ struct WorkerHarness {
         c.chunkSize = 4
         c.chunkWindow = 2
         c.metricsBatchSize = 3
+        // The rules of LOGS are WorkerStateMachineLogsTests'; here a worker that writes no shard log.
+        c.shardLogs = false
         configure(&c)
         machine = WSM(configuration: c)
     }

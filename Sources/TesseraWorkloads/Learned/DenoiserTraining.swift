@@ -116,8 +116,10 @@ public struct DenoiserTraining: TypedAlgorithm {
         let trainer: DenoiserTrainer
         if let resume = task.resume {
             trainer = try DenoiserTrainer(config: c, configText: text, checkpoint: resume.bytes)
+            sink.log("resumed from the checkpoint at update \(trainer.step) of \(c.steps) (network, Adam moments and Philox counter restored)")
         } else {
             trainer = try DenoiserTrainer(config: c, configText: text)
+            sink.log("training from scratch: \(c.steps) updates, \(trainer.network.parameterCount) parameters")
         }
         if trainer.step == 0 { emit(trainer.evaluate(), step: 0, sink: sink) }
         while trainer.step < c.steps {
@@ -132,7 +134,11 @@ public struct DenoiserTraining: TypedAlgorithm {
                 sink.metric("grad_norm", step: Int64(k), value: m.gradNorm)
                 sink.metric("lr", step: Int64(k), value: m.learningRate)
             }
-            if k % c.evalEvery == 0 && k < c.steps { emit(trainer.evaluate(), step: k, sink: sink) }
+            if k % c.evalEvery == 0 && k < c.steps {
+                let e = trainer.evaluate()
+                emit(e, step: k, sink: sink)
+                sink.log("evaluation at update \(k): eval_loss \(e.evalLoss), excess \(e.excess)")
+            }
             sink.progress(step: Int64(k))
             if k == c.steps || (task.spec.checkpointEvery.map { k % $0 == 0 } ?? false) {
                 try sink.blob(.checkpoint, step: Int64(k), bytes: try trainer.checkpoint())
@@ -141,6 +147,7 @@ public struct DenoiserTraining: TypedAlgorithm {
         if sink.shouldStop { throw ShardStopped() }
         let final = trainer.evaluate()
         emit(final, step: c.steps, sink: sink)
+        sink.log("trained: final eval_loss \(final.evalLoss), excess \(final.excess)")
         return TypedShardOutput(
             summary: Summary(
                 steps: c.steps, loss: trainer.last?.loss, gradNorm: trainer.last?.gradNorm,

@@ -376,6 +376,7 @@ public struct RewardModel: TypedAlgorithm {
         let trainer: RewardModelTrainer
         if let resume = task.resume {
             trainer = try RewardModelTrainer(config: c, point: slice, configText: text, checkpoint: resume.bytes)
+            sink.log("resumed from the checkpoint at step \(trainer.step) of \(c.steps)")
         } else {
             trainer = try RewardModelTrainer(config: c, point: slice, configText: text)
             Self.emit(trainer.evaluate(), step: 0, sink: sink)

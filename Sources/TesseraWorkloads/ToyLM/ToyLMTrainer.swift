@@ -195,6 +195,7 @@ enum ToyLMTrainer {
             optimizer = ToyLMOptimizer(adam: checkpoint.optimizer, maxGradNorm: config.maxGradNorm)
             try auxiliary.restore(from: checkpoint.extraTensors)
             start = checkpoint.step
+            sink.log("\(rule.name) β=\(point.beta) seed \(point.seed): resumed from the checkpoint at step \(start) of \(config.steps) (policy, Adam state and \(rule.name) state restored)")
         } else {
             policy = try ToyLMPolicy(
                 problem: problem, hidden: config.hidden, activation: config.activation, seed: point.seed)
@@ -205,6 +206,7 @@ enum ToyLMTrainer {
             for (name, value) in problem.exactMetrics(logProb: policy.logProb, beta: point.beta).named {
                 sink.metric(name, step: 0, value: value)
             }
+            sink.log("\(rule.name) β=\(point.beta) seed \(point.seed): training from the reference policy, \(config.steps) steps")
         }
         sink.progress(step: Int64(start))
 
@@ -242,6 +244,7 @@ enum ToyLMTrainer {
 
         try policy.evaluate()
         let exact = problem.exactMetrics(logProb: policy.logProb, beta: point.beta)
+        sink.log("\(rule.name) β=\(point.beta) seed \(point.seed): trained, KL to reference \(exact.klToReference), expected reward \(exact.expectedReward)")
         let frontier = problem.frontierPoint(beta: point.beta)
         let reached = ToyLMFrontierPoint(klToReference: exact.klToReference, expectedReward: exact.expectedReward)
         return ToyLMShardSummary(
