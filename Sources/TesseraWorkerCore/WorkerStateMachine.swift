@@ -790,8 +790,11 @@ public struct WorkerStateMachine: Sendable {
                 out.append(.send(.shardFailed(ShardFailed(ref: ref, reason: reason, failure: s.transferFailure))))
                 s.outcomeSent = true
             } else if s.unackedMetrics.isEmpty && s.transfers.allSatisfy(\.complete)
-                && s.unackedLogs.isEmpty && s.pendingLogs.isEmpty
+                && s.pendingLogs.isEmpty && s.unsentLogs.isEmpty
             {
+                // Logs need to be sent, not acknowledged: the coordinator stores a connection's LOGS no later than
+                // the SHARD_DONE after them (SPEC §6.4), and waiting for their ACK would put a durable commit on
+                // every shard's path to DONE. Unacknowledged batches stay held and are replayed with the DONE.
                 switch outcome {
                 case .done(let summary):
                     let sha = s.transfers.first(where: { $0.blob.kind == .result })?.sha256 ?? ""

@@ -20,7 +20,7 @@ func logAck(_ ref: ShardRef, _ sequence: UInt64, accepted: Bool = true) -> Messa
 
 @Suite("Worker state machine: shard logs (SPEC §5 LOGS, §6.4)")
 struct WorkerStateMachineLogsTests {
-    @Test("LOGS: the lease line and the computation's lines go in batches from sequence 0; DONE waits for their ACKs")
+    @Test("LOGS: the lease line and the computation's lines go in batches from sequence 0; DONE follows them unacknowledged")
     func batchesAndDone() throws {
         var h = WorkerHarness(configure: withLogs)
         _ = h.feed(.start)
@@ -40,9 +40,33 @@ struct WorkerStateMachineLogsTests {
         let b1 = logBatches(done)
         #expect(b1.map(\.sequence) == [1])
         #expect(b1.first?.lines.map(\.message) == ["computation finished at step 10; sending its outputs"])
-        #expect(finals(done).isEmpty)  // its log is not durable yet
-        #expect(finals(h.receive(logAck(wref(0), 0))).isEmpty)
-        #expect(finals(h.receive(logAck(wref(0), 1))) == [.shardDone(ShardDone(ref: wref(0), summary: Array("{}".utf8)))])
+        // DONE goes at once, after the LOGS on the same connection (the coordinator stores them no later than it).
+        #expect(finals(done) == [.shardDone(ShardDone(ref: wref(0), summary: Array("{}".utf8)))])
+        let order = sent(done).map { if case .logs = $0 { "logs" } else if case .shardDone = $0 { "done" } else { "other" } }
+        #expect(order.filter { $0 != "other" } == ["logs", "done"])
+        // Lost before their ACKs: after a reconnect the unacknowledged LOGS go again, then the DONE.
+        _ = h.advance(.seconds(3.5))
+        let replay = h.advance(.seconds(1))
+        let kinds = sent(replay).map { if case .logs(let b) = $0 { "logs \(b.sequence)" } else if case .shardDone = $0 { "done" } else { "other" } }
+        #expect(kinds.filter { $0 != "other" } == ["logs 0", "logs 1", "done"], "\(kinds)")
+    }
+
+    @Test("DONE waits only while log lines cannot be sent (the window is full), not for ACKs")
+    func doneWaitsForAFullWindowOnly() throws {
+        var h = WorkerHarness(configure: { withLogs(&$0); $0.logsWindow = 1; $0.logsBatchSize = 2 })
+        _ = h.feed(.start)
+        _ = h.machine.handle(.received(.dispatch(dispatch(wref(0)))), now: h.now, wallTime: 1)
+        var out = WSM.ComputeOutput(step: 10, outcome: .done(summary: []))
+        out.logs = lines(["a", "b", "c"])
+        let done = h.feed(.computed(wref(0), out))
+        #expect(logBatches(done).map(\.sequence) == [0])
+        #expect(finals(done).isEmpty)  // lines are still waiting behind the window
+        let next = h.receive(logAck(wref(0), 0))
+        #expect(logBatches(next).map(\.sequence) == [1])
+        #expect(finals(next).isEmpty)
+        let last = h.receive(logAck(wref(0), 1))
+        #expect(logBatches(last).map(\.sequence) == [2])
+        #expect(finals(last) == [.shardDone(ShardDone(ref: wref(0), summary: []))])
     }
 
     @Test("LOGS bounds: at most `logsWindow` batches in flight; past `logsHeld` lines are dropped, counted, then announced; compute never waits")
