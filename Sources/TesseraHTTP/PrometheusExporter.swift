@@ -60,7 +60,52 @@ final class PrometheusExporter: Sendable {
         }
         var buffer: [UInt8] = []
         registry.emit(into: &buffer)
-        return String(decoding: buffer, as: UTF8.self)
+        return Self.withHelp(String(decoding: buffer, as: UTF8.self))
+    }
+
+    /// What each metric measures, as a `# HELP` line (docs/http.md's table says the same). swift-metrics has no place
+    /// for it (the factory registers every metric with empty help), so the lines go in ahead of each `# TYPE`.
+    static let help: [String: String] = [
+        "tessera_shards": "Shards waiting for a worker (queued) and running (leased), read from PostgreSQL at each scrape.",
+        "tessera_jobs": "Jobs by state.",
+        "tessera_shards_dispatched_total": "DISPATCHes sent (every lease, retries included).",
+        "tessera_shards_succeeded_total": "SHARD_DONE messages committed.",
+        "tessera_shards_failed_total": "SHARD_FAILED messages committed (a failure may be retried).",
+        "tessera_shard_duration_seconds": "DISPATCH to SHARD_DONE, per shard that succeeded.",
+        "tessera_lease_expiries_total": "Leases that ran out without renewal and were requeued.",
+        "tessera_workers_lost_total": "Workers declared lost (missed heartbeats); their shards went back to the queue.",
+        "tessera_messages_fenced_total": "Messages of a superseded attempt or a non-holder, refused.",
+        "tessera_messages_received_total": "Worker and client messages received.",
+        "tessera_malformed_frames_total": "Messages received that did not decode.",
+        "tessera_metric_points_written_total": "Metric points committed to PostgreSQL.",
+        "tessera_blob_bytes_written_total": "Checkpoint, sample and result bytes stored (verified, fsynced, renamed).",
+        "tessera_workers_connected": "Worker sessions now.",
+        "tessera_writer_commits_total": "Transactions of the group-committing writer.",
+        "tessera_writer_batch_commands": "Store commands per writer transaction.",
+        "tessera_writer_commit_seconds": "Time per writer transaction, COMMIT included.",
+        "tessera_storage_full": "1 while the data dir is out of space and blob transfers are deferred.",
+        "tessera_storage_full_seconds": "How long the data dir has been out of space (0 when it is not).",
+        "tessera_chunks_deferred_total": "CHUNKs answered deferred (the data dir was full).",
+        "tessera_blob_transfers_open": "Blob transfers under way.",
+        "tessera_handshakes_denied_total": "CURVE handshakes refused (key not on the allow-list).",
+        "tessera_sessions_revoked_total": "Worker sessions ended because their key was revoked.",
+        "tessera_replies_too_large_total": "Client replies refused as over the frame limit.",
+        "tessera_coordinator_active": "1 on the active coordinator, 0 on a standby.",
+    ]
+
+    /// `text` with a `# HELP NAME …` line before each `# TYPE NAME …` that has a help text and none already.
+    static func withHelp(_ text: String) -> String {
+        var out: [Substring] = []
+        var previous: Substring = ""
+        for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
+            if line.hasPrefix("# TYPE "), !previous.hasPrefix("# HELP ") {
+                let name = line.dropFirst("# TYPE ".count).prefix { $0 != " " }
+                if let h = help[String(name)] { out.append("# HELP \(name) \(h)") }
+            }
+            out.append(line)
+            previous = line
+        }
+        return out.joined(separator: "\n")
     }
 }
 

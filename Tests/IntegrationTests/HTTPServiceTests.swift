@@ -150,6 +150,14 @@ struct HTTPServiceTests {
         // Bounded labels: a state or a histogram bucket, never a job, shard or worker.
         let labelNames = Set(samples.flatMap { $0.labels.keys })
         #expect(labelNames.isSubset(of: ["state", "le"]), "labels: \(labelNames)")
+        // Every metric says what it measures: a # HELP line right before its # TYPE line.
+        let lines = scrape.body.split(separator: "\n").map(String.init)
+        let typed = lines.indices.filter { lines[$0].hasPrefix("# TYPE ") }
+        #expect(typed.count >= 20)
+        for i in typed {
+            let name = lines[i].split(separator: " ")[2]
+            #expect(i > 0 && lines[i - 1].hasPrefix("# HELP \(name) ") && lines[i - 1].count > "# HELP \(name) ".count, "no help for \(name)")
+        }
         // A second scrape adds nothing that did not happen.
         let again = try prometheusSamples(try httpGet("\(base)/metrics").body)
         #expect(try value(again, "tessera_shards_succeeded_total") == Double(Self.shards))
