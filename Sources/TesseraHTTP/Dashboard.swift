@@ -202,6 +202,23 @@ struct Dashboard {
                     html += "<tr>" + cols.map { "<td>\(h(item[$0].map { $0.stringValue ?? number($0) } ?? ""))</td>" }.joined() + "</tr>"
                 }
                 html += "</table>"
+            case .array(let rows) where key == "rows":
+                // A sweep's table (Sweep.swift): its own columns, the first ones, a row per point.
+                guard let columns = result["columns"]?.arrayValue?.compactMap(\.stringValue), !columns.isEmpty else { continue }
+                let shown = min(columns.count, 14)
+                html += "<h3>points (\(rows.count))</h3><table class=\"points\"><tr>"
+                    + columns.prefix(shown).map { "<th>\(h($0))</th>" }.joined() + "</tr>"
+                for row in rows.prefix(200) {
+                    let cells = row.arrayValue ?? []
+                    html += "<tr>" + (0..<shown).map { i in "<td>\(h(i < cells.count ? (cells[i].stringValue ?? number(cells[i])) : ""))</td>" }.joined() + "</tr>"
+                }
+                html += "</table>"
+                if rows.count > 200 || columns.count > shown {
+                    html += "<p class=\"note\">The first \(min(rows.count, 200)) points and \(shown) of \(columns.count) columns; "
+                        + "<code>tessera result ID --json</code> has them all, <code>--best METRIC</code> names the best point.</p>"
+                }
+            case .array(let items) where key == "swept":
+                scalars.append((key, items.compactMap(\.stringValue).joined(separator: ", ")))
             default: continue
             }
         }

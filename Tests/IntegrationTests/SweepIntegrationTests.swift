@@ -9,7 +9,7 @@ import Testing
 @Suite(.serialized, .enabled(if: IntegrationEnv.ready, "needs TESSERA_TEST_DATABASE_URL and a built tessera (run ops/test)"))
 struct SweepIntegrationTests {
     @Test func aSweptJobEqualsItsPointsRunAlone() throws {
-        let c = try Cluster(workers: 2)
+        let c = try Cluster(workers: 2, http: true)
         defer { c.shutdown() }
         let spec = "\(c.dir)/ring.yaml"
         try ringSpec(shards: 2, samples: 8192, steps: 20, keep: false).write(toFile: spec, atomically: true, encoding: .utf8)
@@ -58,6 +58,9 @@ struct SweepIntegrationTests {
         #expect(top["row"] as? Int == highest)
         let text = try c.cli(["result", String(job), "--best", "sw1"])
         #expect(text.status == 0 && text.stdout.hasPrefix("best of 4 points by sw1 (lowest)"), "\(text.stdout)")
+        // The dashboard's job page shows the table: a row per point, the swept keys as columns.
+        let page = try httpGet("\(c.httpURL)/jobs/\(job)")
+        #expect(page.status == 200 && page.body.contains("<h3>points (4)</h3>") && page.body.contains("<th>params.eta</th>"), "\(page.body.prefix(300))")
         let unknown = try c.cli(["result", String(job), "--best", "nope"])
         #expect(unknown.status != 0 && unknown.stderr.contains("no column 'nope'") && unknown.stderr.contains("sw1"), "\(unknown.stderr)")
     }
