@@ -84,6 +84,16 @@ struct ChartRasterTests {
         #expect(zip(png.pixel(300, 45), tint).allSatisfy { abs(Double($0) - $1) <= 1 })
     }
 
+    @Test("A dense series (10,000 points on 640 px) keeps a one-point spike: its pixels are drawn in full")
+    func denseSpike() throws {
+        // Step 5007 lands at x 64 + 5007/9999 * 640 = 384.48; the spike to 10 reaches y 44.91, the rest is 0 (y 303.09).
+        let points = (0..<10_000).map { (x: Double($0), y: $0 == 5007 ? 10.0 : 0) }
+        let png = try DecodedPNG(LineChart(title: "t", series: [ChartSeries(label: "a", points: points)]).png())
+        #expect((44...302).allSatisfy { png.pixel(384, $0) == Self.blue })
+        #expect(png.pixel(384, 40) == Self.white && png.pixel(380, 150) == Self.white && png.pixel(389, 150) == Self.white)
+        #expect(png.pixel(100, 303) == Self.blue && png.pixel(700, 303) == Self.blue)
+    }
+
     @Test("Text renders: a bold T at the title position, tick labels under the axis")
     func text() throws {
         let png = try DecodedPNG(LineChart(title: "T", series: [ChartSeries(label: "a", points: [(0, 0), (10, 10)])]).png())
