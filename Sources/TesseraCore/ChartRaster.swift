@@ -102,8 +102,10 @@ enum ChartRaster {
 
         /// Pixels x0..<x1 by y0..<y1, opaque.
         mutating func fill(x0: Int, y0: Int, x1: Int, y1: Int, _ c: Color) {
-            for y in max(0, y0)..<max(max(0, y0), min(height, y1)) {
-                for x in max(0, x0)..<max(max(0, x0), min(width, x1)) { blend(x, y, c, 1) }
+            let lx = max(0, x0), hx = min(width, x1), ly = max(0, y0), hy = min(height, y1)
+            guard lx < hx, ly < hy else { return }
+            for y in ly..<hy {
+                for x in lx..<hx { blend(x, y, c, 1) }
             }
         }
 
@@ -142,12 +144,14 @@ enum ChartRaster {
             }
             edges.sort { $0.y0 < $1.y0 }
             guard let yMin = edges.first?.y0, let yMax = edges.map(\.y1).max() else { return }
+            let firstRow = max(0, Int(yMin.rounded(.down))), lastRow = min(height - 1, Int(yMax.rounded(.up)))
+            guard firstRow <= lastRow else { return }
             var next = 0
             var active: [Edge] = []
             var row = [Double](repeating: 0, count: width)
             var crossings: [(x: Double, winding: Int)] = []
             let weight = 1 / Double(subScanlines)
-            for y in max(0, Int(yMin.rounded(.down)))...min(height - 1, Int(yMax.rounded(.up))) {
+            for y in firstRow...lastRow {
                 var lo = width, hi = -1
                 for s in 0..<subScanlines {
                     let sy = Double(y) + (Double(s) + 0.5) * weight

@@ -2,8 +2,9 @@
 // by our own deflate (LZ77 with one fixed-Huffman block, RFC 1951 §3.2.6), CRC-32 and Adler-32 computed here.
 //
 // Why fixed Huffman rather than stored blocks: a chart is mostly runs of one colour and rows repeating the row above,
-// which LZ77 alone turns into a few bytes per run. A 720 x 360 chart is 778 KB stored and about 20 KB this way, with
-// no Huffman tables to build; dynamic Huffman would save perhaps another third at three times the code.
+// which LZ77 alone turns into a few bytes per run. A 720 x 360 chart is 778 KB stored and 15-30 KB this way (8 dense
+// series of 10,000 points, about 90 KB), with no Huffman tables to build; dynamic Huffman would save perhaps another
+// third at three times the code.
 // Foundation on Linux has no zlib API and swift-crypto has no CRC-32, hence both checksums by hand.
 
 /// An 8-bit RGB image, rows top to bottom, 3 bytes a pixel.
