@@ -81,8 +81,8 @@ public struct LineChart: Sendable {
             .replacingOccurrences(of: ">", with: "&gt;").replacingOccurrences(of: "\"", with: "&quot;")
     }
 
-    /// The chart as a standalone SVG document.
-    public func svg() -> String {
+    /// Where everything goes, in pixels from the top left: the one layout both `svg()` and `png()` draw.
+    public func layout() -> ChartLayout {
         let left = 64.0, right = 16.0, top = 32.0, bottom = 44.0
         let legendRows = series.count > 1 ? min(series.count, 10) : 0
         let w = Double(width), h = Double(height) + Double(legendRows) * 16
@@ -91,14 +91,11 @@ public struct LineChart: Sendable {
         var xs = finite.map(\.x), ys = finite.map(\.y)
         xs += band.map(\.x)
         ys += band.flatMap { [$0.lower, $0.upper] }.filter(\.isFinite)
-        var out = """
-            <svg xmlns="http://www.w3.org/2000/svg" width="\(width)" height="\(Int(h))" viewBox="0 0 \(width) \(Int(h))" font-family="sans-serif" font-size="11">
-            <rect width="100%" height="100%" fill="white"/>
-            <text x="\(left)" y="18" font-size="13" font-weight="bold">\(Self.escape(title))</text>
-
-            """
+        var out = ChartLayout(
+            width: width, height: Int(h),
+            title: .init(x: left, y: 18, text: title, anchor: .start, isTitle: true))
         guard let x0 = xs.min(), let x1 = xs.max(), let y0 = ys.min(), let y1 = ys.max() else {
-            out += "<text x=\"\(left)\" y=\"\(top + plotH / 2)\">no points</text>\n</svg>\n"
+            out.message = .init(x: left, y: top + plotH / 2, text: "no points")
             return out
         }
         // A flat series still gets a visible range.
@@ -107,54 +104,133 @@ public struct LineChart: Sendable {
         let (ylo, yhi) = y1 > y0 ? (y0 - pad, y1 + pad) : (y0 - max(abs(y0) * 0.1, 0.5), y0 + max(abs(y0) * 0.1, 0.5))
         func px(_ x: Double) -> Double { left + (x - xlo) / (xhi - xlo) * plotW }
         func py(_ y: Double) -> Double { top + (1 - (y - ylo) / (yhi - ylo)) * plotH }
-        func f(_ v: Double) -> String { String(format: "%.1f", v) }
 
-        for t in Self.ticks(ylo, yhi) {
-            out += "<line x1=\"\(f(left))\" x2=\"\(f(left + plotW))\" y1=\"\(f(py(t)))\" y2=\"\(f(py(t)))\" stroke=\"#e5e5e5\"/>"
-            out += "<text x=\"\(f(left - 6))\" y=\"\(f(py(t) + 4))\" text-anchor=\"end\">\(Self.label(t))</text>\n"
+        out.plot = .init(x: left, y: top, width: plotW, height: plotH)
+        out.yTicks = Self.ticks(ylo, yhi).map {
+            (py($0), ChartLayout.Text(x: left - 6, y: py($0) + 4, text: Self.label($0), anchor: .end))
         }
-        for t in Self.ticks(xlo, xhi) {
-            out += "<line x1=\"\(f(px(t)))\" x2=\"\(f(px(t)))\" y1=\"\(f(top + plotH))\" y2=\"\(f(top + plotH + 4))\" stroke=\"#555\"/>"
-            out += "<text x=\"\(f(px(t)))\" y=\"\(f(top + plotH + 16))\" text-anchor=\"middle\">\(Self.label(t))</text>\n"
+        out.xTicks = Self.ticks(xlo, xhi).map {
+            (px($0), ChartLayout.Text(x: px($0), y: top + plotH + 16, text: Self.label($0), anchor: .middle))
         }
-        out += "<rect x=\"\(f(left))\" y=\"\(f(top))\" width=\"\(f(plotW))\" height=\"\(f(plotH))\" fill=\"none\" stroke=\"#555\"/>\n"
-        out += "<text x=\"\(f(left + plotW / 2))\" y=\"\(f(top + plotH + 34))\" text-anchor=\"middle\">\(Self.escape(xLabel))</text>\n"
-        if !yLabel.isEmpty {
-            out += "<text transform=\"translate(14 \(f(top + plotH / 2))) rotate(-90)\" text-anchor=\"middle\">\(Self.escape(yLabel))</text>\n"
-        }
+        out.xLabel = .init(x: left + plotW / 2, y: top + plotH + 34, text: xLabel, anchor: .middle)
+        if !yLabel.isEmpty { out.yLabel = .init(x: 14, y: top + plotH / 2, text: yLabel, anchor: .middle, isRotated: true) }
         let bandPoints = band.filter { $0.x.isFinite && $0.lower.isFinite && $0.upper.isFinite }
         if bandPoints.count > 1 {
-            let upper = bandPoints.map { "\(f(px($0.x))),\(f(py($0.upper)))" }
-            let lower = bandPoints.reversed().map { "\(f(px($0.x))),\(f(py($0.lower)))" }
-            out += "<polygon class=\"band\" points=\"\((upper + lower).joined(separator: " "))\" fill=\"#1f77b4\" fill-opacity=\"0.18\" stroke=\"none\"/>\n"
+            out.band = bandPoints.map { (px($0.x), py($0.upper)) } + bandPoints.reversed().map { (px($0.x), py($0.lower)) }
         }
         for (i, s) in series.enumerated() {
-            let color = Self.palette[i % Self.palette.count]
             // Runs of finite points; a NaN or infinity breaks the line.
-            var runs: [[String]] = [[]]
+            var runs: [[(x: Double, y: Double)]] = [[]]
             for p in s.points {
-                if p.x.isFinite && p.y.isFinite { runs[runs.count - 1].append("\(f(px(p.x))),\(f(py(p.y)))") } else if !runs[runs.count - 1].isEmpty { runs.append([]) }
+                if p.x.isFinite && p.y.isFinite { runs[runs.count - 1].append((px(p.x), py(p.y))) } else if !runs[runs.count - 1].isEmpty { runs.append([]) }
             }
-            for run in runs where !run.isEmpty {
-                if run.count == 1 {
-                    let xy = run[0].split(separator: ",")
-                    out += "<circle class=\"series\" data-label=\"\(Self.escape(s.label))\" cx=\"\(xy[0])\" cy=\"\(xy[1])\" r=\"2\" fill=\"\(color)\"/>\n"
-                } else {
-                    out += "<polyline class=\"series\" data-label=\"\(Self.escape(s.label))\" points=\"\(run.joined(separator: " "))\" fill=\"none\" stroke=\"\(color)\" stroke-width=\"1.5\"/>\n"
-                }
-            }
+            out.lines.append(.init(label: s.label, color: Self.palette[i % Self.palette.count], runs: runs.filter { !$0.isEmpty }))
         }
         for (i, s) in series.prefix(legendRows).enumerated() {
             let y = Double(height) + Double(i) * 16 - 4
-            out += "<rect x=\"\(f(left))\" y=\"\(f(y - 9))\" width=\"10\" height=\"10\" fill=\"\(Self.palette[i % Self.palette.count])\"/>"
-            out += "<text x=\"\(f(left + 16))\" y=\"\(f(y))\">\(Self.escape(s.label))</text>\n"
+            out.legend.append((
+                .init(x: left, y: y - 9, width: 10, height: 10), Self.palette[i % Self.palette.count],
+                .init(x: left + 16, y: y, text: s.label)))
         }
         if series.count > legendRows && legendRows > 0 {
-            out += "<text x=\"\(f(left + 200))\" y=\"\(f(Double(height) - 4))\">(\(series.count - legendRows) more not in the legend)</text>\n"
+            out.legendMore = .init(x: left + 200, y: Double(height) - 4, text: "(\(series.count - legendRows) more not in the legend)")
         }
+        return out
+    }
+
+    /// The chart as a standalone SVG document.
+    public func svg() -> String {
+        let l = layout()
+        func f(_ v: Double) -> String { String(format: "%.1f", v) }
+        func text(_ t: ChartLayout.Text) -> String {
+            let anchor = t.anchor == .start ? "" : " text-anchor=\"\(t.anchor == .middle ? "middle" : "end")\""
+            let at = t.isRotated ? "transform=\"translate(\(f(t.x)) \(f(t.y))) rotate(-90)\"" : "x=\"\(f(t.x))\" y=\"\(f(t.y))\""
+            return "<text \(at)\(anchor)>\(Self.escape(t.text))</text>"
+        }
+        var out = """
+            <svg xmlns="http://www.w3.org/2000/svg" width="\(l.width)" height="\(l.height)" viewBox="0 0 \(l.width) \(l.height)" font-family="sans-serif" font-size="11">
+            <rect width="100%" height="100%" fill="white"/>
+            <text x="\(l.title.x)" y="\(Int(l.title.y))" font-size="13" font-weight="bold">\(Self.escape(l.title.text))</text>
+
+            """
+        guard let plot = l.plot else {
+            if let m = l.message { out += text(m) + "\n" }
+            return out + "</svg>\n"
+        }
+        for (y, label) in l.yTicks {
+            out += "<line x1=\"\(f(plot.x))\" x2=\"\(f(plot.x + plot.width))\" y1=\"\(f(y))\" y2=\"\(f(y))\" stroke=\"#e5e5e5\"/>"
+            out += text(label) + "\n"
+        }
+        for (x, label) in l.xTicks {
+            out += "<line x1=\"\(f(x))\" x2=\"\(f(x))\" y1=\"\(f(plot.y + plot.height))\" y2=\"\(f(plot.y + plot.height + 4))\" stroke=\"#555\"/>"
+            out += text(label) + "\n"
+        }
+        out += "<rect x=\"\(f(plot.x))\" y=\"\(f(plot.y))\" width=\"\(f(plot.width))\" height=\"\(f(plot.height))\" fill=\"none\" stroke=\"#555\"/>\n"
+        if let x = l.xLabel { out += text(x) + "\n" }
+        if let y = l.yLabel { out += text(y) + "\n" }
+        if !l.band.isEmpty {
+            let points = l.band.map { "\(f($0.x)),\(f($0.y))" }.joined(separator: " ")
+            out += "<polygon class=\"band\" points=\"\(points)\" fill=\"\(ChartLayout.bandColor)\" fill-opacity=\"\(ChartLayout.bandOpacity)\" stroke=\"none\"/>\n"
+        }
+        for line in l.lines {
+            for run in line.runs {
+                if run.count == 1 {
+                    out += "<circle class=\"series\" data-label=\"\(Self.escape(line.label))\" cx=\"\(f(run[0].x))\" cy=\"\(f(run[0].y))\" r=\"2\" fill=\"\(line.color)\"/>\n"
+                } else {
+                    let points = run.map { "\(f($0.x)),\(f($0.y))" }.joined(separator: " ")
+                    out += "<polyline class=\"series\" data-label=\"\(Self.escape(line.label))\" points=\"\(points)\" fill=\"none\" stroke=\"\(line.color)\" stroke-width=\"1.5\"/>\n"
+                }
+            }
+        }
+        for (swatch, color, label) in l.legend {
+            out += "<rect x=\"\(f(swatch.x))\" y=\"\(f(swatch.y))\" width=\"10\" height=\"10\" fill=\"\(color)\"/>"
+            out += text(label) + "\n"
+        }
+        if let more = l.legendMore { out += text(more) + "\n" }
         out += "</svg>\n"
         return out
     }
+}
+
+/// A chart laid out in pixels (origin top left, y down): what `LineChart.svg()` writes as SVG elements and
+/// `LineChart.png()` rasterizes. Text positions are SVG's: `y` is the baseline, `anchor` says which end of the text
+/// `x` is; a rotated text (the y label) reads bottom to top, centred on (x, y).
+public struct ChartLayout: Sendable {
+    public enum Anchor: Sendable { case start, middle, end }
+    public struct Text: Sendable {
+        public var x: Double, y: Double
+        public var text: String
+        public var anchor: Anchor = .start
+        /// The title: 13 px bold in the SVG, bold in the PNG.
+        public var isTitle = false
+        public var isRotated = false
+    }
+    public struct Rect: Sendable { public var x: Double, y: Double, width: Double, height: Double }
+    public struct Line: Sendable {
+        public var label: String
+        public var color: String
+        /// Runs of consecutive finite points; a run of one point is drawn as a dot.
+        public var runs: [[(x: Double, y: Double)]]
+    }
+    /// The band's fill: the first palette colour at this opacity.
+    public static let bandColor = "#1f77b4"
+    public static let bandOpacity = 0.18
+
+    public var width: Int, height: Int
+    public var title: Text
+    /// "no points" in place of the plot when there is nothing to draw (then `plot` is nil and the rest empty).
+    public var message: Text?
+    /// The plot area, framed; y ticks are grid lines across it, x ticks 4 px marks below it.
+    public var plot: Rect?
+    public var yTicks: [(y: Double, label: Text)] = []
+    public var xTicks: [(x: Double, label: Text)] = []
+    public var xLabel: Text?
+    public var yLabel: Text?
+    /// The band as one polygon: the upper edge left to right, then the lower edge right to left.
+    public var band: [(x: Double, y: Double)] = []
+    public var lines: [Line] = []
+    public var legend: [(swatch: Rect, color: String, label: Text)] = []
+    public var legendMore: Text?
 }
 
 public enum Sparkline {

@@ -404,9 +404,9 @@ struct Metrics: ParsableCommand {
     @Flag(help: "List the job's metric series (name, shards, points, first and last step) instead of the points.")
     var list = false
     @Option(help: ArgumentHelp(
-        "Write an SVG chart of one metric to FILE.svg: a line per shard (--mean: the mean with a min–max band).",
-        discussion: "Needs --name when the job has more than one metric. Open it in any browser; `rsvg-convert -o f.png f.svg` makes a PNG.",
-        valueName: "FILE.svg")) var plot: String?
+        "Write a chart of one metric to FILE.svg or FILE.png: a line per shard (--mean: the mean with a min–max band).",
+        discussion: "Needs --name when the job has more than one metric. The file's extension picks the format; both have the same layout.",
+        valueName: "FILE.svg|FILE.png")) var plot: String?
     @Flag(help: "With --plot: one line, the mean over shards at each step, and a band from their min to their max.")
     var mean = false
     @Flag(help: "A sparkline per shard and metric in the terminal (first and last value, min and max beside it).")
@@ -423,8 +423,8 @@ struct Metrics: ParsableCommand {
             throw ValidationError("--json, --csv, --jsonl, --plot and --spark exclude each other")
         }
         if mean && plot == nil { throw ValidationError("--mean goes with --plot") }
-        if let plot, !plot.lowercased().hasSuffix(".svg") {
-            throw ValidationError("--plot writes SVG: give a FILE.svg (got '\(plot)'; `rsvg-convert -o f.png f.svg` makes a PNG from it)")
+        if let plot, !plot.lowercased().hasSuffix(".svg") && !plot.lowercased().hasSuffix(".png") {
+            throw ValidationError("--plot writes SVG or PNG: give a FILE.svg or a FILE.png (got '\(plot)')")
         }
         if let limit, limit < 1 { throw ValidationError("--limit must be at least 1 (got \(limit))") }
         if list && (csv || jsonl || name != nil || limit != nil || plot != nil || spark) { throw ValidationError("--list takes only --shard and --json") }
@@ -523,7 +523,7 @@ extension Metrics {
                 ? LineChart.meanWithBand(title: "job \(job): \(metric), mean over \(lines.count) shard(s), min–max band", of: lines)
                 : LineChart(title: "job \(job): \(metric)", series: lines)
             c.yLabel = metric
-            guard FileManager.default.createFile(atPath: plot, contents: Data(c.svg().utf8)) else {
+            guard FileManager.default.createFile(atPath: plot, contents: plot.lowercased().hasSuffix(".png") ? Data(c.png()) : Data(c.svg().utf8)) else {
                 throw CLIError("cannot write \(plot)")
             }
             return printErr("wrote \(plot): \(metric), \(lines.count) shard(s), \(rows.count) point(s)")

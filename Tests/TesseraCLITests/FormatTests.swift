@@ -141,9 +141,11 @@ struct FormatTests {
 
 @Suite("metrics --plot / --spark options")
 struct MetricsChartOptionTests {
-    @Test("--plot writes SVG only, --mean needs --plot, and the output modes exclude each other")
+    @Test("--plot writes SVG or PNG, --mean needs --plot, and the output modes exclude each other")
     func validation() throws {
-        #expect(throws: (any Error).self) { try Metrics.parse(["7", "--plot", "loss.png"]) }
+        #expect(throws: (any Error).self) { try Metrics.parse(["7", "--plot", "loss.jpg"]) }
+        #expect(throws: (any Error).self) { try Metrics.parse(["7", "--plot", "loss"]) }
+        #expect(try Metrics.parse(["7", "--plot", "loss.PNG"]).plot == "loss.PNG")
         #expect(throws: (any Error).self) { try Metrics.parse(["7", "--mean"]) }
         #expect(throws: (any Error).self) { try Metrics.parse(["7", "--plot", "a.svg", "--spark"]) }
         #expect(throws: (any Error).self) { try Metrics.parse(["7", "--spark", "--csv"]) }
