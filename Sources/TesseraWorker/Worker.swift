@@ -56,6 +56,8 @@ public struct WorkerConfiguration: Sendable {
     /// Per shard: output the coordinator has not taken yet is kept in memory up to this, then in a file up to
     /// `spoolDiskBytes`; only then does the shard's computation wait.
     public var spoolMemoryBytes: Int = 256 << 20
+    /// False: this worker writes no shard log lines and sends no LOGS (`tessera worker --no-shard-logs`).
+    public var shardLogs = true
     public var spoolDiskBytes: Int = 8 << 30
 
     public init(coordinator: String, slots: Int, name: String, host: String, dataDir: String? = nil) {
@@ -145,6 +147,7 @@ public final class WorkerDaemon: Service, @unchecked Sendable {
         c.chunkSize = config.chunkSize
         c.chunkWindow = config.chunkWindow
         c.metricsBatchSize = config.metricsBatchSize
+        c.shardLogs = config.shardLogs
         return c
     }
 

@@ -225,6 +225,10 @@ struct WorkerCommand: AsyncParsableCommand {
     var spoolMemory: Int = 256
     @Option(help: "Per shard: MiB of spool file before the shard's computation waits for the coordinator.")
     var spoolDisk: Int = 8192
+    @Flag(help: ArgumentHelp(
+        "Send no shard log lines (tessera logs shows none for this worker's shards).",
+        discussion: "For workers whose log lines must not leave the node, or to measure what the logs cost (ops/bench dispatch --no-shard-logs)."))
+    var noShardLogs = false
     @OptionGroup var log: LogOptions
 
     func validate() throws {
@@ -264,6 +268,7 @@ struct WorkerCommand: AsyncParsableCommand {
             if let d = dataDir ?? Env.get("TESSERA_WORKER_DATA_DIR") { config.dataDir = d }
             config.spoolMemoryBytes = spoolMemory << 20
             config.spoolDiskBytes = spoolDisk << 20
+            config.shardLogs = !noShardLogs
             let worker = try WorkerDaemon(config: config, catalogue: Workloads.catalogue, logger: logger)
             // SIGTERM / SIGINT: drain (graceful shutdown); if that outlasts the drain timeout plus the time to send
             // the last messages, the group cancels and the worker stops at once.
