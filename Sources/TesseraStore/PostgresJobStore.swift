@@ -457,7 +457,11 @@ public final class PostgresJobStore: JobStore, @unchecked Sendable {
             var lineNos: [Int64] = [], times: [Double] = [], levels: [String] = [], messages: [String] = []
             var touched = Set<ShardKeyPair>()
             for b in batches where current.contains(Sender(key: b.ref, workerID: b.workerID)) {
-                touched.insert(ShardKeyPair(job: b.ref.jobID, idx: b.ref.shardIndex))
+                // The first batch of a shard's first attempt is all the shard has stored (unless it alone is past
+                // the bound): no pruning then, which spares a short shard's commit the DELETE.
+                if b.sequence > 0 || b.ref.attempt > 1 || b.lines.count > ShardLogRetention.linesPerShard {
+                    touched.insert(ShardKeyPair(job: b.ref.jobID, idx: b.ref.shardIndex))
+                }
                 for (n, line) in b.lines.enumerated() {
                     jobIDs.append(b.ref.jobID)
                     idxs.append(Int64(b.ref.shardIndex))
@@ -486,7 +490,7 @@ public final class PostgresJobStore: JobStore, @unchecked Sendable {
                 )
                 // Retention: each touched shard keeps its newest lines (an index probe per shard, not a count).
                 let keys = Array(touched)
-                try db.execute(
+                if !keys.isEmpty { try db.execute(
                     """
                     DELETE FROM tessera_shard_logs l
                     USING (SELECT k.job_id, k.idx,
@@ -499,7 +503,7 @@ public final class PostgresJobStore: JobStore, @unchecked Sendable {
                         .text(PGArray.ints(keys.map(\.job))), .text(PGArray.ints(keys.map { Int64($0.idx) })),
                         .int(Int64(ShardLogRetention.linesPerShard)),
                     ]
-                )
+                ) }
             }
             return batches.map { current.contains(Sender(key: $0.ref, workerID: $0.workerID)) }
         }

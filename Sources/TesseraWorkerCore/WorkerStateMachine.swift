@@ -50,6 +50,10 @@ public struct WorkerStateMachine: Sendable {
         /// Log lines of one shard held (waiting, or sent and unacknowledged) at most. Logs never slow a shard down:
         /// a line that finds the shard's log full is dropped and counted, and the next line sent says how many were.
         public var logsHeld: Int = 1024
+        /// How long a shard's log lines may wait to fill a batch: a batch is cut when it is full, when the shard's
+        /// computation has ended (before its SHARD_DONE), while draining, or once its oldest line waited this long.
+        /// A short shard's lines (lease, end) then go in one LOGS, not one per line.
+        public var logsFlushDelay: Duration = .milliseconds(500)
         /// False: the worker writes no shard log and sends no LOGS (as a worker that predates them).
         public var shardLogs = true
 
@@ -213,6 +217,8 @@ public struct WorkerStateMachine: Sendable {
         /// The attempt's log (SPEC §5 LOGS): lines not yet in a batch, batches kept until acknowledged (like
         /// metrics, and replayed after a reconnect), and lines dropped because the log was full.
         var pendingLogs: [LogLine] = []
+        /// When the oldest of `pendingLogs` was written (nil while there is none).
+        var pendingLogsSince: ContinuousClock.Instant?
         var nextLogSequence: UInt64 = 0
         var unackedLogs: [UInt64: LogBatch] = [:]
         var unsentLogs: [UInt64] = []
@@ -430,6 +436,11 @@ public struct WorkerStateMachine: Sendable {
         case .idle, .exited:
             break
         }
+        // Log lines that waited long enough go.
+        for ref in order {
+            guard let since = shards[ref]?.pendingLogsSince, now - since >= configuration.logsFlushDelay else { continue }
+            flush(ref, into: &out)
+        }
         // Deferred transfers whose wait is over go again.
         for ref in order {
             guard var s = shards[ref], s.transfers.contains(where: { $0.deferredUntil.map { $0 <= now } ?? false }) else { continue }
@@ -470,6 +481,7 @@ public struct WorkerStateMachine: Sendable {
                 s.unsentMetrics = []
                 s.transfers = []
                 s.pendingLogs = []
+                s.pendingLogsSince = nil
                 s.unackedLogs = [:]
                 s.unsentLogs = []
                 shards[c.ref] = s
@@ -511,6 +523,7 @@ public struct WorkerStateMachine: Sendable {
                     guard var s = shards[ref] else { continue }
                     logLinesDropped += s.heldLogLines
                     s.pendingLogs = []
+                    s.pendingLogsSince = nil
                     s.unackedLogs = [:]
                     s.unsentLogs = []
                     shards[ref] = s
@@ -636,6 +649,7 @@ public struct WorkerStateMachine: Sendable {
         } else {
             var line = line
             line.message = LogLine.clip(line.message)
+            if s.pendingLogs.isEmpty { s.pendingLogsSince = now }
             s.pendingLogs.append(line)
         }
         shards[ref] = s
@@ -745,10 +759,16 @@ public struct WorkerStateMachine: Sendable {
                     message: "\(s.droppedLogs) log lines dropped (the worker's log buffer for this shard was full)"))
                 s.droppedLogs = 0
             }
-            // A batch is cut only when the window has room, so lines wait as lines (and go in fuller batches).
-            while !s.pendingLogs.isEmpty && s.unackedLogs.count < configuration.logsWindow {
+            // A batch is cut only when the window has room, so lines wait as lines (and go in fuller batches), and
+            // only when it is full, the computation has ended, the worker drains or the oldest line waited long enough.
+            let due = s.outcome != nil || drainStarted != nil
+                || (s.pendingLogsSince.map { since in now.map { $0 - since >= configuration.logsFlushDelay } ?? true } ?? false)
+            while !s.pendingLogs.isEmpty && s.unackedLogs.count < configuration.logsWindow
+                && (due || s.pendingLogs.count >= configuration.logsBatchSize)
+            {
                 let batch = LogBatch(ref: ref, sequence: s.nextLogSequence, lines: Array(s.pendingLogs.prefix(configuration.logsBatchSize)))
                 s.pendingLogs.removeFirst(batch.lines.count)
+                s.pendingLogsSince = s.pendingLogs.isEmpty ? nil : now
                 s.nextLogSequence += 1
                 s.unackedLogs[batch.sequence] = batch
                 s.unsentLogs.append(batch.sequence)

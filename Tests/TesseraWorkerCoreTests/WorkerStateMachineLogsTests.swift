@@ -12,7 +12,11 @@ func logBatches(_ actions: [WSM.Action]) -> [LogBatch] {
 
 func lines(_ texts: [String]) -> [LogLine] { texts.map { LogLine(time: 1, level: .info, message: $0) } }
 
-func withLogs(_ c: inout WSM.Configuration) { c.shardLogs = true }
+/// Logs on, and every line due at once (the tests of batching, bounds and fencing do not wait for the flush delay).
+func withLogs(_ c: inout WSM.Configuration) {
+    c.shardLogs = true
+    c.logsFlushDelay = .zero
+}
 
 func logAck(_ ref: ShardRef, _ sequence: UInt64, accepted: Bool = true) -> Message {
     .ack(Ack(ref: ref, kind: .logs, sequence: sequence, accepted: accepted))
@@ -51,6 +55,24 @@ struct WorkerStateMachineLogsTests {
         #expect(kinds.filter { $0 != "other" } == ["logs 0", "logs 1", "done"], "\(kinds)")
     }
 
+    @Test("Lines wait up to the flush delay to fill a batch: a short shard's lease and end lines go in one LOGS")
+    func flushDelay() throws {
+        var h = WorkerHarness(configure: { $0.shardLogs = true; $0.logsFlushDelay = .milliseconds(500) })
+        _ = h.feed(.start)
+        let lease = h.machine.handle(.received(.dispatch(dispatch(wref(0)))), now: h.now, wallTime: 1)
+        #expect(logBatches(lease).isEmpty)  // the lease line waits
+        let done = h.feed(.computed(wref(0), WSM.ComputeOutput(step: 10, outcome: .done(summary: []))))
+        let batches = logBatches(done)
+        #expect(batches.count == 1 && batches[0].lines.count == 2, "\(batches)")
+        #expect(finals(done) == [.shardDone(ShardDone(ref: wref(0), summary: []))])
+
+        // A running shard's line goes once it waited the delay (at a tick), not before.
+        _ = h.machine.handle(.received(.dispatch(dispatch(wref(1)))), now: h.now, wallTime: 2)
+        #expect(logBatches(h.advance(.milliseconds(300))).isEmpty)
+        let late = logBatches(h.advance(.milliseconds(300)))
+        #expect(late.count == 1 && late[0].ref == wref(1) && late[0].lines.count == 1)
+    }
+
     @Test("DONE waits only while log lines cannot be sent (the window is full), not for ACKs")
     func doneWaitsForAFullWindowOnly() throws {
         var h = WorkerHarness(configure: { withLogs(&$0); $0.logsWindow = 1; $0.logsBatchSize = 2 })
@@ -76,6 +98,7 @@ struct WorkerStateMachineLogsTests {
             $0.logsBatchSize = 2
             $0.logsWindow = 2
             $0.logsHeld = 6
+            $0.logsFlushDelay = .zero
         }
         var out = WSM.ComputeOutput(step: 1)
         out.logs = lines((1...10).map { "l\($0)" })
