@@ -591,41 +591,75 @@ struct Checkpoint: ParsableCommand {
 
     struct Pull: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Download a shard's checkpoint (or samples file) as safetensors.",
-            discussion: "Without --kind, the newest checkpoint is taken, else the samples file. The SHA-256 is verified."
+            abstract: "Download a shard's checkpoint (or samples file) as safetensors; --all-shards: every shard's.",
+            discussion: """
+                Without --kind, the newest checkpoint is taken, else the samples file. The SHA-256 is verified. \
+                With --all-shards, -o names a directory (created if missing) that gets shard-N.safetensors for each \
+                shard that has such a blob; shards without one are listed, and it is an error if none has one.
+                """
         )
         @Argument(help: "The job id.") var job: Int
-        @Option(help: "Shard index.") var shard = 0
+        @Option(help: "Shard index (default 0).") var shard: Int?
+        @Flag(help: "Every shard's blob, into the directory -o DIR, as DIR/shard-N.safetensors.") var allShards = false
         @Option(help: "A specific step (default: the newest).") var step: Int?
         @Option(help: "checkpoint or samples.") var kind: String?
-        @Option(name: .shortAndLong, help: "Output file.") var output: String
+        @Option(name: .shortAndLong, help: "Output file (with --all-shards: a directory).") var output: String
         @OptionGroup var client: ClientOptions
+
+        func validate() throws {
+            if allShards && shard != nil { throw ValidationError("--all-shards and --shard exclude each other") }
+        }
 
         func run() throws {
             try runCLI {
                 let c = try client.client()
-                var body: JSONObject = ["job": .int(job), "shard": .int(shard)]
-                if let step { body["step"] = .int(step) }
-                if let kind { body["kind"] = .string(kind) }
-                let (info, _) = try c.call("blob.info", body)
-                guard let sha = info["sha256"]?.stringValue, let size = info["size"]?.intValue else {
-                    throw CLIError("malformed blob.info reply")
+                guard allShards else { return try pull(c, shard: shard ?? 0, to: output) }
+                let (status, _) = try c.call("status", ["job": .int(job)])
+                let count = status["job"]?["shards"]?.arrayValue?.count ?? 0
+                do { try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true) } catch {
+                    throw CLIError("cannot create the directory \(output): \(error.localizedDescription)")
                 }
-                var bytes: [UInt8] = []
-                bytes.reserveCapacity(size)
-                while bytes.count < size {
-                    let (r, blob) = try c.call("blob.read", ["sha256": .string(sha), "offset": .int(bytes.count), "length": .int(1 << 20)])
-                    guard !blob.isEmpty || r["total_size"]?.intValue == bytes.count else { throw CLIError("short read of blob \(sha)") }
-                    bytes += blob
+                var written = 0
+                var without: [Int] = []
+                for i in 0..<count {
+                    do {
+                        try pull(c, shard: i, to: "\(output)/shard-\(i).safetensors")
+                        written += 1
+                    } catch let e as CLIError where e.exitCode == 4 {
+                        without.append(i)
+                    }
                 }
-                guard BlobStore.sha256Hex(bytes) == sha else { throw CLIError("downloaded blob failed its SHA-256 check") }
-                let tmp = output + ".tmp-\(getpid())"
-                guard FileManager.default.createFile(atPath: tmp, contents: Data(bytes)) else {
-                    throw CLIError("cannot write \(output)")
+                let missing = without.isEmpty ? "" : "; without one: shard(s) \(without.map(String.init).joined(separator: ", "))"
+                guard written > 0 else {
+                    throw CLIError("no shard of job \(job) has a \(kind ?? "checkpoint or samples file")\(step.map { " at step \($0)" } ?? "")", exitCode: 4)
                 }
-                guard rename(tmp, output) == 0 else { throw CLIError("cannot write \(output): errno \(errno)") }
-                printErr("wrote \(output): \(info["kind"]?.stringValue ?? "blob") of job \(job) shard \(shard) step \(info["step"]?.intValue ?? 0), \(size) bytes, sha256 \(sha)")
+                printErr("wrote \(written) of \(count) shards to \(output)/\(missing)")
             }
+        }
+
+        /// One shard's blob to `path`, verified, written atomically.
+        private func pull(_ c: CoordinatorClient, shard: Int, to path: String) throws {
+            var body: JSONObject = ["job": .int(job), "shard": .int(shard)]
+            if let step { body["step"] = .int(step) }
+            if let kind { body["kind"] = .string(kind) }
+            let (info, _) = try c.call("blob.info", body)
+            guard let sha = info["sha256"]?.stringValue, let size = info["size"]?.intValue else {
+                throw CLIError("malformed blob.info reply")
+            }
+            var bytes: [UInt8] = []
+            bytes.reserveCapacity(size)
+            while bytes.count < size {
+                let (r, blob) = try c.call("blob.read", ["sha256": .string(sha), "offset": .int(bytes.count), "length": .int(1 << 20)])
+                guard !blob.isEmpty || r["total_size"]?.intValue == bytes.count else { throw CLIError("short read of blob \(sha)") }
+                bytes += blob
+            }
+            guard BlobStore.sha256Hex(bytes) == sha else { throw CLIError("downloaded blob failed its SHA-256 check") }
+            let tmp = path + ".tmp-\(getpid())"
+            guard FileManager.default.createFile(atPath: tmp, contents: Data(bytes)) else {
+                throw CLIError("cannot write \(path)")
+            }
+            guard rename(tmp, path) == 0 else { throw CLIError("cannot write \(path): errno \(errno)") }
+            printErr("wrote \(path): \(info["kind"]?.stringValue ?? "blob") of job \(job) shard \(shard) step \(info["step"]?.intValue ?? 0), \(size) bytes, sha256 \(sha)")
         }
     }
 }

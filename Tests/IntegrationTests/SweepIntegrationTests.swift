@@ -12,7 +12,7 @@ struct SweepIntegrationTests {
         let c = try Cluster(workers: 2, http: true)
         defer { c.shutdown() }
         let spec = "\(c.dir)/ring.yaml"
-        try ringSpec(shards: 2, samples: 8192, steps: 20, keep: false).write(toFile: spec, atomically: true, encoding: .utf8)
+        try ringSpec(shards: 2, samples: 8192, steps: 20, keep: true).write(toFile: spec, atomically: true, encoding: .utf8)
         // params.eta varies slowest; its key is longer than seed's, so JSONB would put it second in a mapping.
         let sub = try c.cli(["submit", spec, "--sweep", "params.eta=0,1", "--sweep", "seed=3..4"])
         #expect(sub.status == 0, "\(sub.stderr)")
@@ -61,6 +61,18 @@ struct SweepIntegrationTests {
         // The dashboard's job page shows the table: a row per point, the swept keys as columns.
         let page = try httpGet("\(c.httpURL)/jobs/\(job)")
         #expect(page.status == 200 && page.body.contains("<h3>points (4)</h3>") && page.body.contains("<th>params.eta</th>"), "\(page.body.prefix(300))")
+        // Every shard's samples file at once, each the same bytes as pulled alone.
+        let dir = "\(c.dir)/pulled"
+        let all = try c.cli(["checkpoint", "pull", String(job), "--all-shards", "--kind", "samples", "-o", dir])
+        #expect(all.status == 0 && all.stderr.contains("wrote 8 of 8 shards to \(dir)/"), "\(all.stderr)")
+        let one = try c.cli(["checkpoint", "pull", String(job), "--shard", "5", "--kind", "samples", "-o", "\(c.dir)/five.safetensors"])
+        #expect(one.status == 0)
+        #expect(FileManager.default.contents(atPath: "\(dir)/shard-5.safetensors") == FileManager.default.contents(atPath: "\(c.dir)/five.safetensors"))
+        #expect((try FileManager.default.contentsOfDirectory(atPath: dir)).filter { $0.hasSuffix(".safetensors") }.count == 8)
+        let none = try c.cli(["checkpoint", "pull", String(job), "--all-shards", "--kind", "checkpoint", "-o", "\(c.dir)/none"])
+        #expect(none.status == 4 && none.stderr.contains("no shard of job \(job) has a checkpoint"), "\(none.stderr)")
+        let both = try c.cli(["checkpoint", "pull", String(job), "--all-shards", "--shard", "1", "-o", dir])
+        #expect(both.status == 64)
         let unknown = try c.cli(["result", String(job), "--best", "nope"])
         #expect(unknown.status != 0 && unknown.stderr.contains("no column 'nope'") && unknown.stderr.contains("sw1"), "\(unknown.stderr)")
     }
