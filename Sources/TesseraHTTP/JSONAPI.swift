@@ -61,18 +61,9 @@ struct JSONAPI {
         router.get("/api/v1/jobs/{id}/metrics") { request, context -> Response in
             guard let id = context.parameters.get("id", as: Int.self), id > 0 else { return Self.badJobID(context) }
             let q = request.uri.queryParameters
-            var body: JSONObject = ["job": .int(id)]
+            var body: JSONObject
             do {
-                let limit = try q["limit"].map { try Self.int($0, "limit") } ?? Self.defaultMetricsPage
-                guard (1...Self.maxMetricsPage).contains(limit) else {
-                    throw APIError("'limit' must be from 1 to \(Self.maxMetricsPage) rows (got \(limit)); page on with 'after'")
-                }
-                body["limit"] = .int(limit)
-                if let v = q["shard"] {
-                    let s = try Self.int(v, "shard")
-                    guard s >= 0 else { throw APIError("'shard' must be a shard index (got \(s))") }
-                    body["shard"] = .int(s)
-                }
+                body = try Self.pageBody(job: id, request, unit: "rows")
                 if let v = q["name"] { body["name"] = .string(String(v)) }
                 if let v = q["after"] { body["after"] = try Self.cursor(v) }
                 if q["list"].map({ $0 == "true" || $0 == "1" }) ?? false { body["list"] = .bool(true) }
@@ -91,18 +82,9 @@ struct JSONAPI {
         router.get("/api/v1/jobs/{id}/logs") { request, context -> Response in
             guard let id = context.parameters.get("id", as: Int.self), id > 0 else { return Self.badJobID(context) }
             let q = request.uri.queryParameters
-            var body: JSONObject = ["job": .int(id)]
+            var body: JSONObject
             do {
-                let limit = try q["limit"].map { try Self.int($0, "limit") } ?? Self.defaultMetricsPage
-                guard (1...Self.maxMetricsPage).contains(limit) else {
-                    throw APIError("'limit' must be from 1 to \(Self.maxMetricsPage) lines (got \(limit)); page on with 'after'")
-                }
-                body["limit"] = .int(limit)
-                if let v = q["shard"] {
-                    let s = try Self.int(v, "shard")
-                    guard s >= 0 else { throw APIError("'shard' must be a shard index (got \(s))") }
-                    body["shard"] = .int(s)
-                }
+                body = try Self.pageBody(job: id, request, unit: "lines")
                 if let v = q["after"] {
                     let a = try Self.int(v, "after")
                     guard a >= 0 else { throw APIError("'after' must be the 'next' of the page before (got \(a))") }
@@ -162,6 +144,23 @@ struct JSONAPI {
 
     static func badJobID(_ context: BasicRequestContext) -> Response {
         error(.badRequest, "the job id must be a positive whole number (got '\(context.parameters.get("id") ?? "")')")
+    }
+
+    /// The `job`, `limit` (default and maximum of a metrics page) and `shard` of a paged read, checked.
+    static func pageBody(job id: Int, _ request: Request, unit: String) throws -> JSONObject {
+        let q = request.uri.queryParameters
+        var body: JSONObject = ["job": .int(id)]
+        let limit = try q["limit"].map { try int($0, "limit") } ?? defaultMetricsPage
+        guard (1...maxMetricsPage).contains(limit) else {
+            throw APIError("'limit' must be from 1 to \(maxMetricsPage) \(unit) (got \(limit)); page on with 'after'")
+        }
+        body["limit"] = .int(limit)
+        if let v = q["shard"] {
+            let s = try int(v, "shard")
+            guard s >= 0 else { throw APIError("'shard' must be a shard index (got \(s))") }
+            body["shard"] = .int(s)
+        }
+        return body
     }
 
     static func int(_ text: Substring, _ name: String) throws -> Int {

@@ -427,32 +427,43 @@ public final class PostgresJobStore: JobStore, @unchecked Sendable {
 
     // MARK: Metrics (group commit)
 
-    /// Writes many metric batches in one transaction. Batches from stale attempts, or from anyone but the shard's
-    /// leaseholder (`workerID` is the sender's), are dropped; the result says, per batch, whether it was accepted.
-    /// Re-sent steps overwrite with the same values (idempotent replay).
+    /// A shard attempt and the worker that sent something for it.
+    struct Sender: Hashable {
+        var key: ShardRef
+        var workerID: Int64
+    }
+
+    /// Which of `senders` hold their shard's current lease (state leased, that attempt, that worker): the fence that
+    /// metric and log batches pass, one query for a whole group commit.
+    private func leaseholders(_ senders: [Sender]) throws -> Set<Sender> {
+        let unique = Array(Set(senders))
+        let live = try db.execute(
+            """
+            SELECT s.job_id, s.idx, s.attempt, s.worker_id FROM tessera_shards s
+            JOIN unnest($1::bigint[], $2::int[], $3::int[], $4::bigint[]) AS k(job_id, idx, attempt, worker_id)
+              ON s.job_id = k.job_id AND s.idx = k.idx AND s.attempt = k.attempt AND s.worker_id = k.worker_id
+            WHERE s.state = 'leased'
+            """,
+            [
+                .text(PGArray.ints(unique.map(\.key.jobID))),
+                .text(PGArray.ints(unique.map { Int64($0.key.shardIndex) })),
+                .text(PGArray.ints(unique.map { Int64($0.key.attempt) })),
+                .text(PGArray.ints(unique.map(\.workerID))),
+            ]
+        )
+        var current = Set<Sender>()
+        for i in 0..<live.rowCount {
+            current.insert(Sender(key: ShardRef(live, i), workerID: live.int(i, "worker_id")!))
+        }
+        return current
+    }
+
+    /// Writes many LOGS batches in one transaction, fenced like metrics (only the leaseholder's current attempt); a
+    /// replayed batch is stored once. The result says, per batch, whether it was accepted.
     public func ingestLogs(_ batches: [ShardLogBatch]) throws -> [Bool] {
         guard !batches.isEmpty else { return [] }
         return try atomically {
-            struct Sender: Hashable { var key: ShardRef; var workerID: Int64 }
-            let senders = Array(Set(batches.map { Sender(key: $0.ref, workerID: $0.workerID) }))
-            let live = try db.execute(
-                """
-                SELECT s.job_id, s.idx, s.attempt, s.worker_id FROM tessera_shards s
-                JOIN unnest($1::bigint[], $2::int[], $3::int[], $4::bigint[]) AS k(job_id, idx, attempt, worker_id)
-                  ON s.job_id = k.job_id AND s.idx = k.idx AND s.attempt = k.attempt AND s.worker_id = k.worker_id
-                WHERE s.state = 'leased'
-                """,
-                [
-                    .text(PGArray.ints(senders.map(\.key.jobID))),
-                    .text(PGArray.ints(senders.map { Int64($0.key.shardIndex) })),
-                    .text(PGArray.ints(senders.map { Int64($0.key.attempt) })),
-                    .text(PGArray.ints(senders.map(\.workerID))),
-                ]
-            )
-            var current = Set<Sender>()
-            for i in 0..<live.rowCount {
-                current.insert(Sender(key: ShardRef(live, i), workerID: live.int(i, "worker_id")!))
-            }
+            let current = try leaseholders(batches.map { Sender(key: $0.ref, workerID: $0.workerID) })
             var jobIDs: [Int64] = [], idxs: [Int64] = [], attempts: [Int64] = [], sequences: [Int64] = []
             var lineNos: [Int64] = [], times: [Double] = [], levels: [String] = [], messages: [String] = []
             var touched = Set<ShardKeyPair>()
@@ -509,29 +520,13 @@ public final class PostgresJobStore: JobStore, @unchecked Sendable {
         }
     }
 
+    /// Writes many metric batches in one transaction. Batches from stale attempts, or from anyone but the shard's
+    /// leaseholder (`workerID` is the sender's), are dropped; the result says, per batch, whether it was accepted.
+    /// Re-sent steps overwrite with the same values (idempotent replay).
     public func ingestMetrics(_ batches: [(key: ShardRef, workerID: Int64, rows: [MetricPoint])]) throws -> [Bool] {
         guard !batches.isEmpty else { return [] }
         return try atomically {
-            struct Sender: Hashable { var key: ShardRef; var workerID: Int64 }
-            let senders = Array(Set(batches.map { Sender(key: $0.key, workerID: $0.workerID) }))
-            let live = try db.execute(
-                """
-                SELECT s.job_id, s.idx, s.attempt, s.worker_id FROM tessera_shards s
-                JOIN unnest($1::bigint[], $2::int[], $3::int[], $4::bigint[]) AS k(job_id, idx, attempt, worker_id)
-                  ON s.job_id = k.job_id AND s.idx = k.idx AND s.attempt = k.attempt AND s.worker_id = k.worker_id
-                WHERE s.state = 'leased'
-                """,
-                [
-                    .text(PGArray.ints(senders.map(\.key.jobID))),
-                    .text(PGArray.ints(senders.map { Int64($0.key.shardIndex) })),
-                    .text(PGArray.ints(senders.map { Int64($0.key.attempt) })),
-                    .text(PGArray.ints(senders.map(\.workerID))),
-                ]
-            )
-            var current = Set<Sender>()
-            for i in 0..<live.rowCount {
-                current.insert(Sender(key: ShardRef(live, i), workerID: live.int(i, "worker_id")!))
-            }
+            let current = try leaseholders(batches.map { Sender(key: $0.key, workerID: $0.workerID) })
             var jobIDs: [Int64] = [], idxs: [Int64] = [], attempts: [Int64] = [], names: [String] = []
             var steps: [Int64] = [], values: [Double] = []
             // Latest value per (shard, name): the highest step in this group commit.
