@@ -17,6 +17,11 @@ let avx2Settings: [SwiftSetting] = [.unsafeFlags(["-target-cpu", "haswell", "-O"
 let avx512Settings: [SwiftSetting] = []
 let avx2Settings: [SwiftSetting] = []
 #endif
+// The compute runtime and the algorithms are optimised in debug builds too, like the kernels: at -Onone their loops
+// (Philox, data generation, samplers, the MLP's glue around the kernels) are unspecialised, unoptimised Swift, which
+// every test and example that trains or samples pays for. Optimisation does not change a result: Swift neither contracts a*b+c into an fma nor
+// reorders floating-point sums without being asked, and the recorded-digest tests check the bits.
+let optimisedSettings: [SwiftSetting] = [.unsafeFlags(["-O"])]
 
 let package = Package(
     name: "tessera",
@@ -52,7 +57,7 @@ let package = Package(
         .target(
             name: "TesseraCompute",
             dependencies: ["COpenBLAS", "TesseraKernels", "TesseraAVX512", "TesseraAVX2", "TesseraJSON"],
-            swiftSettings: swiftSettings
+            swiftSettings: swiftSettings + optimisedSettings
         ),
         // Inlinable SIMD kernels (exp, SiLU), compiled by each module that calls them for that module's target.
         .target(name: "TesseraKernels", swiftSettings: swiftSettings),
@@ -78,7 +83,10 @@ let package = Package(
         // Wire protocol v1 (protocol/SPEC.md): messages and codec. Pure Swift.
         .target(name: "TesseraProtocol", dependencies: ["TesseraModel"], swiftSettings: swiftSettings),
         // The algorithm catalogue: plan / run / merge for every job kind.
-        .target(name: "TesseraWorkloads", dependencies: ["TesseraCore", "TesseraCompute"], swiftSettings: swiftSettings),
+        .target(
+            name: "TesseraWorkloads", dependencies: ["TesseraCore", "TesseraCompute"],
+            swiftSettings: swiftSettings + optimisedSettings
+        ),
         // PostgreSQL job store and migrator.
         .target(
             name: "TesseraStore",
