@@ -211,6 +211,14 @@ final class ReadPool: @unchecked Sendable {
             guard let id = body["job"]?.intValue, id > 0 else { return nil }
             return Int64(id)
         }
+        /// The request's optional 'shard': `.some(nil)` when absent, `nil` when it is not a shard index (0 ... 2^31-1),
+        /// which the caller answers with a bad request instead of trapping on the Int32 conversion.
+        func optionalShard() -> Int32?? {
+            guard let v = body["shard"] else { return .some(nil) }
+            guard let n = v.intValue, let i = Int32(exactly: n), i >= 0 else { return nil }
+            return .some(i)
+        }
+        let badShard = "'shard' must be a shard index (0, 1, ...)"
 
         switch r.method {
         case "ping":
@@ -317,7 +325,7 @@ final class ReadPool: @unchecked Sendable {
 
         case "metrics":
             guard let id = jobID() else { return bad("'job' must be a positive job id") }
-            let shard = body["shard"]?.intValue.map { Int32($0) }
+            guard let shard = optionalShard() else { return bad(badShard) }
             if body["list"]?.boolValue == true {
                 guard let json = try store.metricSeriesJSON(jobID: id, shard: shard) else { return notFound("no job \(id)") }
                 return replyRaw(identity, r, json: "{\"series\":\(json)}")
@@ -370,11 +378,7 @@ final class ReadPool: @unchecked Sendable {
 
         case "logs":
             guard let id = jobID() else { return bad("'job' must be a positive job id") }
-            var shard: Int32?
-            if let v = body["shard"] {
-                guard let n = v.intValue, let i = Int32(exactly: n), i >= 0 else { return bad("'shard' must be a shard index (0, 1, ...)") }
-                shard = i
-            }
+            guard let shard = optionalShard() else { return bad(badShard) }
             var after: Int64 = 0
             if let v = body["after"] {
                 guard let n = v.intValue, n >= 0 else { return bad("'after' must be the 'next' of the page before (a line id >= 0)") }
@@ -405,7 +409,7 @@ final class ReadPool: @unchecked Sendable {
 
         case "blob.info":
             guard let id = jobID() else { return bad("'job' must be a positive job id") }
-            let shard = Int32(body["shard"]?.intValue ?? 0)
+            guard let shard = optionalShard().map({ $0 ?? 0 }) else { return bad(badShard) }
             let step = body["step"]?.intValue.map { Int64($0) }
             let kinds = body["kind"]?.stringValue.map { [$0] } ?? ["checkpoint", "samples"]
             guard try store.resultJSON(jobID: id) != nil else { return notFound("no job \(id)") }
@@ -426,8 +430,8 @@ final class ReadPool: @unchecked Sendable {
 
         case "blob.list":
             guard let id = jobID() else { return bad("'job' must be a positive job id") }
+            guard let shard = optionalShard() else { return bad(badShard) }
             guard try store.resultJSON(jobID: id) != nil else { return notFound("no job \(id)") }
-            let shard = body["shard"]?.intValue.map { Int32($0) }
             replyRaw(identity, r, json: "{\"blobs\":\(try store.jobBlobsJSON(jobID: id, shard: shard))}")
 
         case "shard.inputs":

@@ -35,6 +35,15 @@ struct ReplyLimitTests {
         #expect(typo.stderr.contains("has no metric 'no-such-metric'; its metrics: \((0..<names.rowCount).map { names[$0, "k"]! }.joined(separator: ", "))"), "stderr: \(typo.stderr)")
         let shard = try c.cli(["metrics", String(job), "--shard", "5"])
         #expect(shard.status != 0 && shard.stderr.contains("has no shard 5; its shards are 0 to 0"), "stderr: \(shard.stderr)")
+        // A shard index no Int32 holds is a bad request, not a trap that takes the coordinator down (it did).
+        for args in [["metrics", String(job)], ["metrics", String(job), "--list"], ["logs", String(job)],
+                     ["checkpoint", "list", String(job)], ["checkpoint", "pull", String(job), "-o", "/dev/null"]] {
+            for bad in ["4294967296", "-1"] {
+                let r = try c.cli(args + ["--shard=\(bad)"])
+                #expect(r.status != 0 && r.stderr.contains("must be a shard index"), "\(args) --shard \(bad): \(r.stderr)")
+            }
+        }
+        #expect(try c.cli(["status", String(job)]).status == 0, "the coordinator still serves")
         // --list: one row per series, however many points, with the counts the rows have.
         let list = try c.cli(["metrics", String(job), "--list"])
         #expect(list.status == 0, "stderr: \(list.stderr)")
