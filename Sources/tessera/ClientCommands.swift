@@ -411,6 +411,10 @@ struct Metrics: ParsableCommand {
     var mean = false
     @Flag(help: "A sparkline per shard and metric in the terminal (first and last value, min and max beside it).")
     var spark = false
+    @Option(help: ArgumentHelp(
+        "Write the metrics as TensorBoard event files, one run per shard: DIR/shard-N/events.out.tfevents.*",
+        discussion: "Then `tensorboard --logdir DIR`. Every point of the job (or of --shard, --name), read page by page; values are float32, TensorBoard's scalar type; all points carry the job's creation time as wall time. Exporting again overwrites the same files.",
+        valueName: "DIR")) var tensorboard: String?
     @Flag(help: ArgumentHelp(
         "Print every point as it is stored, in commit order, until the job is finished (then exit 0).",
         discussion: "Each point once, whichever shard it comes from; with --csv or --jsonl in those formats. Polls every --interval seconds; docs/cli.md says how each point is printed once."))
@@ -419,8 +423,11 @@ struct Metrics: ParsableCommand {
     @OptionGroup var client: ClientOptions
 
     func validate() throws {
-        if [json, csv, jsonl, plot != nil, spark].filter({ $0 }).count > 1 {
-            throw ValidationError("--json, --csv, --jsonl, --plot and --spark exclude each other")
+        if [json, csv, jsonl, plot != nil, spark, tensorboard != nil].filter({ $0 }).count > 1 {
+            throw ValidationError("--json, --csv, --jsonl, --plot, --spark and --tensorboard exclude each other")
+        }
+        if tensorboard != nil && (list || follow || limit != nil) {
+            throw ValidationError("--tensorboard exports every point: it takes --shard and --name (not --list, --follow, --limit)")
         }
         if mean && plot == nil { throw ValidationError("--mean goes with --plot") }
         if let plot, !plot.lowercased().hasSuffix(".svg") && !plot.lowercased().hasSuffix(".png") {
@@ -458,6 +465,7 @@ struct Metrics: ParsableCommand {
                 }
                 return printOut(Format.table(rows))
             }
+            if let tensorboard { return try exportTensorBoard(to: tensorboard) }
             var body: JSONObject = ["job": .int(job)]
             if let shard { body["shard"] = .int(shard) }
             if let name { body["name"] = .string(name) }
@@ -506,6 +514,62 @@ struct Metrics: ParsableCommand {
 }
 
 extension Metrics {
+    /// `--tensorboard DIR`: every point, 100,000 a request (the `next` cursor of each page), one event file per shard.
+    func exportTensorBoard(to dir: String) throws {
+        let c = try client.client()
+        let (status, _) = try c.call("status", ["job": .int(job)])
+        let wallTime = status["job"]?["created_at"]?.stringValue.flatMap(Self.epochSeconds) ?? Date().timeIntervalSince1970
+        var files: [Int: TensorBoard.EventFile] = [:]
+        var points = 0
+        var after: JSONValue?
+        repeat {
+            var body: JSONObject = ["job": .int(job), "limit": .int(100_000)]
+            if let shard { body["shard"] = .int(shard) }
+            if let name { body["name"] = .string(name) }
+            if let after { body["after"] = after }
+            let (reply, _) = try c.call("metrics", body, timeout: max(client.requestTimeout, 60))
+            for r in reply["metrics"]?.arrayValue ?? [] {
+                guard let s = r["shard"]?.intValue, let n = r["name"]?.stringValue, let step = r["step"]?.intValue else { continue }
+                files[s, default: TensorBoard.EventFile(wallTime: wallTime)]
+                    .addScalar(tag: n, step: Int64(step), value: r["value"]?.doubleValue ?? .nan)
+                points += 1
+            }
+            if points == 0, let available = reply["available"] {
+                let names = available["names"]?.arrayValue?.compactMap(\.stringValue) ?? []
+                if let name, !names.isEmpty, !names.contains(name) {
+                    throw CLIError("job \(job) has no metric '\(name)'; its metrics: \(names.joined(separator: ", "))")
+                }
+            }
+            after = reply["next"]
+        } while after != nil
+        if files.isEmpty { throw CLIError("job \(job) has no metric points\(shard.map { " for shard \($0)" } ?? "") to export") }
+        // The file name carries the job's creation time and id, so exporting again replaces the files instead of adding
+        // a second copy of every point that TensorBoard would also read.
+        let fileName = "events.out.tfevents.\(Int(wallTime)).tessera-job\(job)"
+        for (s, file) in files {
+            let runDir = "\(dir)/shard-\(s)"
+            do {
+                try FileManager.default.createDirectory(atPath: runDir, withIntermediateDirectories: true)
+            } catch {
+                throw CLIError("cannot create \(runDir): \(error.localizedDescription)")
+            }
+            let path = "\(runDir)/\(fileName)"
+            guard FileManager.default.createFile(atPath: path + ".part", contents: Data(file.bytes)),
+                rename(path + ".part", path) == 0
+            else { throw CLIError("cannot write \(path)") }
+        }
+        printErr("wrote \(points) point(s) of \(files.count) shard(s) to \(dir)/shard-N/\(fileName); view them with: tensorboard --logdir \(dir)")
+    }
+
+    /// PostgreSQL's JSON timestamp ("2026-12-03T17:37:00.123456+00:00") as seconds since 1970.
+    static func epochSeconds(_ text: String) -> Double? {
+        let f = ISO8601DateFormatter()
+        f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        if let d = f.date(from: text) { return d.timeIntervalSince1970 }
+        f.formatOptions = [.withInternetDateTime]
+        return f.date(from: text)?.timeIntervalSince1970
+    }
+
     /// `--plot` and `--spark`: the rows grouped into one series per (name, shard), in step order.
     func chart(_ rows: [JSONValue]) throws {
         var series: [String: [Int: [(x: Double, y: Double)]]] = [:]
