@@ -183,6 +183,9 @@ public struct WorkerStateMachine: Sendable {
         let blob: Blob
         /// The blob's sha256; empty until its digest arrives (`Blob`).
         var sha256: String
+        /// The shard's next metrics sequence when the blob came: its last chunk waits until every batch before it is
+        /// acknowledged, so a registered checkpoint never has unstored metric rows before its step (SPEC §6.5).
+        var metricsBefore: UInt64 = 0
         var sent: UInt64 = 0
         var acked: UInt64 = 0
         var finalSent = false
@@ -697,7 +700,7 @@ public struct WorkerStateMachine: Sendable {
             s.unsentMetrics.append(batch.sequence)
         }
         for blob in output.blobs {
-            s.transfers.append(Transfer(id: nextTransferID, blob: blob, sha256: blob.sha256))
+            s.transfers.append(Transfer(id: nextTransferID, blob: blob, sha256: blob.sha256, metricsBefore: s.nextSequence))
             nextTransferID += 1
         }
         for digest in output.digests {
@@ -781,12 +784,21 @@ public struct WorkerStateMachine: Sendable {
             s.unsentLogs.removeFirst(sendingLogs)
         }
         let window = UInt64(configuration.chunkSize * configuration.chunkWindow)
+        // The oldest metrics batch not yet durable: a blob's last chunk (which registers it) waits for the batches the
+        // shard emitted before it. Otherwise a checkpoint at step S could be stored while the points up to S still
+        // wait in the metrics window, and a worker lost then leaves a gap no resumed attempt fills (it starts after S).
+        var oldestUnacked: UInt64?
+        var lookedUp = false
         for i in s.transfers.indices where !s.transfers[i].complete && s.transferFailed == nil && s.transfers[i].deferredUntil == nil {
             var t = s.transfers[i]
             while !t.finalSent && t.sent - min(t.sent, t.acked) < window {
                 let end = min(t.size, t.sent + UInt64(configuration.chunkSize))
                 let isLast = end == t.size
                 if isLast && t.sha256.isEmpty { break }  // the digest is still being computed
+                if isLast {
+                    if !lookedUp { oldestUnacked = s.unackedMetrics.keys.min(); lookedUp = true }
+                    if let o = oldestUnacked, o < t.metricsBefore { break }  // earlier points are not stored yet
+                }
                 out.append(
                     .send(
                         .chunk(

@@ -155,6 +155,29 @@ struct WorkerStateMachineTests {
         #expect(finals(c) == [.shardDone(ShardDone(ref: wref(0), summary: [0x7b, 0x7d], resultSHA256: sha))])
     }
 
+    @Test("CHUNK: a blob's last chunk waits until the metric batches emitted before it are acknowledged, not later ones")
+    func lastChunkAfterEarlierMetrics() {
+        var h = WorkerHarness.running([wref(0)]) { $0.metricsWindow = 2 }
+        // Steps 0-8 (batches 0, 1, 2 of 3 points; the window sends 2), then the checkpoint at step 8 (two chunks).
+        let ckpt = WSM.Blob(kind: .checkpoint, step: 8, bytes: Array(0..<6), sha256: sha)
+        let a = h.feed(.computed(wref(0), WSM.ComputeOutput(step: 8, points: points(9), blobs: [ckpt])))
+        #expect(metricBatches(a).map(\.sequence) == [0, 1])
+        #expect(chunks(a).map(\.offset) == [0])  // the first chunk goes; the last (in the window too) registers it: it waits
+        let b = h.receive(.ack(Ack(ref: wref(0), kind: .metrics, sequence: 0, offset: 0)))
+        #expect(metricBatches(b).map(\.sequence) == [2] && chunks(b).isEmpty)
+        #expect(chunks(h.receive(.ack(Ack(ref: wref(0), kind: .chunk, sequence: 1, offset: 4)))).isEmpty)
+        #expect(chunks(h.receive(.ack(Ack(ref: wref(0), kind: .metrics, sequence: 2, offset: 0)))).isEmpty)  // 1 unacked
+        let c = h.receive(.ack(Ack(ref: wref(0), kind: .metrics, sequence: 1, offset: 0)))
+        #expect(chunks(c).map(\.offset) == [4] && chunks(c).first?.isLast == true)
+        // Points emitted after a blob do not hold it back: its last chunk waits for its digest, meanwhile batch 3 is
+        // emitted and stays unacknowledged, and the digest sends the last chunk.
+        let later = WSM.Blob(kind: .checkpoint, step: 9, bytes: Array(0..<6), sha256: "")
+        #expect(chunks(h.feed(.computed(wref(0), WSM.ComputeOutput(step: 9, blobs: [later])))).map(\.offset) == [0])
+        #expect(metricBatches(h.feed(.computed(wref(0), WSM.ComputeOutput(step: 10, points: points(3))))).map(\.sequence) == [3])
+        let e = h.feed(.computed(wref(0), WSM.ComputeOutput(step: 10, digests: [sha])))
+        #expect(chunks(e).map(\.offset) == [4] && chunks(e).first?.isLast == true)
+    }
+
     @Test("CHUNK: an empty blob is one final chunk; an ACK at offset 0 after progress restarts the transfer")
     func emptyBlobAndRestart() {
         var h = WorkerHarness.running([wref(0)])
@@ -409,8 +432,9 @@ struct WorkerStateMachineTests {
         #expect(back.first == .connect)
         #expect(sent(back).first == .ready(Ready(workerName: "w1", host: "h1", slots: 2, capabilities: ["rl/noop"], running: [wref(0)])))
         #expect(metricBatches(back).map(\.sequence) == [1, 2], "batch 0 was acknowledged; 1 and 2 are replayed")
-        #expect(chunks(back).map(\.offset) == [0, 4], "the transfer restarts from 0")
+        #expect(chunks(back).map(\.offset) == [0], "the transfer restarts from 0; its last chunk waits for batch 1, emitted before it")
         #expect(finals(back).isEmpty)
+        #expect(chunks(h.receive(.ack(Ack(ref: wref(0), kind: .metrics, sequence: 1)))).map(\.offset) == [4])
     }
 
     @Test("ERROR notReady: READY again on the same connection and replay; DISCONNECT: reconnect after the backoff")
