@@ -5,7 +5,8 @@
 // if each point were a job of its own: each point plans its shards (`shards:` is per point), and each of its shards
 // runs with the point's spec and its index within the point, so a point's shards compute exactly what the same
 // spec without the sweep computes. The merged result is a table, one row per point: the point's values and the
-// scalar figures of that point's own merged result.
+// scalar figures of that point's own merged result; with a swept `seed`, also each figure's mean and 95% interval
+// over the seeds of every combination of the other keys (`across_seeds`).
 //
 // This is a wrapper around the algorithm (`SweptAlgorithm`), chosen by `AlgorithmCatalogue.resolve` and `prepared`
 // whenever a spec has a sweep, so the coordinator, the worker and the algorithms know nothing of it.
@@ -447,6 +448,41 @@ struct SweepReducer: ShardReducer {
         o["swept"] = .array(spec.sweep.axes.map { .string($0.path) })
         o["columns"] = .array((["point"] + spec.sweep.axes.map(\.path) + figureNames).map { .string($0) })
         o["rows"] = .array(rows.map { r in .array(r + [JSONValue](repeating: .null, count: width - r.count)) })
+        if let seeds = acrossSeeds() { o["across_seeds"] = seeds }
         return .object(o)
+    }
+
+    /// With a swept `seed` of two or more values: the points grouped by their other swept values (in point order),
+    /// and each figure's mean and Student-t 95% interval over the group's seeds (`MeanInterval`), as
+    /// `{"by": [paths], "columns": [paths…, "seeds", figures…], "rows": [[values…, n, {"mean", "std", "n", "ci95"}…]]}`.
+    /// A figure a point lacks is left out of its group's statistics; a group without it has null there.
+    func acrossSeeds() -> JSONValue? {
+        let axes = spec.sweep.axes
+        guard let seedAxis = axes.firstIndex(where: { $0.path == "seed" }), axes[seedAxis].values.count >= 2 else {
+            return nil
+        }
+        let others = axes.indices.filter { $0 != seedAxis }
+        var groups: [[JSONValue]: [[JSONValue]]] = [:]
+        var order: [[JSONValue]] = []
+        for row in rows {
+            let key = others.map { row[1 + $0] }
+            if groups[key] == nil { order.append(key) }
+            groups[key, default: []].append(row)
+        }
+        let out: [JSONValue] = order.map { key in
+            let members = groups[key]!
+            let stats: [JSONValue] = figureNames.indices.map { f in
+                let column = 1 + axes.count + f
+                let values = members.compactMap { column < $0.count ? $0[column].doubleValue : nil }
+                return values.isEmpty ? .null : MeanInterval.json(values)
+            }
+            return .array(key + [.int(members.count)] + stats)
+        }
+        let by = others.map { JSONValue.string(axes[$0].path) }
+        return .object([
+            "by": .array(by),
+            "columns": .array(by + [.string("seeds")] + figureNames.map { .string($0) }),
+            "rows": .array(out),
+        ])
     }
 }

@@ -289,6 +289,22 @@ extension Format {
         if t.rows.count > shown.count {
             lines.append("… \(t.rows.count - shown.count) more points (--json prints them all; --best METRIC names the best)")
         }
+        if let seeds = o["across_seeds"]?.objectValue, let columns = seeds["columns"]?.arrayValue?.compactMap(\.stringValue),
+            let rows = seeds["rows"]?.arrayValue
+        {
+            let by = seeds["by"]?.arrayValue?.compactMap(\.stringValue) ?? []
+            lines.append("")
+            lines.append("across seeds: mean [95% interval]" + (by.isEmpty ? "" : ", by \(by.joined(separator: ", "))"))
+            let cells = rows.prefix(sweepRowsShown).map { row in
+                (row.arrayValue ?? []).map { v -> String in
+                    guard let m = v.objectValue, let mean = m["mean"] else { return short(v) }
+                    guard let ci = m["ci95"]?.arrayValue, ci.count == 2 else { return short(mean) }
+                    return "\(short(mean)) [\(short(ci[0])), \(short(ci[1]))]"
+                }
+            }
+            lines.append(table([columns] + cells))
+            if rows.count > cells.count { lines.append("… \(rows.count - cells.count) more groups (--json prints them all)") }
+        }
         return lines.joined(separator: "\n")
     }
 

@@ -131,6 +131,75 @@ import Testing
         }
     }
 
+    /// One shard whose result is {"square": seed², "scaled": scale·seed, "flag": true}: figures that vary with the seed.
+    private struct SeedFigures: TypedAlgorithm {
+        var kind: JobKind { .rl }
+        var name: String { "seed-figures" }
+        var summary: String { "a result made of the seed" }
+        struct Slice: Codable, Sendable, Hashable { var seed: Int }
+        struct Summary: Codable, Sendable { var seed: Int; var scale: Double }
+        func configure(_ spec: JobSpec) throws -> Double { try spec.paramsReader.double("scale", default: 1) }
+        func plan(_ spec: JobSpec, config: Double) throws -> [TypedShardSlice<Slice>] {
+            [TypedShardSlice(Slice(seed: Int(spec.seed)), totalSteps: 1)]
+        }
+        func run(_ slice: Slice, config: Double, task: ShardTask, sink: any ShardSink) throws -> TypedShardOutput<Summary> {
+            TypedShardOutput(summary: Summary(seed: slice.seed, scale: config))
+        }
+        func makeReducer(_ spec: JobSpec, config: Double) throws -> SummaryReducer<Summary> {
+            SummaryReducer { s in
+                .object(["square": .number(Double(s[0].seed * s[0].seed)), "scaled": .number(s[0].scale * Double(s[0].seed)), "flag": .bool(true)])
+            }
+        }
+    }
+
+    @Test("With a swept seed, each figure's mean and Student-t 95% interval over the seeds of every other combination")
+    func acrossSeeds() throws {
+        let catalogue = AlgorithmCatalogue([SeedFigures()])
+        let spec = try JobSpec.parse(
+            "name: s\nkind: rl\nalgorithm: seed-figures\nseed: 1\nparams: {}\nsweep:\n  params.scale: [1, 10]\n  seed: [1, 2, 3, 4]\n",
+            file: "s.yaml")
+        let (_, slices) = try catalogue.validate(spec)
+        let (parsed, prepared) = try catalogue.prepared(storedSpec: spec.json.utf8Bytes)
+        var outputs: [ShardOutput] = []
+        for (i, s) in slices.enumerated() {
+            let task = ShardTask(spec: parsed, shardIndex: i, attempt: 1, slice: s.slice, totalSteps: s.totalSteps, resume: nil)
+            outputs.append(try prepared.run(task, sink: NullSink()))
+        }
+        let merged = try catalogue.resolve(spec).merge(spec, outputs: outputs)
+        let seeds = try #require(merged["across_seeds"])
+        #expect(seeds["by"] == .array([.string("params.scale")]))
+        #expect(seeds["columns"] == .array(["params.scale", "seeds", "square", "scaled", "flag"].map { .string($0) }))
+        let rows = try #require(seeds["rows"]?.arrayValue)
+        #expect(rows.count == 2)
+        func check(_ cell: JSONValue?, _ values: [Double], _ what: String) {
+            let n = Double(values.count), mean = values.reduce(0, +) / n
+            let sd = (values.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / (n - 1)).squareRoot()
+            let half = 3.1824 * sd / n.squareRoot()  // t_{0.975, 3}, from the published table
+            #expect(cell?["n"] == .int(values.count), "\(what)")
+            #expect(abs((cell?["mean"]?.doubleValue ?? .nan) - mean) < 1e-12, "\(what)")
+            #expect(abs((cell?["std"]?.doubleValue ?? .nan) - sd) < 1e-12, "\(what)")
+            let ci = cell?["ci95"]?.arrayValue?.compactMap(\.doubleValue) ?? []
+            #expect(ci.count == 2 && abs(ci[0] - (mean - half)) < 1e-9 && abs(ci[1] - (mean + half)) < 1e-9, "\(what): \(ci)")
+        }
+        for (r, scale) in [(0, 1.0), (1, 10.0)] {
+            let row = rows[r].arrayValue ?? []
+            #expect(row.count == 5 && row[0].doubleValue == scale && row[1] == .int(4))
+            check(row[2], [1, 4, 9, 16], "square, scale \(scale)")
+            check(row[3], [1, 2, 3, 4].map { $0 * scale }, "scaled, scale \(scale)")
+            #expect(row[4]["mean"] == .number(1) && row[4]["std"] == .number(0))
+        }
+        // No swept seed, or a single one: no such table.
+        for sweep in ["  params.scale: [1, 10]\n", "  params.scale: [1, 10]\n  seed: [3]\n"] {
+            let one = try JobSpec.parse("name: s\nkind: rl\nalgorithm: seed-figures\nseed: 1\nparams: {}\nsweep:\n" + sweep, file: "s.yaml")
+            let (_, sl) = try catalogue.validate(one)
+            let (p1, prep1) = try catalogue.prepared(storedSpec: one.json.utf8Bytes)
+            let outs = try sl.enumerated().map { i, s in
+                try prep1.run(ShardTask(spec: p1, shardIndex: i, attempt: 1, slice: s.slice, totalSteps: s.totalSteps, resume: nil), sink: NullSink())
+            }
+            #expect(try catalogue.resolve(one).merge(one, outputs: outs)["across_seeds"] == nil)
+        }
+    }
+
     @Test("The reducer takes the points' shards in order only")
     func reducerOrder() throws {
         let spec = try Self.noop("sweep:\n  params.metrics: [1, 2]\n", shards: 2)
