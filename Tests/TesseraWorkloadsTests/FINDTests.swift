@@ -253,6 +253,7 @@ struct FINDTests {
         #expect(error("find", "  beta: 1")?.contains("target") == true)
         #expect(error("implicit-diffusion", "  particles: 1")?.hasPrefix("p.yaml:7: params.particles") == true)
         #expect(error("implicit-diffusion", "  dimension: 3\n  center: [1, 2]")?.hasPrefix("p.yaml:8: params.center") == true)
+        #expect(error("implicit-diffusion", "  langevin_step: 0.5\n  lambda: 3")?.hasPrefix("p.yaml:7: params.langevin_step") == true)
         #expect(error("find", target + "  sweep: {beta: [0.5, 1], seed: [1, 2]}") == nil)
         #expect(Workloads.catalogue.capabilities.contains("rl/find"))
         #expect(Workloads.catalogue.capabilities.contains("rl/implicit-diffusion"))

@@ -80,6 +80,12 @@ public struct ImplicitDiffusion: TypedAlgorithm {
         let optimizer = try GaussianPolicySweep.optimizer(p, steps: steps, updatesPerStep: 1, defaultLearningRate: 0.01)
         let logEvery = try p.int("log_every", default: 10, range: 1...ToyLMTrainingConfig.maxSteps)
         let points = try GaussianPolicySweep.points(spec, p, defaultBeta: 1)
+        // ULA on V_theta is stable only while h < 2 sigma^2; at the optimum sigma^2 = beta / (lambda + beta).
+        for point in points where h >= 2 * point.beta / (reward.lambda + point.beta) {
+            throw p.error(
+                "langevin_step",
+                "params.langevin_step \(h) is unstable at the optimum of beta = \(point.beta): ULA needs h < 2 sigma*^2 = \(2 * point.beta / (reward.lambda + point.beta))")
+        }
         return Config(
             dimension: d, reward: reward, particles: n, langevinStep: h, langevinSteps: inner, steps: steps,
             optimizer: optimizer, logEvery: logEvery, checkpointEvery: spec.checkpointEvery, points: points)
