@@ -16,6 +16,8 @@ public enum Workloads {
         RLOO(),
         GRPO(),
         PPO(),
+        FIND(),
+        ImplicitDiffusion(),
         // kind: preference (Preference/)
         DPO(),
         WRPO(),
