@@ -21,6 +21,7 @@ public enum Workloads {
         WRPO(),
         FDPG(),
         RewardModel(),
+        D2O(),
         // Every kind: the benchmark / test shard (Noop.swift).
         Noop(kind: .sampling),
         Noop(kind: .rl),
