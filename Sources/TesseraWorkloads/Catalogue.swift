@@ -22,6 +22,7 @@ public enum Workloads {
         FDPG(),
         RewardModel(),
         D2O(),
+        IterativeDPO(),
         // Every kind: the benchmark / test shard (Noop.swift).
         Noop(kind: .sampling),
         Noop(kind: .rl),
