@@ -4,12 +4,14 @@
 // A training example is a context x and a human negative y_l. With u(y) = log pi_theta(y|x) - log pi_ref(y|x),
 //   loss(x, y_l) = -log sigma(z),  z = beta A(x) - alpha u(y_l),  A(x) = (1/K) sum_i u(y_i),
 // with anchors y_i (the model's own "self-generated" responses) drawn from the anchor policy a(.|x):
-//  - `anchor_policy: reference`: a = pi_ref(.|x) (the paper's self-generated samples; they can fall in N);
+//  - `anchor_policy: reference`: a = pi_ref(.|x) (the model's own "self-generated" responses; they can fall in N);
 //  - `anchor_policy: not_negative`: a = pi_ref(.|x, not N), pi_ref restricted to the complement of N.
 // `anchors: expected` (default) replaces the sample mean by its expectation, A(x) = sum_y a(y|x) u(y), enumerated;
 // for a = pi_ref that is -KL(pi_ref || pi_theta). `anchors: sampled` draws K = `num_anchors` anchors per context
 // per step: Philox(point seed; index x, step k, stream 5), one uniform each, inverse CDF over a(.|x) in response
-// order. Both reference policies of the paper (pi_r^- for the anchors, pi_r^+ for the negative) are pi_ref here.
+// order. Both reference policies of the form (pi_r^- for the anchors, pi_r^+ for the negative) are pi_ref here.
+// The form is WORKLOADS.md's, from a secondary source (agentsea/dark.rl D2O_README.md); the paper's equation could
+// not be read (only its abstracts), so it is not verified against it (docs/training.md §7.4, "Source check").
 //
 // The negative set N(x): the ceil(f K) responses with the lowest reward r(x, .) (ties to the lower index), f =
 // `negatives.fraction`. The human negatives are reference responses that fall in N: y_l ~ pi_ref(.|x, N), x uniform:
