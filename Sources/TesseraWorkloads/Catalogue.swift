@@ -23,6 +23,8 @@ public enum Workloads {
         WRPO(),
         FDPG(),
         RewardModel(),
+        D2O(),
+        IterativeDPO(),
         // Every kind: the benchmark / test shard (Noop.swift).
         Noop(kind: .sampling),
         Noop(kind: .rl),

@@ -49,6 +49,11 @@ struct TypedSliceTests {
                 + "  steps: 2\n  data: {pairs: 16}\n", toy),
             ("kind: preference\nalgorithm: fdpg\nseed: 3\nparams:\n  problem: {contexts: 2, vocab: 3, length: 1}\n"
                 + "  steps: 2\n  target: {type: gdc, constraint: {contains_token: 1}}\n  n_samples_per_context: 4\n", toy),
+            ("kind: preference\nalgorithm: d2o\nseed: 3\nparams:\n  problem: {contexts: 2, vocab: 3, length: 1}\n"
+                + "  steps: 2\n  anchors: sampled\n  num_anchors: 2\n", toy + ["d2o"]),
+            ("kind: preference\nalgorithm: iterative-dpo\nseed: 3\nparams:\n  problem: {contexts: 2, vocab: 3, length: 1}\n"
+                + "  rounds: 2\n  steps_per_round: 1\n  label_budget: 4\n  candidates_per_round: 8\n",
+             toy + ["labels", "labels_by_round", "kl_by_round"]),
             ("kind: preference\nalgorithm: reward-model\nseed: 3\nparams:\n  steps: 2\n  data: {pairs: 64}\n"
                 + "  batch_size: 8\n  network: {hidden: [4]}\n  eval: {samples: 16, grid_points: 8}\n"
                 + "  sweep: {seed: [1, 18446744073709551615]}\n",

@@ -177,6 +177,17 @@ enum ToyLMTrainer {
         rule: some ToyLMStepRule, config: ToyLMTrainingConfig, params: JSONObject, point: ToyLMSweepPoint,
         resume: (step: Int64, bytes: [UInt8])?, sink: any ShardSink
     ) throws -> ToyLMShardSummary {
+        try runKeepingState(
+            rule: rule, config: config, params: params, point: point, resume: resume, sink: sink
+        ).summary
+    }
+
+    /// `run`, also returning what an algorithm with its own summary reads: the rule's auxiliary state and the final
+    /// policy's log pi(y|x), [M, K], both after the last step.
+    static func runKeepingState<Rule: ToyLMStepRule>(
+        rule: Rule, config: ToyLMTrainingConfig, params: JSONObject, point: ToyLMSweepPoint,
+        resume: (step: Int64, bytes: [UInt8])?, sink: any ShardSink
+    ) throws -> (summary: ToyLMShardSummary, auxiliary: Rule.Auxiliary, logProb: [Double]) {
         let problem = ToyLMProblem(config.problem)
         let configText = JSONValue.object(["params": .object(params), "point": point.slice]).render()
         var policy: ToyLMPolicy
@@ -247,9 +258,10 @@ enum ToyLMTrainer {
         sink.log("\(rule.name) β=\(point.beta) seed \(point.seed): trained, KL to reference \(exact.klToReference), expected reward \(exact.expectedReward)")
         let frontier = problem.frontierPoint(beta: point.beta)
         let reached = ToyLMFrontierPoint(klToReference: exact.klToReference, expectedReward: exact.expectedReward)
-        return ToyLMShardSummary(
+        let summary = ToyLMShardSummary(
             point: point, steps: config.steps, exact: exact, frontier: frontier,
             frontierDistance: problem.frontierDistance(reached), betaPointDistance: reached.distance(to: frontier))
+        return (summary, auxiliary, policy.logProb)
     }
 
     /// A checkpoint resumes this shard only if it was written by the same algorithm, configuration and problem.
