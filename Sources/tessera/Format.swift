@@ -298,7 +298,8 @@ extension Format {
             let cells = rows.prefix(sweepRowsShown).map { row in
                 (row.arrayValue ?? []).map { v -> String in
                     guard let m = v.objectValue, let mean = m["mean"] else { return short(v) }
-                    guard let ci = m["ci95"]?.arrayValue, ci.count == 2 else { return short(mean) }
+                    // The same value for every seed (std 0) needs no interval.
+                    guard let ci = m["ci95"]?.arrayValue, ci.count == 2, m["std"]?.doubleValue != 0 else { return short(mean) }
                     return "\(short(mean)) [\(short(ci[0])), \(short(ci[1]))]"
                 }
             }

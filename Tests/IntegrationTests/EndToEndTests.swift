@@ -307,20 +307,24 @@ struct EndToEndTests {
         // one an undisturbed run gives, and the lost attempt consumed no max_attempts.
         let c = try Cluster(workers: 2)
         defer { c.shutdown() }
-        // 4,000 samples a shard: long enough to be killed mid-shard (it is killed as soon as both shards have
-        // progress), short enough that the two runs of the spec (the second on one worker) take seconds, not minutes.
-        let spec = ringSpec(shards: 2, samples: 8_000, algorithm: "ddpm", steps: 1000, keep: false)
+        // 20,000 samples a shard: long enough to be killed mid-shard (it is killed as soon as both shards have
+        // reported progress, which heartbeats carry once a second), short enough that the two runs of the spec (the
+        // second on one worker) take seconds. 4,000 were too few once the samplers ran optimised in debug builds:
+        // a shard finished within a second, before any heartbeat showed it running.
+        let spec = ringSpec(shards: 2, samples: 40_000, algorithm: "ddpm", steps: 1000, keep: false)
         let job = try c.submit(text: spec, name: "victim.yaml")
         // Wait until both shards are running with some progress, then kill worker w1.
         let deadline = Date().addingTimeInterval(120)
-        while Date() < deadline {
+        var bothRunning = false
+        while Date() < deadline, !bothRunning {
             let r = try c.query(
                 "SELECT count(*) AS n FROM tessera_shards WHERE job_id = $1 AND state = 'leased' AND step > 0",
                 [.int(Int64(job))]
             )
-            if r.int(0, "n") == 2 { break }
-            Thread.sleep(forTimeInterval: 0.05)
+            bothRunning = r.int(0, "n") == 2
+            if !bothRunning { Thread.sleep(forTimeInterval: 0.05) }
         }
+        #expect(bothRunning, "both shards never ran with progress at once: the kill cannot land mid-shard")
         c.signalWorker("w1", SIGKILL)
         let wait = try c.cli(["wait", String(job), "--timeout", "600"])
         #expect(wait.status == 0, "\(wait.stderr)\n\(c.log("coordinator"))")
@@ -374,7 +378,7 @@ struct EndToEndTests {
         // re-register, keep their shards, and the job succeeds.
         let c = try Cluster(workers: 2)
         defer { c.shutdown() }
-        let job = try c.submit(text: ringSpec(shards: 2, samples: 8_000, algorithm: "ddpm", steps: 1000, keep: false), name: "restart.yaml")
+        let job = try c.submit(text: ringSpec(shards: 2, samples: 40_000, algorithm: "ddpm", steps: 1000, keep: false), name: "restart.yaml")
         let deadline = Date().addingTimeInterval(120)
         while Date() < deadline {
             let r = try c.query("SELECT count(*) AS n FROM tessera_shards WHERE job_id = $1 AND step > 0", [.int(Int64(job))])
