@@ -86,7 +86,7 @@ public struct FIND: TypedAlgorithm {
         let optimizer = try GaussianPolicySweep.optimizer(
             p, steps: steps, updatesPerStep: epochs, defaultLearningRate: 0.01)
         let logEvery = try p.int("log_every", default: 10, range: 1...ToyLMTrainingConfig.maxSteps)
-        let points = try GaussianPolicySweep.points(spec, p, defaultBeta: 1)
+        let points = try ToyLMSweepPoint.parse(spec, p, defaultBeta: 1)
         return Config(
             target: target, schedule: schedule, samplingSteps: samplingSteps, reward: reward, steps: steps,
             batchSize: batch, epochs: epochs, clipRange: clip, calibration: calibration,

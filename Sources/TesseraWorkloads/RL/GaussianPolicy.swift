@@ -85,61 +85,9 @@ struct GaussianOptimum: Sendable, Equatable {
     }
 }
 
-/// The (beta, seed) sweep of both algorithms: `beta` (or `sweep.beta`) and `sweep.seed`, one shard per point,
-/// beta-major, as the toy-LM algorithms do it (docs/training.md §8).
+/// The settings both algorithms share: Adam and its schedule. Their (beta, seed) sweep is the toy-LM algorithms'
+/// (`ToyLMSweepPoint.parse`, docs/training.md §8).
 enum GaussianPolicySweep {
-    static func points(_ spec: JobSpec, _ p: Params, defaultBeta: Double) throws -> [ToyLMSweepPoint] {
-        func betaValue(_ v: Double, _ path: String) throws -> Double {
-            guard v > 0, v <= 1e6 else {
-                throw spec.source.error(path, "\(path) must be a number in (0, 1e6], not \(v)")
-            }
-            return v
-        }
-        var betas = [try betaValue(try p.double("beta", default: defaultBeta), "params.beta")]
-        var seeds = [spec.seed]
-        if p.has("sweep") {
-            let s = try p.object("sweep")
-            try s.rejectUnknown(["beta", "seed"])
-            guard s.has("beta") || s.has("seed") else {
-                throw p.error("sweep", "params.sweep must list beta, seed or both")
-            }
-            if s.has("beta") {
-                if p.has("beta") {
-                    throw p.error("beta", "params.beta and params.sweep.beta are exclusive; put every beta in the sweep")
-                }
-                betas = try s.doubles("beta").enumerated().map { try betaValue($1, "\(s.keyPath("beta"))[\($0)]") }
-            }
-            if s.has("seed") {
-                seeds = try s.array("seed").enumerated().map { i, v in
-                    if let n = v.intValue, n >= 0 { return UInt64(n) }
-                    if let t = v.stringValue, let u = UInt64(t) { return u }
-                    let path = "\(s.keyPath("seed"))[\(i)]"
-                    throw s.source.error(path, "\(path) must be a whole number from 0 to 2^64-1")
-                }
-            }
-            for (key, count, distinct) in [
-                ("beta", betas.count, Set(betas).count), ("seed", seeds.count, Set(seeds).count),
-            ] where s.has(key) {
-                guard count > 0 else { throw s.error(key, "\(s.keyPath(key)) must not be empty") }
-                guard distinct == count else { throw s.error(key, "\(s.keyPath(key)) lists a value twice") }
-            }
-        }
-        guard betas.count * seeds.count <= ToyLMTrainingConfig.maxPoints else {
-            throw p.error("sweep", "params.sweep has \(betas.count * seeds.count) points; the limit is \(ToyLMTrainingConfig.maxPoints)")
-        }
-        var points: [ToyLMSweepPoint] = []
-        for b in betas {
-            for s in seeds { points.append(ToyLMSweepPoint(index: points.count, beta: b, seed: s)) }
-        }
-        guard spec.shards == 1 || spec.shards == points.count else {
-            throw spec.source.error(
-                "shards",
-                "shards: \(spec.shards) does not match the \(points.count) sweep point(s) (one shard per beta x seed); "
-                    + "remove shards or set it to \(points.count)")
-        }
-        return points
-    }
-
     /// Adam's settings: `learning_rate`, `lr_schedule` (constant | cosine, over steps x updates per step),
     /// `adam_beta1`, `adam_beta2`, `adam_epsilon` (PyTorch's defaults).
     static func optimizer(

@@ -79,7 +79,7 @@ public struct ImplicitDiffusion: TypedAlgorithm {
         }
         let optimizer = try GaussianPolicySweep.optimizer(p, steps: steps, updatesPerStep: 1, defaultLearningRate: 0.01)
         let logEvery = try p.int("log_every", default: 10, range: 1...ToyLMTrainingConfig.maxSteps)
-        let points = try GaussianPolicySweep.points(spec, p, defaultBeta: 1)
+        let points = try ToyLMSweepPoint.parse(spec, p, defaultBeta: 1)
         // ULA on V_theta is stable only while h < 2 sigma^2; at the optimum sigma^2 = beta / (lambda + beta).
         for point in points where h >= 2 * point.beta / (reward.lambda + point.beta) {
             throw p.error(

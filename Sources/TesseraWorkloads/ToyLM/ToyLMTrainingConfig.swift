@@ -147,15 +147,37 @@ public struct ToyLMTrainingConfig: Sendable {
         if p.has("max_grad_norm") { maxGradNorm = try p.double("max_grad_norm", range: 1e-12...1e12) }
         let logEvery = try p.int("log_every", default: 10, range: 1...maxSteps)
 
-        // The sweep: one point per (beta, seed), beta-major.
-        var betas: [Double]
-        var seeds = [spec.seed]
+        let points = try ToyLMSweepPoint.parse(spec, p, defaultBeta: defaults.beta)
+        return ToyLMTrainingConfig(
+            problem: problem, hidden: hidden, activation: activation, steps: steps, optimizer: optimizer,
+            maxGradNorm: maxGradNorm, logEvery: logEvery, checkpointEvery: spec.checkpointEvery, points: points)
+    }
+
+    /// The slices of `plan`: one per sweep point, `steps` each.
+    var slices: [TypedShardSlice<ToyLMSweepPoint>] { points.map { TypedShardSlice($0, totalSteps: Int64(steps)) } }
+
+    /// The sweep point a dispatched slice names, checked against the plan.
+    func point(_ slice: ToyLMSweepPoint) throws -> ToyLMSweepPoint {
+        guard points.indices.contains(slice.index), points[slice.index] == slice else {
+            throw ShardError("slice \(slice.slice.render()) is not a point of this job's sweep")
+        }
+        return slice
+    }
+}
+
+extension ToyLMSweepPoint {
+    /// The (beta, seed) sweep of a toy-LM or Gaussian-policy job: `params.beta` (default `defaultBeta`) or
+    /// `params.sweep.beta`, and `params.sweep.seed` (else the job seed); one point per (beta, seed), beta-major, and
+    /// `shards` 1 or the number of points. Errors carry the key's line.
+    static func parse(_ spec: JobSpec, _ p: Params, defaultBeta: Double) throws -> [ToyLMSweepPoint] {
         func betaValue(_ v: Double, _ path: String) throws -> Double {
             guard v > 0, v <= 1e6 else {
                 throw spec.source.error(path, "\(path) must be a number in (0, 1e6], not \(v)")
             }
             return v
         }
+        var betas = [try betaValue(try p.double("beta", default: defaultBeta), "params.beta")]
+        var seeds = [spec.seed]
         if p.has("sweep") {
             let s = try p.object("sweep")
             try s.rejectUnknown(["beta", "seed"])
@@ -164,13 +186,9 @@ public struct ToyLMTrainingConfig: Sendable {
             }
             if s.has("beta") {
                 if p.has("beta") {
-                    throw p.error(
-                        "beta", "params.beta and params.sweep.beta are exclusive; put every beta in the sweep")
+                    throw p.error("beta", "params.beta and params.sweep.beta are exclusive; put every beta in the sweep")
                 }
-                let values = try s.doubles("beta")
-                betas = try values.enumerated().map { try betaValue($1, "\(s.keyPath("beta"))[\($0)]") }
-            } else {
-                betas = [try betaValue(try p.double("beta", default: defaults.beta), "params.beta")]
+                betas = try s.doubles("beta").enumerated().map { try betaValue($1, "\(s.keyPath("beta"))[\($0)]") }
             }
             if s.has("seed") {
                 seeds = try s.array("seed").enumerated().map { i, v in
@@ -186,11 +204,9 @@ public struct ToyLMTrainingConfig: Sendable {
                 guard count > 0 else { throw s.error(key, "\(s.keyPath(key)) must not be empty") }
                 guard distinct == count else { throw s.error(key, "\(s.keyPath(key)) lists a value twice") }
             }
-        } else {
-            betas = [try betaValue(try p.double("beta", default: defaults.beta), "params.beta")]
         }
-        guard betas.count * seeds.count <= maxPoints else {
-            throw p.error("sweep", "params.sweep has \(betas.count * seeds.count) points; the limit is \(maxPoints)")
+        guard betas.count * seeds.count <= ToyLMTrainingConfig.maxPoints else {
+            throw p.error("sweep", "params.sweep has \(betas.count * seeds.count) points; the limit is \(ToyLMTrainingConfig.maxPoints)")
         }
         var points: [ToyLMSweepPoint] = []
         for b in betas {
@@ -202,19 +218,6 @@ public struct ToyLMTrainingConfig: Sendable {
                 "shards: \(spec.shards) does not match the \(points.count) sweep point(s) (one shard per beta x seed); "
                     + "remove shards or set it to \(points.count)")
         }
-        return ToyLMTrainingConfig(
-            problem: problem, hidden: hidden, activation: activation, steps: steps, optimizer: optimizer,
-            maxGradNorm: maxGradNorm, logEvery: logEvery, checkpointEvery: spec.checkpointEvery, points: points)
-    }
-
-    /// The slices of `plan`: one per sweep point, `steps` each.
-    var slices: [TypedShardSlice<ToyLMSweepPoint>] { points.map { TypedShardSlice($0, totalSteps: Int64(steps)) } }
-
-    /// The sweep point a dispatched slice names, checked against the plan.
-    func point(_ slice: ToyLMSweepPoint) throws -> ToyLMSweepPoint {
-        guard points.indices.contains(slice.index), points[slice.index] == slice else {
-            throw ShardError("slice \(slice.slice.render()) is not a point of this job's sweep")
-        }
-        return slice
+        return points
     }
 }
