@@ -16,6 +16,8 @@ public enum Workloads {
         RLOO(),
         GRPO(),
         PPO(),
+        QRDQN(),
+        C51(),
         // kind: preference (Preference/)
         DPO(),
         WRPO(),
