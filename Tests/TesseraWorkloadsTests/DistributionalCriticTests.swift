@@ -248,8 +248,11 @@ struct DistributionalCriticTests {
                 """
                   num_quantiles: \(N)
                   kappa: 0
-                  steps: 3000
-                  learning_rate: 0.003
+                  network: {hidden: []}
+                  batch_size: 1024
+                  steps: 5000
+                  learning_rate: 0.3
+                  target_update_period: 10
                   log_every: 500
                 """))
         let (output, sink) = try ToyLMFixtures.runShard(spec)

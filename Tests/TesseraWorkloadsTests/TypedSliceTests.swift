@@ -17,6 +17,10 @@ struct TypedSliceTests {
             "point", "beta", "seed", "steps", "kl_to_ref", "expected_reward", "frontier_distance",
             "beta_point_distance", "kl_to_optimum", "objective_gap", "objective", "optimal_objective", "frontier",
         ]
+        let critic = [
+            "point", "seed", "steps", "w1_max", "w1_mean", "q_error_max", "policy_agreement", "w1", "mean",
+            "exact_mean", "greedy_policy", "optimal_policy",
+        ]
         let head = "kind: sampling\nseed: 7\nshards: 2\nparams:\n  target: \(target)\n"
         let sampling = head + "  samples: 8192\n"
         return [
@@ -38,6 +42,9 @@ struct TypedSliceTests {
             ("kind: rl\nalgorithm: grpo\nseed: 3\nparams:\n  problem: {contexts: 2, vocab: 3, length: 1}\n  steps: 2\n"
                 + "  num_generations: 2\n  scale_rewards: batch\n", toy),
             ("kind: rl\nalgorithm: ppo\nseed: 3\nparams:\n  problem: {contexts: 2, vocab: 3, length: 1}\n  steps: 2\n", toy),
+            ("kind: rl\nalgorithm: qr-dqn\nseed: 3\nparams:\n  steps: 2\n  num_quantiles: 4\n  batch_size: 8\n"
+                + "  sweep: {seed: [1, 18446744073709551615]}\n", critic),
+            ("kind: rl\nalgorithm: c51\nseed: 3\nparams:\n  steps: 2\n  batch_size: 8\n", critic),
             ("kind: preference\nalgorithm: wrpo\nseed: 3\nparams:\n  problem: {contexts: 2, vocab: 3, length: 1}\n"
                 + "  steps: 2\n  data: {pairs: 16}\n", toy),
             ("kind: preference\nalgorithm: fdpg\nseed: 3\nparams:\n  problem: {contexts: 2, vocab: 3, length: 1}\n"
