@@ -8,9 +8,8 @@
 // Replay: the critics learn from random transitions of this MDP, not from an agent's episodes. Row b of the batch of
 // training step k (1-based) is drawn from Philox(shard seed; index b, step k, stream 3 "minibatch") as a
 // `PhiloxStream`: uniform 0 -> h = 1 + min(H - 1, floor(u H)), uniform 1 -> a = min(1, floor(2 u)), uniform 2 ->
-// risky pays +3 iff u < .55 (drawn whatever the action, so the layout never depends on it); IQN continues in the same
-// stream with its tau draws (docs/reproducibility.md §3). So step k's batch is a pure function of (seed, k): no replay
-// buffer to checkpoint, only the step counter.
+// risky pays +3 iff u < .55 (drawn whatever the action, so the layout never depends on it; docs/reproducibility.md
+// §3). So step k's batch is a pure function of (seed, k): no replay buffer to checkpoint, only the step counter.
 
 import Foundation
 import TesseraCompute
@@ -147,8 +146,6 @@ struct Transition: Sendable, Equatable {
     var h: Int
     var action: Int
     var reward: Double
-    /// The stream after the transition's three words (IQN draws its taus from it).
-    var stream: PhiloxStream
 
     var nextH: Int { h - 1 }
     var terminal: Bool { h == 1 }
@@ -160,10 +157,5 @@ struct Transition: Sendable, Equatable {
         action = min(1, Int(s.nextUniform() * 2))
         let win = s.nextUniform() < DistributionalMDP.winProbability
         reward = action == 0 ? DistributionalMDP.safeReward : (win ? DistributionalMDP.winReward : DistributionalMDP.lossReward)
-        stream = s
-    }
-
-    static func == (a: Transition, b: Transition) -> Bool {
-        a.h == b.h && a.action == b.action && a.reward == b.reward
     }
 }

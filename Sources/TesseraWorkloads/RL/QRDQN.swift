@@ -34,7 +34,7 @@ public struct QRDQN: TypedAlgorithm {
     public func configure(_ spec: JobSpec) throws -> Config {
         let p = spec.paramsReader
         let critic = try CriticConfig.parse(
-            spec, algorithmKeys: ["num_quantiles", "kappa"], defaults: .init(steps: 3000, learningRate: 0.05))
+            spec, algorithmKeys: ["num_quantiles", "kappa"], defaults: .init(steps: 5000, learningRate: 0.3))
         let n = try p.int("num_quantiles", default: 200, range: 1...4096)
         let kappa = try p.double("kappa", range: 0...1e6, default: 1)
         return Config(critic: critic, rule: QRRule(quantiles: n, kappa: kappa))
