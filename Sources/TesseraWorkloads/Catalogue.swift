@@ -18,6 +18,8 @@ public enum Workloads {
         PPO(),
         FIND(),
         ImplicitDiffusion(),
+        QRDQN(),
+        C51(),
         // kind: preference (Preference/)
         DPO(),
         WRPO(),

@@ -21,6 +21,10 @@ struct TypedSliceTests {
             "point", "beta", "seed", "steps", "mean", "std", "kl_to_prior", "reward_mean", "optimal_mean",
             "optimal_std", "mean_error", "std_ratio_error", "objective", "optimal_objective", "objective_gap",
         ]
+        let critic = [
+            "point", "seed", "steps", "w1_max", "w1_mean", "q_error_max", "policy_agreement", "w1", "mean",
+            "exact_mean", "greedy_policy", "optimal_policy",
+        ]
         let head = "kind: sampling\nseed: 7\nshards: 2\nparams:\n  target: \(target)\n"
         let sampling = head + "  samples: 8192\n"
         return [
@@ -45,6 +49,9 @@ struct TypedSliceTests {
             ("kind: rl\nalgorithm: find\nseed: 3\nparams:\n  target: {means: [[0.5]], stds: [0.4]}\n  steps: 2\n"
                 + "  sampling_steps: 2\n  batch_size: 4\n  sweep: {seed: [1, 18446744073709551615]}\n", gaussian),
             ("kind: rl\nalgorithm: implicit-diffusion\nseed: 3\nparams:\n  steps: 2\n  particles: 4\n", gaussian),
+            ("kind: rl\nalgorithm: qr-dqn\nseed: 3\nparams:\n  steps: 2\n  num_quantiles: 4\n  batch_size: 8\n"
+                + "  sweep: {seed: [1, 18446744073709551615]}\n", critic),
+            ("kind: rl\nalgorithm: c51\nseed: 3\nparams:\n  steps: 2\n  batch_size: 8\n", critic),
             ("kind: preference\nalgorithm: wrpo\nseed: 3\nparams:\n  problem: {contexts: 2, vocab: 3, length: 1}\n"
                 + "  steps: 2\n  data: {pairs: 16}\n", toy),
             ("kind: preference\nalgorithm: fdpg\nseed: 3\nparams:\n  problem: {contexts: 2, vocab: 3, length: 1}\n"
