@@ -346,16 +346,23 @@ struct EndToEndTests {
 
     @Test func drainedWorkerHandsBackItsShardAndExitsZero() throws {
         // SIGTERM = drain: no new shards; the running one may finish for --drain-timeout (5 s here, too short for
-        // it), then it is handed back (retryable: no attempt consumed) and the worker exits 0.
+        // it), then it is handed back (retryable: no attempt consumed) and the worker exits 0. The shards sleep 15 s
+        // (noop), so the drain cannot outlast them however fast the build computes (a 20,000-sample DDPM shard once
+        // did: it finished inside the 5 s once debug builds ran the samplers optimised).
         let c = try Cluster(workers: 2)
         defer { c.shutdown() }
-        let job = try c.submit(text: ringSpec(shards: 2, samples: 40_000, algorithm: "ddpm", steps: 1000, keep: false), name: "drain.yaml")
+        let job = try c.submit(
+            text: "name: drain\nkind: rl\nalgorithm: noop\nseed: 1\nshards: 2\nparams: {sleep_ms: 15000}\n", name: "drain.yaml")
+        // Until each worker reports one of them running (heartbeats; a lease alone may be a prefetch).
         let deadline = Date().addingTimeInterval(120)
-        while Date() < deadline {
-            let r = try c.query("SELECT count(*) AS n FROM tessera_shards WHERE job_id = $1 AND state = 'leased' AND step > 0", [.int(Int64(job))])
-            if r.int(0, "n") == 2 { break }
-            Thread.sleep(forTimeInterval: 0.05)
+        var bothRunning = false
+        while Date() < deadline, !bothRunning {
+            let w = try c.json(["workers"]) as? [String: Any]
+            let alive = (w?["workers"] as? [[String: Any]] ?? []).filter { $0["state"] as? String == "alive" }
+            bothRunning = alive.filter { ($0["running"] as? [Any])?.count == 1 }.count == 2
+            if !bothRunning { Thread.sleep(forTimeInterval: 0.1) }
         }
+        #expect(bothRunning, "both workers never ran a shard at once")
         c.signalWorker("w1", SIGTERM)
         let w1 = try #require(c.workers["w1"])
         w1.waitUntilExit()
