@@ -124,15 +124,7 @@ public struct RewardModel: TypedAlgorithm {
         public init(from decoder: any Decoder) throws {
             let c = try decoder.container(keyedBy: CodingKeys.self)
             point = try c.decode(Int.self, forKey: .point)
-            if let text = try? c.decode(String.self, forKey: .seed) {
-                guard let u = UInt64(text) else {
-                    throw DecodingError.dataCorruptedError(
-                        forKey: .seed, in: c, debugDescription: "expected a whole number from 0 to 2^64-1, found \"\(text)\"")
-                }
-                seed = u
-            } else {
-                seed = try c.decode(UInt64.self, forKey: .seed)
-            }
+            seed = try c.decodeSeed(forKey: .seed)
         }
     }
 

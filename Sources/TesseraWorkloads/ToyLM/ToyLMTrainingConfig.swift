@@ -45,15 +45,7 @@ public struct ToyLMSweepPoint: Codable, Sendable, Hashable {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         index = try c.decode(Int.self, forKey: .index)
         beta = try c.decode(Double.self, forKey: .beta)
-        if let text = try? c.decode(String.self, forKey: .seed) {
-            guard let u = UInt64(text) else {
-                throw DecodingError.dataCorruptedError(
-                    forKey: .seed, in: c, debugDescription: "expected a whole number from 0 to 2^64-1, found \"\(text)\"")
-            }
-            seed = u
-        } else {
-            seed = try c.decode(UInt64.self, forKey: .seed)
-        }
+        seed = try c.decodeSeed(forKey: .seed)
     }
 }
 
@@ -219,5 +211,18 @@ extension ToyLMSweepPoint {
                     + "remove shards or set it to \(points.count)")
         }
         return points
+    }
+}
+
+extension KeyedDecodingContainer {
+    /// A seed as slices and summaries store it: a JSON number up to 2^53, beyond that its decimal string (a JSON
+    /// number is a double), so every UInt64 survives the store.
+    func decodeSeed(forKey key: Key) throws -> UInt64 {
+        guard let text = try? decode(String.self, forKey: key) else { return try decode(UInt64.self, forKey: key) }
+        guard let u = UInt64(text) else {
+            throw DecodingError.dataCorruptedError(
+                forKey: key, in: self, debugDescription: "expected a whole number from 0 to 2^64-1, found \"\(text)\"")
+        }
+        return u
     }
 }
