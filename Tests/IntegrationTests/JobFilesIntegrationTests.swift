@@ -106,6 +106,53 @@ struct JobFilesIntegrationTests {
         #expect(missing.status == 1 && missing.stderr.contains("there is no file \(specDir)/data/nope.jsonl"), "\(missing.stderr)")
     }
 
+    /// examples/rl-rloo-byo.yaml as shipped (RLOO on a problem brought as a safetensors file) and DPO on the exact
+    /// population loss of the same file: both reach the brought problem's Gibbs optimum and the same frontier point,
+    /// and each result names the file by sha256. examples/pref-dpo-file.yaml (DPO on a JSONL of pairs) runs as
+    /// shipped too.
+    @Test func rlooAndDPOOnABroughtProblemCoincide() throws {
+        let c = try Cluster(workers: 2)
+        defer { c.shutdown() }
+        let world = "\(IntegrationEnv.repoRoot)/examples/data/toy-world.safetensors"
+        let rloo = try c.submit(IntegrationEnv.example("rl-rloo-byo.yaml"))
+        let dpoSpec = """
+            name: dpo-byo
+            kind: preference
+            algorithm: dpo
+            seed: 7
+            files: {world: \(world)}
+            params:
+              problem: {file: world}
+              beta: 0.5
+              data: {source: population}
+              steps: 1000
+              learning_rate: 0.02
+            """
+        let dpo = try c.submit(text: dpoSpec, name: "dpo-byo.yaml")
+        let pairs = try c.submit(IntegrationEnv.example("pref-dpo-file.yaml"))
+        for job in [rloo, dpo, pairs] {
+            let wait = try c.cli(["wait", String(job), "--timeout", "600"])
+            #expect(wait.status == 0, "job \(job): \(wait.stdout) \(wait.stderr)")
+        }
+        let sha = try Self.sha256(world)
+        var points: [[String: Any]] = []
+        for job in [rloo, dpo] {
+            let result = try #require(try c.json(["result", String(job)]) as? [String: Any])
+            let problem = try #require(result["problem"] as? [String: Any])
+            let file = try #require(problem["file"] as? [String: Any])
+            #expect(file["sha256"] as? String == sha && file["name"] as? String == "world", "\(problem)")
+            #expect(problem["contexts"] as? Int == 4 && problem["vocab"] as? Int == 6)
+            let point = try #require((result["points"] as? [[String: Any]])?.first)
+            let kl = try #require(point["kl_to_optimum"] as? Double)
+            print("job \(job) on the brought problem: KL to its Gibbs optimum \(kl), frontier distance \(point["frontier_distance"]!)")
+            #expect(kl < 1e-3)
+            points.append(point)
+        }
+        let dk = (points[0]["kl_to_ref"] as! Double) - (points[1]["kl_to_ref"] as! Double)
+        let dr = (points[0]["expected_reward"] as! Double) - (points[1]["expected_reward"] as! Double)
+        #expect((dk * dk + dr * dr).squareRoot() < 1e-2)
+    }
+
     @Test func theWireRefusesFilesItDoesNotHaveAndUploadsResume() throws {
         let c = try Cluster(workers: 0)
         defer { c.shutdown() }
