@@ -157,4 +157,45 @@ struct DPOFileTests {
         // distance to that one stays large, so the check above could not pass by reaching the wrong optimum.
         #expect(try #require(output?.summary["kl_to_optimum"]?.doubleValue) > 1e-2)
     }
+
+    @Test("hinge on consistent pairs (one ranking per context) drives the loss to 0: every pair's margin is at least 1")
+    func hingeReachesEveryMargin() throws {
+        let M = 3, K = 5, beta = 0.5
+        // Context x ranks response y by (3y + x) mod 5 (higher wins); every ordered pair that agrees is in the file
+        // once, so the labels are noiseless and consistent: the hinge loss can reach 0, and reaches it exactly when
+        // beta (u(y_w) - u(y_l)) >= 1 on every pair.
+        func rank(_ x: Int, _ y: Int) -> Int { (3 * y + x) % K }
+        var lines: [String] = [], pairs: [(Int, Int, Int)] = []
+        for x in 0..<M {
+            for i in 0..<K {
+                for j in 0..<K where rank(x, i) > rank(x, j) {
+                    lines.append("{\"context\": \(x), \"chosen\": [\(i)], \"rejected\": [\(j)]}")
+                    pairs.append((x, i, j))
+                }
+            }
+        }
+        let spec = try Self.spec(
+            "  problem: {contexts: \(M), vocab: \(K), length: 1}" + """
+
+              loss: hinge
+              beta: \(beta)
+              policy: {hidden: []}
+              data: {source: file, file: pairs}
+              steps: 1000
+              learning_rate: 0.05
+              log_every: 1000
+            """, pairs: lines.joined(separator: "\n"))
+        let (_, sink) = try ToyLMFixtures.runShard(spec)
+        let checkpoint = try TrainingCheckpoint<Double>(file: SafeTensorsFile.parse(try #require(sink.checkpoints.last).bytes))
+        let problem = ToyLMProblem(try DPO().configure(spec).training.problem)
+        var policy = try ToyLMPolicy(problem: problem, model: checkpoint.model)
+        try policy.evaluate()
+        func u(_ x: Int, _ y: Int) -> Double { policy.logProb[x * K + y] - problem.referenceLogProb[x * K + y] }
+        let margins = pairs.map { beta * (u($0.0, $0.1) - u($0.0, $0.2)) }
+        print("hinge on \(pairs.count) consistent pairs, 1000 steps: smallest margin \(margins.min()!), final loss \(sink.last("loss")!)")
+        #expect(margins.min()! >= 1)
+        #expect(sink.last("loss") == 0)
+        // The share of pairs with a positive margin, a sum of 30 weights of 1/30: 1 up to that sum's rounding.
+        #expect(try #require(sink.last("rewards/accuracies")) > 1 - 1e-12)
+    }
 }

@@ -170,7 +170,7 @@ struct DPOTests {
     @Test("DPO parameters are validated")
     func validation() throws {
         let error = Self.specError
-        #expect(error("  loss: hinge")?.hasPrefix("d.yaml:7: params.loss must be one of sigmoid") == true)
+        #expect(error("  loss: slic")?.hasPrefix("d.yaml:7: params.loss must be one of sigmoid") == true)
         #expect(
             error("  data: {source: population}\n  batch_size: 8")?.hasPrefix(
                 "d.yaml:8: params.batch_size applies to data.source: annotator or file only") == true)

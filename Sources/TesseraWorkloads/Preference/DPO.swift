@@ -2,7 +2,7 @@
 // (WORKLOADS.md §3 P1; huggingface/trl trl/trainer/dpo_trainer.py), on the toy LM.
 //
 // With u(y) = log pi_theta(y|x) - log pi_ref(y|x) and delta = u(y_w) - u(y_l), a pair's loss is `loss:`'s
-// (`DPOLoss`: sigmoid, robust, ipo, exo_pair, nca_pair, bco_pair, apo_zero, apo_down). The default, sigmoid, is
+// (`DPOLoss`: sigmoid, robust, ipo, exo_pair, nca_pair, bco_pair, apo_zero, apo_down, hinge). The default, sigmoid, is
 // -(1 - s) log sigma(beta delta) - s log sigma(-beta delta) (s = label_smoothing, TRL's conservative DPO); it keeps
 // its own soft-label code path below, so its trajectories are bitwise those of the sigmoid-only version.
 // The data come from the Bradley-Terry annotator of the toy reward (`BradleyTerryAnnotator`):
@@ -28,7 +28,7 @@ public struct DPO: TypedAlgorithm {
     public var kind: JobKind { .preference }
     public var name: String { "dpo" }
     public var summary: String {
-        "DPO (TRL loss types: sigmoid, robust, ipo, exo_pair, nca_pair, bco_pair, apo_zero, apo_down) on "
+        "DPO (TRL loss types: sigmoid, robust, ipo, exo_pair, nca_pair, bco_pair, apo_zero, apo_down, hinge) on "
             + "Bradley-Terry preference pairs of the toy LM's reward"
     }
 
