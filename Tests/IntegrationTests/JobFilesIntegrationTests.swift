@@ -106,11 +106,11 @@ struct JobFilesIntegrationTests {
         #expect(missing.status == 1 && missing.stderr.contains("there is no file \(specDir)/data/nope.jsonl"), "\(missing.stderr)")
     }
 
-    /// examples/rl-rloo-byo.yaml as shipped (RLOO on a problem brought as a safetensors file) and DPO on the exact
-    /// population loss of the same file: both reach the brought problem's Gibbs optimum and the same frontier point,
+    /// examples/rl-rloo-byo.yaml as shipped (RLOO on a problem brought as a safetensors file), PPO, and DPO on the
+    /// exact population loss of the same file: all three reach the brought problem's Gibbs optimum and the same frontier point,
     /// and each result names the file by sha256. examples/pref-dpo-file.yaml (DPO on a JSONL of pairs) runs as
     /// shipped too.
-    @Test func rlooAndDPOOnABroughtProblemCoincide() throws {
+    @Test func rlooPPOAndDPOOnABroughtProblemCoincide() throws {
         let c = try Cluster(workers: 2)
         defer { c.shutdown() }
         let world = "\(IntegrationEnv.repoRoot)/examples/data/toy-world.safetensors"
@@ -129,14 +129,29 @@ struct JobFilesIntegrationTests {
               learning_rate: 0.02
             """
         let dpo = try c.submit(text: dpoSpec, name: "dpo-byo.yaml")
+        let ppoSpec = """
+            name: ppo-byo
+            kind: rl
+            algorithm: ppo
+            seed: 7
+            files: {world: \(world)}
+            params:
+              problem: {file: world}
+              beta: 0.5
+              num_generations: 16
+              num_ppo_epochs: 2
+              steps: 2000
+              learning_rate: 0.01
+            """
+        let ppo = try c.submit(text: ppoSpec, name: "ppo-byo.yaml")
         let pairs = try c.submit(IntegrationEnv.example("pref-dpo-file.yaml"))
-        for job in [rloo, dpo, pairs] {
+        for job in [rloo, dpo, ppo, pairs] {
             let wait = try c.cli(["wait", String(job), "--timeout", "600"])
             #expect(wait.status == 0, "job \(job): \(wait.stdout) \(wait.stderr)")
         }
         let sha = try Self.sha256(world)
         var points: [[String: Any]] = []
-        for job in [rloo, dpo] {
+        for job in [rloo, dpo, ppo] {
             let result = try #require(try c.json(["result", String(job)]) as? [String: Any])
             let problem = try #require(result["problem"] as? [String: Any])
             let file = try #require(problem["file"] as? [String: Any])
@@ -148,9 +163,12 @@ struct JobFilesIntegrationTests {
             #expect(kl < 1e-3)
             points.append(point)
         }
-        let dk = (points[0]["kl_to_ref"] as! Double) - (points[1]["kl_to_ref"] as! Double)
-        let dr = (points[0]["expected_reward"] as! Double) - (points[1]["expected_reward"] as! Double)
-        #expect((dk * dk + dr * dr).squareRoot() < 1e-2)
+        // RLOO, DPO and PPO land on the same frontier point of the brought problem.
+        for other in points.dropFirst() {
+            let dk = (points[0]["kl_to_ref"] as! Double) - (other["kl_to_ref"] as! Double)
+            let dr = (points[0]["expected_reward"] as! Double) - (other["expected_reward"] as! Double)
+            #expect((dk * dk + dr * dr).squareRoot() < 1e-2)
+        }
     }
 
     @Test func theWireRefusesFilesItDoesNotHaveAndUploadsResume() throws {
