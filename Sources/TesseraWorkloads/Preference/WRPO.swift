@@ -293,9 +293,12 @@ struct WRPORule: ToyLMPolicyStepRule {
 
 /// The minimiser of WRPO's loss over the policy table, for a fixed alpha (see the header).
 enum WRPOOptimum {
-    /// One labelled example of context x: source s, chosen c, rejected r (response indices), weight w.
+    /// One labelled example of context x: source s, chosen c, rejected r (response indices), weight w; its margin is
+    /// z = beta (alpha u_s + (1 - alpha) u_c - u_r) + offset (offset 0 for WRPO; `simpo` puts its reference-free
+    /// terms there).
     struct Event {
         var s: Int, c: Int, r: Int, w: Double
+        var offset = 0.0
     }
 
     /// The population's examples per context: for each ordered (y, y'), (y_ws, y, y') with weight mu mu' P and
@@ -321,9 +324,11 @@ enum WRPOOptimum {
     /// log pi*(y|x), [M, K]: per context, Newton's method on the convex loss in u with a backtracking line search.
     /// The loss is flat along u + c 1, so the system is (H + 1 1^T) d = g, whose solution is the Newton step
     /// orthogonal to 1 (H 1 = 0 and g . 1 = 0). Stops when max |dL/du| < 1e-15 (relative to the total weight).
-    static func logProb(problem: ToyLMProblem, events: [[Event]], alpha: Double, beta: Double, smoothing: Double)
-        -> [Double]
-    {
+    /// `start(x)` is the initial u of context x (default 0, pi_ref).
+    static func logProb(
+        problem: ToyLMProblem, events: [[Event]], alpha: Double, beta: Double, smoothing: Double,
+        start: ((Int) -> [Double])? = nil
+    ) -> [Double] {
         let M = problem.contexts, K = problem.responses
         var out = [Double](repeating: 0, count: M * K)
         for x in 0..<M {
@@ -332,17 +337,17 @@ enum WRPOOptimum {
             func value(_ u: [Double]) -> Double {
                 var f = 0.0
                 for e in ev where e.w > 0 {
-                    let z = beta * (alpha * u[e.s] + (1 - alpha) * u[e.c] - u[e.r])
+                    let z = beta * (alpha * u[e.s] + (1 - alpha) * u[e.c] - u[e.r]) + e.offset
                     f -= e.w * ((1 - smoothing) * ToyLMMath.logSigmoid(z) + smoothing * ToyLMMath.logSigmoid(-z))
                 }
                 return f
             }
-            var u = [Double](repeating: 0, count: K)
+            var u = start?(x) ?? [Double](repeating: 0, count: K)
             for _ in 0..<200 {
                 var g = [Double](repeating: 0, count: K)
                 var h = [Double](repeating: 1, count: K * K)  // the 1 1^T term
                 for e in ev where e.w > 0 {
-                    let z = beta * (alpha * u[e.s] + (1 - alpha) * u[e.c] - u[e.r])
+                    let z = beta * (alpha * u[e.s] + (1 - alpha) * u[e.c] - u[e.r]) + e.offset
                     let sg = ToyLMMath.sigmoid(z)
                     let d1 = e.w * beta * (sg - (1 - smoothing)), d2 = e.w * beta * beta * sg * (1 - sg)
                     let idx = [e.s, e.c, e.r], coef = [alpha, 1 - alpha, -1.0]
