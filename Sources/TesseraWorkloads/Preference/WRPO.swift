@@ -91,15 +91,7 @@ public struct WRPO: TypedAlgorithm {
             }
             warmup = try p.int("alpha_warmup_steps", range: 1...config.steps)
         }
-        if case .population = data {
-            let n = config.problem.contexts * config.problem.responses * config.problem.responses
-            guard n <= DPO.maxPopulationPairs else {
-                throw p.error(
-                    "data",
-                    "data.source: population enumerates contexts x K^2 = \(n) pairs per step; the limit is \(DPO.maxPopulationPairs) (use source: annotator)"
-                )
-            }
-        }
+        try DPOSettings.checkPopulationSize(data, problem: config.problem, p)
         return Config(
             training: config,
             settings: WRPOSettings(
@@ -246,34 +238,7 @@ struct WRPORule: ToyLMPolicyStepRule {
             logpRejected += w * logProb[r]
         }
 
-        if data.pairs.isEmpty {
-            // Population: each ordered pair (y, y') with weight mu mu' / M: y chosen with probability P, y' with 1 - P.
-            let invM = 1 / Double(M)
-            for x in 0..<M {
-                for y in 0..<K {
-                    let wy = data.proposal[x * K + y] * invM
-                    if wy == 0 { continue }
-                    for y2 in 0..<K {
-                        let w = wy * data.proposal[x * K + y2]
-                        if w == 0 { continue }
-                        let p = data.preference[(x * K + y) * K + y2]
-                        add(x, x * K + y, x * K + y2, w * p)
-                        add(x, x * K + y2, x * K + y, w * (1 - p))
-                    }
-                }
-            }
-        } else if let batchSize = settings.dpo.batchSize {
-            for j in 0..<batchSize {
-                let pair = data.minibatchPair(j, step: step, seed: point.seed)
-                add(
-                    pair.context, pair.context * K + pair.chosen, pair.context * K + pair.rejected,
-                    1 / Double(batchSize))
-            }
-        } else {
-            for (pair, w) in data.distinctPairs {
-                add(pair.context, pair.context * K + pair.chosen, pair.context * K + pair.rejected, w)
-            }
-        }
+        data.forEachPair(step: step, seed: point.seed) { c, r, w in add(c / K, c, r, w) }
         let optimumKL = optimumLogProb.map { WRPOOptimum.meanKL(logProb, $0, contexts: M) }
         try policy.backward(sequenceGradient: gradient)
         let update = optimizer.update(&policy)
