@@ -27,7 +27,7 @@
 // Reaching the limit is a property of the optimiser as much as of the loss: the infimum is at infinity (U's logits
 // -> -infinity). With the linear policy on one-hot contexts (`policy: {hidden: []}`: one logit offset per (x, v) plus
 // a per-token bias) Adam gets there; with the default MLP (64 ReLU units) the weights that keep pushing U's logits down
-// are shared by other contexts, and the runs measured here stall at KL(pi* || pi) between 0.01 and 1.6 with some
+// are shared by other contexts, and the runs measured here stall at KL(pi* || pi) between 0.01 and 1.8 with some
 // contexts' D-responses driven out too (docs/training.md §7.7). The tests therefore train the linear policy.
 // The test solves 2-3 in the probabilities (bisection on log pi_y for each lambda, bisection on log lambda for the
 // mass, bisection on z), not in u as KTOLimit does.

@@ -30,7 +30,7 @@
 // decreases in u_y), then z by bisection on KL(pi*(z)) - z. lambda_D != lambda_U moves the threshold q*, hence the
 // support D of the limit; it does not otherwise change its form.
 // Reaching it depends on the policy: the infimum is at infinity, and with the default MLP the weights that keep
-// pushing U's logits down are shared across contexts, so measured runs stall at KL(pi*_kto || pi) of 0.01 to 1.6;
+// pushing U's logits down are shared across contexts, so measured runs stall at KL(pi*_kto || pi) of 0.01 to 1.8;
 // the linear policy (`policy: {hidden: []}`) reaches it (KTOTests, docs/training.md §7.7).
 // The summary's `optimum_kl` and the metric `kto/kl_limit_to_policy` are E_x KL(pi*_kto || pi_theta) (finite: pi*_kto
 // is 0 on U, where pi_theta only tends to 0), at the policy the step's loss was computed at for the metric.
