@@ -96,10 +96,7 @@ struct KTOTests {
             (1, [Int](), BradleyTerryAnnotator.Proposal.reference, 1.0, 1.0), (2, [5], .uniform, 2.0, 0.5),
         ] {
             let problem = ToyLMProblem(try ToyLMSpec(contexts: 3, vocabulary: 3, length: length, seed: 2))
-            var policy = try ToyLMPolicy(problem: problem, hidden: hidden, activation: .silu, seed: 3)
-            var s = PhiloxStream(seed: 6, index: 0, step: 0, stream: .minibatch)
-            let noise = s.normals(policy.model.parameterCount)
-            for i in 0..<noise.count { policy.model.parameters[i] += 0.4 * noise[i] }
+            var policy = try DPOLossTests.perturbedPolicy(problem, hidden: hidden)
             try policy.evaluate()
             let settings = KTOSettings(desirableWeight: lD, undesirableWeight: lU, proposal: proposal)
             let rule = KTORule(settings: settings, problem: problem, point: ToyLMSweepPoint(index: 0, beta: beta, seed: 4))
@@ -112,17 +109,14 @@ struct KTOTests {
                 try p.evaluate()
                 return Self.loss(problem, logProb: p.logProb, mu: mu, q: q, beta: beta, z: z, lD: lD, lU: lU)
             }
-            let (value, gradient) = try SimPOTests.lossAndGradient(rule, policy, beta: beta)
+            let (value, gradient) = try DPOTests.lossAndGradient(rule, policy, beta: beta)
             // The loss is a sum of M K bounded sigmoids of beta (u - z), beta < 1: DPOLossTests.tolerance's analysis
             // (derivatives of the sigmoid family up to order three bounded by 2, times lambda <= 2 here).
             #expect(abs(value - (try f(policy))) <= 1e-13, "the reported loss is F_z at the policy's own KL")
             let tol = DPOLossTests.tolerance(
                 h: h, thirdDerivative: 2e4, terms: problem.contexts * K, absoluteSum: 4 * abs(value) + 4)
             for i in 0..<gradient.count {
-                var plus = policy, minus = policy
-                plus.model.parameters[i] += h
-                minus.model.parameters[i] -= h
-                let fd = (try f(plus) - f(minus)) / (2 * h)
+                let fd = try DPOLossTests.centralDifference(policy, parameter: i, h: h, f)
                 #expect(abs(fd - gradient[i]) <= tol, "L=\(length) parameter \(i): \(fd) vs \(gradient[i]) (tol \(tol))")
             }
         }

@@ -39,19 +39,6 @@ struct SimPOTests {
         """
     }
 
-    /// One step of `rule` at learning rate 0: (loss, dLoss/dtheta).
-    static func lossAndGradient(_ rule: some ToyLMPolicyStepRule, _ policy: ToyLMPolicy, beta: Double) throws -> (
-        Double, [Double]
-    ) {
-        var p = policy
-        var optimizer = ToyLMOptimizer(
-            adam: try Adam(configuration: AdamConfiguration(learningRate: 0), parameterCount: p.model.parameterCount),
-            maxGradNorm: nil)
-        let metrics = try rule.step(
-            1, point: ToyLMSweepPoint(index: 0, beta: beta, seed: 4), policy: &p, optimizer: &optimizer)
-        return (metrics.first { $0.0 == "loss" }!.1, p.model.gradients)
-    }
-
     @Test("the SimPO gradient matches central differences of its loss (every data mode; logits at L = 1, MLP at L = 2)")
     func gradientMatchesFiniteDifferences() throws {
         // Tolerance: DPOLossTests.tolerance's analysis holds as it stands: the loss is -(1 - eps) log sigma(z) -
@@ -60,10 +47,7 @@ struct SimPOTests {
         let h = 1e-5, beta = 0.7
         for (length, hidden) in [(1, [Int]()), (2, [5])] {
             let problem = ToyLMProblem(try ToyLMSpec(contexts: 3, vocabulary: 3, length: length, seed: 2))
-            var policy = try ToyLMPolicy(problem: problem, hidden: hidden, activation: .silu, seed: 3)
-            var s = PhiloxStream(seed: 6, index: 0, step: 0, stream: .minibatch)
-            let noise = s.normals(policy.model.parameterCount)
-            for i in 0..<noise.count { policy.model.parameters[i] += 0.4 * noise[i] }
+            let policy = try DPOLossTests.perturbedPolicy(problem, hidden: hidden)
             let K = problem.responses, M = problem.contexts
             let cases: [(SimPOSettings, terms: Int)] = [
                 (SimPOSettings(dpo: DPOSettings(data: .population(proposal: .reference), batchSize: nil, labelSmoothing: 0), gamma: 0.5), 2 * M * K * K),
@@ -74,15 +58,12 @@ struct SimPOTests {
             for (setting, terms) in cases {
                 let rule = SimPORule(
                     settings: setting, problem: problem, point: ToyLMSweepPoint(index: 0, beta: beta, seed: 4))
-                let (value, gradient) = try Self.lossAndGradient(rule, policy, beta: beta)
+                let (value, gradient) = try DPOTests.lossAndGradient(rule, policy, beta: beta)
                 let tol = DPOLossTests.tolerance(h: h, thirdDerivative: 1e4, terms: terms, absoluteSum: 4 * abs(value) + 4)
                 for i in 0..<gradient.count {
-                    var plus = policy, minus = policy
-                    plus.model.parameters[i] += h
-                    minus.model.parameters[i] -= h
-                    let fd =
-                        (try Self.lossAndGradient(rule, plus, beta: beta).0
-                            - Self.lossAndGradient(rule, minus, beta: beta).0) / (2 * h)
+                    let fd = try DPOLossTests.centralDifference(policy, parameter: i, h: h) {
+                        try DPOTests.lossAndGradient(rule, $0, beta: beta).0
+                    }
                     #expect(
                         abs(fd - gradient[i]) <= tol,
                         "L=\(length) \(setting.dpo.data) gamma \(setting.gamma) parameter \(i): \(fd) vs \(gradient[i]) (tol \(tol))")
