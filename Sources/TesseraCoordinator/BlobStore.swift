@@ -6,6 +6,7 @@
 
 import Crypto
 import Foundation
+import TesseraCore
 
 public struct BlobStoreError: Error, Sendable, CustomStringConvertible {
     public var message: String
@@ -45,6 +46,29 @@ public final class BlobStore: @unchecked Sendable {
 
     public func exists(sha256: String) -> Bool {
         FileManager.default.fileExists(atPath: absolutePath(relative: Self.relativePath(sha256: sha256)))
+    }
+
+    /// The size of a stored blob, or nil when the store does not have it.
+    public func size(sha256: String) -> UInt64? {
+        guard JobFile.validSHA256Text(sha256) else { return nil }
+        var st = stat()
+        guard stat(absolutePath(relative: Self.relativePath(sha256: sha256)), &st) == 0 else { return nil }
+        return UInt64(st.st_size)
+    }
+
+    /// `spec` with the contents of its files (`files:`) read from the store. Each must be named by sha256 and size
+    /// (as a stored spec does) and be in the store; the contents are hashed again on the way.
+    public func loadingFiles(_ spec: JobSpec) throws -> JobSpec {
+        guard !spec.files.isEmpty else { return spec }
+        return try spec.loadingFiles({ f in
+            guard let sha = f.sha256, let size = f.size else {
+                throw spec.source.error("files.\(f.name)", "files.\(f.name) (\(f.path)) has no sha256 and size: upload the file with blob.upload and name it {path, sha256, size} (tessera submit does both)")
+            }
+            guard self.size(sha256: sha) == UInt64(size) else {
+                throw spec.source.error("files.\(f.name)", "files.\(f.name) (\(f.path)): the coordinator has no blob \(sha) of \(size) bytes; upload it first (blob.upload; tessera submit does)")
+            }
+            return try readAll(relativePath: Self.relativePath(sha256: sha))
+        }, sha256: Self.sha256Hex)
     }
 
     /// Reads `length` bytes at `offset` of a stored blob; returns the bytes and the blob's total size.

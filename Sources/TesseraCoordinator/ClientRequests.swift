@@ -80,6 +80,7 @@ final class ReadPool: @unchecked Sendable {
     private let queue = WorkQueue<(ReplyTo, Message)>()
     private let connect: @Sendable () throws -> PostgresJobStore
     private let blobs: BlobStore
+    private let uploads: Uploads
     private let catalogue: AlgorithmCatalogue
     private let inbox: Inbox
     private let status: SharedStatus
@@ -93,6 +94,7 @@ final class ReadPool: @unchecked Sendable {
     ) {
         self.connect = connect
         self.blobs = blobs
+        uploads = Uploads(blobs: blobs)
         self.catalogue = catalogue
         self.inbox = inbox
         self.status = status
@@ -230,7 +232,9 @@ final class ReadPool: @unchecked Sendable {
             let slices: [ShardSlice]
             let inputs: [JobInput]
             do {
-                spec = try JobSpec.fromStored(specJSON)
+                // Files the job brings must be uploaded already (`blob.upload`); the algorithm checks their contents
+                // like the rest of the spec.
+                spec = try blobs.loadingFiles(try JobSpec.fromStored(specJSON))
                 let algorithm: any Algorithm
                 (algorithm, slices) = try catalogue.validate(spec)
                 inputs = try algorithm.jobInputs(spec)
@@ -458,6 +462,33 @@ final class ReadPool: @unchecked Sendable {
                 ]))
             }
             reply(identity, r, ["inputs": .array(list)])
+
+        case "blob.upload":
+            guard let sha = body["sha256"]?.stringValue, JobFile.validSHA256Text(sha) else {
+                return bad("blob.upload needs 'sha256': the whole blob's sha256, 64 lower-case hex digits")
+            }
+            guard let size = body["size"]?.intValue, size >= 0, Int64(size) <= JobFile.maxBytes else {
+                return bad("blob.upload needs 'size': the whole blob's byte count, 0 to \(JobFile.maxBytes)")
+            }
+            guard let offset = body["offset"]?.intValue, offset >= 0, offset <= size else {
+                return bad("blob.upload needs 'offset': where 'data' starts, 0 to 'size'")
+            }
+            let text = body["data"]?.stringValue ?? ""
+            guard text.utf8.count <= (Uploads.maxRange / 3 + 1) * 4, let decoded = Data(base64Encoded: text) else {
+                return bad("blob.upload 'data' must be base64 of at most \(Uploads.maxRange) bytes")
+            }
+            guard offset + decoded.count <= size else {
+                return bad("blob.upload: 'data' runs past 'size' (\(offset) + \(decoded.count) > \(size))")
+            }
+            switch uploads.receive(sha256: sha, size: UInt64(size), offset: UInt64(offset), data: [UInt8](decoded)) {
+            case .progress(let received, let stored):
+                if stored { logger.info("blob uploaded", metadata: ["sha256": "\(sha)", "bytes": "\(size)"]) }
+                reply(identity, r, ["received": .number(Double(received)), "stored": .bool(stored)])
+            case .refused(let why):
+                bad("blob.upload: \(why)")
+            case .unavailable(let why):
+                reply(identity, r, status: WireStatus.unavailable, ["error": .string("blob.upload: \(why)")])
+            }
 
         case "blob.read":
             guard let sha = body["sha256"]?.stringValue else { return bad("blob.read needs 'sha256'") }

@@ -80,7 +80,7 @@ final class Merger: @unchecked Sendable {
     private func merge(_ jobID: Int64) {
         do {
             let job = try withStore { try $0.mergeSpec(jobID: jobID) }
-            let spec = try JobSpec.fromStored(Array(job.spec.utf8))
+            let spec = try blobs.loadingFiles(try JobSpec.fromStored(Array(job.spec.utf8)))
             let algorithm = try catalogue.resolve(spec)
             var reducer = try algorithm.makeReducer(spec)
             var next = 0

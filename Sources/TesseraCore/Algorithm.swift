@@ -289,9 +289,16 @@ public struct AlgorithmCatalogue: Sendable {
 
     /// The spec a DISPATCH carries (its stored, canonical JSON), parsed, and its algorithm prepared for the job:
     /// done once per job, then reused for every further shard of it.
-    public func prepared(storedSpec: [UInt8]) throws -> (JobSpec, any PreparedAlgorithm) {
+    ///
+    /// A job that brings files (`files:`) gets their contents from `loadFile` first (a worker fetches them from the
+    /// coordinator by sha256), once per job like the rest.
+    public func prepared(
+        storedSpec: [UInt8], loadFile: (JobFile) throws -> [UInt8] = { f in throw ShardError("files.\(f.name): no way to load job files here", permanent: true) },
+        sha256: ([UInt8]) -> String = { _ in "" }
+    ) throws -> (JobSpec, any PreparedAlgorithm) {
         try preparedJobs.prepared(storedSpec) {
-            let spec = try JobSpec.fromStored(storedSpec)
+            var spec = try JobSpec.fromStored(storedSpec)
+            if !spec.files.isEmpty { spec = try spec.loadingFiles(loadFile, sha256: sha256) }
             guard let found = find(kind: spec.kind, name: spec.algorithm) else {
                 throw ShardError("this worker cannot run \(spec.kind.rawValue)/\(spec.algorithm)")
             }

@@ -73,7 +73,7 @@ public struct SpecSource: Sendable, Hashable {
 public struct JobSpec: Sendable, Hashable {
     public static let topLevelKeys: [String] = [
         "name", "kind", "algorithm", "seed", "shards", "priority", "max_attempts", "checkpoint_every", "params",
-        "depends_on", "sweep",
+        "depends_on", "sweep", "files",
     ]
 
     public var name: String
@@ -88,9 +88,15 @@ public struct JobSpec: Sendable, Hashable {
     public var dependsOn: [Int64]
     /// Keys swept over (Sweep.swift): the job runs once per combination of their values; empty for most jobs.
     public var sweep: Sweep = Sweep(axes: [])
+    /// Files the job brings (`files:`, JobFiles.swift), in the order written; empty for most jobs.
+    public var files: [JobFile] = []
+    /// The contents of `files` by name, where they have been loaded (`loadingFiles`); never part of `json`.
+    public var fileContents: [String: [UInt8]] = [:]
     public var source: SpecSource
 
-    public var paramsReader: Params { Params(params, path: "params", source: source) }
+    public var paramsReader: Params {
+        Params(params, path: "params", source: source, files: files, fileContents: fileContents)
+    }
 
     /// Canonical JSON: every top-level key, defaults filled in. This is what is stored and dispatched.
     public var json: JSONValue {
@@ -107,6 +113,11 @@ public struct JobSpec: Sendable, Hashable {
         o["params"] = .object(params)
         if !dependsOn.isEmpty { o["depends_on"] = .array(dependsOn.map { .number(Double($0)) }) }
         if !sweep.isEmpty { o["sweep"] = sweep.json }
+        if !files.isEmpty {
+            var f = JSONObject()
+            for file in files { f[file.name] = file.json }
+            o["files"] = .object(f)
+        }
         return .object(o)
     }
 
@@ -271,10 +282,12 @@ public struct JobSpec: Sendable, Hashable {
                 axes.append(try SweepAxis.parse(path: path, v) { source.error("sweep.\(path)", $0) })
             }
         }
+        var files: [JobFile] = []
+        if let f = top["files"], !f.isNull { files = try JobFile.parseAll(f, source: source) }
         return JobSpec(
             name: name, kind: kind, algorithm: algorithm, seed: seed, shards: shards, priority: priority,
             maxAttempts: maxAttempts, checkpointEvery: checkpointEvery, params: params, dependsOn: dependsOn,
-            sweep: Sweep(axes: axes), source: source
+            sweep: Sweep(axes: axes), files: files, source: source
         )
     }
 
@@ -289,11 +302,19 @@ public struct Params: Sendable {
     public let object: JSONObject
     public let path: String
     public let source: SpecSource
+    /// The spec's files and their loaded contents, for `file(_:)` (JobFiles.swift).
+    public let files: [JobFile]
+    public let fileContents: [String: [UInt8]]
 
-    public init(_ object: JSONObject, path: String, source: SpecSource) {
+    public init(
+        _ object: JSONObject, path: String, source: SpecSource, files: [JobFile] = [],
+        fileContents: [String: [UInt8]] = [:]
+    ) {
         self.object = object
         self.path = path
         self.source = source
+        self.files = files
+        self.fileContents = fileContents
     }
 
     public func keyPath(_ key: String) -> String { path.isEmpty ? key : "\(path).\(key)" }
@@ -380,7 +401,7 @@ public struct Params: Sendable {
 
     public func object(_ key: String) throws -> Params {
         guard let o = try required(key).objectValue else { throw error(key, "\(keyPath(key)) must be a mapping") }
-        return Params(o, path: keyPath(key), source: source)
+        return Params(o, path: keyPath(key), source: source, files: files, fileContents: fileContents)
     }
 
     public func optionalObject(_ key: String) throws -> JSONObject? {

@@ -240,7 +240,13 @@ final class ShardChannel: ShardSink, @unchecked Sendable {
     func runCompute(dispatch d: Dispatch, catalogue: AlgorithmCatalogue, logger: Logger) {
         do {
             // Parsed and configured once per job, not once per shard (AlgorithmCatalogue.prepared).
-            let (spec, algorithm) = try catalogue.prepared(storedSpec: d.spec)
+            // The job's files (`files:`) are fetched by sha256 (verified) then, once per job too.
+            let (spec, algorithm) = try catalogue.prepared(
+                storedSpec: d.spec,
+                loadFile: { f in
+                    log("fetching files.\(f.name) (\(f.path), \(f.size ?? 0) bytes)", level: .info)
+                    return try fetchBlob(sha256: f.sha256 ?? "")
+                }, sha256: BlobHash.sha256Hex)
             var resume: (Int64, [UInt8])?
             if let r = d.resume {
                 log("fetching the checkpoint of step \(r.step) (\(r.size) bytes) to resume from", level: .info)

@@ -12,6 +12,11 @@ struct Submit: ParsableCommand {
         discussion: """
             The spec is checked before anything is stored: an error prints `file:line: message` and exits 1.
             See docs/jobspec.md for every key, and examples/ for one spec per algorithm.
+
+            Files the spec names under `files:` (paths relative to the spec file) are read and checked by the \
+            algorithm first (every malformed line is reported with its line number, and nothing is uploaded for a \
+            bad file), then uploaded to the coordinator's content-addressed store (a file it has already is not \
+            sent again), and the stored spec records each one's path, sha256 and size.
             """
     )
     @Argument(help: "Job spec file (YAML or JSON); - reads standard input.") var file: String
@@ -79,6 +84,9 @@ struct Submit: ParsableCommand {
             }
             do {
                 spec = try JobSpec.parse(text, file: name, overrides: overrides, sweeps: sweeps, resolve: resolve)
+                    .loadingFiles(JobFileUpload.reader(specFile: file), sha256: BlobStore.sha256Hex)
+                // The algorithm checks the files' contents here too: a bad file is reported (every malformed line)
+                // before anything is uploaded.
                 (_, slices) = try Workloads.catalogue.validate(spec)
             } catch let e as SpecError {
                 throw CLIError(e.description)
@@ -92,7 +100,11 @@ struct Submit: ParsableCommand {
             let options = overrides.map { "--set \($0)" } + sweeps.map { "--sweep \($0)" }
             let source = options.isEmpty ? text : text + (text.hasSuffix("\n") ? "" : "\n")
                 + options.map { "# tessera submit \($0)\n" }.joined()
-            let (reply, _) = try client.client().call("submit", ["spec": spec.json, "source": .string(source), "file": .string(name)])
+            let connection = try client.client()
+            for f in spec.files {
+                try JobFileUpload.upload(f, bytes: spec.fileContents[f.name]!, over: connection, quiet: json)
+            }
+            let (reply, _) = try connection.call("submit", ["spec": spec.json, "source": .string(source), "file": .string(name)])
             guard let id = reply["job_id"]?.intValue else { throw CLIError("the coordinator did not return a job id") }
             printOut(json ? JSONValue.object(["job_id": .int(id)]).render() : String(id))
         }

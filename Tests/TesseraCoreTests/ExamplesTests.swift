@@ -25,7 +25,15 @@ import TesseraWorkloads
         let path = "\(Self.directory)/\(file)"
         let text = try String(contentsOfFile: path, encoding: .utf8)
         // References to other jobs ("@ddpm-train-ring") stand for job 1 here; `tessera submit` asks the coordinator.
-        let spec = try JobSpec.parse(text, file: path, overrides: [], resolve: { _ in 1 })
+        // Files the spec brings are read relative to it, as `tessera submit` reads them (the digest is not checked
+        // here: nothing names one yet).
+        let spec = try JobSpec.parse(text, file: path, overrides: [], resolve: { _ in 1 }).loadingFiles(
+            { f in
+                guard let data = FileManager.default.contents(atPath: "\(Self.directory)/\(f.path)") else {
+                    throw SpecError(file: path, line: nil, path: "files.\(f.name)", message: "no file \(f.path) next to the example")
+                }
+                return [UInt8](data)
+            }, sha256: { _ in String(repeating: "0", count: 64) })
         let (algorithm, slices) = try Workloads.catalogue.validate(spec)
         #expect(algorithm.name == spec.algorithm)
         // An explicit shard count is honoured; a sweep may leave it at 1 and get one shard per point.

@@ -134,6 +134,7 @@ struct DPOLossTests {
             case .exoPair: expected = 0.5 * (log(0.5) - log(1 - e)) + 0.5 * (log(0.5) - log(e))
             case .ncaPair, .bcoPair: expected = 2 * log(2)
             case .apoZero, .apoDown: expected = 1
+            case .hinge: expected = 1  // relu(1 - 0)
             }
             let spec = try ToyLMFixtures.spec(
                 DPOTests.yaml(
@@ -350,7 +351,7 @@ struct DPOLossTests {
         let error = DPOTests.specError
         #expect(
             error("  loss: kto")?.hasPrefix(
-                "d.yaml:7: params.loss must be one of sigmoid, robust, ipo, exo_pair, nca_pair, bco_pair, apo_zero, apo_down, not 'kto'"
+                "d.yaml:7: params.loss must be one of sigmoid, robust, ipo, exo_pair, nca_pair, bco_pair, apo_zero, apo_down, hinge, not 'kto'"
             ) == true)
         for loss in DPOLoss.allCases { #expect(error("  loss: \(loss.rawValue)") == nil, "\(loss)") }
         #expect(

@@ -172,10 +172,10 @@ struct DPOTests {
     @Test("DPO parameters are validated")
     func validation() throws {
         let error = Self.specError
-        #expect(error("  loss: hinge")?.hasPrefix("d.yaml:7: params.loss must be one of sigmoid") == true)
+        #expect(error("  loss: slic")?.hasPrefix("d.yaml:7: params.loss must be one of sigmoid") == true)
         #expect(
             error("  data: {source: population}\n  batch_size: 8")?.hasPrefix(
-                "d.yaml:8: params.batch_size applies to data.source: annotator only") == true)
+                "d.yaml:8: params.batch_size applies to data.source: annotator or file only") == true)
         #expect(
             error("  data: {source: population, pairs: 10}")?.hasPrefix("d.yaml:7: unknown key 'pairs' in params.data")
                 == true)

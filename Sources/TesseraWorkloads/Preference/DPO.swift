@@ -2,7 +2,7 @@
 // (WORKLOADS.md §3 P1; huggingface/trl trl/trainer/dpo_trainer.py), on the toy LM.
 //
 // With u(y) = log pi_theta(y|x) - log pi_ref(y|x) and delta = u(y_w) - u(y_l), a pair's loss is `loss:`'s
-// (`DPOLoss`: sigmoid, robust, ipo, exo_pair, nca_pair, bco_pair, apo_zero, apo_down). The default, sigmoid, is
+// (`DPOLoss`: sigmoid, robust, ipo, exo_pair, nca_pair, bco_pair, apo_zero, apo_down, hinge). The default, sigmoid, is
 // -(1 - s) log sigma(beta delta) - s log sigma(-beta delta) (s = label_smoothing, TRL's conservative DPO); it keeps
 // its own soft-label code path below, so its trajectories are bitwise those of the sigmoid-only version.
 // The data come from the Bradley-Terry annotator of the toy reward (`BradleyTerryAnnotator`):
@@ -28,7 +28,7 @@ public struct DPO: TypedAlgorithm {
     public var kind: JobKind { .preference }
     public var name: String { "dpo" }
     public var summary: String {
-        "DPO (TRL loss types: sigmoid, robust, ipo, exo_pair, nca_pair, bco_pair, apo_zero, apo_down) on "
+        "DPO (TRL loss types: sigmoid, robust, ipo, exo_pair, nca_pair, bco_pair, apo_zero, apo_down, hinge) on "
             + "Bradley-Terry preference pairs of the toy LM's reward"
     }
 
@@ -66,10 +66,11 @@ public struct DPO: TypedAlgorithm {
                     "params.label_smoothing applies to loss sigmoid, robust or exo_pair, not \(loss.rawValue)")
             }
         }
-        let (data, batchSize, labelNoise) = try DPOSettings.parseData(p)
+        var (data, batchSize, labelNoise) = try DPOSettings.parseData(p, allowFile: true)
         let config = try ToyLMTrainingConfig.parse(
             spec, algorithmKeys: ["loss", "label_smoothing", "data", "batch_size"], defaults: Self.defaults,
             updatesPerStep: 1)
+        data = try DPOSettings.parsingFile(data, problem: config.problem, batchSize: batchSize, params: p)
         try DPOSettings.checkPopulationSize(data, problem: config.problem, p)
         return Config(
             training: config,
@@ -99,6 +100,10 @@ struct DPOSettings: Sendable {
     enum Data: Sendable {
         case annotator(proposal: BradleyTerryAnnotator.Proposal, pairs: Int, seed: UInt64?)
         case population(proposal: BradleyTerryAnnotator.Proposal)
+        /// Pairs from a job file (`data.source: file`), in file order: as the annotator's, with the file's counts.
+        case file(pairs: [ToyLMPreferencePair])
+        /// As read from the params, before the problem is known: the file's contents are parsed against it.
+        case unparsedFile(JobFile, [UInt8])
     }
     var data: Data
     /// Minibatch size (annotator data); nil = every pair every step.
@@ -111,18 +116,26 @@ struct DPOSettings: Sendable {
 
 extension DPOSettings {
     /// Reads `params.data` and `params.batch_size` as `dpo` does (shared with `wrpo`, whose pairs are DPO's).
-    static func parseData(_ p: Params) throws -> (data: Data, batchSize: Int?, labelNoise: Double) {
+    ///
+    /// `data.source: file` (with `allowFile`) names a job file of (context, chosen, rejected) pairs
+    /// (ToyLMPairsFile.swift); `parsingFile` reads it once the problem is known.
+    static func parseData(_ p: Params, allowFile: Bool = false) throws -> (data: Data, batchSize: Int?, labelNoise: Double) {
         var data = Data.annotator(proposal: .reference, pairs: 65_536, seed: nil)
         var batchSize: Int?
         var labelNoise = 0.0
         if p.has("data") {
             let d = try p.object("data")
-            let source = try d.string("source", default: "annotator", allowed: ["annotator", "population"])
+            let source = try d.string(
+                "source", default: "annotator", allowed: allowFile ? ["annotator", "population", "file"] : ["annotator", "population"])
             let proposal = BradleyTerryAnnotator.Proposal(
                 rawValue: try d.string(
                     "proposal", default: "reference", allowed: BradleyTerryAnnotator.Proposal.allCases.map(\.rawValue)))!
             labelNoise = try d.double("label_noise", range: 0...0.4999, default: 0)
-            if source == "population" {
+            if source == "file" {
+                try d.rejectUnknown(["source", "file"])
+                let (file, bytes) = try d.file("file")
+                data = .unparsedFile(file, bytes)
+            } else if source == "population" {
                 try d.rejectUnknown(["source", "proposal", "label_noise"])
                 data = .population(proposal: proposal)
             } else {
@@ -133,12 +146,26 @@ extension DPOSettings {
             }
         }
         if p.has("batch_size") {
-            guard case .annotator(_, let pairs, _) = data else {
-                throw p.error("batch_size", "params.batch_size applies to data.source: annotator only")
+            switch data {
+            case .annotator(_, let pairs, _): batchSize = try p.int("batch_size", range: 1...pairs)
+            case .unparsedFile, .file: batchSize = try p.int("batch_size", range: 1...maxPairs)
+            case .population:
+                throw p.error("batch_size", "params.batch_size applies to data.source: annotator\(allowFile ? " or file" : "") only")
             }
-            batchSize = try p.int("batch_size", range: 1...pairs)
         }
         return (data, batchSize, labelNoise)
+    }
+
+    static let maxPairs = DPO.maxPairs
+
+    /// `data` with a file's pairs parsed against `problem` (every malformed line reported); other sources as they are.
+    static func parsingFile(_ data: Data, problem: ToyLMSpec, batchSize: Int?, params p: Params) throws -> Data {
+        guard case .unparsedFile(let file, let bytes) = data else { return data }
+        let pairs = try ToyLMPairsFile.parse(bytes, file: file, problem: problem, maxPairs: maxPairs)
+        if let batchSize, batchSize > pairs.count {
+            throw p.error("batch_size", "params.batch_size is \(batchSize), more than the \(pairs.count) pairs of \(file.path)")
+        }
+        return .file(pairs: pairs)
     }
 
     /// Population data enumerate M K^2 ordered pairs per step: at most `DPO.maxPopulationPairs`.
@@ -175,10 +202,17 @@ struct DPORule: ToyLMPolicyStepRule {
         self.problem = problem
         let K = problem.responses
         switch settings.data {
-        case .annotator(let proposal, let count, let seed):
-            let annotator = BradleyTerryAnnotator(
-                problem: problem, proposal: proposal, seed: seed ?? point.seed, labelNoise: settings.labelNoise)
-            pairs = (0..<count).map { annotator.pair($0) }
+        case .annotator, .file, .unparsedFile:
+            if case .annotator(let proposal, let count, let seed) = settings.data {
+                let annotator = BradleyTerryAnnotator(
+                    problem: problem, proposal: proposal, seed: seed ?? point.seed, labelNoise: settings.labelNoise)
+                pairs = (0..<count).map { annotator.pair($0) }
+            } else if case .file(let filePairs) = settings.data {
+                pairs = filePairs
+            } else {
+                preconditionFailure("DPO.configure parses a data file into pairs")
+            }
+            let count = pairs.count
             if settings.batchSize == nil {
                 var counts: [Int: Int] = [:]
                 for q in pairs { counts[(q.context * K + q.chosen) * K + q.rejected, default: 0] += 1 }

@@ -17,9 +17,12 @@
 //  apo_zero  (1 - sigma(a)) + sigma(b)                                         APO, D'Oosterlinck et al. 2024, Eq. 7
 //  apo_down  sigma(a) + (1 - sigma(z))                                         APO, Eq. 8
 //
-// Not here: `hinge` (SLiC, relu(1 - z)): its TRL formula is easy, but the optimum WORKLOADS.md states for it (every
-// expected margin z >= 1 on pairs with P > 1/2) does not hold for Bradley-Terry labels, so it has no check yet
-// (docs/training.md §7). `sppo_hard`, `aot`, `aot_unpaired`, `discopop` and `sft` are not implemented yet.
+//  hinge     relu(1 - z)                                                       SLiC, Zhao et al. 2023 (TRL's hinge)
+//            Its check is on consistent labels (every pair of a context agrees with one ranking, e.g. a data file):
+//            the loss reaches 0, i.e. every pair's margin z >= 1. The "expected margin >= 1 on pairs with P > 1/2"
+//            of WORKLOADS.md does not hold for Bradley-Terry labels (docs/training.md §7), so none is claimed there.
+//
+// Not here: `sppo_hard`, `aot`, `aot_unpaired`, `discopop` and `sft`.
 //
 // Each loss is given with its exact partial derivatives in (u_w, u_l); the chain rule through the policy is the
 // toy LM's (`ToyLMPolicy.backward(sequenceGradient:)`). With s(v) = sigma(v) and s'(v) = s(v) s(-v):
@@ -27,7 +30,8 @@
 //  d/dz exo_pair = s'(z) (z - log((1 - eps) / eps))  (from d/dz [q log q + (1-q) log(1-q)] = s'(z) logit q = s'(z) z);
 //  nca_pair: d/da = 3/2 s(a) - 1, d/db = 1/2 s(b);  bco_pair: d/da = s(a) - 1, d/db = s(b);
 //  apo_zero: d/da = -s'(a), d/db = s'(b);  apo_down: d/da = s'(a), d/dz = -s'(z);
-//  ipo: d/du_w = 2 (delta / L - 1 / (2 beta)) / L = -d/du_l.
+//  ipo: d/du_w = 2 (delta / L - 1 / (2 beta)) / L = -d/du_l;  hinge: d/dz = -1 for z < 1, else 0 (the
+//  subgradient 0 at the kink z = 1, as torch.relu's).
 
 import Foundation
 
@@ -41,6 +45,7 @@ enum DPOLoss: String, Sendable, CaseIterable {
     case bcoPair = "bco_pair"
     case apoZero = "apo_zero"
     case apoDown = "apo_down"
+    case hinge
 
     /// Whether the loss reads `label_smoothing` (TRL ignores it elsewhere; we reject it there).
     var usesLabelSmoothing: Bool { self == .sigmoid || self == .robust || self == .exoPair }
@@ -88,6 +93,9 @@ enum DPOLoss: String, Sendable, CaseIterable {
             loss = sa + (1 - sz)
             da = sa * ToyLMMath.sigmoid(-a)
             dz = -sz * ToyLMMath.sigmoid(-z)
+        case .hinge:
+            loss = max(0, 1 - z)
+            dz = z < 1 ? -1 : 0
         }
         return (loss, beta * (da + dz), beta * (db - dz))
     }

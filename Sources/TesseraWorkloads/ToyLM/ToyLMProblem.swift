@@ -47,6 +47,8 @@ public struct ToyLMSpec: Sendable, Hashable {
     public var rewardScale: Double
     /// Weight of the pairwise term relative to the token term (used when L >= 2).
     public var pairwiseScale: Double
+    /// Tables brought in a job file (`params.problem.file`, ToyLMProblemFile.swift) that replace the derived ones.
+    public var tables: ToyLMTables? = nil
 
     /// K = V^L must stay enumerable.
     public static let maxResponses = 4096
@@ -126,16 +128,21 @@ public struct ToyLMSpec: Sendable, Hashable {
         o["reference_scale"] = .number(referenceScale)
         o["reward_scale"] = .number(rewardScale)
         o["pairwise_scale"] = .number(pairwiseScale)
+        if let tables { o["file"] = tables.json }
         return .object(o)
     }
 
     static let keys = [
         "contexts", "context_type", "feature_dim", "vocab", "length", "seed", "reference_scale", "reward_scale",
-        "pairwise_scale",
+        "pairwise_scale", "file",
     ]
 
     /// Reads `params.problem` (every key optional): contexts 32, context_type tabular, feature_dim 8, vocab 16,
     /// length 1, seed = the job seed, reference_scale 1, reward_scale 1, pairwise_scale 0.5.
+    ///
+    /// `file: NAME` names a job file (safetensors) whose tensors replace derived tables (ToyLMProblemFile.swift);
+    /// the sizes it implies are the defaults of `contexts`, `vocab`, `length` and `feature_dim`, and must agree with
+    /// them when they are given.
     public static func parse(_ p: Params?, jobSeed: UInt64) throws -> ToyLMSpec {
         guard let p else { return try ToyLMSpec(contexts: 32, vocabulary: 16, seed: jobSeed) }
         try p.rejectUnknown(keys)
@@ -144,16 +151,23 @@ public struct ToyLMSpec: Sendable, Hashable {
         if kind == .tabular, p.has("feature_dim") {
             throw p.error("feature_dim", "\(p.keyPath("feature_dim")) only applies to context_type: features")
         }
+        let file = p.has("file") ? try ToyLMProblemFile.read(p, contextKind: kind) : nil
+        let sizes = file?.sizes ?? ToyLMProblemFile.Sizes()
         do {
-            return try ToyLMSpec(
-                contexts: try p.int("contexts", default: 32, range: 1...maxContexts), contextKind: kind,
-                featureDimension: try p.int("feature_dim", default: 8, range: 1...maxFeatureDimension),
-                vocabulary: try p.int("vocab", default: 16, range: 2...maxResponses),
-                length: try p.int("length", default: 1, range: 1...12),
+            var spec = try ToyLMSpec(
+                contexts: try p.int("contexts", default: sizes.contexts ?? 32, range: 1...maxContexts), contextKind: kind,
+                featureDimension: try p.int("feature_dim", default: sizes.featureDimension ?? 8, range: 1...maxFeatureDimension),
+                vocabulary: try p.int("vocab", default: sizes.vocabulary ?? 16, range: 2...maxResponses),
+                length: try p.int("length", default: sizes.length ?? 1, range: 1...12),
                 seed: p.has("seed") ? try p.seed("seed") : jobSeed,
                 referenceScale: try p.double("reference_scale", range: 0...100, default: 1),
                 rewardScale: try p.double("reward_scale", range: 1e-6...100, default: 1),
                 pairwiseScale: try p.double("pairwise_scale", range: 0...100, default: 0.5))
+            if let file {
+                try file.check(against: spec, params: p)
+                spec.tables = file.tables
+            }
+            return spec
         } catch let e as ToyLMError {
             throw p.source.error(p.path, "\(p.path): \(e.message)")
         }
@@ -209,12 +223,14 @@ public struct ToyLMProblem: Sendable {
         }
         let features: [Double] =
             spec.contextKind == .features
-            ? (0..<M).flatMap { normals(.features, index: $0, count: d) } : []
+            ? spec.tables?.features ?? (0..<M).flatMap { normals(.features, index: $0, count: d) } : []
         let invSqrtD = d > 0 ? 1 / Double(d).squareRoot() : 0
 
-        // Reference logits per row.
+        // Reference logits per row (a problem file's, as given).
         var refLogits = [Double](repeating: 0, count: M * P * V)
         switch spec.contextKind {
+        case _ where spec.tables?.referenceLogits != nil:
+            refLogits = spec.tables!.referenceLogits!
         case .tabular:
             for row in 0..<(M * P) {
                 let z = normals(.referenceLogits, index: row, count: V)
@@ -269,6 +285,8 @@ public struct ToyLMProblem: Sendable {
                 reward[x * K + y] = spec.rewardScale * r
             }
         }
+        // A problem file's reward table, as given.
+        if let table = spec.tables?.reward { reward = table }
 
         self.features = features
         self.referenceLogits = refLogits
