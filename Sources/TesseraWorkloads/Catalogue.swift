@@ -27,6 +27,8 @@ public enum Workloads {
         RewardModel(),
         D2O(),
         IterativeDPO(),
+        SimPO(),
+        KTO(),
         // Every kind: the benchmark / test shard (Noop.swift).
         Noop(kind: .sampling),
         Noop(kind: .rl),

@@ -201,4 +201,43 @@ struct PreferenceCatalogueTests {
             #expect((row[last] as? Double).map { $0.isFinite && $0 >= 0 } == true)
         }
     }
+
+    /// examples/pref-simpo-toy.yaml (β 1 and 2, γ 0.5) and examples/pref-kto-toy.yaml (β 0.3 and 0.5), two shards each,
+    /// on 2 workers. Each point of the merged result must be at its algorithm's own optimum as the unit tests bound it
+    /// (SimPOTests and KTOTests solve those optima independently of the worker, by coordinate bisection and by
+    /// bisection in the probabilities, and check the worker's figure against their own): `optimum_kl` < 1e-4 per point
+    /// and as `max_optimum_kl`, with `optimum_kl` per β; and each shard stored its final checkpoint.
+    @Test func simpoAndKTOExamplesReachTheirOptima() throws {
+        let c = try Cluster(workers: 2)
+        defer { c.shutdown() }
+        for (file, algorithm, steps, metrics) in [
+            ("pref-simpo-toy.yaml", "simpo", 1000, ["rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "simpo/kl_to_optimum"]),
+            ("pref-kto-toy.yaml", "kto", 2000, ["kl", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "kto/kl_limit_to_policy", "kto/undesirable_mass"]),
+        ] {
+            let started = Date()
+            let job = try c.submit(IntegrationEnv.example(file))
+            let wait = try c.cli(["wait", String(job), "--timeout", "900"])
+            #expect(wait.status == 0, "job \(job): \(wait.stdout) \(wait.stderr)\n\(c.log("coordinator"))")
+            let r = try result(c, job)
+            #expect(r["algorithm"] as? String == algorithm)
+            let points = try #require(r["points"] as? [[String: Any]])
+            let kls = points.compactMap { $0["optimum_kl"] as? Double }
+            let byBeta = (r["by_beta"] as? [[String: Any]] ?? []).compactMap {
+                ($0["optimum_kl"] as? [String: Any])?["mean"] as? Double
+            }
+            print("\(file) (2 shards x \(steps) steps) on 2 workers: \(Date().timeIntervalSince(started)) s; optimum_kl \(kls), max \(r["max_optimum_kl"] ?? "-")")
+            #expect(points.count == 2 && kls.count == 2)
+            for kl in kls { #expect(abs(kl) < 1e-4) }
+            #expect(byBeta.count == 2)
+            let worst = try #require(r["max_optimum_kl"] as? Double)
+            #expect(abs(worst) < 1e-4 && worst == kls.max())
+            let names = try c.query("SELECT DISTINCT name FROM tessera_metrics WHERE job_id = $1", [.int(Int64(job))])
+            let metricNames = Set((0..<names.rowCount).compactMap { names[$0, "name"] })
+            for n in metrics + ["loss", "exact/kl_to_optimum"] { #expect(metricNames.contains(n), "\(algorithm) metric \(n)") }
+            let finals = try c.query(
+                "SELECT count(*) AS n FROM tessera_checkpoints WHERE job_id = $1 AND kind = 'checkpoint' AND step = $2",
+                [.int(Int64(job)), .int(Int64(steps))])
+            #expect(finals.int(0, "n") == 2)
+        }
+    }
 }

@@ -41,8 +41,29 @@ struct DPOLossTests {
         h * h / 6 * m3 + Double(n + 64) * Double.ulpOfOne * s / h
     }
 
-    static func lossAndGradient(_ rule: DPORule, _ policy: ToyLMPolicy, beta: Double) throws -> (Double, [Double]) {
+    static func lossAndGradient(_ rule: some ToyLMPolicyStepRule, _ policy: ToyLMPolicy, beta: Double) throws -> (
+        Double, [Double]
+    ) {
         try DPOTests.lossAndGradient(rule, policy, beta: beta)
+    }
+
+    /// A SiLU policy of `problem` away from pi_ref: its seed-3 initialisation plus 0.4 x Philox normals (seed 6).
+    static func perturbedPolicy(_ problem: ToyLMProblem, hidden: [Int]) throws -> ToyLMPolicy {
+        var policy = try ToyLMPolicy(problem: problem, hidden: hidden, activation: .silu, seed: 3)
+        var s = PhiloxStream(seed: 6, index: 0, step: 0, stream: .minibatch)
+        let noise = s.normals(policy.model.parameterCount)
+        for i in 0..<noise.count { policy.model.parameters[i] += 0.4 * noise[i] }
+        return policy
+    }
+
+    /// (f(theta + h e_i) - f(theta - h e_i)) / 2h for the policy's parameter i.
+    static func centralDifference(
+        _ policy: ToyLMPolicy, parameter i: Int, h: Double, _ f: (ToyLMPolicy) throws -> Double
+    ) throws -> Double {
+        var plus = policy, minus = policy
+        plus.model.parameters[i] += h
+        minus.model.parameters[i] -= h
+        return (try f(plus) - f(minus)) / (2 * h)
     }
 
     @Test(
@@ -52,10 +73,7 @@ struct DPOLossTests {
         let h = 1e-5, beta = 0.7
         for (length, hidden) in [(1, [Int]()), (2, [5])] {
             let problem = ToyLMProblem(try ToyLMSpec(contexts: 3, vocabulary: 3, length: length, seed: 2))
-            var policy = try ToyLMPolicy(problem: problem, hidden: hidden, activation: .silu, seed: 3)
-            var s = PhiloxStream(seed: 6, index: 0, step: 0, stream: .minibatch)
-            let noise = s.normals(policy.model.parameterCount)
-            for i in 0..<noise.count { policy.model.parameters[i] += 0.4 * noise[i] }
+            let policy = try Self.perturbedPolicy(problem, hidden: hidden)
             let eps = Self.smoothing(loss)
             let K = problem.responses, M = problem.contexts
             let settings: [(DPOSettings, terms: Int)] = [
@@ -92,12 +110,9 @@ struct DPOLossTests {
                 let tol = Self.tolerance(
                     h: h, thirdDerivative: 1e4, terms: terms, absoluteSum: 4 * abs(value) + 4)
                 for i in 0..<gradient.count {
-                    var plus = policy, minus = policy
-                    plus.model.parameters[i] += h
-                    minus.model.parameters[i] -= h
-                    let fd =
-                        (try Self.lossAndGradient(rule, plus, beta: beta).0
-                            - Self.lossAndGradient(rule, minus, beta: beta).0) / (2 * h)
+                    let fd = try Self.centralDifference(policy, parameter: i, h: h) {
+                        try Self.lossAndGradient(rule, $0, beta: beta).0
+                    }
                     #expect(
                         abs(fd - gradient[i]) <= tol,
                         "\(loss) L=\(length) \(setting.data) parameter \(i): \(fd) vs \(gradient[i]) (tol \(tol))")

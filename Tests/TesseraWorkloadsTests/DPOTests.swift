@@ -22,8 +22,10 @@ struct DPOTests {
         """
     }
 
-    /// Runs one DPO step at learning rate 0 and returns (loss, dLoss/dtheta).
-    static func lossAndGradient(_ rule: DPORule, _ policy: ToyLMPolicy, beta: Double) throws -> (Double, [Double]) {
+    /// Runs one step of `rule` (dpo, simpo, kto, ...) at learning rate 0 and returns (loss, dLoss/dtheta).
+    static func lossAndGradient(_ rule: some ToyLMPolicyStepRule, _ policy: ToyLMPolicy, beta: Double) throws -> (
+        Double, [Double]
+    ) {
         var p = policy
         var optimizer = ToyLMOptimizer(
             adam: try Adam(configuration: AdamConfiguration(learningRate: 0), parameterCount: p.model.parameterCount),

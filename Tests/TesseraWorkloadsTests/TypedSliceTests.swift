@@ -61,6 +61,12 @@ struct TypedSliceTests {
             ("kind: preference\nalgorithm: iterative-dpo\nseed: 3\nparams:\n  problem: {contexts: 2, vocab: 3, length: 1}\n"
                 + "  rounds: 2\n  steps_per_round: 1\n  label_budget: 4\n  candidates_per_round: 8\n",
              toy + ["labels", "labels_by_round", "kl_by_round"]),
+            ("kind: preference\nalgorithm: simpo\nseed: 3\nparams:\n  problem: {contexts: 2, vocab: 3, length: 1}\n"
+                + "  steps: 2\n  data: {source: population}\n", toy + ["optimum_kl"]),
+            ("kind: preference\nalgorithm: simpo\nseed: 3\nparams:\n  problem: {contexts: 2, vocab: 3, length: 1}\n"
+                + "  steps: 2\n  data: {pairs: 16}\n", toy),
+            ("kind: preference\nalgorithm: kto\nseed: 3\nparams:\n  problem: {contexts: 2, vocab: 3, length: 1}\n"
+                + "  steps: 2\n  sweep: {seed: [1, 18446744073709551615]}\n", toy + ["optimum_kl"]),
             ("kind: preference\nalgorithm: reward-model\nseed: 3\nparams:\n  steps: 2\n  data: {pairs: 64}\n"
                 + "  batch_size: 8\n  network: {hidden: [4]}\n  eval: {samples: 16, grid_points: 8}\n"
                 + "  sweep: {seed: [1, 18446744073709551615]}\n",

@@ -71,15 +71,7 @@ public struct DPO: TypedAlgorithm {
             spec, algorithmKeys: ["loss", "label_smoothing", "data", "batch_size"], defaults: Self.defaults,
             updatesPerStep: 1)
         data = try DPOSettings.parsingFile(data, problem: config.problem, batchSize: batchSize, params: p)
-        if case .population = data {
-            let n = config.problem.contexts * config.problem.responses * config.problem.responses
-            guard n <= Self.maxPopulationPairs else {
-                throw p.error(
-                    "data",
-                    "data.source: population enumerates contexts x K^2 = \(n) pairs per step; the limit is \(Self.maxPopulationPairs) (use source: annotator)"
-                )
-            }
-        }
+        try DPOSettings.checkPopulationSize(data, problem: config.problem, p)
         return Config(
             training: config,
             settings: DPOSettings(
@@ -174,6 +166,18 @@ extension DPOSettings {
             throw p.error("batch_size", "params.batch_size is \(batchSize), more than the \(pairs.count) pairs of \(file.path)")
         }
         return .file(pairs: pairs)
+    }
+
+    /// Population data enumerate M K^2 ordered pairs per step: at most `DPO.maxPopulationPairs`.
+    static func checkPopulationSize(_ data: Data, problem: ToyLMSpec, _ p: Params) throws {
+        guard case .population = data else { return }
+        let n = problem.contexts * problem.responses * problem.responses
+        guard n <= DPO.maxPopulationPairs else {
+            throw p.error(
+                "data",
+                "data.source: population enumerates contexts x K^2 = \(n) pairs per step; the limit is \(DPO.maxPopulationPairs) (use source: annotator)"
+            )
+        }
     }
 }
 
@@ -329,7 +333,6 @@ struct DPORule: ToyLMPolicyStepRule {
         Double, Double, Double, Double, Double, Double
     ) {
         let beta = point.beta, eps = settings.labelSmoothing, loss = settings.loss, L = problem.length
-        let M = problem.contexts, K = problem.responses
         let ref = problem.referenceLogProb
         var total = 0.0, chosen = 0.0, rejected = 0.0, accuracy = 0.0, logpChosen = 0.0, logpRejected = 0.0
         // One labelled pair (c chosen over r) with weight w.
@@ -345,6 +348,17 @@ struct DPORule: ToyLMPolicyStepRule {
             logpChosen += w * logProb[c]
             logpRejected += w * logProb[r]
         }
+        forEachPair(step: step, seed: point.seed, add)
+        return (total, chosen, rejected, accuracy, logpChosen, logpRejected)
+    }
+
+    /// Every labelled pair of step `step`'s data as (chosen, rejected, weight), flat [M, K] indices, weights summing
+    /// to 1: population data, each ordered pair (y, y') with weight mu mu' / M, chosen with probability P, then
+    /// (y', y) with 1 - P; minibatch, the `batch_size` draws of the step, 1 / batch_size each; full batch, the
+    /// distinct pairs with their shares. The order and arithmetic of the weights are fixed (`wrpo`'s bitwise
+    /// equality with `dpo` and every checkpoint depend on them).
+    func forEachPair(step: Int, seed: UInt64, _ body: (Int, Int, Double) -> Void) {
+        let M = problem.contexts, K = problem.responses
         if pairs.isEmpty {
             let invM = 1 / Double(M)
             for x in 0..<M {
@@ -355,21 +369,20 @@ struct DPORule: ToyLMPolicyStepRule {
                         let w = wy * proposal[x * K + y2]
                         if w == 0 { continue }
                         let p = preference[(x * K + y) * K + y2]
-                        add(x * K + y, x * K + y2, w * p)
-                        add(x * K + y2, x * K + y, w * (1 - p))
+                        body(x * K + y, x * K + y2, w * p)
+                        body(x * K + y2, x * K + y, w * (1 - p))
                     }
                 }
             }
         } else if let batchSize = settings.batchSize {
             for j in 0..<batchSize {
-                let pair = minibatchPair(j, step: step, seed: point.seed)
-                add(pair.context * K + pair.chosen, pair.context * K + pair.rejected, 1 / Double(batchSize))
+                let pair = minibatchPair(j, step: step, seed: seed)
+                body(pair.context * K + pair.chosen, pair.context * K + pair.rejected, 1 / Double(batchSize))
             }
         } else {
             for (pair, w) in distinctPairs {
-                add(pair.context * K + pair.chosen, pair.context * K + pair.rejected, w)
+                body(pair.context * K + pair.chosen, pair.context * K + pair.rejected, w)
             }
         }
-        return (total, chosen, rejected, accuracy, logpChosen, logpRejected)
     }
 }

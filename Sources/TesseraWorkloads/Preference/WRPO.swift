@@ -91,15 +91,7 @@ public struct WRPO: TypedAlgorithm {
             }
             warmup = try p.int("alpha_warmup_steps", range: 1...config.steps)
         }
-        if case .population = data {
-            let n = config.problem.contexts * config.problem.responses * config.problem.responses
-            guard n <= DPO.maxPopulationPairs else {
-                throw p.error(
-                    "data",
-                    "data.source: population enumerates contexts x K^2 = \(n) pairs per step; the limit is \(DPO.maxPopulationPairs) (use source: annotator)"
-                )
-            }
-        }
+        try DPOSettings.checkPopulationSize(data, problem: config.problem, p)
         return Config(
             training: config,
             settings: WRPOSettings(
@@ -246,34 +238,7 @@ struct WRPORule: ToyLMPolicyStepRule {
             logpRejected += w * logProb[r]
         }
 
-        if data.pairs.isEmpty {
-            // Population: each ordered pair (y, y') with weight mu mu' / M: y chosen with probability P, y' with 1 - P.
-            let invM = 1 / Double(M)
-            for x in 0..<M {
-                for y in 0..<K {
-                    let wy = data.proposal[x * K + y] * invM
-                    if wy == 0 { continue }
-                    for y2 in 0..<K {
-                        let w = wy * data.proposal[x * K + y2]
-                        if w == 0 { continue }
-                        let p = data.preference[(x * K + y) * K + y2]
-                        add(x, x * K + y, x * K + y2, w * p)
-                        add(x, x * K + y2, x * K + y, w * (1 - p))
-                    }
-                }
-            }
-        } else if let batchSize = settings.dpo.batchSize {
-            for j in 0..<batchSize {
-                let pair = data.minibatchPair(j, step: step, seed: point.seed)
-                add(
-                    pair.context, pair.context * K + pair.chosen, pair.context * K + pair.rejected,
-                    1 / Double(batchSize))
-            }
-        } else {
-            for (pair, w) in data.distinctPairs {
-                add(pair.context, pair.context * K + pair.chosen, pair.context * K + pair.rejected, w)
-            }
-        }
+        data.forEachPair(step: step, seed: point.seed) { c, r, w in add(c / K, c, r, w) }
         let optimumKL = optimumLogProb.map { WRPOOptimum.meanKL(logProb, $0, contexts: M) }
         try policy.backward(sequenceGradient: gradient)
         let update = optimizer.update(&policy)
@@ -293,9 +258,12 @@ struct WRPORule: ToyLMPolicyStepRule {
 
 /// The minimiser of WRPO's loss over the policy table, for a fixed alpha (see the header).
 enum WRPOOptimum {
-    /// One labelled example of context x: source s, chosen c, rejected r (response indices), weight w.
+    /// One labelled example of context x: source s, chosen c, rejected r (response indices), weight w; its margin is
+    /// z = beta (alpha u_s + (1 - alpha) u_c - u_r) + offset (offset 0 for WRPO; `simpo` puts its reference-free
+    /// terms there).
     struct Event {
         var s: Int, c: Int, r: Int, w: Double
+        var offset = 0.0
     }
 
     /// The population's examples per context: for each ordered (y, y'), (y_ws, y, y') with weight mu mu' P and
@@ -321,9 +289,11 @@ enum WRPOOptimum {
     /// log pi*(y|x), [M, K]: per context, Newton's method on the convex loss in u with a backtracking line search.
     /// The loss is flat along u + c 1, so the system is (H + 1 1^T) d = g, whose solution is the Newton step
     /// orthogonal to 1 (H 1 = 0 and g . 1 = 0). Stops when max |dL/du| < 1e-15 (relative to the total weight).
-    static func logProb(problem: ToyLMProblem, events: [[Event]], alpha: Double, beta: Double, smoothing: Double)
-        -> [Double]
-    {
+    /// `start(x)` is the initial u of context x (default 0, pi_ref).
+    static func logProb(
+        problem: ToyLMProblem, events: [[Event]], alpha: Double, beta: Double, smoothing: Double,
+        start: ((Int) -> [Double])? = nil
+    ) -> [Double] {
         let M = problem.contexts, K = problem.responses
         var out = [Double](repeating: 0, count: M * K)
         for x in 0..<M {
@@ -332,17 +302,17 @@ enum WRPOOptimum {
             func value(_ u: [Double]) -> Double {
                 var f = 0.0
                 for e in ev where e.w > 0 {
-                    let z = beta * (alpha * u[e.s] + (1 - alpha) * u[e.c] - u[e.r])
+                    let z = beta * (alpha * u[e.s] + (1 - alpha) * u[e.c] - u[e.r]) + e.offset
                     f -= e.w * ((1 - smoothing) * ToyLMMath.logSigmoid(z) + smoothing * ToyLMMath.logSigmoid(-z))
                 }
                 return f
             }
-            var u = [Double](repeating: 0, count: K)
+            var u = start?(x) ?? [Double](repeating: 0, count: K)
             for _ in 0..<200 {
                 var g = [Double](repeating: 0, count: K)
                 var h = [Double](repeating: 1, count: K * K)  // the 1 1^T term
                 for e in ev where e.w > 0 {
-                    let z = beta * (alpha * u[e.s] + (1 - alpha) * u[e.c] - u[e.r])
+                    let z = beta * (alpha * u[e.s] + (1 - alpha) * u[e.c] - u[e.r]) + e.offset
                     let sg = ToyLMMath.sigmoid(z)
                     let d1 = e.w * beta * (sg - (1 - smoothing)), d2 = e.w * beta * beta * sg * (1 - sg)
                     let idx = [e.s, e.c, e.r], coef = [alpha, 1 - alpha, -1.0]
