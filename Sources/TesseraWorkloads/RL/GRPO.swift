@@ -59,6 +59,8 @@ public struct GRPO: TypedAlgorithm {
     public struct Config: Sendable {
         public var training: ToyLMTrainingConfig
         var rule: GRPORule
+        /// `params.rollout_shards`: each step a round of rollout shards and a learner (ToyLMRounds.swift).
+        var rounds: ToyLMRounds?
     }
 
     /// Reads and validates `params`; every error carries the line of the key at fault.
@@ -71,33 +73,35 @@ public struct GRPO: TypedAlgorithm {
         let lossType = GRPORule.LossType(
             rawValue: try p.string("loss_type", default: "dapo", allowed: GRPORule.LossType.allCases.map(\.rawValue)))!
         let config = try ToyLMTrainingConfig.parse(
-            spec, algorithmKeys: OnPolicySettings.keys + ["scale_rewards", "loss_type"], defaults: Self.defaults,
+            spec, algorithmKeys: OnPolicySettings.keys + ["scale_rewards", "loss_type", ToyLMRounds.key], defaults: Self.defaults,
             updatesPerStep: settings.numIterations)
         try settings.check(config, p)
         return Config(
             training: config,
             rule: GRPORule(
                 numGenerations: settings.numGenerations, numIterations: settings.numIterations,
-                surrogate: settings.surrogate, scaleRewards: scale, lossType: lossType))
+                surrogate: settings.surrogate, scaleRewards: scale, lossType: lossType),
+            rounds: try ToyLMRounds.parse(p, config: config, numGenerations: settings.numGenerations))
     }
 
-    public func plan(_ spec: JobSpec, config: Config) throws -> [TypedShardSlice<ToyLMSweepPoint>] {
-        config.training.slices
+    public func plan(_ spec: JobSpec, config: Config) throws -> [TypedShardSlice<OnPolicySlice>] {
+        ToyLMRounds.plan(config.training, rounds: config.rounds)
     }
 
-    public func run(_ slice: ToyLMSweepPoint, config: Config, task: ShardTask, sink: any ShardSink) throws
-        -> TypedShardOutput<ToyLMShardSummary>
+    public func run(_ slice: OnPolicySlice, config: Config, task: ShardTask, sink: any ShardSink) throws
+        -> TypedShardOutput<OnPolicySummary>
     {
-        try ToyLMTrainer.shard(rule: { _ in config.rule }, config: config.training, slice: slice, task: task, sink: sink)
+        try ToyLMRounds.shard(
+            rule: config.rule, config: config.training, rounds: config.rounds, slice: slice, task: task, sink: sink)
     }
 
-    public func makeReducer(_ spec: JobSpec, config: Config) throws -> SummaryReducer<ToyLMShardSummary> {
-        ToyLMTrainer.reducer(algorithm: name, config: config.training)
+    public func makeReducer(_ spec: JobSpec, config: Config) throws -> SummaryReducer<OnPolicySummary> {
+        ToyLMRounds.reducer(algorithm: name, config: config.training, rounds: config.rounds)
     }
 }
 
 /// One GRPO training step.
-struct GRPORule: ToyLMPolicyStepRule {
+struct GRPORule: ToyLMPolicyStepRule, ToyLMRoundRule {
     /// TRL's `scale_rewards`.
     enum ScaleRewards: String, Sendable, CaseIterable {
         case group, batch, none
@@ -115,6 +119,8 @@ struct GRPORule: ToyLMPolicyStepRule {
     var surrogate: ClippedSurrogate
     var scaleRewards: ScaleRewards
     var lossType: LossType
+    /// The step's responses when rollout shards drew them (`ToyLMRounds`).
+    var givenResponses: [Int]? = nil
 
     var name: String { "grpo" }
     var updatesPerStep: Int { numIterations }
@@ -158,7 +164,7 @@ struct GRPORule: ToyLMPolicyStepRule {
         try policy.evaluate()
 
         // Generate and score; the rows and tokens of every sample, and pi_old per token.
-        let batch = ToyLMRollout(policy: policy, point: point, step: step, groupSize: G)
+        let batch = ToyLMRollout(policy: policy, point: point, step: step, groupSize: G, given: givenResponses)
         var rows = [Int](repeating: 0, count: N * L)  // row * V + token, per (i, t)
         var oldTokenLogProb = [Double](repeating: 0, count: N * L)
         for i in 0..<N {

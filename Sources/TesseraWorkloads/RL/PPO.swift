@@ -48,9 +48,11 @@ public struct PPO: TypedAlgorithm {
     public struct Config: Sendable {
         public var training: ToyLMTrainingConfig
         var rule: PPORule
+        /// `params.rollout_shards`: each step a round of rollout shards and a learner (ToyLMRounds.swift).
+        var rounds: ToyLMRounds?
     }
 
-    static let keys = ["num_generations", "num_ppo_epochs", "cliprange", "cliprange_value", "vf_coef"]
+    static let keys = ["num_generations", "num_ppo_epochs", "cliprange", "cliprange_value", "vf_coef", ToyLMRounds.key]
 
     /// Reads and validates `params`; every error carries the line of the key at fault.
     public func configure(_ spec: JobSpec) throws -> Config {
@@ -70,21 +72,23 @@ public struct PPO: TypedAlgorithm {
         }
         return Config(
             training: config,
-            rule: PPORule(settings: settings, clipRangeValue: clipValue, valueCoefficient: vfCoef))
+            rule: PPORule(settings: settings, clipRangeValue: clipValue, valueCoefficient: vfCoef),
+            rounds: try ToyLMRounds.parse(p, config: config, numGenerations: g))
     }
 
-    public func plan(_ spec: JobSpec, config: Config) throws -> [TypedShardSlice<ToyLMSweepPoint>] {
-        config.training.slices
+    public func plan(_ spec: JobSpec, config: Config) throws -> [TypedShardSlice<OnPolicySlice>] {
+        ToyLMRounds.plan(config.training, rounds: config.rounds)
     }
 
-    public func run(_ slice: ToyLMSweepPoint, config: Config, task: ShardTask, sink: any ShardSink) throws
-        -> TypedShardOutput<ToyLMShardSummary>
+    public func run(_ slice: OnPolicySlice, config: Config, task: ShardTask, sink: any ShardSink) throws
+        -> TypedShardOutput<OnPolicySummary>
     {
-        try ToyLMTrainer.shard(rule: { _ in config.rule }, config: config.training, slice: slice, task: task, sink: sink)
+        try ToyLMRounds.shard(
+            rule: config.rule, config: config.training, rounds: config.rounds, slice: slice, task: task, sink: sink)
     }
 
-    public func makeReducer(_ spec: JobSpec, config: Config) throws -> SummaryReducer<ToyLMShardSummary> {
-        ToyLMTrainer.reducer(algorithm: name, config: config.training)
+    public func makeReducer(_ spec: JobSpec, config: Config) throws -> SummaryReducer<OnPolicySummary> {
+        ToyLMRounds.reducer(algorithm: name, config: config.training, rounds: config.rounds)
     }
 }
 
@@ -157,12 +161,15 @@ struct ValueHead: ToyLMAuxiliaryState {
 }
 
 /// One PPO training step.
-struct PPORule: ToyLMStepRule {
+struct PPORule: ToyLMRoundRule {
     var settings: OnPolicySettings
     var clipRangeValue: Double
     var valueCoefficient: Double
+    /// The step's responses when rollout shards drew them (`ToyLMRounds`).
+    var givenResponses: [Int]? = nil
 
     var name: String { "ppo" }
+    var numGenerations: Int { settings.numGenerations }
     var updatesPerStep: Int { settings.numIterations }
 
     func makeAuxiliary(problem: ToyLMProblem, optimizer: AdamConfiguration) throws -> ValueHead {
@@ -180,7 +187,7 @@ struct PPORule: ToyLMStepRule {
         try policy.evaluate()
 
         // Generate, fold the KL into the reward, and take the one-step advantage r~ - V_old(x).
-        let batch = ToyLMRollout(policy: policy, point: point, step: step, groupSize: G)
+        let batch = ToyLMRollout(policy: policy, point: point, step: step, groupSize: G, given: givenResponses)
         var kl = [Double](repeating: 0, count: N), rewards = kl, advantages = kl
         var oldEntropy = 0.0
         let oldValue = (0..<M).map { value.value($0) }

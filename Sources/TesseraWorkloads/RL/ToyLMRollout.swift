@@ -62,14 +62,31 @@ struct ToyLMRollout {
         for x in 0..<M {
             for g in 0..<G {
                 let i = x * G + g
-                var stream = PhiloxStream(
-                    seed: point.seed, index: UInt32(i), step: UInt32(truncatingIfNeeded: step), stream: .action)
-                let y = policy.sample(context: x, stream: &stream)
+                let y = Self.draw(policy: policy, point: point, step: step, index: i, context: x)
                 responses[i] = y
                 logProb[i] = policy.logProb[x * K + y]
                 scores[i] = problem.reward[x * K + y]
             }
         }
+    }
+
+    /// Sample i (of context x) of training step `step`: the draw every batch of that step makes for it, wherever
+    /// it is made (here, or in a rollout shard of `ToyLMRounds`).
+    static func draw(policy: ToyLMPolicy, point: ToyLMSweepPoint, step: Int, index i: Int, context x: Int) -> Int {
+        var stream = PhiloxStream(
+            seed: point.seed, index: UInt32(i), step: UInt32(truncatingIfNeeded: step), stream: .action)
+        return policy.sample(context: x, stream: &stream)
+    }
+
+    /// A batch of `responses` ([M G], drawn from `policy` elsewhere), scored here: log pi_old from `policy`'s last
+    /// `evaluate()` and r from the problem.
+    init(policy: ToyLMPolicy, responses: [Int], groupSize G: Int) {
+        let problem = policy.problem
+        let K = problem.responses
+        groupSize = G
+        self.responses = responses
+        logProb = responses.indices.map { policy.logProb[($0 / G) * K + responses[$0]] }
+        scores = responses.indices.map { problem.reward[($0 / G) * K + responses[$0]] }
     }
 
     var count: Int { responses.count }

@@ -186,8 +186,11 @@ enum ToyLMTrainer {
     /// policy's log pi(y|x), [M, K], both after the last step.
     static func runKeepingState<Rule: ToyLMStepRule>(
         rule: Rule, config: ToyLMTrainingConfig, params: JSONObject, point: ToyLMSweepPoint,
-        resume: (step: Int64, bytes: [UInt8])?, sink: any ShardSink
+        resume: (step: Int64, bytes: [UInt8])?, sink: any ShardSink, stopAfter: Int? = nil
     ) throws -> (summary: ToyLMShardSummary, auxiliary: Rule.Auxiliary, logProb: [Double]) {
+        // `stopAfter`: train only up to that step (a learner of `ToyLMRounds` runs one step), checkpoint there, and
+        // summarise the state reached; logging and the learning-rate schedule still follow the whole run.
+        let lastStep = stopAfter.map { min($0, config.steps) } ?? config.steps
         let problem = ToyLMProblem(config.problem)
         let configText = JSONValue.object(["params": .object(params), "point": point.slice]).render()
         var policy: ToyLMPolicy
@@ -222,13 +225,13 @@ enum ToyLMTrainer {
         sink.progress(step: Int64(start))
 
         var step = start
-        while step < config.steps {
+        while step < lastStep {
             if sink.shouldStop { throw ShardStopped() }
             step += 1
             let metrics = try rule.step(
                 step, point: point, policy: &policy, optimizer: &optimizer, auxiliary: &auxiliary)
             let log = step % config.logEvery == 0 || step == config.steps
-            let save = step == config.steps || config.checkpointEvery.map { step % $0 == 0 } == true
+            let save = step == lastStep || config.checkpointEvery.map { step % $0 == 0 } == true
             if log || save {
                 try policy.evaluate()
                 let rows = metrics + problem.exactMetrics(logProb: policy.logProb, beta: point.beta).named
@@ -259,7 +262,7 @@ enum ToyLMTrainer {
         let frontier = problem.frontierPoint(beta: point.beta)
         let reached = ToyLMFrontierPoint(klToReference: exact.klToReference, expectedReward: exact.expectedReward)
         let summary = ToyLMShardSummary(
-            point: point, steps: config.steps, exact: exact, frontier: frontier,
+            point: point, steps: step, exact: exact, frontier: frontier,
             frontierDistance: problem.frontierDistance(reached), betaPointDistance: reached.distance(to: frontier))
         return (summary, auxiliary, policy.logProb)
     }
