@@ -189,6 +189,7 @@ struct GRPORule: ToyLMPolicyStepRule, ToyLMRoundRule {
             for j in gradient.indices { gradient[j] = 0 }
             var lossSum = 0.0, entropySum = 0.0, klSum = 0.0
             var clip = ClipCounts()
+            var entropies = EntropyCache(policy)
             for i in 0..<N {
                 for t in 0..<L {
                     let j = rows[i * L + t]
@@ -201,7 +202,7 @@ struct GRPORule: ToyLMPolicyStepRule, ToyLMRoundRule {
                     gradient[j] += w * (beta * (1 - ratio) - term.logProbDerivative)
                     klSum += k3
                     clip.record(term)
-                    entropySum += policy.entropy(row: j / V)
+                    entropySum += entropies.entropy(row: j / V, of: policy)
                 }
             }
             try policy.backward(tokenGradient: gradient)

@@ -190,6 +190,7 @@ struct PPORule: ToyLMRoundRule {
         let batch = ToyLMRollout(policy: policy, point: point, step: step, groupSize: G, given: givenResponses)
         var kl = [Double](repeating: 0, count: N), rewards = kl, advantages = kl
         var oldEntropy = 0.0
+        var oldEntropies = EntropyCache(policy)
         let oldValue = (0..<M).map { value.value($0) }
         for i in 0..<N {
             let x = batch.context(i), y = batch.responses[i]
@@ -197,7 +198,8 @@ struct PPORule: ToyLMRoundRule {
             rewards[i] = batch.scores[i] - beta * kl[i]
             advantages[i] = rewards[i] - oldValue[x]
             for t in 0..<L {
-                oldEntropy += policy.entropy(row: problem.row(context: x, level: t, node: problem.prefix(y, length: t)))
+                oldEntropy += oldEntropies.entropy(
+                    row: problem.row(context: x, level: t, node: problem.prefix(y, length: t)), of: policy)
             }
         }
         // masked_whiten: (A - mean) * rsqrt(var + 1e-8), var unbiased.
@@ -216,6 +218,7 @@ struct PPORule: ToyLMRoundRule {
             var pgSum = 0.0, vfSum = 0.0, entropySum = 0.0, approxSum = 0.0
             var rhos = [Double](repeating: 0, count: N)
             var clip = ClipCounts(), valueClipped = 0
+            var entropies = EntropyCache(policy)
             for i in 0..<N {
                 let x = batch.context(i), y = batch.responses[i]
                 let logRatio = policy.logProb[x * K + y] - batch.logProb[i]
@@ -236,8 +239,8 @@ struct PPORule: ToyLMRoundRule {
                 let dv = l1 >= l2 ? v - r : (abs(delta) < clipRangeValue ? clippedValue - r : 0)
                 value.accumulate(valueCoefficient * dv / Double(N), context: x, into: &valueGradient)
                 for t in 0..<L {
-                    entropySum += policy.entropy(
-                        row: problem.row(context: x, level: t, node: problem.prefix(y, length: t)))
+                    entropySum += entropies.entropy(
+                        row: problem.row(context: x, level: t, node: problem.prefix(y, length: t)), of: policy)
                 }
             }
             try policy.backward(sequenceGradient: gradient)

@@ -129,6 +129,7 @@ struct RLOORule: ToyLMPolicyStepRule {
             for i in gradient.indices { gradient[i] = 0 }
             var lossSum = 0.0, entropySum = 0.0
             var clip = ClipCounts()
+            var entropies = EntropyCache(policy)
             for i in 0..<N {
                 let x = i / G, y = responses[i]
                 let term = surrogate.term(
@@ -137,8 +138,8 @@ struct RLOORule: ToyLMPolicyStepRule {
                 gradient[x * K + y] -= term.logProbDerivative / Double(N)
                 clip.record(term)
                 for t in 0..<L {
-                    entropySum += policy.entropy(
-                        row: problem.row(context: x, level: t, node: problem.prefix(y, length: t)))
+                    entropySum += entropies.entropy(
+                        row: problem.row(context: x, level: t, node: problem.prefix(y, length: t)), of: policy)
                 }
             }
             try policy.backward(sequenceGradient: gradient)

@@ -94,6 +94,23 @@ struct ToyLMRollout {
     func context(_ i: Int) -> Int { i / groupSize }
 }
 
+/// The entropy of each row of a policy's token table, computed the first time a sample asks for it: a batch of N
+/// samples visits at most M P distinct rows, so a large batch pays V exps per row instead of per token. The values
+/// (and so every sum of them) are bitwise those of `ToyLMPolicy.entropy(row:)`.
+struct EntropyCache {
+    private var values: [Double]
+
+    /// For the policy of its last `evaluate()`; a new evaluation needs a new cache.
+    init(_ policy: ToyLMPolicy) {
+        values = [Double](repeating: .nan, count: policy.tokenLogProb.count / policy.problem.vocabulary)
+    }
+
+    mutating func entropy(row: Int, of policy: ToyLMPolicy) -> Double {
+        if values[row].isNaN { values[row] = policy.entropy(row: row) }
+        return values[row]
+    }
+}
+
 /// PPO's clipped surrogate of one sample or token: objective min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A).
 struct ClippedSurrogate: Sendable {
     var epsilonLow: Double
