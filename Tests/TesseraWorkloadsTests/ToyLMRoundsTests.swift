@@ -25,37 +25,6 @@ struct ToyLMRoundsTests {
         """
     }
 
-    /// Plans `spec` and runs every shard in index order (dependencies first), each with its inputs; the rollouts of a
-    /// round run last part first, since nothing may depend on their order. Returns the outputs and every sink.
-    static func runRounds(_ spec: JobSpec) throws -> (outputs: [ShardOutput], sinks: [RecordingSink], slices: [ShardSlice]) {
-        let algorithm = try Workloads.catalogue.resolve(spec)
-        let slices = try algorithm.plan(spec)
-        var outputs = [ShardOutput?](repeating: nil, count: slices.count)
-        var sinks = [RecordingSink?](repeating: nil, count: slices.count)
-        // Reverse the order inside each run of independent rollouts (same dependencies, consecutive indices).
-        var order: [Int] = []
-        var i = 0
-        while i < slices.count {
-            var j = i
-            while j + 1 < slices.count, slices[j + 1].dependsOn == slices[i].dependsOn { j += 1 }
-            order += (i...j).reversed()
-            i = j + 1
-        }
-        for index in order {
-            let inputs = try slices[index].dependsOn.map { d in
-                let o = try #require(outputs[d], "shard \(index) runs after its dependency \(d)")
-                return ShardInput(shardIndex: d, summary: o.summary, result: o.result)
-            }
-            let sink = RecordingSink()
-            let task = ShardTask(
-                spec: spec, shardIndex: index, attempt: 1, slice: slices[index].slice, totalSteps: slices[index].totalSteps,
-                resume: nil, inputs: inputs)
-            outputs[index] = try algorithm.run(task, sink: sink)
-            sinks[index] = sink
-        }
-        return (outputs.map { $0! }, sinks.map { $0! }, slices)
-    }
-
     static func checkpoint(_ bytes: [UInt8]?) throws -> TrainingCheckpoint<Double> {
         try TrainingCheckpoint<Double>(file: SafeTensorsFile.parse(try #require(bytes)))
     }
@@ -70,7 +39,7 @@ struct ToyLMRoundsTests {
         let singleResult = try Workloads.catalogue.resolve(single).merge(single, outputs: [try #require(output)])
         for w in rolloutShards {
             let spec = try ToyLMFixtures.spec(yaml(algorithm, params + "\n  rollout_shards: \(w)"))
-            let (outputs, sinks, slices) = try runRounds(spec)
+            let (outputs, sinks, slices) = try ToyLMFixtures.runWithDependencies(spec)
             let steps = reference.step
             #expect(slices.count == steps * (w + 1), sourceLocation: sourceLocation)
             let last = try checkpoint(outputs.last?.result)
@@ -135,7 +104,7 @@ struct ToyLMRoundsTests {
               steps: 3
             """
         let spec = try ToyLMFixtures.spec(Self.yaml("grpo", params + "\n  rollout_shards: 2"))
-        let (outputs, _, slices) = try Self.runRounds(spec)
+        let (outputs, _, slices) = try ToyLMFixtures.runWithDependencies(spec)
         #expect(slices.count == 2 * 3 * 3)
         // Point 1's first round depends on nothing of point 0.
         #expect(slices[9].dependsOn.isEmpty && slices[11].dependsOn == [9, 10])
@@ -162,7 +131,7 @@ struct ToyLMRoundsTests {
                   steps: 3
                   rollout_shards: 2
                 """))
-        let (outputs, _, slices) = try Self.runRounds(spec)
+        let (outputs, _, slices) = try ToyLMFixtures.runWithDependencies(spec)
         let algorithm = try Workloads.catalogue.resolve(spec)
         let learner = 5  // round 1's learner: depends on learner 0 and rollouts 3, 4
         let inputs = slices[learner].dependsOn.map {

@@ -69,6 +69,38 @@ enum ToyLMFixtures {
         }
     }
 
+    /// Plans `spec` and runs every shard in index order (dependencies first), each task given the outputs of the
+    /// shards it depends on, as a worker receives them; a run of consecutive shards with the same dependencies (a
+    /// round's rollouts, data shards) runs last first, since nothing may depend on their order. Returns the outputs and every sink.
+    static func runWithDependencies(_ spec: JobSpec) throws -> (outputs: [ShardOutput], sinks: [RecordingSink], slices: [ShardSlice]) {
+        let algorithm = try Workloads.catalogue.resolve(spec)
+        let slices = try algorithm.plan(spec)
+        var outputs = [ShardOutput?](repeating: nil, count: slices.count)
+        var sinks = [RecordingSink?](repeating: nil, count: slices.count)
+        // Reverse the order inside each run of independent rollouts (same dependencies, consecutive indices).
+        var order: [Int] = []
+        var i = 0
+        while i < slices.count {
+            var j = i
+            while j + 1 < slices.count, slices[j + 1].dependsOn == slices[i].dependsOn { j += 1 }
+            order += (i...j).reversed()
+            i = j + 1
+        }
+        for index in order {
+            let inputs = try slices[index].dependsOn.map { d in
+                let o = try #require(outputs[d], "shard \(index) runs after its dependency \(d)")
+                return ShardInput(shardIndex: d, summary: o.summary, result: o.result)
+            }
+            let sink = RecordingSink()
+            let task = ShardTask(
+                spec: spec, shardIndex: index, attempt: 1, slice: slices[index].slice, totalSteps: slices[index].totalSteps,
+                resume: nil, inputs: inputs)
+            outputs[index] = try algorithm.run(task, sink: sink)
+            sinks[index] = sink
+        }
+        return (outputs.map { $0! }, sinks.map { $0! }, slices)
+    }
+
     /// Runs every shard and merges.
     static func runJob(_ spec: JobSpec) throws -> (result: JSONValue, outputs: [ShardOutput]) {
         let algorithm = try Workloads.catalogue.resolve(spec)

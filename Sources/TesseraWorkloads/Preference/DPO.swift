@@ -66,7 +66,7 @@ public struct DPO: TypedAlgorithm {
                     "params.label_smoothing applies to loss sigmoid, robust or exo_pair, not \(loss.rawValue)")
             }
         }
-        var (data, batchSize, labelNoise) = try DPOSettings.parseData(p, allowFile: true)
+        var (data, batchSize, labelNoise, generation) = try DPOSettings.parseData(p, allowFile: true, allowGeneration: true)
         let config = try ToyLMTrainingConfig.parse(
             spec, algorithmKeys: ["loss", "label_smoothing", "data", "batch_size"], defaults: Self.defaults,
             updatesPerStep: 1)
@@ -75,23 +75,44 @@ public struct DPO: TypedAlgorithm {
         return Config(
             training: config,
             settings: DPOSettings(
-                data: data, batchSize: batchSize, labelSmoothing: smoothing, loss: loss, labelNoise: labelNoise))
+                data: data, batchSize: batchSize, labelSmoothing: smoothing, loss: loss, labelNoise: labelNoise,
+                generation: generation))
     }
 
-    public func plan(_ spec: JobSpec, config: Config) throws -> [TypedShardSlice<ToyLMSweepPoint>] {
-        config.training.slices
+    public func plan(_ spec: JobSpec, config: Config) throws -> [TypedShardSlice<DPOSlice>] {
+        DPODataShards.plan(config.training, settings: config.settings)
     }
 
-    public func run(_ slice: ToyLMSweepPoint, config: Config, task: ShardTask, sink: any ShardSink) throws
-        -> TypedShardOutput<ToyLMShardSummary>
+    public func run(_ slice: DPOSlice, config: Config, task: ShardTask, sink: any ShardSink) throws
+        -> TypedShardOutput<DPOSummary>
     {
-        try ToyLMTrainer.shard(
-            rule: { DPORule(settings: config.settings, problem: ToyLMProblem(config.training.problem), point: $0) },
-            config: config.training, slice: slice, task: task, sink: sink)
+        let problem = ToyLMProblem(config.training.problem)
+        switch slice {
+        case .data(let part):
+            guard config.settings.generation != nil else {
+                throw ShardError("a data slice, but this job has no data.generation_shards", permanent: true)
+            }
+            return try DPODataShards.label(part, settings: config.settings, problem: problem, sink: sink)
+        case .training(let point):
+            var given: [ToyLMPreferencePair]?
+            if config.settings.generation != nil, case .annotator(_, _, let dataSeed) = config.settings.data {
+                given = try DPODataShards.pairs(
+                    task.inputs, seed: dataSeed ?? point.seed, settings: config.settings, problem: problem)
+            }
+            let output = try ToyLMTrainer.shard(
+                rule: { DPORule(settings: config.settings, problem: problem, point: $0, givenPairs: given) },
+                config: config.training, slice: point, task: task, sink: sink)
+            return TypedShardOutput(summary: .training(output.summary), result: output.result)
+        }
     }
 
-    public func makeReducer(_ spec: JobSpec, config: Config) throws -> SummaryReducer<ToyLMShardSummary> {
-        ToyLMTrainer.reducer(algorithm: name, config: config.training)
+    public func makeReducer(_ spec: JobSpec, config: Config) throws -> SummaryReducer<DPOSummary> {
+        let config = config.training, name = name
+        return SummaryReducer { summaries in
+            try ToyLMSweepMerge.merge(
+                algorithm: name, config: config,
+                summaries: summaries.compactMap { if case .training(let s) = $0 { s } else { nil } })
+        }
     }
 }
 
@@ -112,6 +133,8 @@ struct DPOSettings: Sendable {
     var loss: DPOLoss = .sigmoid
     /// f: labels follow (1 - f) P + f (1 - P), the Bradley-Terry label flipped with probability f.
     var labelNoise: Double = 0
+    /// `data.generation_shards` (dpo, annotator data): the pairs are labelled by data shards (DPODataShards.swift).
+    var generation: DPODataShards? = nil
 }
 
 extension DPOSettings {
@@ -119,8 +142,13 @@ extension DPOSettings {
     ///
     /// `data.source: file` (with `allowFile`) names a job file of (context, chosen, rejected) pairs
     /// (ToyLMPairsFile.swift); `parsingFile` reads it once the problem is known.
-    static func parseData(_ p: Params, allowFile: Bool = false) throws -> (data: Data, batchSize: Int?, labelNoise: Double) {
+    ///
+    /// `data.generation_shards` (with `allowGeneration`) has the annotator's pairs labelled by that many data shards.
+    static func parseData(_ p: Params, allowFile: Bool = false, allowGeneration: Bool = false) throws -> (
+        data: Data, batchSize: Int?, labelNoise: Double, generation: DPODataShards?
+    ) {
         var data = Data.annotator(proposal: .reference, pairs: 65_536, seed: nil)
+        var generation: DPODataShards?
         var batchSize: Int?
         var labelNoise = 0.0
         if p.has("data") {
@@ -139,10 +167,12 @@ extension DPOSettings {
                 try d.rejectUnknown(["source", "proposal", "label_noise"])
                 data = .population(proposal: proposal)
             } else {
-                try d.rejectUnknown(["source", "proposal", "pairs", "seed", "label_noise"])
-                data = .annotator(
-                    proposal: proposal, pairs: try d.int("pairs", default: 65_536, range: 1...DPO.maxPairs),
-                    seed: d.has("seed") ? try d.seed("seed") : nil)
+                try d.rejectUnknown(["source", "proposal", "pairs", "seed", "label_noise"] + (allowGeneration ? [DPODataShards.key] : []))
+                let pairs = try d.int("pairs", default: 65_536, range: 1...DPO.maxPairs)
+                data = .annotator(proposal: proposal, pairs: pairs, seed: d.has("seed") ? try d.seed("seed") : nil)
+                if d.has(DPODataShards.key) {
+                    generation = DPODataShards(shards: try d.int(DPODataShards.key, range: 1...min(64, pairs)))
+                }
             }
         }
         if p.has("batch_size") {
@@ -153,7 +183,7 @@ extension DPOSettings {
                 throw p.error("batch_size", "params.batch_size applies to data.source: annotator\(allowFile ? " or file" : "") only")
             }
         }
-        return (data, batchSize, labelNoise)
+        return (data, batchSize, labelNoise, generation)
     }
 
     static let maxPairs = DPO.maxPairs
@@ -197,7 +227,8 @@ struct DPORule: ToyLMPolicyStepRule {
     var name: String { "dpo" }
     var updatesPerStep: Int { 1 }
 
-    init(settings: DPOSettings, problem: ToyLMProblem, point: ToyLMSweepPoint) {
+    /// `givenPairs`: the annotator pairs as data shards labelled them (the same pairs `point` would draw).
+    init(settings: DPOSettings, problem: ToyLMProblem, point: ToyLMSweepPoint, givenPairs: [ToyLMPreferencePair]? = nil) {
         self.settings = settings
         self.problem = problem
         let K = problem.responses
@@ -206,7 +237,7 @@ struct DPORule: ToyLMPolicyStepRule {
             if case .annotator(let proposal, let count, let seed) = settings.data {
                 let annotator = BradleyTerryAnnotator(
                     problem: problem, proposal: proposal, seed: seed ?? point.seed, labelNoise: settings.labelNoise)
-                pairs = (0..<count).map { annotator.pair($0) }
+                pairs = givenPairs ?? (0..<count).map { annotator.pair($0) }
             } else if case .file(let filePairs) = settings.data {
                 pairs = filePairs
             } else {

@@ -59,7 +59,7 @@ public struct SimPO: TypedAlgorithm {
         let p = spec.paramsReader
         let gamma = try p.double("gamma", range: 0...1e6, default: Self.defaultGamma)
         let smoothing = try p.double("label_smoothing", range: 0...0.4999, default: 0)
-        let (data, batchSize, labelNoise) = try DPOSettings.parseData(p)
+        let (data, batchSize, labelNoise, _) = try DPOSettings.parseData(p)
         let config = try ToyLMTrainingConfig.parse(
             spec, algorithmKeys: ["gamma", "label_smoothing", "data", "batch_size"], defaults: Self.defaults,
             updatesPerStep: 1)

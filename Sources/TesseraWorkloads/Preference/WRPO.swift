@@ -67,7 +67,7 @@ public struct WRPO: TypedAlgorithm {
     public func configure(_ spec: JobSpec) throws -> Config {
         let p = spec.paramsReader
         let smoothing = try p.double("label_smoothing", range: 0...0.4999, default: 0)
-        let (data, batchSize, labelNoise) = try DPOSettings.parseData(p)
+        let (data, batchSize, labelNoise, _) = try DPOSettings.parseData(p)
         let alpha = try p.double("alpha", range: 0...1, default: 0.1)
         let dynamic = try p.bool("is_dynamic", default: true)
         var source = WRPOSettings.Source(proposal: .uniform, samples: 4, seed: nil)
