@@ -111,17 +111,71 @@ public struct RolloutSummary: Codable, Sendable, Equatable {
     }
 }
 
-/// The summary of an on-policy toy-LM shard: a training state (a whole-training shard, or a learner, which adds
-/// `round` and `role: learner` to the keys of `ToyLMShardSummary`) or a rollout's report.
+/// What a learner before the last round reports: the version it published and its exact metrics (the frontier
+/// distances, a search over beta, are left to the last learner). JSON: the point's keys, `round`, `role: learner`,
+/// `steps`, `kl_to_ref`, `expected_reward`, `kl_to_optimum`, `objective_gap`.
+public struct LearnerVersion: Codable, Sendable, Equatable {
+    public var point: ToyLMSweepPoint
+    public var round: Int
+    public var steps: Int
+    public var klToReference: Double
+    public var expectedReward: Double
+    public var klToOptimum: Double
+    public var objectiveGap: Double
+
+    enum CodingKeys: String, CodingKey {
+        case round, role, steps, klToReference = "kl_to_ref", expectedReward = "expected_reward"
+        case klToOptimum = "kl_to_optimum", objectiveGap = "objective_gap"
+    }
+
+    init(point: ToyLMSweepPoint, round: Int, steps: Int, exact: ToyLMExactMetrics) {
+        self.point = point
+        self.round = round
+        self.steps = steps
+        klToReference = exact.klToReference
+        expectedReward = exact.expectedReward
+        klToOptimum = exact.klToOptimum
+        objectiveGap = exact.objectiveGap
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        try point.encode(to: encoder)
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(round, forKey: .round)
+        try c.encode("learner", forKey: .role)
+        try c.encode(steps, forKey: .steps)
+        try c.encode(klToReference, forKey: .klToReference)
+        try c.encode(expectedReward, forKey: .expectedReward)
+        try c.encode(klToOptimum, forKey: .klToOptimum)
+        try c.encode(objectiveGap, forKey: .objectiveGap)
+    }
+
+    public init(from decoder: any Decoder) throws {
+        point = try ToyLMSweepPoint(from: decoder)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        round = try c.decode(Int.self, forKey: .round)
+        steps = try c.decode(Int.self, forKey: .steps)
+        klToReference = try c.decode(Double.self, forKey: .klToReference)
+        expectedReward = try c.decode(Double.self, forKey: .expectedReward)
+        klToOptimum = try c.decode(Double.self, forKey: .klToOptimum)
+        objectiveGap = try c.decode(Double.self, forKey: .objectiveGap)
+    }
+}
+
+/// The summary of an on-policy toy-LM shard: a training state (a whole-training shard, or the last learner of a
+/// point, which adds `round` and `role: learner` to the keys of `ToyLMShardSummary`), an earlier learner's version,
+/// or a rollout's report.
 public enum OnPolicySummary: Codable, Sendable, Equatable {
     case training(ToyLMShardSummary, round: Int?)
+    case version(LearnerVersion)
     case rollout(RolloutSummary)
 
-    enum CodingKeys: String, CodingKey { case round, role }
+    enum CodingKeys: String, CodingKey { case round, role, frontierDistance = "frontier_distance" }
 
     public func encode(to encoder: any Encoder) throws {
         switch self {
         case .rollout(let r): try r.encode(to: encoder)
+        case .version(let v): try v.encode(to: encoder)
         case .training(let s, let round):
             try s.encode(to: encoder)
             if let round {
@@ -136,7 +190,9 @@ public enum OnPolicySummary: Codable, Sendable, Equatable {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         switch try c.decodeIfPresent(String.self, forKey: .role) {
         case "rollout": self = .rollout(try RolloutSummary(from: decoder))
-        case "learner": self = .training(try ToyLMShardSummary(from: decoder), round: try c.decode(Int.self, forKey: .round))
+        case "learner" where c.contains(.frontierDistance):
+            self = .training(try ToyLMShardSummary(from: decoder), round: try c.decode(Int.self, forKey: .round))
+        case "learner": self = .version(try LearnerVersion(from: decoder))
         case nil: self = .training(try ToyLMShardSummary(from: decoder), round: nil)
         case let other?:
             throw DecodingError.dataCorruptedError(forKey: .role, in: c, debugDescription: "unknown role \(other)")
@@ -320,20 +376,30 @@ struct ToyLMRounds: Sendable {
         let own = task.resume.flatMap { $0.step == Int64(round + 1) ? $0 : nil }
         let resume = own ?? previous.map { (step: Int64(round), bytes: $0) }
         let capture = CheckpointCapture(sink)
-        let state = try ToyLMTrainer.runKeepingState(
+        let state = try ToyLMTrainer.train(
             rule: rule, config: config, params: task.spec.params, point: point, resume: resume, sink: capture,
             stopAfter: round + 1)
-        sink.progress(step: 1)
         guard let checkpoint = capture.last ?? own?.bytes else {
             throw ShardError("learner \(round) wrote no checkpoint")
         }
-        return TypedShardOutput(summary: .training(state.summary, round: round), result: checkpoint)
+        let summary: OnPolicySummary =
+            round == config.steps - 1
+            ? .training(ToyLMTrainer.summary(problem: problem, point: point, exact: state.exact, steps: state.steps), round: round)
+            : .version(LearnerVersion(point: point, round: round, steps: state.steps, exact: state.exact))
+        sink.progress(step: 1)
+        return TypedShardOutput(summary: summary, result: checkpoint)
     }
 
     /// The checkpoint of version `round + 1` that learner `round`'s output carries.
     static func checkpointBytes(_ input: ShardInput, round: Int) throws -> [UInt8] {
         let summary = try TypedCoding.decode(OnPolicySummary.self, from: input.summary, "the summary of input shard \(input.shardIndex)")
-        guard case .training(_, let r) = summary, r == round, let bytes = input.result else {
+        let r: Int? =
+            switch summary {
+            case .training(_, let r): r
+            case .version(let v): v.round
+            case .rollout: nil
+            }
+        guard r == round, let bytes = input.result else {
             throw ShardError("input shard \(input.shardIndex) is not learner \(round) with a checkpoint", permanent: true)
         }
         return bytes

@@ -186,10 +186,32 @@ enum ToyLMTrainer {
     /// policy's log pi(y|x), [M, K], both after the last step.
     static func runKeepingState<Rule: ToyLMStepRule>(
         rule: Rule, config: ToyLMTrainingConfig, params: JSONObject, point: ToyLMSweepPoint,
-        resume: (step: Int64, bytes: [UInt8])?, sink: any ShardSink, stopAfter: Int? = nil
+        resume: (step: Int64, bytes: [UInt8])?, sink: any ShardSink
     ) throws -> (summary: ToyLMShardSummary, auxiliary: Rule.Auxiliary, logProb: [Double]) {
-        // `stopAfter`: train only up to that step (a learner of `ToyLMRounds` runs one step), checkpoint there, and
-        // summarise the state reached; logging and the learning-rate schedule still follow the whole run.
+        let trained = try train(rule: rule, config: config, params: params, point: point, resume: resume, sink: sink)
+        return (
+            summary(problem: trained.problem, point: point, exact: trained.exact, steps: trained.steps),
+            trained.auxiliary, trained.logProb
+        )
+    }
+
+    /// A shard's summary of the state it reached: its exact metrics and the distances to the frontier (the curve's
+    /// distance is a 1-D search over beta, hundreds of passes over the M K table: done once per shard).
+    static func summary(problem: ToyLMProblem, point: ToyLMSweepPoint, exact: ToyLMExactMetrics, steps: Int) -> ToyLMShardSummary {
+        let frontier = problem.frontierPoint(beta: point.beta)
+        let reached = ToyLMFrontierPoint(klToReference: exact.klToReference, expectedReward: exact.expectedReward)
+        return ToyLMShardSummary(
+            point: point, steps: steps, exact: exact, frontier: frontier,
+            frontierDistance: problem.frontierDistance(reached), betaPointDistance: reached.distance(to: frontier))
+    }
+
+    /// The training of `runKeepingState`: the exact metrics of the state reached, its step, the rule's auxiliary
+    /// state and log pi(y|x). `stopAfter`: train only up to that step (a learner of `ToyLMRounds` runs one step)
+    /// and checkpoint there; logging and the learning-rate schedule still follow the whole run.
+    static func train<Rule: ToyLMStepRule>(
+        rule: Rule, config: ToyLMTrainingConfig, params: JSONObject, point: ToyLMSweepPoint,
+        resume: (step: Int64, bytes: [UInt8])?, sink: any ShardSink, stopAfter: Int? = nil
+    ) throws -> (problem: ToyLMProblem, exact: ToyLMExactMetrics, steps: Int, auxiliary: Rule.Auxiliary, logProb: [Double]) {
         let lastStep = stopAfter.map { min($0, config.steps) } ?? config.steps
         let problem = ToyLMProblem(config.problem)
         let configText = JSONValue.object(["params": .object(params), "point": point.slice]).render()
@@ -258,13 +280,10 @@ enum ToyLMTrainer {
 
         try policy.evaluate()
         let exact = problem.exactMetrics(logProb: policy.logProb, beta: point.beta)
-        sink.log("\(rule.name) β=\(point.beta) seed \(point.seed): trained, KL to reference \(exact.klToReference), expected reward \(exact.expectedReward)")
-        let frontier = problem.frontierPoint(beta: point.beta)
-        let reached = ToyLMFrontierPoint(klToReference: exact.klToReference, expectedReward: exact.expectedReward)
-        let summary = ToyLMShardSummary(
-            point: point, steps: step, exact: exact, frontier: frontier,
-            frontierDistance: problem.frontierDistance(reached), betaPointDistance: reached.distance(to: frontier))
-        return (summary, auxiliary, policy.logProb)
+        if step == config.steps {
+            sink.log("\(rule.name) β=\(point.beta) seed \(point.seed): trained, KL to reference \(exact.klToReference), expected reward \(exact.expectedReward)")
+        }
+        return (problem, exact, step, auxiliary, policy.logProb)
     }
 
     /// A checkpoint resumes this shard only if it was written by the same algorithm, configuration and problem.
