@@ -19,6 +19,7 @@
 // same bytes). Planned per sweep point, point after point: R = steps rounds, steps x (W + 1) shards per point.
 
 import Foundation
+import Synchronization
 import TesseraCompute
 import TesseraCore
 
@@ -224,6 +225,12 @@ extension ToyLMRollout {
 struct ToyLMRounds: Sendable {
     /// W, rollout shards per round.
     var rolloutShards: Int
+    /// The job's problem, built by its first shard on a worker and reused by the rest (a worker prepares a job's
+    /// config once and keeps it): a round's shards are short, and building the tables (M P V reference logits, M K
+    /// rewards and log-probs) is a good part of one.
+    let problems = ProblemCache()
+
+    init(rolloutShards: Int) { self.rolloutShards = rolloutShards }
 
     static let key = "rollout_shards"
     /// Shards a job may plan (`shards` of a spec has the same limit).
@@ -322,7 +329,7 @@ struct ToyLMRounds: Sendable {
             throw ShardError("slice \(slice.point.slice.render()) has no round of this \(config.steps)-round job", permanent: true)
         }
         let point = try config.point(slice.point)
-        let problem = ToyLMProblem(config.problem)
+        let problem = problems.problem(config.problem)
         let n = problem.contexts * rule.numGenerations
         let previous = round > 0 ? try task.inputs.first.map { try Self.checkpointBytes($0, round: round - 1) } : nil
         if round > 0, previous == nil {
@@ -378,7 +385,7 @@ struct ToyLMRounds: Sendable {
         let capture = CheckpointCapture(sink)
         let state = try ToyLMTrainer.train(
             rule: rule, config: config, params: task.spec.params, point: point, resume: resume, sink: capture,
-            stopAfter: round + 1)
+            stopAfter: round + 1, problem: problem)
         guard let checkpoint = capture.last ?? own?.bytes else {
             throw ShardError("learner \(round) wrote no checkpoint")
         }
@@ -436,6 +443,20 @@ struct ToyLMRounds: Sendable {
         summaries.compactMap {
             guard case .training(let s, let round) = $0, round == nil || round == steps - 1 else { return nil }
             return s
+        }
+    }
+}
+
+/// One job's `ToyLMProblem`, built on first use.
+final class ProblemCache: Sendable {
+    private let built = Mutex<ToyLMProblem?>(nil)
+
+    func problem(_ spec: ToyLMSpec) -> ToyLMProblem {
+        built.withLock { p in
+            if let p, p.spec == spec { return p }
+            let made = ToyLMProblem(spec)
+            p = made
+            return made
         }
     }
 }

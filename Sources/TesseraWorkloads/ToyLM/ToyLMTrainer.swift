@@ -210,10 +210,10 @@ enum ToyLMTrainer {
     /// and checkpoint there; logging and the learning-rate schedule still follow the whole run.
     static func train<Rule: ToyLMStepRule>(
         rule: Rule, config: ToyLMTrainingConfig, params: JSONObject, point: ToyLMSweepPoint,
-        resume: (step: Int64, bytes: [UInt8])?, sink: any ShardSink, stopAfter: Int? = nil
+        resume: (step: Int64, bytes: [UInt8])?, sink: any ShardSink, stopAfter: Int? = nil, problem built: ToyLMProblem? = nil
     ) throws -> (problem: ToyLMProblem, exact: ToyLMExactMetrics, steps: Int, auxiliary: Rule.Auxiliary, logProb: [Double]) {
         let lastStep = stopAfter.map { min($0, config.steps) } ?? config.steps
-        let problem = ToyLMProblem(config.problem)
+        let problem = built ?? ToyLMProblem(config.problem)  // `built`: the same problem, made once per job
         let configText = JSONValue.object(["params": .object(params), "point": point.slice]).render()
         var policy: ToyLMPolicy
         var optimizer: ToyLMOptimizer
