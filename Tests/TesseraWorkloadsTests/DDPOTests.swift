@@ -248,4 +248,102 @@ struct DDPOTests {
             Self.yaml(Self.smallParams + "\n  steps: 150\n  beta: 2", checkpointEvery: 40))
         #expect(throws: ShardError.self) { _ = try ToyLMFixtures.runShard(other, resume: full.checkpoints[1]) }
     }
+
+    @Test("a two-mode target: the learned sampler's mode weights are the tilted mixture's within .03 (is, S = 20)")
+    func mixtureModeWeightsAreTheTilt() throws {
+        let spec = try ToyLMFixtures.spec(
+            Self.yaml(
+                """
+                  target: {means: [[2], [-2]], stds: [0.5, 0.5]}
+                  sampling_steps: 20
+                  beta: 2
+                  lambda: 1
+                  center: 0.3
+                  variant: is
+                  clip_range: 0.2
+                  batch_size: 256
+                  minibatches: 4
+                  inner_epochs: 2
+                  hidden: [32, 32]
+                  steps: 600
+                  learning_rate: 0.01
+                  eval_samples: 16384
+                  log_every: 50
+                """))
+        let (output, sink) = try ToyLMFixtures.runShard(spec)
+        #expect(sink.rows.contains { $0.name == "mode_weight/1" })
+        let summary = try #require(output?.summary)
+        let learned = try #require(summary["mode_weights"]?.arrayValue).compactMap(\.doubleValue)
+
+        // The tilted mixture in closed form (WORKLOADS.md R2): w_k' ∝ w_k N(c; mu_k, s_k^2 + beta/lambda), here
+        // exp(-(c - mu_k)^2 / (2 (.25 + 2))) with equal w_k; exact for the TARGET's tilt.
+        let v = 0.25 + 2.0
+        let e = [2.0, -2.0].map { exp(-(0.3 - $0) * (0.3 - $0) / (2 * v)) }
+        let closed = e.map { $0 / (e[0] + e[1]) }
+        let codeTilt = try #require(summary["tilted_weights"]?.arrayValue).compactMap(\.doubleValue)
+        #expect(abs(codeTilt[0] - closed[0]) < 1e-12)
+        // The tilt of what the algorithm optimises against is of the REFERENCE SAMPLER's law, which at S = 20 is not
+        // the target (narrower modes), so it is estimated here by Monte Carlo: N = 32768 draws of the S1 sampler
+        // (algorithm: ddim, eta 1, the same S; code outside this algorithm), weighted by e^{r/beta}:
+        // w_k^ref' = sum_i e^{r_i/beta} 1{x_i in mode k} / sum_i e^{r_i/beta} (modes split at 0: the modes are 8 s apart).
+        let config = try SamplingConfig(
+            target: try GaussianMixture(means: [[2], [-2]], stds: [0.5, 0.5]),
+            schedule: try BetaSchedule.linear(betaStart: 1e-4, betaEnd: 0.02, steps: 1000), sampler: .ddim(eta: 1),
+            samplingSteps: 20, seed: 99, samples: 32768, keepSamples: true)
+        let reference = try runSamplingShard(config: config, range: 0..<32768, onStep: { _ in }, shouldStop: { false })
+        var mass = [0.0, 0.0]
+        var weights: [Double] = []
+        let samples = try #require(reference.samples).map(Double.init)
+        for x in samples {
+            let w = exp(-0.5 * (x - 0.3) * (x - 0.3) / 2)
+            mass[x > 0 ? 0 : 1] += w
+            weights.append(w)
+        }
+        let tilt = mass.map { $0 / (mass[0] + mass[1]) }
+        // J* = beta log E_ref e^{r/beta} by the same draws, for the record (no closed form for a mixture here).
+        let jStarMC = 2 * log(weights.reduce(0, +) / Double(weights.count))
+        print("ddpo 2-mode: J learned \(try #require(summary["objective"]?.doubleValue)) ± \(try #require(summary["objective_se"]?.doubleValue)), J* (MC) \(jStarMC), kl \(try #require(summary["kl_path"]?.doubleValue))")
+        // Its MC error: the weights are bounded (<= 1) and smooth; the effective sample size
+        // (sum w)^2 / sum w^2 is computed here, SE = sqrt(w'(1 - w') / ESS).
+        let ess = pow(weights.reduce(0, +), 2) / weights.map { $0 * $0 }.reduce(0, +)
+        let tiltSE = (tilt[0] * (1 - tilt[0]) / ess).squareRoot()
+        let learnedSE = (learned[0] * (1 - learned[0]) / 16384).squareRoot()
+        print("ddpo 2-mode S=20 beta=2 is 600 rounds: learned \(learned), reference-law tilt \(tilt) (SE \(tiltSE)), target tilt \(closed), learned SE \(learnedSE)")
+        // The learned sampler starts at w = (.5, .5); the tilt moves it to .63: the check cannot pass by standing still.
+        #expect(tilt[0] > 0.58)
+        // Tolerance: the issue's .03. The two estimates' errors (tiltSE ~ .003, learnedSE ~ .004) give 1 SE of the
+        // difference ~ .005. The learner approaches the tilt slowly and from below: over seeds 1-3 and configurations
+        // of 300-1000 rounds it ends at .597-.613 (.613 here), so the margin is the learner's, not the estimates'
+        // (docs/training.md §13 records the runs).
+        #expect(abs(learned[0] - tilt[0]) < 0.03)
+        #expect(abs(learned[0] - closed[0]) < 0.03, "and the target's closed-form tilt, .006 away at S = 20")
+    }
+
+    @Test("parameters are validated with the line of the key at fault; a sweep plans one shard per point and merges")
+    func validationSweepAndExample() throws {
+        func error(_ params: String) -> String? { ToyLMFixtures.validationError(Self.yaml(params), file: "p.yaml") }
+        let target = "  target: {means: [[0.5, -0.5]], stds: [0.4]}\n"
+        #expect(error(target + "  variant: ppo")?.hasPrefix("p.yaml:8: params.variant") == true)
+        #expect(error(target + "  batch_size: 10\n  minibatches: 3")?.hasPrefix("p.yaml:9: params.minibatches") == true)
+        #expect(error(target + "  tracker_buffer: 8")?.hasPrefix("p.yaml:8: params.tracker_buffer") == true)
+        #expect(error(target + "  time_embedding: 5")?.hasPrefix("p.yaml:8: params.time_embedding") == true)
+        #expect(error(target + "  eta: 0.5")?.hasPrefix("p.yaml:8: unknown key 'eta'") == true)
+        #expect(error(target + "  sampling_steps: 1")?.hasPrefix("p.yaml:8: params.sampling_steps") == true)
+        #expect(error("  beta: 1")?.contains("target") == true)
+        #expect(Workloads.catalogue.capabilities.contains("rl/ddpo"))
+
+        let spec = try ToyLMFixtures.spec(
+            Self.yaml(
+                target
+                    + "  sampling_steps: 5\n  batch_size: 16\n  hidden: [8]\n  steps: 5\n  eval_samples: 64\n"
+                    + "  sweep: {beta: [0.5, 2], seed: [1, 2]}"))
+        let (result, outputs) = try ToyLMFixtures.runJob(spec)
+        #expect(outputs.count == 4)
+        let points = try #require(result["points"]?.arrayValue)
+        #expect(points.map { $0["beta"]?.doubleValue } == [0.5, 0.5, 2, 2])
+        let gaps = points.compactMap { $0["relative_gap"]?.doubleValue }
+        #expect(gaps.count == 4 && result["max_relative_gap"]?.doubleValue == gaps.max())
+
+        #expect(try ToyLMFixtures.example("rl-ddpo-gaussian.yaml") == ("ddpo", 2))
+    }
 }
