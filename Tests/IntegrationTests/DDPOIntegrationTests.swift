@@ -64,7 +64,7 @@ struct DDPOIntegrationTests {
           target: {means: [[0.5, -0.5]], stds: [0.4]}
           sampling_steps: 10
           center: [1.5, 0.5]
-          batch_size: 64
+          batch_size: 128
           minibatches: 2
           hidden: [16, 16]
           advantages: tracker
