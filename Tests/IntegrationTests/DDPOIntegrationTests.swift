@@ -79,30 +79,7 @@ struct DDPOIntegrationTests {
         let c = try Cluster(workers: 2)
         defer { c.shutdown() }
         let job = try c.submit(text: Self.victim, name: "victim.yaml")
-        var holder: String?
-        let deadline = Date().addingTimeInterval(300)
-        while Date() < deadline, holder == nil {
-            let r = try c.query(
-                """
-                SELECT w.name FROM tessera_shards s JOIN tessera_workers w ON w.id = s.worker_id
-                WHERE s.job_id = $1 AND s.state = 'leased' AND s.checkpoint_step >= 200
-                """, [.int(Int64(job))])
-            if r.rowCount == 1 { holder = r[0, "name"] }
-            Thread.sleep(forTimeInterval: 0.05)
-        }
-        let victim = try #require(holder, "no checkpoint appeared:\n\(c.log("coordinator"))")
-        c.signalWorker(victim, SIGKILL)
-        let wait = try c.cli(["wait", String(job), "--timeout", "900"])
-        #expect(wait.status == 0, "\(wait.stderr)\n\(c.log("coordinator"))")
-
-        let shard = try c.query("SELECT attempt, failures FROM tessera_shards WHERE job_id = $1", [.int(Int64(job))])
-        let attempt = try #require(shard.int(0, "attempt"))
-        #expect(attempt >= 2, "the shard was leased again")
-        #expect(shard.int(0, "failures") == 0, "losing a worker is not the shard's failure")
-        let resumed = try c.query(
-            "SELECT max(step) AS step FROM tessera_checkpoints WHERE job_id = $1 AND kind = 'checkpoint' AND attempt = 1",
-            [.int(Int64(job))])
-        let resumeStep = try #require(resumed.int(0, "step"))
+        let (_, resumeStep) = try c.killHolderAfterCheckpoint(job: job, atLeast: 200)
         #expect(resumeStep >= 200 && resumeStep < 3000, "resumed mid-run (round \(resumeStep))")
 
         // The same spec undisturbed on the surviving worker: the same final checkpoint bytes (network, Adam, stat
@@ -112,24 +89,13 @@ struct DDPOIntegrationTests {
             text: Self.victim.replacingOccurrences(of: "ddpo-victim", with: "ddpo-undisturbed"), name: "again.yaml")
         #expect(try c.cli(["wait", String(again), "--timeout", "900"]).status == 0)
         print("DDPO 3000 rounds on one worker, undisturbed: \(Date().timeIntervalSince(started)) s; the killed run resumed from round \(resumeStep)")
-        func finalCheckpoint(_ j: Int) throws -> String? {
-            let r = try c.query(
-                "SELECT sha256 FROM tessera_checkpoints WHERE job_id = $1 AND kind = 'checkpoint' AND step = 3000",
-                [.int(Int64(j))])
-            return r.rowCount == 1 ? r[0, "sha256"] : nil
-        }
-        let sha = try #require(try finalCheckpoint(job))
-        #expect(sha == (try finalCheckpoint(again)))
+        let sha = try #require(try c.checkpointSHA(job: job, step: 3000))
+        #expect(sha == (try c.checkpointSHA(job: again, step: 3000)))
         let ra = try c.cli(["result", String(job), "--json"]).stdout
         let rb = try c.cli(["result", String(again), "--json"]).stdout
         #expect(!ra.isEmpty && ra == rb)
-        func rows(_ j: Int) throws -> [String] {
-            let r = try c.query(
-                "SELECT name, step, value FROM tessera_metrics WHERE job_id = $1 ORDER BY name, step", [.int(Int64(j))])
-            return (0..<r.rowCount).map { "\(r[$0, "name"]!) \(r[$0, "step"]!) \(r[$0, "value"]!)" }
-        }
-        let metricsA = try rows(job)
+        let metricsA = try c.metricRows(job: job)
         #expect(metricsA.count == 300 * 12, "300 logged rounds x 12 metrics")
-        #expect(metricsA == (try rows(again)))
+        #expect(metricsA == (try c.metricRows(job: again)))
     }
 }

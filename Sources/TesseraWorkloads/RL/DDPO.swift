@@ -154,9 +154,7 @@ public struct DDPO: TypedAlgorithm {
     public func run(_ slice: ToyLMSweepPoint, config: Config, task: ShardTask, sink: any ShardSink) throws
         -> TypedShardOutput<DDPOSummary>
     {
-        guard config.points.indices.contains(slice.index), config.points[slice.index] == slice else {
-            throw ShardError("slice \(slice.slice.render()) is not a point of this job's sweep")
-        }
+        let slice = try slice.checked(against: config.points)
         return TypedShardOutput(
             summary: try DDPOTrainer(config: config, point: slice, params: task.spec.params).run(
                 resume: task.resume, sink: sink))
@@ -516,20 +514,10 @@ struct DDPOTrainer {
         var start = 0
         let label = "ddpo β=\(point.beta) seed \(point.seed)"
         if let resume {
-            let checkpoint: TrainingCheckpoint<Double>
-            do {
-                checkpoint = try TrainingCheckpoint<Double>(file: SafeTensorsFile.parse(resume.bytes))
-            } catch {
-                throw ShardError("the resume checkpoint (step \(resume.step)) cannot be read: \(error)")
-            }
-            func mismatch(_ what: String) -> ShardError {
-                ShardError("the resume checkpoint at step \(checkpoint.step) \(what)")
-            }
-            guard checkpoint.algo == "ddpo" else { throw mismatch("was written by \(checkpoint.algo), not ddpo") }
-            guard checkpoint.config == configText else { throw mismatch("belongs to another configuration or sweep point") }
-            guard checkpoint.model.sizes == net.sizes, checkpoint.optimizer.configuration == config.optimizer else {
-                throw mismatch("has another network or optimiser")
-            }
+            let checkpoint = try TrainingCheckpoint<Double>.resuming(
+                resume, algo: "ddpo", config: configText, configName: "configuration or sweep point", sizes: net.sizes,
+                optimizer: config.optimizer)
+            let mismatch = checkpoint.refusal
             guard checkpoint.step >= 0, checkpoint.step <= config.steps, checkpoint.rngCounter == UInt64(checkpoint.step),
                 checkpoint.optimizer.step == checkpoint.step * updatesPerRound
             else { throw mismatch("is not a resumable state of a \(config.steps)-round run") }
@@ -736,4 +724,31 @@ public struct DDPOSummary: Codable, Sendable, Equatable {
         result["max_mode_weight_error"] = .number(summaries.map(\.modeWeightError).max() ?? 0)
         return .object(result)
     }
+}
+
+extension TrainingCheckpoint where Scalar == Double {
+    /// A resume checkpoint read and checked against the shard: written by `algo` for `config` (the job's params and
+    /// this shard's point or seed, named `configName` in the refusal), with a network of `sizes` and `optimizer`.
+    /// What else makes it resumable (steps, extra tensors) the caller checks, refusing with `refusal`.
+    static func resuming(
+        _ resume: (step: Int64, bytes: [UInt8]), algo: String, config: String, configName: String, sizes: [Int],
+        optimizer: AdamConfiguration
+    ) throws -> TrainingCheckpoint {
+        let checkpoint: TrainingCheckpoint
+        do {
+            checkpoint = try TrainingCheckpoint(file: SafeTensorsFile.parse(resume.bytes))
+        } catch {
+            throw ShardError("the resume checkpoint (step \(resume.step)) cannot be read: \(error)")
+        }
+        let mismatch = checkpoint.refusal
+        guard checkpoint.algo == algo else { throw mismatch("was written by \(checkpoint.algo), not \(algo)") }
+        guard checkpoint.config == config else { throw mismatch("belongs to another \(configName)") }
+        guard checkpoint.model.sizes == sizes, checkpoint.optimizer.configuration == optimizer else {
+            throw mismatch("has another network or optimiser")
+        }
+        return checkpoint
+    }
+
+    /// The error that refuses this checkpoint as a resume state, saying `why`.
+    func refusal(_ why: String) -> ShardError { ShardError("the resume checkpoint at step \(step) \(why)") }
 }
