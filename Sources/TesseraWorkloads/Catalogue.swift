@@ -18,6 +18,7 @@ public enum Workloads {
         PPO(),
         FIND(),
         ImplicitDiffusion(),
+        DDPO(),
         QRDQN(),
         C51(),
         // kind: preference (Preference/)

@@ -6,6 +6,7 @@ import Foundation
 import LibPQ
 import TesseraProtocol
 import TesseraTesting
+import Testing
 import ZeroMQ
 
 enum IntegrationEnv {
@@ -296,4 +297,52 @@ func ringSpec(shards: Int, samples: Int = 100_000, algorithm: String = "ddim", s
     \(algorithm == "ddim" ? "  eta: 0.0\n" : "")  samples: \(samples)
       keep_samples: \(keep)
     """
+}
+
+extension Cluster {
+    /// SIGKILLs the worker that holds `job`'s one leased shard once that shard has registered a checkpoint at or past
+    /// `step`, waits for the job to finish, and checks that the shard was leased again without counting a failure.
+    /// Returns the attempt that finished and the last checkpoint step the first attempt registered.
+    func killHolderAfterCheckpoint(
+        job: Int, atLeast step: Int, sourceLocation: SourceLocation = #_sourceLocation
+    ) throws -> (attempt: Int64, resumeStep: Int64) {
+        var holder: String?
+        let deadline = Date().addingTimeInterval(300)
+        while Date() < deadline, holder == nil {
+            let r = try query(
+                """
+                SELECT w.name FROM tessera_shards s JOIN tessera_workers w ON w.id = s.worker_id
+                WHERE s.job_id = $1 AND s.state = 'leased' AND s.checkpoint_step >= $2
+                """, [.int(Int64(job)), .int(Int64(step))])
+            if r.rowCount == 1 { holder = r[0, "name"] }
+            Thread.sleep(forTimeInterval: 0.05)
+        }
+        let victim = try #require(holder, "no checkpoint appeared:\n\(log("coordinator"))", sourceLocation: sourceLocation)
+        signalWorker(victim, SIGKILL)
+        let wait = try cli(["wait", String(job), "--timeout", "900"])
+        #expect(wait.status == 0, "\(wait.stderr)\n\(log("coordinator"))", sourceLocation: sourceLocation)
+        let shard = try query("SELECT attempt, failures FROM tessera_shards WHERE job_id = $1", [.int(Int64(job))])
+        let attempt = try #require(shard.int(0, "attempt"), sourceLocation: sourceLocation)
+        #expect(attempt >= 2, "the shard was leased again", sourceLocation: sourceLocation)
+        #expect(shard.int(0, "failures") == 0, "losing a worker is not the shard's failure", sourceLocation: sourceLocation)
+        let resumed = try query(
+            "SELECT max(step) AS step FROM tessera_checkpoints WHERE job_id = $1 AND kind = 'checkpoint' AND attempt = 1",
+            [.int(Int64(job))])
+        return (attempt, try #require(resumed.int(0, "step"), sourceLocation: sourceLocation))
+    }
+
+    /// The sha256 of `job`'s checkpoint at `step`, if there is exactly one.
+    func checkpointSHA(job: Int, step: Int) throws -> String? {
+        let r = try query(
+            "SELECT sha256 FROM tessera_checkpoints WHERE job_id = $1 AND kind = 'checkpoint' AND step = $2",
+            [.int(Int64(job)), .int(Int64(step))])
+        return r.rowCount == 1 ? r[0, "sha256"] : nil
+    }
+
+    /// Every metric row of `job` as "name step value", ordered by name and step.
+    func metricRows(job: Int) throws -> [String] {
+        let r = try query(
+            "SELECT name, step, value FROM tessera_metrics WHERE job_id = $1 ORDER BY name, step", [.int(Int64(job))])
+        return (0..<r.rowCount).map { "\(r[$0, "name"]!) \(r[$0, "step"]!) \(r[$0, "value"]!)" }
+    }
 }

@@ -201,33 +201,10 @@ struct TrainingTests {
         let c = try Cluster(workers: 2)
         defer { c.shutdown() }
         let job = try c.submit(text: Self.victim, name: "victim.yaml")
-        // Wait for a checkpoint past step 400, then SIGKILL the worker holding the shard.
-        var holder: String?
-        let deadline = Date().addingTimeInterval(300)
-        while Date() < deadline, holder == nil {
-            let r = try c.query(
-                """
-                SELECT w.name FROM tessera_shards s JOIN tessera_workers w ON w.id = s.worker_id
-                WHERE s.job_id = $1 AND s.state = 'leased' AND s.checkpoint_step >= 400
-                """, [.int(Int64(job))])
-            if r.rowCount == 1 { holder = r[0, "name"] }
-            Thread.sleep(forTimeInterval: 0.05)
-        }
-        let victim = try #require(holder, "no checkpoint appeared:\n\(c.log("coordinator"))")
-        c.signalWorker(victim, SIGKILL)
-        let wait = try c.cli(["wait", String(job), "--timeout", "900"])
-        #expect(wait.status == 0, "\(wait.stderr)\n\(c.log("coordinator"))")
-
-        let shard = try c.query("SELECT attempt, failures FROM tessera_shards WHERE job_id = $1", [.int(Int64(job))])
-        let attempt = try #require(shard.int(0, "attempt"))
-        #expect(attempt >= 2, "the shard was leased again")
-        #expect(shard.int(0, "failures") == 0, "losing a worker is not the shard's failure")
-        // The last checkpoint the first attempt registered is where the second attempt started: every metric row
-        // after it was (re)written by the last attempt, every row up to it is still the first attempt's.
-        let resumed = try c.query(
-            "SELECT max(step) AS step FROM tessera_checkpoints WHERE job_id = $1 AND kind = 'checkpoint' AND attempt = 1",
-            [.int(Int64(job))])
-        let resumeStep = try #require(resumed.int(0, "step"))
+        // Wait for a checkpoint past step 400, then SIGKILL the worker holding the shard. The last checkpoint the
+        // first attempt registered is where the second attempt started: every metric row after it was (re)written
+        // by the last attempt, every row up to it is still the first attempt's.
+        let (attempt, resumeStep) = try c.killHolderAfterCheckpoint(job: job, atLeast: 400)
         #expect(resumeStep >= 400 && resumeStep < 6000)
         let split = try c.query(
             """
@@ -250,23 +227,12 @@ struct TrainingTests {
         print(
             "RLOO 6000 steps on one worker, undisturbed: \(Date().timeIntervalSince(started)) s; the killed run resumed from step \(resumeStep)"
         )
-        func finalCheckpoint(_ j: Int) throws -> String? {
-            let r = try c.query(
-                "SELECT sha256 FROM tessera_checkpoints WHERE job_id = $1 AND kind = 'checkpoint' AND step = 6000",
-                [.int(Int64(j))])
-            return r.rowCount == 1 ? r[0, "sha256"] : nil
-        }
-        let sha = try #require(try finalCheckpoint(job))
-        #expect(sha == (try finalCheckpoint(again)))
+        let sha = try #require(try c.checkpointSHA(job: job, step: 6000))
+        #expect(sha == (try c.checkpointSHA(job: again, step: 6000)))
         let ra = try c.cli(["result", String(job), "--json"]).stdout
         let rb = try c.cli(["result", String(again), "--json"]).stdout
         #expect(!ra.isEmpty && ra == rb)
-        func rows(_ j: Int) throws -> [String] {
-            let r = try c.query(
-                "SELECT name, step, value FROM tessera_metrics WHERE job_id = $1 ORDER BY name, step", [.int(Int64(j))])
-            return (0..<r.rowCount).map { "\(r[$0, "name"]!) \(r[$0, "step"]!) \(r[$0, "value"]!)" }
-        }
-        let metricsA = try rows(job), metricsB = try rows(again)
+        let metricsA = try c.metricRows(job: job), metricsB = try c.metricRows(job: again)
         #expect(metricsA.count == 601 * 15 - 11, "600 logged steps x 15 metrics + step 0's 4 exact rows")
         #expect(metricsA == metricsB)
 

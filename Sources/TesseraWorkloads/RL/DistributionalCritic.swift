@@ -293,20 +293,10 @@ enum CriticTrainer {
         var adam = try Adam<Double>(configuration: config.optimizer, parameterCount: online.parameterCount)
         var start = 0
         if let resume = task.resume {
-            let checkpoint: TrainingCheckpoint<Double>
-            do {
-                checkpoint = try TrainingCheckpoint<Double>(file: SafeTensorsFile.parse(resume.bytes))
-            } catch {
-                throw ShardError("the resume checkpoint (step \(resume.step)) cannot be read: \(error)")
-            }
-            func mismatch(_ what: String) -> ShardError {
-                ShardError("the resume checkpoint at step \(checkpoint.step) \(what)")
-            }
-            guard checkpoint.algo == rule.name else { throw mismatch("was written by \(checkpoint.algo), not \(rule.name)") }
-            guard checkpoint.config == configText else { throw mismatch("belongs to another configuration or seed") }
-            guard checkpoint.model.sizes == online.sizes, checkpoint.optimizer.configuration == config.optimizer else {
-                throw mismatch("has another network or optimiser")
-            }
+            let checkpoint = try TrainingCheckpoint<Double>.resuming(
+                resume, algo: rule.name, config: configText, configName: "configuration or seed", sizes: online.sizes,
+                optimizer: config.optimizer)
+            let mismatch = checkpoint.refusal
             guard checkpoint.step >= 0, checkpoint.step <= config.steps, checkpoint.rngCounter == UInt64(checkpoint.step),
                 checkpoint.optimizer.step == checkpoint.step
             else { throw mismatch("is not a resumable state of a \(config.steps)-step run") }

@@ -101,9 +101,7 @@ public struct FIND: TypedAlgorithm {
     public func run(_ slice: ToyLMSweepPoint, config: Config, task: ShardTask, sink: any ShardSink) throws
         -> TypedShardOutput<GaussianPolicySummary>
     {
-        guard config.points.indices.contains(slice.index), config.points[slice.index] == slice else {
-            throw ShardError("slice \(slice.slice.render()) is not a point of this job's sweep")
-        }
+        let slice = try slice.checked(against: config.points)
         return TypedShardOutput(
             summary: try FINDTrainer(config: config, point: slice, params: task.spec.params).run(
                 resume: task.resume, sink: sink))

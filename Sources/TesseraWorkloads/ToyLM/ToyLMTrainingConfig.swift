@@ -21,6 +21,14 @@ public struct ToyLMSweepPoint: Codable, Sendable, Hashable {
         self.seed = seed
     }
 
+    /// This point, if it is point `index` of the planned `points` (a dispatched slice, checked against the plan).
+    func checked(against points: [ToyLMSweepPoint]) throws -> ToyLMSweepPoint {
+        guard points.indices.contains(index), points[index] == self else {
+            throw ShardError("slice \(slice.render()) is not a point of this job's sweep")
+        }
+        return self
+    }
+
     /// The seed as the spec spells seeds: a number up to 2^53, above that a decimal string.
     var seedJSON: JSONValue { seed <= (1 << 53) ? .number(Double(seed)) : .string(String(seed)) }
 
@@ -149,12 +157,7 @@ public struct ToyLMTrainingConfig: Sendable {
     var slices: [TypedShardSlice<ToyLMSweepPoint>] { points.map { TypedShardSlice($0, totalSteps: Int64(steps)) } }
 
     /// The sweep point a dispatched slice names, checked against the plan.
-    func point(_ slice: ToyLMSweepPoint) throws -> ToyLMSweepPoint {
-        guard points.indices.contains(slice.index), points[slice.index] == slice else {
-            throw ShardError("slice \(slice.slice.render()) is not a point of this job's sweep")
-        }
-        return slice
-    }
+    func point(_ slice: ToyLMSweepPoint) throws -> ToyLMSweepPoint { try slice.checked(against: points) }
 }
 
 extension ToyLMSweepPoint {
