@@ -49,6 +49,12 @@ struct TypedSliceTests {
             ("kind: rl\nalgorithm: find\nseed: 3\nparams:\n  target: {means: [[0.5]], stds: [0.4]}\n  steps: 2\n"
                 + "  sampling_steps: 2\n  batch_size: 4\n  sweep: {seed: [1, 18446744073709551615]}\n", gaussian),
             ("kind: rl\nalgorithm: implicit-diffusion\nseed: 3\nparams:\n  steps: 2\n  particles: 4\n", gaussian),
+            ("kind: rl\nalgorithm: ddpo\nseed: 3\nparams:\n  target: {means: [[0.5]], stds: [0.4]}\n  steps: 2\n"
+                + "  sampling_steps: 2\n  batch_size: 4\n  eval_samples: 8\n  hidden: [4]\n"
+                + "  sweep: {seed: [1, 18446744073709551615]}\n",
+             ["point", "beta", "seed", "steps", "eval_samples", "reward_mean", "reward_std", "kl_path", "objective",
+              "objective_se", "optimal_objective", "objective_gap", "relative_gap", "reference_mean",
+              "reference_variance", "mode_weights", "tilted_weights", "mode_weight_error"]),
             ("kind: rl\nalgorithm: qr-dqn\nseed: 3\nparams:\n  steps: 2\n  num_quantiles: 4\n  batch_size: 8\n"
                 + "  sweep: {seed: [1, 18446744073709551615]}\n", critic),
             ("kind: rl\nalgorithm: c51\nseed: 3\nparams:\n  steps: 2\n  batch_size: 8\n", critic),
